@@ -1,0 +1,194 @@
+//! Errors: refusals (the caller asked for something not allowed) are kept
+//! apart from failures (kexin or its environment is broken).
+//!
+//! A refusal carries a fixed [`Code`] and a fixed rule text. Neither ever
+//! contains a cell value, a key or a data-dependent count, so a refusal can be
+//! shown to a researcher and written to the audit log as it is.
+
+use std::fmt;
+
+/// Fixed refusal codes. Their string forms are a contract with users' scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Code {
+    /// The SQL text is larger than the configured limit.
+    SqlSize,
+    /// The SQL text does not parse, or nests deeper than the limit.
+    SqlSyntax,
+    /// The SQL names a table, column or function the scene does not provide.
+    SqlUnknown,
+    /// Not a single read-only SELECT.
+    ShapeStatement,
+    /// No releasing aggregate at the top of the query.
+    ShapeNoAggregate,
+    /// LIMIT, OFFSET, ORDER BY or DISTINCT below the releasing aggregate.
+    ShapeBelowAggregate,
+    /// Window functions anywhere.
+    ShapeWindow,
+    /// UNION / INTERSECT / EXCEPT.
+    ShapeSetOperation,
+    /// Literal relations (VALUES lists) or queries without a dataset.
+    ShapeValues,
+    /// Subqueries in expressions that could carry unreleased aggregates.
+    ShapeSubquery,
+    /// An aggregate below the releasing aggregate.
+    ShapeNestedAggregate,
+    /// HAVING over released groups.
+    ShapeHaving,
+    /// A join that is not an equi-join on the person key.
+    DiscJoin,
+    /// An identifier column outside the uses allowed for identifiers.
+    DiscIdentifier,
+    /// A sensitive column released or grouped without an aggregate.
+    DiscSensitive,
+    /// An aggregate function that reveals single values, or a FILTER clause.
+    DiscAggregateFunction,
+    /// MIN/MAX on a sensitive column.
+    DiscMinMax,
+    /// Conditional expressions inside aggregate arguments.
+    DiscConditional,
+    /// Scene unknown, not valid today, or the caller is not its requester.
+    Scene,
+    /// The query failed while running (the cause is never shown).
+    Exec,
+    /// Deadline or memory limit reached.
+    ExecLimit,
+    /// Kexin failed; the details are in the operator's log.
+    Internal,
+}
+
+impl Code {
+    /// The stable string form shown to researchers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::SqlSize => "KX-SQL-SIZE",
+            Code::SqlSyntax => "KX-SQL-SYNTAX",
+            Code::SqlUnknown => "KX-SQL-UNKNOWN",
+            Code::ShapeStatement => "KX-SHAPE-STATEMENT",
+            Code::ShapeNoAggregate => "KX-SHAPE-NO-AGGREGATE",
+            Code::ShapeBelowAggregate => "KX-SHAPE-BELOW-AGGREGATE",
+            Code::ShapeWindow => "KX-SHAPE-WINDOW",
+            Code::ShapeSetOperation => "KX-SHAPE-SET-OPERATION",
+            Code::ShapeValues => "KX-SHAPE-VALUES",
+            Code::ShapeSubquery => "KX-SHAPE-SUBQUERY",
+            Code::ShapeNestedAggregate => "KX-SHAPE-NESTED-AGGREGATE",
+            Code::ShapeHaving => "KX-SHAPE-HAVING",
+            Code::DiscJoin => "KX-DISC-JOIN",
+            Code::DiscIdentifier => "KX-DISC-IDENTIFIER",
+            Code::DiscSensitive => "KX-DISC-SENSITIVE",
+            Code::DiscAggregateFunction => "KX-DISC-AGGREGATE-FUNCTION",
+            Code::DiscMinMax => "KX-DISC-MINMAX",
+            Code::DiscConditional => "KX-DISC-CONDITIONAL",
+            Code::Scene => "KX-SCENE",
+            Code::Exec => "KX-EXEC",
+            Code::ExecLimit => "KX-EXEC-LIMIT",
+            Code::Internal => "KX-INTERNAL",
+        }
+    }
+
+    /// Process exit status for this code (0 is reserved for released results).
+    pub fn exit_status(self) -> i32 {
+        match self {
+            Code::Internal => 70,
+            Code::Exec | Code::ExecLimit => 4,
+            Code::Scene => 3,
+            _ => 2,
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: fixed code plus the fixed text of the rule that fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: Code,
+    pub rule: &'static str,
+}
+
+impl Refusal {
+    pub const fn new(code: Code, rule: &'static str) -> Self {
+        Self { code, rule }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.rule)
+    }
+}
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller asked for something the policy does not allow.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The space configuration is invalid; names the file, field and reason.
+    #[error("{file}: {field}: {reason}")]
+    Config {
+        file: String,
+        field: String,
+        reason: String,
+    },
+    /// The audit log or state database failed verification.
+    #[error("verification failed: {0}")]
+    Verify(String),
+    /// I/O, SQLite, DataFusion or another dependency failed. Never shown to a
+    /// researcher verbatim: it may quote data.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn refused(code: Code, rule: &'static str) -> Self {
+        Error::Refused(Refusal::new(code, rule))
+    }
+
+    pub fn config(
+        file: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            file: file.into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn internal(what: impl fmt::Display) -> Self {
+        Error::Internal(what.to_string())
+    }
+
+    /// The refusal to show a researcher for this error: refusals as they are,
+    /// everything else as a fixed internal code.
+    pub fn as_refusal(&self) -> Refusal {
+        match self {
+            Error::Refused(r) => *r,
+            _ => Refusal::new(
+                Code::Internal,
+                "internal error; the operator log has details",
+            ),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Internal(format!("sqlite: {e}"))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Internal(format!("io: {e}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,48 @@
+//! `kexin-engine`: the trusted side of the sandbox boundary.
+//!
+//! A researcher's SQL is data: it is parsed, checked and rewritten before it
+//! runs, and only what passes the output gate leaves. The modules follow the
+//! query path of DESIGN.md:
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`policy`] | `space.toml`: datasets, column grades/kinds/masks/bounds, scenes, members, limits |
+//! | [`mask`] | the column masks and clamps applied at the scan (`kexin_mask`) |
+//! | [`disclosure`] | lineage checks: what each output column derives from, refusal rules |
+//! | [`rewrite`] | the `AnalyzerRule` that masks every base-table scan; safe expression semantics |
+//! | [`gate`] | hidden person counts and dominance shares; suppression, rounding, release |
+//! | [`audit`] | RFC 6962 Merkle hashing and C2SP signed-note checkpoints |
+//! | [`store`] | the node's SQLite state, keys, audit log storage and verification |
+//! | [`node`] | one node: opening a space and running a researcher's query end to end |
+//! | [`error`] | fixed refusal codes, kept apart from internal failures |
+//!
+//! ```no_run
+//! # async fn demo() -> kexin_engine::Result<()> {
+//! use std::sync::Arc;
+//! use kexin_engine::{node::{Node, QueryRequest}, policy::Space};
+//!
+//! let space = Arc::new(Space::load(std::path::Path::new("space"))?);
+//! let node = Node::open(space, "h1").await?;
+//! let outcome = node
+//!     .query(&QueryRequest {
+//!         scene: "diabetes-2027".into(),
+//!         actor: "alice".into(),
+//!         sql: "SELECT sex, count(*) FROM patients GROUP BY sex".into(),
+//!     })
+//!     .await;
+//! println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod disclosure;
+pub mod error;
+pub mod gate;
+pub mod mask;
+pub mod node;
+pub mod policy;
+pub mod rewrite;
+pub mod store;
+
+pub use error::{Code, Error, Refusal, Result};

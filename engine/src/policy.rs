@@ -1,0 +1,817 @@
+//! The policy model: `space.toml`, loaded and validated once at start.
+//!
+//! The raw TOML shapes (`Raw*`) are parsed with `deny_unknown_fields` so a
+//! typo is an error rather than a silently ignored rule; they are then turned
+//! into validated types ([`Space`], [`Dataset`], [`ColumnPolicy`], [`Scene`]).
+//! Every error names the file, the field and the reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::mask::MaskKind;
+
+/// Data classification grade (1 public, 2 internal, 3 sensitive, 4 core/identifying).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Grade(u8);
+
+impl Grade {
+    pub fn new(g: u8) -> Option<Self> {
+        (1..=4).contains(&g).then_some(Grade(g))
+    }
+    pub fn get(self) -> u8 {
+        self.0
+    }
+    /// The least strict kind a column of this grade may declare.
+    fn minimum_kind(self) -> ColumnKind {
+        match self.0 {
+            1 | 2 => ColumnKind::Attribute,
+            3 => ColumnKind::Sensitive,
+            _ => ColumnKind::Identifier,
+        }
+    }
+}
+
+/// What a column reveals about a person, in increasing strictness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnKind {
+    /// Not identifying on its own (sex, hospital, department).
+    Attribute,
+    /// Identifying in combination (age, region, dates): released only generalized.
+    Quasi,
+    /// A protected value (diagnosis, cost, lab values): only inside aggregates.
+    Sensitive,
+    /// Identifies a person (ID number, name, phone): never released.
+    Identifier,
+}
+
+/// Validated policy for one column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnPolicy {
+    pub name: String,
+    pub grade: Grade,
+    pub kind: ColumnKind,
+    pub mask: MaskKind,
+    /// Public bounds; values are clamped to them at the scan.
+    pub bounds: Option<(f64, f64)>,
+}
+
+impl ColumnPolicy {
+    /// A group key may come from this column (after its mask).
+    pub fn groupable(&self) -> bool {
+        match self.kind {
+            ColumnKind::Attribute | ColumnKind::Quasi => true,
+            ColumnKind::Sensitive => self.mask.generalizes(),
+            ColumnKind::Identifier => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub name: String,
+    /// Path template; `{node}` is replaced by the node name.
+    pub source: String,
+    pub person_key: String,
+    pub columns: BTreeMap<String, ColumnPolicy>,
+}
+
+impl Dataset {
+    pub fn source_for(&self, space_dir: &Path, node: &str) -> PathBuf {
+        space_dir.join(self.source.replace("{node}", node))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    Auto,
+    Review,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentMode {
+    /// The data holder's own legal basis covers the scene.
+    None,
+    /// Only persons who granted the scene contribute (consent registry).
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dominance {
+    /// How many top contributors are looked at.
+    pub n: usize,
+    /// Suppress when they hold more than this share of the cell's total.
+    pub k: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRules {
+    pub min_persons: u64,
+    pub round_to: u64,
+    pub decimals: u32,
+    pub dominance: Option<Dominance>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivacyRules {
+    pub epsilon_total: f64,
+    pub epsilon_per_query: f64,
+    pub delta: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scene {
+    pub name: String,
+    pub purpose: String,
+    pub disease: Option<String>,
+    pub requester: String,
+    pub datasets: Vec<String>,
+    /// Optional allow-list of `dataset.column`; `None` means every column of
+    /// the listed datasets (the person key is always present, pseudonymised).
+    pub columns: Option<BTreeSet<String>>,
+    pub consent: ConsentMode,
+    pub valid_from: String,
+    pub valid_to: String,
+    pub release: Release,
+    pub output: OutputRules,
+    pub privacy: Option<PrivacyRules>,
+    pub udfs: Vec<String>,
+}
+
+impl Scene {
+    pub fn column_visible(&self, dataset: &Dataset, column: &str) -> bool {
+        column == dataset.person_key
+            || self
+                .columns
+                .as_ref()
+                .is_none_or(|set| set.contains(&format!("{}.{}", dataset.name, column)))
+    }
+
+    /// Is `today` (YYYY-MM-DD, UTC) inside the validity window? Both ends inclusive.
+    pub fn valid_on(&self, today: &str) -> bool {
+        self.valid_from.as_str() <= today && today <= self.valid_to.as_str()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub role: String,
+    pub org: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_sql_bytes: usize,
+    pub max_sql_depth: usize,
+    pub timeout_seconds: u64,
+    pub memory_mb: usize,
+}
+
+impl Default for Limits {
+    /// 16 KiB of SQL, 48 levels of nesting, 120 s per query, 4 GiB memory pool.
+    fn default() -> Self {
+        Self {
+            max_sql_bytes: 16 * 1024,
+            max_sql_depth: 48,
+            timeout_seconds: 120,
+            memory_mb: 4096,
+        }
+    }
+}
+
+/// A validated space: datasets, scenes, members and limits.
+#[derive(Debug, Clone)]
+pub struct Space {
+    pub dir: PathBuf,
+    pub name: String,
+    pub nodes: Vec<String>,
+    pub datasets: BTreeMap<String, Dataset>,
+    pub scenes: BTreeMap<String, Scene>,
+    pub members: BTreeMap<String, Member>,
+    pub limits: Limits,
+    /// SHA-256 of the policy file bytes; recorded in every audit entry.
+    pub policy_digest: [u8; 32],
+}
+
+// ---------------------------------------------------------------- raw shapes
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpaceFile {
+    space: RawSpace,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+    #[serde(default)]
+    member: BTreeMap<String, RawMember>,
+    #[serde(default)]
+    dataset: BTreeMap<String, RawDataset>,
+    #[serde(default)]
+    scene: BTreeMap<String, RawScene>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpace {
+    name: String,
+    nodes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_sql_bytes: Option<usize>,
+    max_sql_depth: Option<usize>,
+    timeout_seconds: Option<u64>,
+    memory_mb: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    role: String,
+    org: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataset {
+    source: String,
+    person_key: String,
+    columns: BTreeMap<String, RawColumn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    grade: u8,
+    kind: Option<ColumnKind>,
+    mask: Option<String>,
+    bounds: Option<[f64; 2]>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScene {
+    purpose: String,
+    disease: Option<String>,
+    requester: String,
+    datasets: Vec<String>,
+    columns: Option<Vec<String>>,
+    consent: Option<String>,
+    valid: [String; 2],
+    release: Option<String>,
+    output: Option<RawOutput>,
+    privacy: Option<RawPrivacy>,
+    #[serde(default)]
+    udfs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    min_persons: Option<u64>,
+    round_to: Option<u64>,
+    decimals: Option<u32>,
+    dominance: Option<(usize, f64)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    epsilon_total: f64,
+    epsilon_per_query: f64,
+    delta: Option<f64>,
+}
+
+// ---------------------------------------------------------------- loading
+
+impl Space {
+    /// Load `DIR/space.toml`.
+    pub fn load(dir: &Path) -> Result<Space> {
+        let path = dir.join("space.toml");
+        let file = path.display().to_string();
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::config(&file, "(file)", format!("cannot read: {e}")))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| Error::config(&file, "(file)", "not valid UTF-8"))?;
+        Self::parse(dir, &file, text, Sha256::digest(&bytes).into())
+    }
+
+    /// Parse and validate policy text. `file` is only used in error messages.
+    pub fn parse(dir: &Path, file: &str, text: &str, policy_digest: [u8; 32]) -> Result<Space> {
+        let raw: RawSpaceFile = toml::from_str(text).map_err(|e| {
+            let field = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "(document)".into());
+            Error::config(file, field, e.message().to_string())
+        })?;
+        let err = |field: String, reason: String| Error::config(file, field, reason);
+
+        let name = raw.space.name.trim().to_string();
+        if name.is_empty() {
+            return Err(err("space.name".into(), "must not be empty".into()));
+        }
+        if raw.space.nodes.is_empty() {
+            return Err(err("space.nodes".into(), "list at least one node".into()));
+        }
+        for n in &raw.space.nodes {
+            if !valid_name(n) {
+                return Err(err(
+                    "space.nodes".into(),
+                    format!("node name {n:?} must be 1-32 of [a-z0-9_-]"),
+                ));
+            }
+        }
+
+        let mut limits = Limits::default();
+        if let Some(l) = raw.limits {
+            if let Some(v) = l.max_sql_bytes {
+                if !(64..=1 << 20).contains(&v) {
+                    return Err(err(
+                        "limits.max_sql_bytes".into(),
+                        "must be 64..=1048576".into(),
+                    ));
+                }
+                limits.max_sql_bytes = v;
+            }
+            if let Some(v) = l.max_sql_depth {
+                if !(4..=200).contains(&v) {
+                    return Err(err("limits.max_sql_depth".into(), "must be 4..=200".into()));
+                }
+                limits.max_sql_depth = v;
+            }
+            if let Some(v) = l.timeout_seconds {
+                if !(1..=86_400).contains(&v) {
+                    return Err(err(
+                        "limits.timeout_seconds".into(),
+                        "must be 1..=86400".into(),
+                    ));
+                }
+                limits.timeout_seconds = v;
+            }
+            if let Some(v) = l.memory_mb {
+                if !(64..=1 << 20).contains(&v) {
+                    return Err(err(
+                        "limits.memory_mb".into(),
+                        "must be 64..=1048576".into(),
+                    ));
+                }
+                limits.memory_mb = v;
+            }
+        }
+
+        let mut members = BTreeMap::new();
+        for (mname, m) in raw.member {
+            if !valid_name(&mname) {
+                return Err(err(
+                    format!("member.{mname}"),
+                    "member name must be 1-32 of [a-z0-9_-]".into(),
+                ));
+            }
+            if !["researcher", "holder", "operator", "individual"].contains(&m.role.as_str()) {
+                return Err(err(
+                    format!("member.{mname}.role"),
+                    format!(
+                        "unknown role {:?} (expected researcher, holder, operator or individual)",
+                        m.role
+                    ),
+                ));
+            }
+            members.insert(
+                mname.clone(),
+                Member {
+                    name: mname,
+                    role: m.role,
+                    org: m.org,
+                },
+            );
+        }
+
+        let mut datasets = BTreeMap::new();
+        for (dname, d) in raw.dataset {
+            let at = |f: &str| format!("dataset.{dname}.{f}");
+            if !valid_name(&dname) {
+                return Err(err(
+                    format!("dataset.{dname}"),
+                    "dataset name must be 1-32 of [a-z0-9_]".into(),
+                ));
+            }
+            if d.source.trim().is_empty() {
+                return Err(err(at("source"), "must not be empty".into()));
+            }
+            if Path::new(&d.source).is_absolute() || d.source.contains("..") {
+                return Err(err(
+                    at("source"),
+                    "must be a relative path inside the space".into(),
+                ));
+            }
+            let mut columns = BTreeMap::new();
+            for (cname, c) in d.columns {
+                let cat = |f: &str| format!("dataset.{dname}.columns.{cname}.{f}");
+                if !valid_name(&cname) {
+                    return Err(err(
+                        cat("name"),
+                        "column name must be 1-32 of [a-z0-9_]".into(),
+                    ));
+                }
+                let grade = Grade::new(c.grade)
+                    .ok_or_else(|| err(cat("grade"), "must be 1, 2, 3 or 4".into()))?;
+                let kind = c.kind.unwrap_or(grade.minimum_kind());
+                if kind < grade.minimum_kind() {
+                    return Err(err(
+                        cat("kind"),
+                        format!(
+                            "{kind:?} is less strict than grade {}'s default {:?}; a column may only be stricter than its grade",
+                            grade.get(),
+                            grade.minimum_kind()
+                        ),
+                    ));
+                }
+                let mask = match &c.mask {
+                    Some(m) => MaskKind::parse(m).map_err(|reason| err(cat("mask"), reason))?,
+                    None => MaskKind::None,
+                };
+                match kind {
+                    ColumnKind::Identifier if !mask.hides_identity() => {
+                        return Err(err(
+                            cat("mask"),
+                            "identifier columns need mask \"pseudonym\", \"redact\" or \"partial(a,b)\"".into(),
+                        ));
+                    }
+                    ColumnKind::Quasi if !mask.generalizes() => {
+                        return Err(err(
+                            cat("mask"),
+                            "quasi-identifiers need a generalizing mask: band(n), prefix(n), month or year".into(),
+                        ));
+                    }
+                    _ => {}
+                }
+                let bounds = match c.bounds {
+                    Some([lo, hi]) => {
+                        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                            return Err(err(
+                                cat("bounds"),
+                                "need two finite numbers with lower < upper".into(),
+                            ));
+                        }
+                        Some((lo, hi))
+                    }
+                    None => None,
+                };
+                columns.insert(
+                    cname.clone(),
+                    ColumnPolicy {
+                        name: cname,
+                        grade,
+                        kind,
+                        mask,
+                        bounds,
+                    },
+                );
+            }
+            match columns.get(&d.person_key) {
+                None => {
+                    return Err(err(
+                        at("person_key"),
+                        format!("{:?} is not a column of the dataset", d.person_key),
+                    ));
+                }
+                Some(c) if c.kind != ColumnKind::Identifier || c.mask != MaskKind::Pseudonym => {
+                    return Err(err(
+                        at("person_key"),
+                        "the person key must be an identifier column with mask \"pseudonym\""
+                            .into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+            datasets.insert(
+                dname.clone(),
+                Dataset {
+                    name: dname,
+                    source: d.source,
+                    person_key: d.person_key,
+                    columns,
+                },
+            );
+        }
+
+        let mut scenes = BTreeMap::new();
+        for (sname, s) in raw.scene {
+            let at = |f: &str| format!("scene.{sname}.{f}");
+            if !valid_name(&sname) {
+                return Err(err(
+                    format!("scene.{sname}"),
+                    "scene name must be 1-32 of [a-z0-9_-]".into(),
+                ));
+            }
+            if s.purpose.trim().is_empty() {
+                return Err(err(at("purpose"), "must not be empty".into()));
+            }
+            if s.requester.trim().is_empty() {
+                return Err(err(at("requester"), "must not be empty".into()));
+            }
+            if s.datasets.is_empty() {
+                return Err(err(at("datasets"), "list at least one dataset".into()));
+            }
+            for d in &s.datasets {
+                if !datasets.contains_key(d) {
+                    return Err(err(at("datasets"), format!("unknown dataset {d:?}")));
+                }
+            }
+            let columns = match s.columns {
+                None => None,
+                Some(list) => {
+                    let mut set = BTreeSet::new();
+                    for qc in list {
+                        let ok = qc.split_once('.').is_some_and(|(d, c)| {
+                            s.datasets.iter().any(|x| x == d)
+                                && datasets.get(d).is_some_and(|ds| ds.columns.contains_key(c))
+                        });
+                        if !ok {
+                            return Err(err(
+                                at("columns"),
+                                format!(
+                                    "{qc:?} is not dataset.column of a dataset listed in the scene"
+                                ),
+                            ));
+                        }
+                        set.insert(qc);
+                    }
+                    Some(set)
+                }
+            };
+            let consent = match s.consent.as_deref() {
+                None | Some("none") => ConsentMode::None,
+                Some("required") => ConsentMode::Required,
+                Some(other) => {
+                    return Err(err(
+                        at("consent"),
+                        format!("{other:?}: expected \"required\" or \"none\""),
+                    ));
+                }
+            };
+            let release = match s.release.as_deref() {
+                None | Some("auto") => Release::Auto,
+                Some("review") => Release::Review,
+                Some(other) => {
+                    return Err(err(
+                        at("release"),
+                        format!("{other:?}: expected \"auto\" or \"review\""),
+                    ));
+                }
+            };
+            let [from, to] = s.valid;
+            for (f, v) in [("valid[0]", &from), ("valid[1]", &to)] {
+                if !valid_date(v) {
+                    return Err(err(at(f), format!("{v:?} is not a date YYYY-MM-DD")));
+                }
+            }
+            if from > to {
+                return Err(err(at("valid"), "the start is after the end".into()));
+            }
+            let raw_out = s.output.unwrap_or(RawOutput {
+                min_persons: None,
+                round_to: None,
+                decimals: None,
+                dominance: None,
+            });
+            let min_persons = raw_out.min_persons.unwrap_or(10);
+            if min_persons < 2 {
+                return Err(err(at("output.min_persons"), "must be at least 2".into()));
+            }
+            let round_to = raw_out.round_to.unwrap_or(1);
+            if round_to == 0 || round_to > 1000 {
+                return Err(err(at("output.round_to"), "must be 1..=1000".into()));
+            }
+            let decimals = raw_out.decimals.unwrap_or(2);
+            if decimals > 6 {
+                return Err(err(at("output.decimals"), "must be 0..=6".into()));
+            }
+            let dominance = match raw_out.dominance {
+                None => None,
+                Some((n, k)) => {
+                    if !(1..=3).contains(&n) || !(k > 0.0 && k <= 1.0) {
+                        return Err(err(
+                            at("output.dominance"),
+                            "expected [n, k] with n in 1..=3 and 0 < k <= 1".into(),
+                        ));
+                    }
+                    Some(Dominance { n, k })
+                }
+            };
+            let privacy = match s.privacy {
+                None => None,
+                Some(p) => {
+                    let delta = p.delta.unwrap_or(0.0);
+                    let ok = p.epsilon_total.is_finite()
+                        && p.epsilon_total > 0.0
+                        && p.epsilon_per_query.is_finite()
+                        && p.epsilon_per_query > 0.0
+                        && p.epsilon_per_query <= p.epsilon_total
+                        && (0.0..1e-3).contains(&delta);
+                    if !ok {
+                        return Err(err(
+                            at("privacy"),
+                            "need 0 < epsilon_per_query <= epsilon_total and 0 <= delta < 0.001"
+                                .into(),
+                        ));
+                    }
+                    Some(PrivacyRules {
+                        epsilon_total: p.epsilon_total,
+                        epsilon_per_query: p.epsilon_per_query,
+                        delta,
+                    })
+                }
+            };
+            for u in &s.udfs {
+                let ok = u
+                    .strip_prefix("sha256:")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                if !ok {
+                    return Err(err(
+                        at("udfs"),
+                        format!("{u:?} is not sha256:<64 hex digits>"),
+                    ));
+                }
+            }
+            scenes.insert(
+                sname.clone(),
+                Scene {
+                    name: sname,
+                    purpose: s.purpose,
+                    disease: s.disease,
+                    requester: s.requester,
+                    datasets: s.datasets,
+                    columns,
+                    consent,
+                    valid_from: from,
+                    valid_to: to,
+                    release,
+                    output: OutputRules {
+                        min_persons,
+                        round_to,
+                        decimals,
+                        dominance,
+                    },
+                    privacy,
+                    udfs: s.udfs,
+                },
+            );
+        }
+
+        Ok(Space {
+            dir: dir.to_path_buf(),
+            name,
+            nodes: raw.space.nodes,
+            datasets,
+            scenes,
+            members,
+            limits,
+            policy_digest,
+        })
+    }
+
+    pub fn default_node(&self) -> &str {
+        // `parse` guarantees at least one node.
+        self.nodes.first().map(String::as_str).unwrap_or("h1")
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn valid_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<u32>().ok());
+    matches!((num(0..4), num(5..7), num(8..10)), (Some(_), Some(m), Some(d)) if (1..=12).contains(&m) && (1..=31).contains(&d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[space]
+name = "t"
+nodes = ["h1"]
+
+[member.alice]
+role = "researcher"
+org = "org:a"
+
+[dataset.patients]
+source = "{node}/patients.parquet"
+person_key = "id_card"
+
+[dataset.patients.columns]
+id_card = { grade = 4, kind = "identifier", mask = "pseudonym" }
+age     = { grade = 2, kind = "quasi", mask = "band(5)", bounds = [0, 100] }
+cost    = { grade = 3, bounds = [0, 1000] }
+
+[scene.s1]
+purpose = "DUO:0000007"
+requester = "org:a"
+datasets = ["patients"]
+valid = ["2026-01-01", "2030-12-31"]
+output = { min_persons = 5, dominance = [2, 0.9] }
+"#;
+
+    fn parse(text: &str) -> Result<Space> {
+        Space::parse(Path::new("/x"), "space.toml", text, [0; 32])
+    }
+
+    #[test]
+    fn good_policy_loads_with_defaults() {
+        let s = parse(GOOD).unwrap();
+        let c = &s.datasets["patients"].columns["cost"];
+        assert_eq!(c.kind, ColumnKind::Sensitive);
+        assert_eq!(s.scenes["s1"].output.min_persons, 5);
+        assert_eq!(s.scenes["s1"].output.round_to, 1);
+        assert_eq!(s.limits, Limits::default());
+    }
+
+    fn expect_field(text: &str, field: &str) {
+        match parse(text) {
+            Err(Error::Config { field: f, .. }) => {
+                assert!(f.contains(field), "{f} should name {field}")
+            }
+            other => panic!("expected config error at {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        expect_field(&GOOD.replace("band(5)", "band(0)"), "columns.age.mask");
+        expect_field(
+            &GOOD.replace("mask = \"band(5)\"", "mask = \"redact\""),
+            "columns.age.mask",
+        );
+        expect_field(
+            &GOOD.replace("grade = 3, bounds", "grade = 7, bounds"),
+            "columns.cost.grade",
+        );
+        expect_field(
+            &GOOD.replace("bounds = [0, 1000]", "bounds = [10, 1]"),
+            "columns.cost.bounds",
+        );
+        expect_field(
+            &GOOD.replace("person_key = \"id_card\"", "person_key = \"nope\""),
+            "person_key",
+        );
+        expect_field(
+            &GOOD.replace("datasets = [\"patients\"]", "datasets = [\"x\"]"),
+            "scene.s1.datasets",
+        );
+        expect_field(&GOOD.replace("2030-12-31", "2030-13-31"), "scene.s1.valid");
+        expect_field(
+            &GOOD.replace("min_persons = 5", "min_persons = 1"),
+            "min_persons",
+        );
+        expect_field(&GOOD.replace("[2, 0.9]", "[5, 0.9]"), "dominance");
+        // grade 4 cannot be declared less strict than identifier
+        expect_field(
+            &GOOD.replace(
+                "kind = \"identifier\", mask = \"pseudonym\"",
+                "kind = \"quasi\", mask = \"prefix(2)\"",
+            ),
+            "id_card.kind",
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_a_line() {
+        match parse(&GOOD.replace("requester =", "requestr =")) {
+            Err(Error::Config { field, reason, .. }) => {
+                assert!(field.starts_with("line "), "{field}");
+                assert!(reason.contains("requestr"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn column_allow_list_is_checked() {
+        let t = GOOD.replace(
+            "datasets = [\"patients\"]",
+            "datasets = [\"patients\"]\ncolumns = [\"patients.agee\"]",
+        );
+        expect_field(&t, "scene.s1.columns");
+    }
+}

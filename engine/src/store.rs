@@ -1,0 +1,368 @@
+//! Durable node state: one SQLite database per node (WAL, synchronous=FULL),
+//! the node's keys, and the audit log stored in it.
+//!
+//! Layout of a node directory (`<space>/<node>/`):
+//! - `kexin.db`   — SQLite: `audit` (seq, entry, leaf) and `checkpoint` (size, note)
+//! - `audit.head` — the latest signed checkpoint, the rollback witness
+//! - `node.key`   — signing seed and master key (mode 0600)
+//! - `node.pub`   — the signed-note verifier key of the node
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditEntry, Checkpoint, Hash, NoteKey, leaf_hash, tree_root};
+use crate::error::{Error, Result};
+use crate::mask::{SecretKey, civil_from_days};
+
+/// The current UTC time as (`YYYY-MM-DD`, RFC 3339 with seconds). The one
+/// clock source for validity windows and audit timestamps.
+pub fn now_utc() -> (String, String) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    let date = format!("{y:04}-{m:02}-{d:02}");
+    let ts = format!("{date}T{:02}:{:02}:{:02}Z", s / 3600, (s / 60) % 60, s % 60);
+    (date, ts)
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    signing_seed: String,
+    master_key: String,
+}
+
+/// A node's secrets: the checkpoint signing key and the master key from
+/// which per-scene pseudonym and threshold keys are derived.
+#[derive(Debug)]
+pub struct NodeKeys {
+    pub signing: SigningKey,
+    pub master: SecretKey,
+    pub note: NoteKey,
+}
+
+impl NodeKeys {
+    /// Load `node.key`, creating it (mode 0600) on first use.
+    pub fn load_or_create(node_dir: &Path, key_name: &str) -> Result<NodeKeys> {
+        std::fs::create_dir_all(node_dir)?;
+        let path = node_dir.join("node.key");
+        if !path.exists() {
+            let mut seed = [0u8; 32];
+            let mut master = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(Error::internal)?;
+            getrandom::fill(&mut master).map_err(Error::internal)?;
+            let kf = KeyFile {
+                signing_seed: hex::encode(seed),
+                master_key: hex::encode(master),
+            };
+            let text = serde_json::to_string(&kf).map_err(Error::internal)?;
+            write_private(&path, text.as_bytes())?;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let kf: KeyFile =
+            serde_json::from_str(&text).map_err(|_| Error::internal("node.key is malformed"))?;
+        let decode = |h: &str| -> Result<[u8; 32]> {
+            hex::decode(h)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| Error::internal("node.key is malformed"))
+        };
+        let signing = SigningKey::from_bytes(&decode(&kf.signing_seed)?);
+        let master = SecretKey::from_bytes(decode(&kf.master_key)?);
+        let note = NoteKey {
+            name: key_name.to_string(),
+            public: signing.verifying_key(),
+        };
+        let pub_path = node_dir.join("node.pub");
+        let vkey = note.verifier_key();
+        if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(vkey.as_str()) {
+            std::fs::write(&pub_path, &vkey)?;
+        }
+        Ok(NodeKeys {
+            signing,
+            master,
+            note,
+        })
+    }
+}
+
+/// Read a node's published verifier key (`node.pub`).
+pub fn read_verifier_key(node_dir: &Path) -> Result<NoteKey> {
+    let text = std::fs::read_to_string(node_dir.join("node.pub"))
+        .map_err(|_| Error::Verify("node.pub is missing".into()))?;
+    let mut parts = text.trim().splitn(3, '+');
+    let (Some(name), Some(_id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Error::Verify("node.pub is malformed".into()));
+    };
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|_| Error::Verify("node.pub is malformed".into()))?;
+    let bytes: [u8; 32] = match raw.as_slice() {
+        [0x01, rest @ ..] => rest
+            .try_into()
+            .map_err(|_| Error::Verify("node.pub is malformed".into()))?,
+        _ => return Err(Error::Verify("node.pub is not an Ed25519 key".into())),
+    };
+    let public = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| Error::Verify("node.pub is not a valid key".into()))?;
+    Ok(NoteKey {
+        name: name.to_string(),
+        public,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Write `bytes` to `path` atomically and durably (temp file, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Unique per process and thread: concurrent appenders must not share it.
+    let tmp = path.with_extension(
+        format!(
+            "tmp.{}.{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )
+        .replace(['(', ')'], ""),
+    );
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The node's state database and audit log.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    head_path: PathBuf,
+    origin: String,
+}
+
+impl Store {
+    pub fn open(node_dir: &Path, origin: &str) -> Result<Store> {
+        std::fs::create_dir_all(node_dir)?;
+        let conn = Connection::open(node_dir.join("kexin.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS audit (
+                 seq   INTEGER PRIMARY KEY,
+                 entry BLOB NOT NULL,
+                 leaf  BLOB NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS checkpoint (
+                 size INTEGER PRIMARY KEY,
+                 note TEXT NOT NULL
+             );",
+        )?;
+        Ok(Store {
+            conn,
+            head_path: node_dir.join("audit.head"),
+            origin: origin.to_string(),
+        })
+    }
+
+    /// Append an entry (its `seq` is assigned here) and sign the new tree
+    /// head, in one durable transaction; then update the head file.
+    /// Returns the sequence number and the signed checkpoint.
+    pub fn append(&mut self, mut entry: AuditEntry, keys: &NodeKeys) -> Result<(u64, String)> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut leaves: Vec<Hash> = {
+            let mut stmt = tx.prepare("SELECT leaf FROM audit ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(
+                    r?.try_into()
+                        .map_err(|_| Error::internal("stored leaf hash has the wrong length"))?,
+                );
+            }
+            out
+        };
+        let seq = leaves.len() as u64 + 1;
+        entry.seq = seq;
+        let bytes = serde_json::to_vec(&entry).map_err(Error::internal)?;
+        let leaf = leaf_hash(&bytes);
+        leaves.push(leaf);
+        tx.execute(
+            "INSERT INTO audit (seq, entry, leaf) VALUES (?1, ?2, ?3)",
+            params![seq as i64, bytes, leaf.to_vec()],
+        )?;
+        let cp = Checkpoint {
+            origin: self.origin.clone(),
+            size: seq,
+            root: tree_root(&leaves),
+        };
+        let note = cp.sign(&keys.note.name, &keys.signing);
+        tx.execute(
+            "INSERT INTO checkpoint (size, note) VALUES (?1, ?2)",
+            params![seq as i64, note],
+        )?;
+        tx.commit()?;
+        // The head file only moves forward. Appenders in other processes may
+        // race here; a head that is briefly behind the log is still a valid
+        // witness (verification needs head size <= log size).
+        let current = std::fs::read_to_string(&self.head_path)
+            .ok()
+            .and_then(|h| h.lines().nth(1).and_then(|l| l.parse::<u64>().ok()))
+            .unwrap_or(0);
+        if seq > current {
+            write_atomic(&self.head_path, note.as_bytes())?;
+        }
+        Ok((seq, note))
+    }
+
+    /// All entries in order.
+    pub fn entries(&self) -> Result<Vec<AuditEntry>> {
+        let mut stmt = self.conn.prepare("SELECT entry FROM audit ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(
+                serde_json::from_slice(&r?)
+                    .map_err(|_| Error::Verify("an audit entry does not parse".into()))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// The result of a successful verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub checkpoints: u64,
+    pub root_hex: String,
+}
+
+/// Recompute the whole log of a node: leaf hashes, sequence, every signed
+/// checkpoint, the head file, and optionally a checkpoint kept by a third
+/// party. Any edit, deletion, reordering, unsigned append or rollback fails.
+pub fn verify(node_dir: &Path, external_checkpoint: Option<&str>) -> Result<VerifyReport> {
+    let key = read_verifier_key(node_dir)?;
+    let db = node_dir.join("kexin.db");
+    if !db.exists() {
+        return Err(Error::Verify("the node has no state database".into()));
+    }
+    let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let fail = |s: String| Err(Error::Verify(s));
+
+    let mut leaves: Vec<Hash> = Vec::new();
+    {
+        let mut stmt = conn.prepare("SELECT seq, entry, leaf FROM audit ORDER BY seq")?;
+        // Read TEXT and BLOB alike: a tampered row may have changed type.
+        let bytes = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<Vec<u8>> {
+            Ok(r.get_ref(i)?
+                .as_bytes_or_null()?
+                .unwrap_or_default()
+                .to_vec())
+        };
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, bytes(r, 1)?, bytes(r, 2)?))
+        })?;
+        for row in rows {
+            let (seq, entry, leaf) = row?;
+            let expect = leaves.len() as i64 + 1;
+            if seq != expect {
+                return fail(format!("entry {expect} is missing (found {seq})"));
+            }
+            let parsed: AuditEntry = serde_json::from_slice(&entry)
+                .map_err(|_| Error::Verify(format!("entry {seq} does not parse")))?;
+            if parsed.seq as i64 != seq {
+                return fail(format!("entry {seq} is out of order"));
+            }
+            let h = leaf_hash(&entry);
+            if leaf.as_slice() != h {
+                return fail(format!("entry {seq} was edited (leaf hash mismatch)"));
+            }
+            leaves.push(h);
+        }
+    }
+    let n = leaves.len() as u64;
+
+    let check = |note: &str, what: &str| -> Result<Checkpoint> {
+        let cp = Checkpoint::open(note, &key).map_err(|e| Error::Verify(format!("{what}: {e}")))?;
+        if cp.size > n {
+            return Err(Error::Verify(format!(
+                "{what} covers {} entries but the log has {n}: entries were deleted or the database was rolled back",
+                cp.size
+            )));
+        }
+        if tree_root(&leaves[..cp.size as usize]) != cp.root {
+            return Err(Error::Verify(format!(
+                "{what} (size {}) does not match the log: entries were edited, reordered or replaced",
+                cp.size
+            )));
+        }
+        Ok(cp)
+    };
+
+    let mut count = 0u64;
+    let mut latest = 0u64;
+    {
+        let mut stmt = conn.prepare("SELECT size, note FROM checkpoint ORDER BY size")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (size, note) = row?;
+            let cp = check(&note, &format!("checkpoint {size}"))?;
+            if cp.size as i64 != size {
+                return fail(format!("checkpoint {size} is stored under the wrong size"));
+            }
+            latest = latest.max(cp.size);
+            count += 1;
+        }
+    }
+    if latest != n {
+        return fail(format!(
+            "the log has {n} entries but the latest signed checkpoint covers {latest}: unsigned entries were appended"
+        ));
+    }
+    if let Some(ext) = external_checkpoint {
+        check(ext, "external checkpoint")?;
+    }
+    match std::fs::read_to_string(node_dir.join("audit.head")) {
+        Ok(head) => {
+            // `check` refuses a head larger than the log (rollback) and one
+            // whose root disagrees with the log's prefix.
+            check(&head, "head checkpoint")?;
+        }
+        Err(_) if n == 0 => {}
+        Err(_) => return fail("the head checkpoint file is missing".into()),
+    }
+    Ok(VerifyReport {
+        entries: n,
+        checkpoints: count,
+        root_hex: hex::encode(tree_root(&leaves)),
+    })
+}

@@ -1,0 +1,22 @@
+//! The `kexin` application: command-line interface, synthetic data
+//! generator, output rendering and the guided demo. The engine itself lives
+//! in `kexin-engine`; this crate wires it to users.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`synth`] | `kexin gen`: deterministic synthetic multi-hospital data and an example policy |
+//! | [`render`] | table, JSON and CSV output of a query outcome |
+//! | [`demo`] | `kexin demo`: allowed, suppressed and refused queries on a small space |
+#![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod render;
+pub mod synth;
+
+/// Output formats of `kexin query`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}

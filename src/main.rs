@@ -1,0 +1,219 @@
+//! `kexin`: the command-line interface and node binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kexin::{Format, demo, render, synth};
+use kexin_engine::node::{Node, QueryRequest};
+use kexin_engine::policy::Space;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kexin",
+    version,
+    about = "Kexin (可信): a privacy-computing sandbox for medical data spaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a deterministic synthetic multi-hospital data space.
+    Gen {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of hospitals (nodes h1..hN).
+        #[arg(long, default_value_t = 3)]
+        hospitals: usize,
+        /// Patients per hospital (each has ~3-4 admissions and ~2-4 lab results).
+        #[arg(long, default_value_t = 2000)]
+        patients: usize,
+        /// Random seed; the same seed gives byte-identical data.
+        #[arg(long, default_value_t = 2027)]
+        seed: u64,
+        /// Also write CSV copies of every table.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Run a researcher's SQL under a scene on one node.
+    Query {
+        /// The space directory (holds space.toml).
+        #[arg(long)]
+        space: PathBuf,
+        /// The node (hospital) to run on; defaults to the first in space.toml.
+        #[arg(long)]
+        node: Option<String>,
+        /// The scene (purpose) the researcher is authorized for.
+        #[arg(long)]
+        scene: String,
+        /// The researcher (a member name in space.toml).
+        #[arg(long = "as")]
+        actor: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The SQL query.
+        sql: String,
+    },
+    /// Inspect and verify a node's audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Generate a small space in a temporary directory and walk through
+    /// allowed, suppressed and refused queries.
+    Demo {
+        /// Keep the generated space in this directory instead of a temp dir.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditAction {
+    /// Recompute the Merkle log and check every signed checkpoint.
+    Verify {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        /// A checkpoint (signed note) saved earlier by a third party.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// List audit entries as JSON lines.
+    List {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEXIN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kexin: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn node_name(space: &Space, node: Option<String>) -> String {
+    node.unwrap_or_else(|| space.default_node().to_string())
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Gen {
+            out,
+            hospitals,
+            patients,
+            seed,
+            csv,
+        } => {
+            let started = std::time::Instant::now();
+            let (p, a, l) = synth::generate(
+                &out,
+                &synth::GenOptions {
+                    hospitals,
+                    patients,
+                    seed,
+                    csv,
+                    quiet: false,
+                },
+            )?;
+            println!(
+                "generated {hospitals} hospitals in {}: {p} patient records, {a} admissions, {l} lab results ({:.1} s)",
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            println!("policy: {}", out.join("space.toml").display());
+            Ok(0)
+        }
+        Command::Query {
+            space,
+            node,
+            scene,
+            actor,
+            format,
+            sql,
+        } => {
+            let space = Arc::new(Space::load(&space)?);
+            let node = node_name(&space, node);
+            let rt = runtime()?;
+            let outcome = rt.block_on(async {
+                let node = Node::open(space, &node).await?;
+                anyhow::Ok(node.query(&QueryRequest { scene, actor, sql }).await)
+            })?;
+            print!("{}", render::outcome(&outcome, format)?);
+            Ok(u8::try_from(outcome.exit_status()).unwrap_or(1))
+        }
+        Command::Audit { action } => match action {
+            AuditAction::Verify {
+                space,
+                node,
+                checkpoint,
+            } => {
+                let space = Space::load(&space)?;
+                let node = node_name(&space, node);
+                let external = match checkpoint {
+                    Some(p) => Some(
+                        std::fs::read_to_string(&p)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                    ),
+                    None => None,
+                };
+                match kexin_engine::store::verify(&space.dir.join(&node), external.as_deref()) {
+                    Ok(r) => {
+                        println!(
+                            "audit log of node {node} verified: {} entries, {} signed checkpoints, root {}",
+                            r.entries, r.checkpoints, r.root_hex
+                        );
+                        Ok(0)
+                    }
+                    Err(e) => {
+                        println!("audit log of node {node} FAILED verification: {e}");
+                        Ok(5)
+                    }
+                }
+            }
+            AuditAction::List { space, node } => {
+                let space = Space::load(&space)?;
+                let node = node_name(&space, node);
+                let dir = space.dir.join(&node);
+                let store = kexin_engine::store::Store::open(
+                    &dir,
+                    &format!("kexin/{}/{}", space.name, node),
+                )?;
+                for e in store.entries()? {
+                    println!("{}", serde_json::to_string(&e)?);
+                }
+                Ok(0)
+            }
+        },
+        Command::Demo { keep } => demo::run(keep),
+    }
+}

@@ -1,0 +1,122 @@
+//! Rendering a query outcome as a table, one JSON object, or CSV.
+
+use anyhow::Result;
+use kexin_engine::gate::Cell;
+use kexin_engine::node::{Outcome, Status};
+
+use crate::Format;
+
+fn text(c: &Cell) -> String {
+    match c {
+        Cell::Null => String::new(),
+        Cell::Int(i) => i.to_string(),
+        Cell::Float(f) => f.to_string(),
+        Cell::Bool(b) => b.to_string(),
+        Cell::Text(s) => s.clone(),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string(o)?),
+        Format::Csv => {
+            let mut out = String::new();
+            if o.status == Status::Released {
+                out.push_str(
+                    &o.columns
+                        .iter()
+                        .map(|c| csv_field(c))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                out.push('\n');
+                for r in &o.rows {
+                    out.push_str(
+                        &r.iter()
+                            .map(|c| csv_field(&text(c)))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
+                    out.push('\n');
+                }
+            } else {
+                eprintln!("{}: {}", o.code.unwrap_or(""), o.rule.unwrap_or(""));
+            }
+            out
+        }
+        Format::Table => {
+            let mut out = String::new();
+            match o.status {
+                Status::Released => {
+                    let cells: Vec<Vec<String>> = o
+                        .rows
+                        .iter()
+                        .map(|r| r.iter().map(text).collect())
+                        .collect();
+                    let widths: Vec<usize> = o
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            cells
+                                .iter()
+                                .map(|r| r.get(i).map_or(0, |s| s.chars().count()))
+                                .chain([c.chars().count()])
+                                .max()
+                                .unwrap_or(0)
+                        })
+                        .collect();
+                    let line = |vals: Vec<&str>| {
+                        vals.iter()
+                            .zip(&widths)
+                            .map(|(v, w)| format!("{v:<w$}", w = *w))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    };
+                    out.push_str(&line(o.columns.iter().map(String::as_str).collect()));
+                    out.push('\n');
+                    out.push_str(
+                        &widths
+                            .iter()
+                            .map(|w| "-".repeat(*w))
+                            .collect::<Vec<_>>()
+                            .join("-+-"),
+                    );
+                    out.push('\n');
+                    for r in &cells {
+                        out.push_str(&line(r.iter().map(String::as_str).collect()));
+                        out.push('\n');
+                    }
+                    out.push_str(&format!(
+                        "released: {} row(s), {} group(s) suppressed\n",
+                        o.rows.len(),
+                        o.suppressed_groups
+                    ));
+                }
+                Status::Refused => {
+                    out.push_str(&format!(
+                        "refused: {} — {}\n",
+                        o.code.unwrap_or(""),
+                        o.rule.unwrap_or("")
+                    ));
+                }
+                Status::Held => out.push_str("held for data-holder review\n"),
+            }
+            for e in &o.explanation {
+                out.push_str(&format!("  · {e}\n"));
+            }
+            if let Some(seq) = o.audit_seq {
+                out.push_str(&format!("audit entry #{seq}\n"));
+            }
+            out
+        }
+    })
+}

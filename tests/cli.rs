@@ -1,0 +1,392 @@
+//! The `kexin` binary as a user runs it: real processes, files and SQLite.
+//! Audit-log tampering, rollback, config errors and the JSON contract.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn kexin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kexin"))
+        .args(args)
+        .output()
+        .expect("run kexin")
+}
+
+fn generate(dir: &Path) {
+    let out = kexin(&[
+        "gen",
+        "--out",
+        dir.to_str().expect("utf8"),
+        "--hospitals",
+        "2",
+        "--patients",
+        "800",
+        "--seed",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn query_json(dir: &Path, scene: &str, sql: &str) -> (i32, Value) {
+    let out = kexin(&[
+        "query",
+        "--space",
+        dir.to_str().expect("utf8"),
+        "--scene",
+        scene,
+        "--as",
+        "alice",
+        "--format",
+        "json",
+        sql,
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn verify(dir: &Path) -> (bool, String) {
+    let out = kexin(&["audit", "verify", "--space", dir.to_str().expect("utf8")]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn db(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join("h1").join("kexin.db")).expect("open db")
+}
+
+/// A space with a few audited decisions, and a fresh verify.
+fn space_with_log() -> tempfile::TempDir {
+    let t = tempfile::tempdir().expect("tempdir");
+    generate(t.path());
+    for sql in [
+        "SELECT sex, count(*) AS n FROM patients GROUP BY sex",
+        "SELECT max(cost) FROM admissions",
+        "SELECT department, avg(cost) FROM admissions GROUP BY department",
+    ] {
+        query_json(t.path(), "diabetes-2027", sql);
+    }
+    let (ok, msg) = verify(t.path());
+    assert!(ok, "fresh log verifies: {msg}");
+    assert!(msg.contains("3 entries"), "{msg}");
+    t
+}
+
+#[test]
+fn json_contract_and_exit_status() {
+    let t = tempfile::tempdir().expect("tempdir");
+    generate(t.path());
+    let (code, v) = query_json(
+        t.path(),
+        "diabetes-2027",
+        "SELECT sex, count(*) AS n FROM patients GROUP BY sex ORDER BY sex",
+    );
+    assert_eq!(code, 0);
+    assert_eq!(v["status"], "released");
+    assert_eq!(v["columns"], serde_json::json!(["sex", "n"]));
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["suppressed_groups"], 0);
+    assert_eq!(v["code"], Value::Null);
+    assert_eq!(v["audit_seq"], 1);
+
+    let (code, v) = query_json(
+        t.path(),
+        "diabetes-2027",
+        "SELECT name, count(*) FROM patients GROUP BY name",
+    );
+    assert_ne!(code, 0);
+    assert_eq!(v["status"], "refused");
+    assert_eq!(v["code"], "KX-DISC-IDENTIFIER");
+    assert!(v["rule"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(v["rows"], serde_json::json!([]));
+    assert_eq!(v["audit_seq"], 2);
+
+    // Table and CSV renderings of the same released result.
+    let out = kexin(&[
+        "query",
+        "--space",
+        t.path().to_str().expect("utf8"),
+        "--scene",
+        "diabetes-2027",
+        "--as",
+        "alice",
+        "--format",
+        "csv",
+        "SELECT sex, count(*) AS n FROM patients GROUP BY sex ORDER BY sex",
+    ]);
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.starts_with("sex,n\nF,"), "{csv}");
+    // The audit list shows digests and decisions, never the SQL's literals.
+    let out = kexin(&["audit", "list", "--space", t.path().to_str().expect("utf8")]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(list.lines().count(), 3);
+    assert!(list.contains("\"decision\":\"refused\"") && list.contains("KX-DISC-IDENTIFIER"));
+    assert!(
+        !list.contains("GROUP BY"),
+        "SQL text is stored as a digest only"
+    );
+}
+
+#[test]
+fn edited_entry_is_detected() {
+    let t = space_with_log();
+    db(t.path())
+        .execute(
+            "UPDATE audit SET entry = replace(entry, '\"decision\":\"refused\"', '\"decision\":\"released\"') WHERE seq = 2",
+            [],
+        )
+        .expect("tamper");
+    let (ok, msg) = verify(t.path());
+    assert!(!ok && msg.contains("edited"), "{msg}");
+}
+
+#[test]
+fn edited_entry_with_recomputed_leaf_is_detected() {
+    let t = space_with_log();
+    let conn = db(t.path());
+    let entry: Vec<u8> = conn
+        .query_row("SELECT entry FROM audit WHERE seq = 2", [], |r| r.get(0))
+        .expect("read");
+    let forged = String::from_utf8(entry)
+        .expect("utf8")
+        .replace("\"refused\"", "\"released\"");
+    let mut leaf = vec![0u8];
+    leaf.extend_from_slice(forged.as_bytes());
+    use sha2::Digest;
+    let leaf = sha2::Sha256::digest(&leaf).to_vec();
+    conn.execute(
+        "UPDATE audit SET entry = ?1, leaf = ?2 WHERE seq = 2",
+        rusqlite::params![forged.as_bytes(), leaf],
+    )
+    .expect("tamper");
+    let (ok, msg) = verify(t.path());
+    assert!(!ok && msg.contains("does not match"), "{msg}");
+}
+
+#[test]
+fn deleted_entry_is_detected() {
+    let t = space_with_log();
+    db(t.path())
+        .execute("DELETE FROM audit WHERE seq = 2", [])
+        .expect("tamper");
+    let (ok, msg) = verify(t.path());
+    assert!(!ok && msg.contains("missing"), "{msg}");
+}
+
+#[test]
+fn truncated_log_is_detected() {
+    let t = space_with_log();
+    let conn = db(t.path());
+    conn.execute("DELETE FROM audit WHERE seq = 3", [])
+        .expect("tamper");
+    conn.execute("DELETE FROM checkpoint WHERE size = 3", [])
+        .expect("tamper");
+    let (ok, msg) = verify(t.path());
+    assert!(!ok && msg.contains("head checkpoint"), "{msg}");
+}
+
+#[test]
+fn reordered_entries_are_detected() {
+    let t = space_with_log();
+    let conn = db(t.path());
+    conn.execute_batch(
+        "UPDATE audit SET seq = 100 WHERE seq = 1;
+         UPDATE audit SET seq = 1 WHERE seq = 2;
+         UPDATE audit SET seq = 2 WHERE seq = 100;",
+    )
+    .expect("tamper");
+    let (ok, msg) = verify(t.path());
+    assert!(!ok && msg.contains("out of order"), "{msg}");
+}
+
+#[test]
+fn unsigned_append_is_detected() {
+    let t = space_with_log();
+    let conn = db(t.path());
+    let entry: Vec<u8> = conn
+        .query_row("SELECT entry FROM audit WHERE seq = 3", [], |r| r.get(0))
+        .expect("read");
+    let forged = String::from_utf8(entry)
+        .expect("utf8")
+        .replace("\"seq\":3", "\"seq\":4");
+    let mut leaf = vec![0u8];
+    leaf.extend_from_slice(forged.as_bytes());
+    use sha2::Digest;
+    let leaf = sha2::Sha256::digest(&leaf).to_vec();
+    conn.execute(
+        "INSERT INTO audit (seq, entry, leaf) VALUES (4, ?1, ?2)",
+        rusqlite::params![forged.as_bytes(), leaf],
+    )
+    .expect("tamper");
+    let (ok, msg) = verify(t.path());
+    assert!(!ok && msg.contains("unsigned"), "{msg}");
+}
+
+#[test]
+fn forged_checkpoint_signature_is_detected() {
+    let t = space_with_log();
+    let conn = db(t.path());
+    conn.execute(
+        "UPDATE checkpoint SET note = replace(note, '\n2\n', '\n2\n ') WHERE size = 2",
+        [],
+    )
+    .expect("tamper");
+    let (ok, msg) = verify(t.path());
+    assert!(!ok && msg.contains("checkpoint 2"), "{msg}");
+}
+
+#[test]
+fn rolled_back_database_is_detected() {
+    let t = space_with_log();
+    let h1 = t.path().join("h1");
+    // Back up the database as it is (3 entries)…
+    db(t.path())
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .expect("wal checkpoint");
+    let backup = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(h1.join("kexin.db"), backup.path().join("kexin.db")).expect("backup");
+    // …make one more audited decision, keeping the checkpoint the answer carries…
+    let (_, v) = query_json(t.path(), "diabetes-2027", "SELECT count(*) FROM patients");
+    let saved_checkpoint = v["checkpoint"]
+        .as_str()
+        .expect("checkpoint in the answer")
+        .to_string();
+    // …and restore the backup, as an operator hiding that decision would.
+    for f in ["kexin.db-wal", "kexin.db-shm"] {
+        let _ = std::fs::remove_file(h1.join(f));
+    }
+    std::fs::copy(backup.path().join("kexin.db"), h1.join("kexin.db")).expect("restore");
+    let (ok, msg) = verify(t.path());
+    assert!(!ok && msg.contains("rolled back"), "{msg}");
+    // A researcher's saved checkpoint catches it too, even with the head file gone.
+    std::fs::remove_file(h1.join("audit.head")).expect("remove head");
+    let cp = t.path().join("saved.note");
+    std::fs::write(&cp, saved_checkpoint).expect("write");
+    let out = kexin(&[
+        "audit",
+        "verify",
+        "--space",
+        t.path().to_str().expect("utf8"),
+        "--checkpoint",
+        cp.to_str().expect("utf8"),
+    ]);
+    let msg = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && msg.contains("external checkpoint"),
+        "{msg}"
+    );
+}
+
+fn config_error(dir: &Path, from: &str, to: &str, field: &str) {
+    let p = dir.join("space.toml");
+    let good = std::fs::read_to_string(&p).expect("read");
+    assert!(good.contains(from), "fixture lacks {from}");
+    std::fs::write(&p, good.replacen(from, to, 1)).expect("write");
+    let out = kexin(&[
+        "query",
+        "--space",
+        dir.to_str().expect("utf8"),
+        "--scene",
+        "diabetes-2027",
+        "--as",
+        "alice",
+        "SELECT count(*) FROM patients",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(&p, good).expect("restore");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("space.toml") && err.contains(field),
+        "error should name {field}: {err}"
+    );
+}
+
+#[test]
+fn config_errors_name_file_and_field() {
+    let t = tempfile::tempdir().expect("tempdir");
+    generate(t.path());
+    config_error(
+        t.path(),
+        "mask = \"band(10)\"",
+        "mask = \"band(ten)\"",
+        "dataset.patients.columns.age.mask",
+    );
+    config_error(
+        t.path(),
+        "min_persons = 10",
+        "min_persons = 0",
+        "scene.diabetes-2027.output.min_persons",
+    );
+    config_error(
+        t.path(),
+        "person_key = \"id_card\"",
+        "person_key = \"name\"",
+        "dataset.patients.person_key",
+    );
+    config_error(
+        t.path(),
+        "source = \"{node}/labs.parquet\"",
+        "source = \"{node}/missing.parquet\"",
+        "dataset.labs.source",
+    );
+    config_error(
+        t.path(),
+        "diagnosis      = { grade = 3, kind = \"sensitive\", mask = \"prefix(3)\" }",
+        "diagnosis      = { grade = 3, kind = \"sensitive\", mask = \"band(3)\" }",
+        "dataset.admissions.columns.diagnosis",
+    );
+    config_error(
+        t.path(),
+        "[scene.flu-2024]",
+        "[scene.flu-2024]\nbogus = 1",
+        "line",
+    );
+}
+
+#[test]
+fn generator_is_deterministic_and_writes_csv() {
+    let a = tempfile::tempdir().expect("tempdir");
+    let b = tempfile::tempdir().expect("tempdir");
+    for d in [a.path(), b.path()] {
+        let out = kexin(&[
+            "gen",
+            "--out",
+            d.to_str().expect("utf8"),
+            "--hospitals",
+            "2",
+            "--patients",
+            "300",
+            "--seed",
+            "11",
+            "--csv",
+        ]);
+        assert!(out.status.success());
+    }
+    for f in ["h1/patients.csv", "h2/admissions.csv", "h1/labs.csv"] {
+        let x = std::fs::read(a.path().join(f)).expect("read");
+        assert!(!x.is_empty());
+        assert_eq!(
+            x,
+            std::fs::read(b.path().join(f)).expect("read"),
+            "{f} differs between runs"
+        );
+    }
+    // Some persons are patients of both hospitals.
+    let ids = |h: &str| -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(a.path().join(h).join("patients.csv"))
+            .expect("read")
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split(',').next().map(str::to_string))
+            .collect()
+    };
+    let shared = ids("h1").intersection(&ids("h2")).count();
+    assert!(shared > 20 && shared < 100, "overlap {shared}");
+}
