@@ -6,6 +6,10 @@
 //! that instead. The gated side is the whole path a researcher pays for:
 //! parse, checks, rewrite, masked execution, gate and the durable audit append.
 
+// Test and bench code: a panic is the failure report, and plain DataFusion
+// sessions are the independent reference.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

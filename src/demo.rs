@@ -31,11 +31,12 @@ const STEPS: &[(&str, &str, &str, &str, Status)] = &[
         Status::Released,
     ),
     (
-        "Admissions by region and diagnosis chapter: small cells are suppressed by the gate",
+        "Stroke admissions by region (prefix(4) of the county code): small cells are suppressed",
         "diabetes-2027",
         "alice",
-        "SELECT p.region, a.diagnosis, count(*) AS admissions, avg(a.cost) AS mean_cost \
-         FROM patients p JOIN admissions a ON p.id_card = a.id_card GROUP BY p.region, a.diagnosis",
+        "SELECT p.region, count(*) AS admissions, avg(a.cost) AS mean_cost \
+         FROM patients p JOIN admissions a ON p.id_card = a.id_card \
+         WHERE a.diagnosis = 'I63' GROUP BY p.region ORDER BY p.region",
         Status::Released,
     ),
     (

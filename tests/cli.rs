@@ -1,6 +1,10 @@
 //! The `kexin` binary as a user runs it: real processes, files and SQLite.
 //! Audit-log tampering, rollback, config errors and the JSON contract.
 
+// Test and bench code: a panic is the failure report, and plain DataFusion
+// sessions are the independent reference.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

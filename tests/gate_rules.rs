@@ -2,6 +2,10 @@
 //! distinct-person thresholds (on persons, not rows), the noisy sticky
 //! threshold, the dominance rule and rounding.
 
+// Test and bench code: a panic is the failure report, and plain DataFusion
+// sessions are the independent reference.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;

@@ -5,6 +5,10 @@
 //! Parquet files; attack queries must be refused with an exact code or have
 //! their cells suppressed.
 
+// Test and bench code: a panic is the failure report, and plain DataFusion
+// sessions are the independent reference.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, UInt64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::{Column, Result as DfResult, ScalarValue, exec_err};
 use datafusion::logical_expr::expr::AggregateFunction;
@@ -259,7 +259,7 @@ impl AggregateUDFImpl for DominanceShare {
         Ok(vec![
             Arc::new(Field::new_list(
                 "persons",
-                Field::new_list_field(DataType::Utf8, true),
+                Field::new_list_field(DataType::UInt64, true),
                 true,
             )),
             Arc::new(Field::new_list(
@@ -271,29 +271,51 @@ impl AggregateUDFImpl for DominanceShare {
     }
 }
 
+/// Per-person totals of one group, keyed by a 64-bit hash of the person key
+/// (no allocation per row; a collision would merge two persons' totals,
+/// which makes the rule stricter, never weaker).
 #[derive(Debug)]
 struct DominanceAcc {
     n: usize,
-    per_person: HashMap<String, f64>,
+    per_person: HashMap<u64, f64>,
+}
+
+fn person_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 impl DominanceAcc {
+    fn add_hashed(&mut self, person: u64, v: f64) {
+        let v = if v.is_finite() { v.abs() } else { f64::MAX };
+        let e = self.per_person.entry(person).or_insert(0.0);
+        *e = (*e + v).min(f64::MAX);
+    }
+
     fn add(&mut self, persons: &ArrayRef, values: &ArrayRef) -> DfResult<()> {
-        let persons = cast(persons, &DataType::Utf8)?;
-        let persons = persons.as_string::<i32>();
         let values = cast(values, &DataType::Float64)?;
         let values = values.as_primitive::<Float64Type>();
-        for i in 0..persons.len() {
-            if persons.is_null(i) || values.is_null(i) {
-                continue;
+        macro_rules! each {
+            ($arr:expr) => {{
+                let a = $arr;
+                for i in 0..a.len() {
+                    if a.is_null(i) || values.is_null(i) {
+                        continue;
+                    }
+                    self.add_hashed(person_hash(a.value(i).as_bytes()), values.value(i));
+                }
+            }};
+        }
+        match persons.data_type() {
+            DataType::Utf8View => each!(persons.as_string_view()),
+            DataType::Utf8 => each!(persons.as_string::<i32>()),
+            DataType::LargeUtf8 => each!(persons.as_string::<i64>()),
+            _ => {
+                let p = cast(persons, &DataType::Utf8)?;
+                each!(p.as_string::<i32>())
             }
-            let v = values.value(i);
-            let v = if v.is_finite() { v.abs() } else { f64::MAX };
-            let e = self
-                .per_person
-                .entry(persons.value(i).to_string())
-                .or_insert(0.0);
-            *e = (*e + v).min(f64::MAX);
         }
         Ok(())
     }
@@ -319,16 +341,14 @@ impl Accumulator for DominanceAcc {
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self)
-            + self.per_person.len() * 48
-            + self.per_person.keys().map(String::len).sum::<usize>()
+        std::mem::size_of_val(self) + self.per_person.capacity() * 24
     }
 
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
         let keys: Vec<ScalarValue> = self
             .per_person
             .keys()
-            .map(|k| ScalarValue::Utf8(Some(k.clone())))
+            .map(|k| ScalarValue::UInt64(Some(*k)))
             .collect();
         let vals: Vec<ScalarValue> = self
             .per_person
@@ -336,7 +356,7 @@ impl Accumulator for DominanceAcc {
             .map(|v| ScalarValue::Float64(Some(*v)))
             .collect();
         Ok(vec![
-            ScalarValue::List(ScalarValue::new_list_nullable(&keys, &DataType::Utf8)),
+            ScalarValue::List(ScalarValue::new_list_nullable(&keys, &DataType::UInt64)),
             ScalarValue::List(ScalarValue::new_list_nullable(&vals, &DataType::Float64)),
         ])
     }
@@ -351,7 +371,13 @@ impl Accumulator for DominanceAcc {
             if keys.is_null(i) || vals.is_null(i) {
                 continue;
             }
-            self.add(&keys.value(i), &vals.value(i))?;
+            let k = keys.value(i);
+            let k = k.as_primitive::<UInt64Type>();
+            let v = vals.value(i);
+            let v = v.as_primitive::<Float64Type>();
+            for j in 0..k.len().min(v.len()) {
+                self.add_hashed(k.value(j), v.value(j));
+            }
         }
         Ok(())
     }
@@ -433,7 +459,7 @@ pub fn apply(
             } else {
                 persons.value(r)
             };
-            let row: Vec<Cell> = (0..visible).map(|c| cells[c][r].clone()).collect();
+            let row: Vec<Cell> = cells.iter().map(|col| col[r].clone()).collect();
             let key: String = row
                 .iter()
                 .zip(&analysis.aggregated)

@@ -600,7 +600,7 @@ impl Space {
             let dominance = match raw_out.dominance {
                 None => None,
                 Some((n, k)) => {
-                    if !(1..=3).contains(&n) || !(k > 0.0 && k <= 1.0) {
+                    if !((1..=3).contains(&n) && k > 0.0 && k <= 1.0) {
                         return Err(err(
                             at("output.dominance"),
                             "expected [n, k] with n in 1..=3 and 0 < k <= 1".into(),
