@@ -15,28 +15,26 @@
 //! contributors dominate a sum, or when a value is not finite. Released
 //! integer aggregates are rounded to `round_to`, floating ones to `decimals`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::common::{Column, Result as DfResult, ScalarValue, exec_err};
+use datafusion::common::Column;
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Expr, LogicalPlan, Projection, Signature,
-    SubqueryAlias, Volatility, cast as cast_expr,
+    AggregateUDF, Expr, LogicalPlan, Projection, SubqueryAlias, cast as cast_expr,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
+use crate::cells::{CappedPersons, DominanceShare};
 use crate::disclosure::Analysis;
 use crate::error::{Error, Result};
 use crate::mask::SecretKey;
-use crate::policy::{Dominance, OutputRules};
+use crate::policy::OutputRules;
 use crate::rewrite::PERSON_COLUMN;
 
 const PERSONS: &str = "__kexin_persons";
@@ -50,11 +48,8 @@ pub struct Hidden {
 }
 
 /// Add the gate's hidden aggregates to the releasing aggregate.
-pub fn instrument(
-    plan: LogicalPlan,
-    dominance: Option<Dominance>,
-) -> Result<(LogicalPlan, Hidden)> {
-    let (plan, hidden) = top(plan, dominance)?;
+pub fn instrument(plan: LogicalPlan, rules: &OutputRules) -> Result<(LogicalPlan, Hidden)> {
+    let (plan, hidden) = top(plan, rules)?;
     Ok((
         plan,
         Hidden {
@@ -68,10 +63,10 @@ fn internal(e: impl std::fmt::Display) -> Error {
 }
 
 /// Rebuild the chain above the releasing aggregate; returns the hidden columns.
-fn top(plan: LogicalPlan, dominance: Option<Dominance>) -> Result<(LogicalPlan, Vec<Column>)> {
+fn top(plan: LogicalPlan, rules: &OutputRules) -> Result<(LogicalPlan, Vec<Column>)> {
     match plan {
         LogicalPlan::Projection(p) => {
-            let (input, hidden) = top(Arc::unwrap_or_clone(p.input), dominance)?;
+            let (input, hidden) = top(Arc::unwrap_or_clone(p.input), rules)?;
             let mut exprs = p.expr;
             exprs.extend(hidden.iter().cloned().map(Expr::Column));
             let proj = Projection::try_new(exprs, Arc::new(input)).map_err(internal)?;
@@ -84,7 +79,7 @@ fn top(plan: LogicalPlan, dominance: Option<Dominance>) -> Result<(LogicalPlan, 
             Ok((LogicalPlan::Projection(proj), hidden))
         }
         LogicalPlan::SubqueryAlias(a) => {
-            let (input, hidden) = top(Arc::unwrap_or_clone(a.input), dominance)?;
+            let (input, hidden) = top(Arc::unwrap_or_clone(a.input), rules)?;
             let alias =
                 SubqueryAlias::try_new(Arc::new(input), a.alias.clone()).map_err(internal)?;
             let hidden = hidden
@@ -100,22 +95,34 @@ fn top(plan: LogicalPlan, dominance: Option<Dominance>) -> Result<(LogicalPlan, 
                 .first()
                 .map(|p| (*p).clone())
                 .ok_or_else(|| internal("no input"))?;
-            let (input, hidden) = top(input, dominance)?;
+            let (input, hidden) = top(input, rules)?;
             let rebuilt = node.with_new_exprs(exprs, vec![input]).map_err(internal)?;
             Ok((rebuilt, hidden))
         }
         LogicalPlan::Aggregate(agg) => {
             let (input, pk) = carry(Arc::unwrap_or_clone(agg.input))?;
+            // The researcher's own aggregates, before any hidden one is added.
+            let released = agg.aggr_expr.clone();
             let mut aggr = agg.aggr_expr;
             let pk_expr = Expr::Column(pk);
+            // Persons are counted up to the highest threshold any group can get.
+            let cap = (rules.min_persons + threshold_spread(rules.min_persons)) as usize;
+            let persons = Arc::new(AggregateUDF::new_from_impl(CappedPersons::new(cap)));
             aggr.push(
-                datafusion::functions_aggregate::expr_fn::count_distinct(pk_expr.clone())
-                    .alias(PERSONS),
+                Expr::AggregateFunction(AggregateFunction::new_udf(
+                    persons,
+                    vec![pk_expr.clone()],
+                    false,
+                    None,
+                    vec![],
+                    None,
+                ))
+                .alias(PERSONS),
             );
             let mut hidden = vec![Column::new_unqualified(PERSONS)];
-            if let Some(d) = dominance {
+            if let Some(d) = rules.dominance {
                 let udaf = Arc::new(AggregateUDF::new_from_impl(DominanceShare::new(d.n)));
-                let value_args: Vec<Expr> = aggr
+                let value_args: Vec<Expr> = released
                     .iter()
                     .filter_map(|e| {
                         let inner = match e {
@@ -217,169 +224,6 @@ fn carry(plan: LogicalPlan) -> Result<(LogicalPlan, Column)> {
             Ok((rebuilt, col))
         }
         _ => Err(internal("cannot carry the person key through this node")),
-    }
-}
-
-// ---------------------------------------------------------------- dominance
-
-/// `kexin_dominance(person, value)`: the share of `Σ|value|` held by the top
-/// `n` persons of the group (0 when the total is 0).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct DominanceShare {
-    signature: Signature,
-    n: usize,
-}
-
-impl DominanceShare {
-    fn new(n: usize) -> Self {
-        Self {
-            signature: Signature::any(2, Volatility::Immutable),
-            n,
-        }
-    }
-}
-
-impl AggregateUDFImpl for DominanceShare {
-    fn name(&self) -> &str {
-        "kexin_dominance"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
-        Ok(DataType::Float64)
-    }
-    fn accumulator(&self, _acc_args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        Ok(Box::new(DominanceAcc {
-            n: self.n,
-            per_person: HashMap::new(),
-        }))
-    }
-    fn state_fields(&self, _args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
-        Ok(vec![
-            Arc::new(Field::new_list(
-                "persons",
-                Field::new_list_field(DataType::UInt64, true),
-                true,
-            )),
-            Arc::new(Field::new_list(
-                "sums",
-                Field::new_list_field(DataType::Float64, true),
-                true,
-            )),
-        ])
-    }
-}
-
-/// Per-person totals of one group, keyed by a 64-bit hash of the person key
-/// (no allocation per row; a collision would merge two persons' totals,
-/// which makes the rule stricter, never weaker).
-#[derive(Debug)]
-struct DominanceAcc {
-    n: usize,
-    per_person: HashMap<u64, f64>,
-}
-
-fn person_hash(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-impl DominanceAcc {
-    fn add_hashed(&mut self, person: u64, v: f64) {
-        let v = if v.is_finite() { v.abs() } else { f64::MAX };
-        let e = self.per_person.entry(person).or_insert(0.0);
-        *e = (*e + v).min(f64::MAX);
-    }
-
-    fn add(&mut self, persons: &ArrayRef, values: &ArrayRef) -> DfResult<()> {
-        let values = cast(values, &DataType::Float64)?;
-        let values = values.as_primitive::<Float64Type>();
-        macro_rules! each {
-            ($arr:expr) => {{
-                let a = $arr;
-                for i in 0..a.len() {
-                    if a.is_null(i) || values.is_null(i) {
-                        continue;
-                    }
-                    self.add_hashed(person_hash(a.value(i).as_bytes()), values.value(i));
-                }
-            }};
-        }
-        match persons.data_type() {
-            DataType::Utf8View => each!(persons.as_string_view()),
-            DataType::Utf8 => each!(persons.as_string::<i32>()),
-            DataType::LargeUtf8 => each!(persons.as_string::<i64>()),
-            _ => {
-                let p = cast(persons, &DataType::Utf8)?;
-                each!(p.as_string::<i32>())
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Accumulator for DominanceAcc {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
-        match values {
-            [p, v] => self.add(p, v),
-            _ => exec_err!("kexin_dominance takes two arguments"),
-        }
-    }
-
-    fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        let mut sums: Vec<f64> = self.per_person.values().copied().collect();
-        let total: f64 = sums.iter().sum();
-        if total <= 0.0 {
-            return Ok(ScalarValue::Float64(Some(0.0)));
-        }
-        sums.sort_by(|a, b| b.total_cmp(a));
-        let top: f64 = sums.iter().take(self.n).sum();
-        Ok(ScalarValue::Float64(Some((top / total).clamp(0.0, 1.0))))
-    }
-
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.per_person.capacity() * 24
-    }
-
-    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
-        let keys: Vec<ScalarValue> = self
-            .per_person
-            .keys()
-            .map(|k| ScalarValue::UInt64(Some(*k)))
-            .collect();
-        let vals: Vec<ScalarValue> = self
-            .per_person
-            .values()
-            .map(|v| ScalarValue::Float64(Some(*v)))
-            .collect();
-        Ok(vec![
-            ScalarValue::List(ScalarValue::new_list_nullable(&keys, &DataType::UInt64)),
-            ScalarValue::List(ScalarValue::new_list_nullable(&vals, &DataType::Float64)),
-        ])
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
-        let [keys, vals] = states else {
-            return exec_err!("kexin_dominance: bad state");
-        };
-        let keys: &ListArray = keys.as_list::<i32>();
-        let vals: &ListArray = vals.as_list::<i32>();
-        for i in 0..keys.len() {
-            if keys.is_null(i) || vals.is_null(i) {
-                continue;
-            }
-            let k = keys.value(i);
-            let k = k.as_primitive::<UInt64Type>();
-            let v = vals.value(i);
-            let v = v.as_primitive::<Float64Type>();
-            for j in 0..k.len().min(v.len()) {
-                self.add_hashed(k.value(j), v.value(j));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -524,10 +368,15 @@ pub fn apply(
     })
 }
 
+/// How far above `min_persons` the noisy threshold can go.
+pub fn threshold_spread(min_persons: u64) -> u64 {
+    (min_persons / 5).max(1)
+}
+
 /// The noisy, sticky threshold for one group: `min_persons + offset`, with the
 /// offset in `0..=spread` drawn from HMAC(key, group key ‖ person count).
 fn threshold(key: &SecretKey, min_persons: u64, group_key: &str, persons: i64) -> u64 {
-    let spread = (min_persons / 5).max(1);
+    let spread = threshold_spread(min_persons);
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
         .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
     mac.update(group_key.as_bytes());
@@ -653,38 +502,5 @@ mod tests {
         );
         assert_eq!(round(Cell::Float(f64::NAN), &rules()), None);
         assert_eq!(round(Cell::Float(f64::INFINITY), &rules()), None);
-    }
-
-    #[test]
-    fn dominance_share() {
-        let mut acc = DominanceAcc {
-            n: 1,
-            per_person: HashMap::new(),
-        };
-        let p: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vec![
-            "a", "b", "a", "c",
-        ]));
-        let v: ArrayRef = Arc::new(datafusion::arrow::array::Float64Array::from(vec![
-            50.0, 10.0, 40.0, -10.0,
-        ]));
-        acc.update_batch(&[p, v]).unwrap();
-        // a holds 90 of 110
-        let ScalarValue::Float64(Some(s)) = acc.evaluate().unwrap() else {
-            panic!()
-        };
-        assert!((s - 90.0 / 110.0).abs() < 1e-12);
-        // state round-trips through merge
-        let state: Vec<ArrayRef> = acc
-            .state()
-            .unwrap()
-            .iter()
-            .map(|s| s.to_array().unwrap())
-            .collect();
-        let mut other = DominanceAcc {
-            n: 1,
-            per_person: HashMap::new(),
-        };
-        other.merge_batch(&state).unwrap();
-        assert_eq!(other.per_person.len(), 3);
     }
 }

@@ -10,7 +10,8 @@
 //! | [`mask`] | the column masks and clamps applied at the scan (`kexin_mask`) |
 //! | [`disclosure`] | lineage checks: what each output column derives from, refusal rules |
 //! | [`rewrite`] | the `AnalyzerRule` that masks every base-table scan; safe expression semantics |
-//! | [`gate`] | hidden person counts and dominance shares; suppression, rounding, release |
+//! | [`gate`] | instrumentation of the releasing aggregate; suppression, rounding, release |
+//! | [`cells`] | the hidden per-cell aggregates: capped distinct persons, dominance shares |
 //! | [`audit`] | RFC 6962 Merkle hashing and C2SP signed-note checkpoints |
 //! | [`store`] | the node's SQLite state, keys, audit log storage and verification |
 //! | [`node`] | one node: opening a space and running a researcher's query end to end |
@@ -36,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod cells;
 pub mod disclosure;
 pub mod error;
 pub mod gate;

@@ -366,7 +366,7 @@ impl Node {
                 "the query does not plan against the scene's schema",
             )
         })?;
-        let (plan2, hidden) = gate::instrument(plan1, scene.output.dominance)?;
+        let (plan2, hidden) = gate::instrument(plan1, &scene.output)?;
         let plan_digest = hex::encode(Sha256::digest(
             format!("{}", plan2.display_indent()).as_bytes(),
         ));
