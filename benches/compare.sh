@@ -17,12 +17,13 @@ if [ ! -f "$DIR/h1/admissions.parquet" ]; then
 fi
 echo "space: $DIR"
 KEXIN_BENCH_SPACE="$DIR" cargo bench --bench gate -- --noplot
-python3 - "$CARGO_TARGET_DIR/criterion/groupby_admissions" <<'PY'
+python3 - "$CARGO_TARGET_DIR/criterion" <<'PY'
 import json, sys, os
 base = sys.argv[1]
-def mean(name):
-    with open(os.path.join(base, name, "new", "estimates.json")) as f:
+def mean(group, name):
+    with open(os.path.join(base, group, name, "new", "estimates.json")) as f:
         return json.load(f)["mean"]["point_estimate"] / 1e6
-plain, gated = mean("plain_datafusion"), mean("kexin_gated")
-print(f"plain DataFusion: {plain:.1f} ms   kexin gated: {gated:.1f} ms   ratio: {gated / plain:.2f}x")
+for group in sorted(d for d in os.listdir(base) if d.startswith("groupby_admissions_")):
+    plain, gated = mean(group, "plain_datafusion"), mean(group, "kexin_gated")
+    print(f"{group}: plain DataFusion {plain:.1f} ms, kexin gated {gated:.1f} ms, ratio {gated / plain:.2f}x")
 PY

@@ -311,6 +311,8 @@ impl AggregateUDFImpl for DominanceShare {
                 Field::new_list_field(DataType::Float64, true),
                 true,
             )),
+            Arc::new(Field::new("total", DataType::Float64, true)),
+            Arc::new(Field::new("delta", DataType::Float64, true)),
         ])
     }
     fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
@@ -327,37 +329,75 @@ impl AggregateUDFImpl for DominanceShare {
     }
 }
 
+/// How many persons a dominance summary keeps after pruning. The bound on
+/// any person's total is off by at most `total / (TRACKED + 1)`.
+const TRACKED: usize = 128;
+
+/// Per-group heavy-contributor summary: weighted Misra–Gries ("Frequent")
+/// with lazy pruning, over `|value|` per person. Counters are kept for up to
+/// `2·TRACKED` persons; when there are more, the `(TRACKED+1)`-th largest
+/// counter `d` is subtracted from all, non-positive ones are dropped, and `d`
+/// is added to `delta`. Then for every person `est ≤ true ≤ est + delta`
+/// (untracked: `true ≤ delta`), and the top-`n` share is computed from these
+/// upper bounds: never below the exact share, so the dominance rule can only
+/// be stricter than the exact one. Summaries merge by adding counters and
+/// deltas (Agarwal et al., "Mergeable summaries", 2012). Groups with at most
+/// `2·TRACKED` persons are exact.
 #[derive(Debug, Default)]
 struct Totals {
-    index: PersonMap<u32>,
-    sums: Vec<f64>,
+    /// Exact sum of all contributions.
+    total: f64,
+    /// Sum of all decrements: the slack of every estimate.
+    delta: f64,
+    counts: PersonMap<f64>,
 }
 
 impl Totals {
     fn add(&mut self, person: u64, v: f64) {
         let v = if v.is_finite() { v.abs() } else { f64::MAX };
-        let next = self.sums.len() as u32;
-        let i = *self.index.entry(person).or_insert(next) as usize;
-        if i == self.sums.len() {
-            self.sums.push(0.0);
+        self.total = (self.total + v).min(f64::MAX);
+        let c = self.counts.entry(person).or_insert(0.0);
+        *c = (*c + v).min(f64::MAX);
+        if self.counts.len() > 2 * TRACKED {
+            self.prune();
         }
-        self.sums[i] = (self.sums[i] + v).min(f64::MAX);
+    }
+
+    fn prune(&mut self) {
+        let mut w: Vec<f64> = self.counts.values().copied().collect();
+        if w.len() <= TRACKED {
+            return;
+        }
+        let (_, d, _) = w.select_nth_unstable_by(TRACKED, |a, b| b.total_cmp(a));
+        let d = *d;
+        self.counts.retain(|_, c| {
+            *c -= d;
+            *c > 0.0
+        });
+        self.delta = (self.delta + d).min(f64::MAX);
     }
 
     fn share(&self, n: usize) -> f64 {
-        let total: f64 = self.sums.iter().sum();
-        if total <= 0.0 {
+        if self.total <= 0.0 {
             return 0.0;
         }
-        // Top n by partial selection: n is at most 3.
-        let mut top = [0.0f64; 3];
-        for s in &self.sums {
-            if *s > top[2] {
-                top[2] = *s;
-                top.sort_by(|a, b| b.total_cmp(a));
-            }
+        let mut w: Vec<f64> = self.counts.values().map(|c| c + self.delta).collect();
+        // Untracked persons are bounded by delta too.
+        w.extend(std::iter::repeat_n(self.delta, n));
+        w.sort_by(|a, b| b.total_cmp(a));
+        (w.iter().take(n).sum::<f64>() / self.total).clamp(0.0, 1.0)
+    }
+
+    fn merge(&mut self, persons: &[u64], weights: &[f64], total: f64, delta: f64) {
+        for (p, w) in persons.iter().zip(weights) {
+            let c = self.counts.entry(*p).or_insert(0.0);
+            *c = (*c + w).min(f64::MAX);
         }
-        (top.iter().take(n).sum::<f64>() / total).clamp(0.0, 1.0)
+        self.total = (self.total + total).min(f64::MAX);
+        self.delta = (self.delta + delta).min(f64::MAX);
+        if self.counts.len() > 2 * TRACKED {
+            self.prune();
+        }
     }
 }
 
@@ -412,17 +452,24 @@ impl GroupsAccumulator for DominanceAcc {
         let groups = emit_to.take_needed(&mut self.groups);
         let mut keys = ListBuilder::new(UInt64Builder::new());
         let mut sums = ListBuilder::new(Float64Builder::new());
+        let mut totals = Float64Builder::new();
+        let mut deltas = Float64Builder::new();
         for t in groups {
-            let mut pairs: Vec<(u64, u32)> = t.index.into_iter().collect();
-            pairs.sort_unstable_by_key(|p| p.1);
-            for (k, i) in pairs {
-                keys.values().append_value(k);
-                sums.values().append_value(t.sums[i as usize]);
+            for (k, w) in &t.counts {
+                keys.values().append_value(*k);
+                sums.values().append_value(*w);
             }
             keys.append(true);
             sums.append(true);
+            totals.append_value(t.total);
+            deltas.append_value(t.delta);
         }
-        Ok(vec![Arc::new(keys.finish()), Arc::new(sums.finish())])
+        Ok(vec![
+            Arc::new(keys.finish()),
+            Arc::new(sums.finish()),
+            Arc::new(totals.finish()),
+            Arc::new(deltas.finish()),
+        ])
     }
 
     fn merge_batch(
@@ -432,12 +479,21 @@ impl GroupsAccumulator for DominanceAcc {
         total_num_groups: usize,
     ) -> DfResult<()> {
         grow(&mut self.groups, total_num_groups);
-        let [keys, sums] = values else {
+        let [keys, sums, totals, deltas] = values else {
             return exec_err!("kexin_dominance: bad state");
         };
         let (keys, sums) = (keys.as_list::<i32>(), sums.as_list::<i32>());
+        let (totals, deltas) = (
+            cast(totals, &DataType::Float64)?,
+            cast(deltas, &DataType::Float64)?,
+        );
+        let (totals, deltas) = (
+            totals.as_primitive::<Float64Type>(),
+            deltas.as_primitive::<Float64Type>(),
+        );
         for (row, g) in group_indices.iter().enumerate() {
-            if keys.is_null(row) || sums.is_null(row) {
+            if keys.is_null(row) || sums.is_null(row) || totals.is_null(row) || deltas.is_null(row)
+            {
                 continue;
             }
             let (k, s) = (keys.value(row), sums.value(row));
@@ -445,9 +501,7 @@ impl GroupsAccumulator for DominanceAcc {
                 k.as_primitive::<UInt64Type>(),
                 s.as_primitive::<Float64Type>(),
             );
-            for (h, v) in k.values().iter().zip(s.values().iter()) {
-                self.groups[*g].add(*h, *v);
-            }
+            self.groups[*g].merge(k.values(), s.values(), totals.value(row), deltas.value(row));
         }
         Ok(())
     }
@@ -465,22 +519,32 @@ impl GroupsAccumulator for DominanceAcc {
         let mut rows: Vec<Option<(u64, f64)>> = vec![None; persons.len()];
         each_person(persons, opt_filter, |i, h| {
             if !vals.is_null(i) {
-                let mut t = Totals::default();
-                t.add(h, vals.value(i));
-                rows[i] = t.sums.first().map(|v| (h, *v));
+                let v = vals.value(i);
+                rows[i] = Some((h, if v.is_finite() { v.abs() } else { f64::MAX }));
             }
         })?;
         let mut keys = ListBuilder::new(UInt64Builder::new());
         let mut sums = ListBuilder::new(Float64Builder::new());
+        let mut totals = Float64Builder::new();
+        let mut deltas = Float64Builder::new();
         for r in rows {
+            let mut total = 0.0;
             if let Some((h, v)) = r {
                 keys.values().append_value(h);
                 sums.values().append_value(v);
+                total = v;
             }
             keys.append(true);
             sums.append(true);
+            totals.append_value(total);
+            deltas.append_value(0.0);
         }
-        Ok(vec![Arc::new(keys.finish()), Arc::new(sums.finish())])
+        Ok(vec![
+            Arc::new(keys.finish()),
+            Arc::new(sums.finish()),
+            Arc::new(totals.finish()),
+            Arc::new(deltas.finish()),
+        ])
     }
 
     fn size(&self) -> usize {
@@ -488,7 +552,7 @@ impl GroupsAccumulator for DominanceAcc {
             + self
                 .groups
                 .iter()
-                .map(|t| 64 + t.index.capacity() * 16 + t.sums.capacity() * 8)
+                .map(|t| 64 + t.counts.capacity() * 16)
                 .sum::<usize>()
     }
 }
@@ -625,6 +689,57 @@ mod tests {
             .unwrap();
         let out = two.evaluate(EmitTo::All).unwrap();
         assert!((out.as_primitive::<Float64Type>().value(0) - 100.0 / 110.0).abs() < 1e-12);
+    }
+
+    /// Against exact per-person totals on skewed random data, across a
+    /// two-partition merge: never below the exact share, and within the
+    /// SpaceSaving error bound above it.
+    #[test]
+    fn dominance_summary_is_conservative_and_close() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for round in 0..20 {
+            let persons = if round % 2 == 0 { 50 } else { 5_000 };
+            let rows = 20_000;
+            let mut exact: HashMap<u64, f64> = HashMap::new();
+            let mut parts = [DominanceAcc::new(2), DominanceAcc::new(2)];
+            for r in 0..rows {
+                // A few heavy persons, many light ones.
+                let p = if rng.random_bool(0.2) {
+                    rng.random_range(0..3u64)
+                } else {
+                    rng.random_range(0..persons as u64)
+                };
+                let v: f64 =
+                    rng.random_range(0.0..100.0) * if p < 3 && round % 3 == 0 { 20.0 } else { 1.0 };
+                let key = person_hash(&p.to_le_bytes());
+                *exact.entry(key).or_insert(0.0) += v;
+                grow(&mut parts[r % 2].groups, 1);
+                parts[r % 2].groups[0].add(key, v);
+            }
+            let mut fin = DominanceAcc::new(2);
+            for p in &mut parts {
+                fin.merge_batch(&p.state(EmitTo::All).unwrap(), &[0], 1)
+                    .unwrap();
+            }
+            let est = fin
+                .evaluate(EmitTo::All)
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .value(0);
+            let mut w: Vec<f64> = exact.values().copied().collect();
+            w.sort_by(|a, b| b.total_cmp(a));
+            let total: f64 = w.iter().sum();
+            let truth = (w[0] + w[1]) / total;
+            assert!(
+                est >= truth - 1e-9,
+                "round {round}: estimate {est} below exact {truth}"
+            );
+            assert!(
+                est <= truth + 4.0 * 2.0 / TRACKED as f64,
+                "round {round}: estimate {est} far above exact {truth}"
+            );
+        }
     }
 
     #[test]

@@ -315,16 +315,6 @@ pub fn apply(
                 small += 1;
                 continue;
             }
-            if let Some(d) = rules.dominance {
-                let dominated_here = shares.iter().any(|s| {
-                    let s = s.as_primitive::<Float64Type>();
-                    s.is_null(r) || s.value(r) > d.k
-                });
-                if dominated_here {
-                    dominated += 1;
-                    continue;
-                }
-            }
             let mut out = Vec::with_capacity(visible);
             let mut finite = true;
             for (cell, agg) in row.into_iter().zip(&analysis.aggregated) {
@@ -343,6 +333,16 @@ pub fn apply(
             if !finite {
                 nonfinite += 1;
                 continue;
+            }
+            if let Some(d) = rules.dominance {
+                let dominated_here = shares.iter().any(|s| {
+                    let s = s.as_primitive::<Float64Type>();
+                    s.is_null(r) || s.value(r) > d.k
+                });
+                if dominated_here {
+                    dominated += 1;
+                    continue;
+                }
             }
             rows.push(out);
         }
