@@ -3,12 +3,12 @@
 # admissions Parquet file (about 10 million rows by default), through the
 # criterion bench `benches/gate.rs`. Prints both means and the ratio.
 #
-#   PATIENTS=3000000 bash benches/compare.sh     # ~10M admission rows (default)
-#   PATIENTS=300000  bash benches/compare.sh     # ~1M, quicker
+#   bash benches/compare.sh                      # 3.3M patients, ~10M admission rows (default)
+#   PATIENTS=300000 bash benches/compare.sh      # ~1M rows, quicker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kexin-target}"
-PATIENTS="${PATIENTS:-3000000}"
+PATIENTS="${PATIENTS:-3300000}"
 DIR="${BENCH_SPACE:-$CARGO_TARGET_DIR/bench-space-$PATIENTS}"
 
 cargo build --release --bin kexin
