@@ -105,12 +105,19 @@ fn json_contract_and_exit_status() {
         "diabetes-2027",
         "SELECT name, count(*) FROM patients GROUP BY name",
     );
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "query-rule refusals exit 2");
     assert_eq!(v["status"], "refused");
     assert_eq!(v["code"], "KX-DISC-IDENTIFIER");
     assert!(v["rule"].as_str().is_some_and(|r| !r.is_empty()));
     assert_eq!(v["rows"], serde_json::json!([]));
     assert_eq!(v["audit_seq"], 2);
+
+    let (code, v) = query_json(t.path(), "flu-2024", "SELECT count(*) FROM admissions");
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (3, Some("KX-SCENE")),
+        "scene refusals exit 3"
+    );
 
     // Table and CSV renderings of the same released result.
     let out = kexin(&[
@@ -130,7 +137,7 @@ fn json_contract_and_exit_status() {
     // The audit list shows digests and decisions, never the SQL's literals.
     let out = kexin(&["audit", "list", "--space", t.path().to_str().expect("utf8")]);
     let list = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(list.lines().count(), 3);
+    assert_eq!(list.lines().count(), 4);
     assert!(list.contains("\"decision\":\"refused\"") && list.contains("KX-DISC-IDENTIFIER"));
     assert!(
         !list.contains("GROUP BY"),

@@ -65,6 +65,9 @@ pub struct Outcome {
     pub explanation: Vec<String>,
     /// The signed checkpoint covering this decision's audit entry.
     pub checkpoint: Option<String>,
+    /// The refusal code as a value (its string form is `code`).
+    #[serde(skip)]
+    pub refusal: Option<Code>,
 }
 
 impl Outcome {
@@ -79,31 +82,18 @@ impl Outcome {
             audit_seq: None,
             explanation: vec![],
             checkpoint: None,
+            refusal: Some(r.code),
         }
     }
 
+    /// 0 released, 1 held, otherwise the refusal code's exit status.
     pub fn exit_status(&self) -> i32 {
         match self.status {
             Status::Released => 0,
             Status::Held => 1,
             Status::Refused => self
-                .code
-                .and_then(|c| {
-                    if c.starts_with("KX-SCENE") {
-                        Some(3)
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or_else(|| {
-                    if self.code == Some(Code::Internal.as_str()) {
-                        Code::Internal.exit_status()
-                    } else if self.code.is_some_and(|c| c.starts_with("KX-EXEC")) {
-                        Code::Exec.exit_status()
-                    } else {
-                        2
-                    }
-                }),
+                .refusal
+                .map_or(Code::Internal.exit_status(), Code::exit_status),
         }
     }
 }
@@ -432,6 +422,7 @@ impl Node {
                 audit_seq: None,
                 explanation,
                 checkpoint: None,
+                refusal: None,
             },
             plan_digest,
         ))

@@ -119,18 +119,18 @@ pub fn read_verifier_key(node_dir: &Path) -> Result<NoteKey> {
     })
 }
 
+/// A temp path next to `path`, unique per process and thread, so concurrent
+/// writers never share one.
+fn unique_sibling(path: &Path, tag: &str) -> PathBuf {
+    let thread = format!("{:?}", std::thread::current().id()).replace(['(', ')'], "");
+    path.with_extension(format!("{tag}.{}.{thread}", std::process::id()))
+}
+
 /// Create `path` (mode 0600) with `bytes` unless it exists. Written to a
 /// private temp file first and linked into place, so a concurrent opener
 /// either wins the race or reads the winner's complete file.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(
-        format!(
-            "new.{}.{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        )
-        .replace(['(', ')'], ""),
-    );
+    let tmp = unique_sibling(path, "new");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -154,15 +154,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Write `bytes` to `path` atomically and durably (temp file, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    // Unique per process and thread: concurrent appenders must not share it.
-    let tmp = path.with_extension(
-        format!(
-            "tmp.{}.{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        )
-        .replace(['(', ')'], ""),
-    );
+    let tmp = unique_sibling(path, "tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
