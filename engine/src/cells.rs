@@ -64,11 +64,11 @@ impl Hasher for Identity {
 
 type PersonMap<V> = HashMap<u64, V, BuildHasherDefault<Identity>>;
 
-/// Call `f(row, person_hash)` for every row with a person key that passes the filter.
-fn each_person(
+/// Call `f(row, key bytes)` for every row with a person key that passes the filter.
+fn each_person_key(
     persons: &ArrayRef,
     filter: Option<&BooleanArray>,
-    mut f: impl FnMut(usize, u64),
+    mut f: impl FnMut(usize, &[u8]),
 ) -> DfResult<()> {
     let keep = |i: usize| filter.is_none_or(|m| m.is_valid(i) && m.value(i));
     macro_rules! run {
@@ -76,7 +76,7 @@ fn each_person(
             let a = $a;
             for i in 0..a.len() {
                 if !a.is_null(i) && keep(i) {
-                    f(i, person_hash(a.value(i).as_bytes()));
+                    f(i, a.value(i).as_bytes());
                 }
             }
         }};
@@ -91,6 +91,15 @@ fn each_person(
         }
     }
     Ok(())
+}
+
+/// Call `f(row, person_hash)` for every row with a person key that passes the filter.
+fn each_person(
+    persons: &ArrayRef,
+    filter: Option<&BooleanArray>,
+    mut f: impl FnMut(usize, u64),
+) -> DfResult<()> {
+    each_person_key(persons, filter, |i, key| f(i, person_hash(key)))
 }
 
 fn grow<T: Default>(v: &mut Vec<T>, n: usize) {
@@ -187,10 +196,14 @@ impl GroupsAccumulator for PersonsAcc {
         };
         let cap = self.cap;
         let groups = &mut self.groups;
-        each_person(persons, opt_filter, |i, h| {
+        // A full set is final: large groups skip hashing altogether.
+        each_person_key(persons, opt_filter, |i, key| {
             let set = &mut groups[group_indices[i]];
-            if set.len() < cap && !set.contains(&h) {
-                set.push(h);
+            if set.len() < cap {
+                let h = person_hash(key);
+                if !set.contains(&h) {
+                    set.push(h);
+                }
             }
         })
     }
