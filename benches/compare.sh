@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side: the gated kexin query vs plain DataFusion on the same
 # admissions Parquet file (about 10 million rows by default), through the
-# criterion bench `benches/gate.rs`. Prints both means and the ratio.
+# criterion bench `benches/gate.rs`. Prints both means and the ratio, then
+# times the same SQL in DuckDB (installed with pip if missing) for scale.
 #
 #   bash benches/compare.sh                      # 3.3M patients, ~10M admission rows (default)
 #   PATIENTS=300000 bash benches/compare.sh      # ~1M rows, quicker
@@ -26,4 +27,29 @@ def mean(group, name):
 for group in sorted(d for d in os.listdir(base) if d.startswith("groupby_admissions_")):
     plain, gated = mean(group, "plain_datafusion"), mean(group, "kexin_gated")
     print(f"{group}: plain DataFusion {plain:.1f} ms, kexin gated {gated:.1f} ms, ratio {gated / plain:.2f}x")
+PY
+
+# DuckDB on the same file, same SQL (plain, no policy): a second reference.
+python3 -c "import duckdb" 2>/dev/null || pip install -q duckdb
+python3 - "$DIR/h1/admissions.parquet" "$CARGO_TARGET_DIR/criterion" <<'PY'
+import json, os, sys, time
+import duckdb
+path, base = sys.argv[1], sys.argv[2]
+queries = {
+    "counts": "SELECT department, count(*) AS n FROM admissions GROUP BY department",
+    "sums_with_dominance": "SELECT department, count(*) AS n, avg(cost) AS mean_cost, sum(length_of_stay) AS bed_days FROM admissions GROUP BY department",
+}
+con = duckdb.connect()
+con.execute(f"CREATE VIEW admissions AS SELECT * FROM read_parquet('{path}')")
+for name, sql in queries.items():
+    con.execute(sql).fetchall()
+    runs = []
+    for _ in range(10):
+        t = time.perf_counter()
+        con.execute(sql).fetchall()
+        runs.append(time.perf_counter() - t)
+    duck = sum(runs) / len(runs) * 1e3
+    with open(os.path.join(base, f"groupby_admissions_{name}", "kexin_gated", "new", "estimates.json")) as f:
+        gated = json.load(f)["mean"]["point_estimate"] / 1e6
+    print(f"groupby_admissions_{name}: DuckDB {duck:.1f} ms, kexin gated {gated:.1f} ms, ratio {gated / duck:.2f}x")
 PY
