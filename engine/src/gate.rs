@@ -69,14 +69,12 @@ fn top(plan: LogicalPlan, rules: &OutputRules) -> Result<(LogicalPlan, Vec<Colum
             let (input, hidden) = top(Arc::unwrap_or_clone(p.input), rules)?;
             let mut exprs = p.expr;
             exprs.extend(hidden.iter().cloned().map(Expr::Column));
-            let proj = Projection::try_new(exprs, Arc::new(input)).map_err(internal)?;
-            let hidden = hidden
-                .into_iter()
-                .map(|c| Column::new_unqualified(c.name))
-                .collect::<Vec<_>>();
+            let proj = LogicalPlan::Projection(
+                Projection::try_new(exprs, Arc::new(input)).map_err(internal)?,
+            );
             // Column expressions keep their qualifier in the output schema.
-            let hidden = requalify(&LogicalPlan::Projection(proj.clone()), hidden);
-            Ok((LogicalPlan::Projection(proj), hidden))
+            let hidden = requalify(&proj, hidden);
+            Ok((proj, hidden))
         }
         LogicalPlan::SubqueryAlias(a) => {
             let (input, hidden) = top(Arc::unwrap_or_clone(a.input), rules)?;
