@@ -323,7 +323,12 @@ fn hospital(out: &Path, h: usize, opts: &GenOptions, bar: &ProgressBar) -> Resul
                 } else if p.hypertensive && rng.random_bool(0.25) {
                     DIAGNOSES[1]
                 } else {
-                    *weighted(&mut rng, DIAGNOSES, |d| d.2)
+                    // Chronic-disease codes only for persons who have the disease.
+                    *weighted(&mut rng, DIAGNOSES, |d| {
+                        let e11 = d.0.starts_with("E11") && !p.diabetic;
+                        let n18 = d.0.starts_with("N18") && !p.ckd;
+                        if e11 || n18 { 0 } else { d.2 }
+                    })
                 };
                 // Log-normal cost around the median; an occasional outlier.
                 let z: f64 = (0..4).map(|_| rng.random::<f64>()).sum::<f64>() - 2.0;

@@ -169,6 +169,27 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Run `f` again while SQLite reports the database busy or locked (up to
+/// about ten seconds), for the lock upgrades that skip the busy handler.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut delay = std::time::Duration::from_millis(2);
+    for _ in 0..12 {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+    f()
+}
+
 /// The node's state database and audit log.
 #[derive(Debug)]
 pub struct Store {
@@ -181,20 +202,27 @@ impl Store {
     pub fn open(node_dir: &Path, origin: &str) -> Result<Store> {
         std::fs::create_dir_all(node_dir)?;
         let conn = Connection::open(node_dir.join("kexin.db"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS audit (
-                 seq   INTEGER PRIMARY KEY,
-                 entry BLOB NOT NULL,
-                 leaf  BLOB NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS checkpoint (
-                 size INTEGER PRIMARY KEY,
-                 note TEXT NOT NULL
-             );",
-        )?;
+        // Switching a new database to WAL takes an exclusive lock, and SQLite
+        // answers SQLITE_BUSY without waiting when another opener races it.
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // IMMEDIATE takes the write lock up front, so the busy timeout applies.
+        retry_busy(|| {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS audit (
+                     seq   INTEGER PRIMARY KEY,
+                     entry BLOB NOT NULL,
+                     leaf  BLOB NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS checkpoint (
+                     size INTEGER PRIMARY KEY,
+                     note TEXT NOT NULL
+                 );
+                 COMMIT;",
+            )
+        })?;
         Ok(Store {
             conn,
             head_path: node_dir.join("audit.head"),
