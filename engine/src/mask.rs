@@ -483,6 +483,48 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn partial_keeps_length_and_hides_the_middle(v in "[0-9a-zA-Z]{0,24}", a in 0u32..5, b in 0u32..5) {
+            proptest::prop_assume!(a + b > 0);
+            let m = ColumnMask::new(MaskKind::Partial(a, b), None, None);
+            let out = m.mask_str(&v);
+            let n = v.chars().count();
+            proptest::prop_assert_eq!(out.chars().count(), n.max(1));
+            let (a, b) = (a as usize, b as usize);
+            if n > a + b {
+                proptest::prop_assert!(out.chars().skip(a).take(n - a - b).all(|c| c == '*'));
+            } else {
+                proptest::prop_assert!(out.chars().all(|c| c == '*'));
+            }
+        }
+
+        #[test]
+        fn band_and_clamp_stay_on_the_grid_inside_bounds(v in proptest::num::i64::ANY, n in 1u32..1000) {
+            let m = ColumnMask::new(MaskKind::Band(n), Some((0.0, 100_000.0)), None);
+            let out = m.clamp_i(v);
+            proptest::prop_assert!((0..=100_000).contains(&out));
+            proptest::prop_assert_eq!(out % n as i64, 0);
+            proptest::prop_assert!(out <= v.clamp(0, 100_000));
+        }
+
+        #[test]
+        fn float_clamp_never_leaves_bounds_or_yields_nan(v in proptest::num::f64::ANY) {
+            let m = ColumnMask::new(MaskKind::None, Some((-5.0, 5.0)), None);
+            match m.clamp_f(v) {
+                Some(x) => proptest::prop_assert!((-5.0..=5.0).contains(&x)),
+                None => proptest::prop_assert!(v.is_nan()),
+            }
+        }
+
+        #[test]
+        fn prefix_is_a_prefix(v in "\\PC{0,20}", n in 1u32..8) {
+            let out = ColumnMask::new(MaskKind::Prefix(n), None, None).mask_str(&v);
+            proptest::prop_assert!(v.starts_with(&out));
+            proptest::prop_assert!(out.chars().count() <= n as usize);
+        }
+    }
+
     #[test]
     fn debug_redacts_keys() {
         assert_eq!(format!("{:?}", key()), "SecretKey(<redacted>)");
