@@ -1,6 +1,7 @@
 //! Rendering a query outcome as a table, one JSON object, or CSV.
 
 use anyhow::Result;
+use kexin_engine::Code;
 use kexin_engine::gate::Cell;
 use kexin_engine::node::{Outcome, Status};
 
@@ -48,7 +49,11 @@ pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
                     out.push('\n');
                 }
             } else {
-                eprintln!("{}: {}", o.code.unwrap_or(""), o.rule.unwrap_or(""));
+                eprintln!(
+                    "{}: {}",
+                    o.code.map_or("", Code::as_str),
+                    o.rule.unwrap_or("")
+                );
             }
             out
         }
@@ -104,7 +109,7 @@ pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
                 Status::Refused => {
                     out.push_str(&format!(
                         "refused: {} — {}\n",
-                        o.code.unwrap_or(""),
+                        o.code.map_or("", Code::as_str),
                         o.rule.unwrap_or("")
                     ));
                 }

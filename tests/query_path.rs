@@ -17,6 +17,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use kexin_engine::Code;
 use kexin_engine::gate::Cell;
 use kexin_engine::node::{Node, Outcome, QueryRequest, Status};
 use kexin_engine::policy::Space;
@@ -378,7 +379,7 @@ async fn refusals_carry_the_exact_code_and_no_data() {
     let mut failures = Vec::new();
     for (case, scene, actor, sql, code) in REFUSED {
         let o = ask(&node, scene, actor, sql).await;
-        if o.status != Status::Refused || o.code != Some(*code) {
+        if o.status != Status::Refused || o.code.map(Code::as_str) != Some(*code) {
             failures.push(format!(
                 "{case}: expected {code}, got {:?} {:?} {:?}",
                 o.status, o.code, o.rule
@@ -401,13 +402,13 @@ async fn oversized_and_deeply_nested_sql_are_refused() {
         "SELECT count(*) FROM admissions WHERE department = '{}'",
         "x".repeat(20_000)
     );
-    assert_eq!(alice(&big).await.code, Some("KX-SQL-SIZE"));
+    assert_eq!(alice(&big).await.code, Some(Code::SqlSize));
     let deep = format!(
         "SELECT count(*) FROM admissions WHERE {}1 = 1{}",
         "(".repeat(200),
         ")".repeat(200)
     );
-    assert_eq!(alice(&deep).await.code, Some("KX-SQL-SYNTAX"));
+    assert_eq!(alice(&deep).await.code, Some(Code::SqlSyntax));
 }
 
 // ---------------------------------------------------------------- suppression and safe semantics

@@ -22,7 +22,6 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::Column;
-use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
     AggregateUDF, Expr, LogicalPlan, Projection, SubqueryAlias, cast as cast_expr,
 };
@@ -99,54 +98,34 @@ fn top(plan: LogicalPlan, rules: &OutputRules) -> Result<(LogicalPlan, Vec<Colum
         }
         LogicalPlan::Aggregate(agg) => {
             let (input, pk) = carry(Arc::unwrap_or_clone(agg.input))?;
-            // The researcher's own aggregates, before any hidden one is added.
-            let released = agg.aggr_expr.clone();
+            // Arguments of the researcher's value aggregates (not COUNT), taken
+            // before any hidden aggregate is added.
+            let value_args: Vec<Expr> = agg
+                .aggr_expr
+                .iter()
+                .map(|e| match e {
+                    Expr::Alias(a) => a.expr.as_ref(),
+                    other => other,
+                })
+                .filter_map(|e| match e {
+                    Expr::AggregateFunction(f) if !f.func.name().eq_ignore_ascii_case("count") => {
+                        f.params.args.first().cloned()
+                    }
+                    _ => None,
+                })
+                .collect();
             let mut aggr = agg.aggr_expr;
             let pk_expr = Expr::Column(pk);
             // Persons are counted up to the highest threshold any group can get.
             let cap = (rules.min_persons + threshold_spread(rules.min_persons)) as usize;
-            let persons = Arc::new(AggregateUDF::new_from_impl(CappedPersons::new(cap)));
-            aggr.push(
-                Expr::AggregateFunction(AggregateFunction::new_udf(
-                    persons,
-                    vec![pk_expr.clone()],
-                    false,
-                    None,
-                    vec![],
-                    None,
-                ))
-                .alias(PERSONS),
-            );
+            let persons = AggregateUDF::new_from_impl(CappedPersons::new(cap));
+            aggr.push(persons.call(vec![pk_expr.clone()]).alias(PERSONS));
             let mut hidden = vec![Column::new_unqualified(PERSONS)];
             if let Some(d) = rules.dominance {
-                let udaf = Arc::new(AggregateUDF::new_from_impl(DominanceShare::new(d.n)));
-                let value_args: Vec<Expr> = released
-                    .iter()
-                    .filter_map(|e| {
-                        let inner = match e {
-                            Expr::Alias(a) => a.expr.as_ref(),
-                            other => other,
-                        };
-                        match inner {
-                            Expr::AggregateFunction(f)
-                                if !f.func.name().eq_ignore_ascii_case("count") =>
-                            {
-                                f.params.args.first().cloned()
-                            }
-                            _ => None,
-                        }
-                    })
-                    .collect();
+                let udaf = AggregateUDF::new_from_impl(DominanceShare::new(d.n));
                 for (i, arg) in value_args.into_iter().enumerate() {
                     let name = format!("{DOMINANCE}_{i}");
-                    let call = Expr::AggregateFunction(AggregateFunction::new_udf(
-                        Arc::clone(&udaf),
-                        vec![pk_expr.clone(), cast_expr(arg, DataType::Float64)],
-                        false,
-                        None,
-                        vec![],
-                        None,
-                    ));
+                    let call = udaf.call(vec![pk_expr.clone(), cast_expr(arg, DataType::Float64)]);
                     aggr.push(call.alias(name.clone()));
                     hidden.push(Column::new_unqualified(name));
                 }

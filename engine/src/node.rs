@@ -58,16 +58,13 @@ pub struct Outcome {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Cell>>,
     pub suppressed_groups: usize,
-    pub code: Option<&'static str>,
+    pub code: Option<Code>,
     pub rule: Option<&'static str>,
     pub audit_seq: Option<u64>,
     /// Human-readable notes: what was suppressed and why, the rules applied.
     pub explanation: Vec<String>,
     /// The signed checkpoint covering this decision's audit entry.
     pub checkpoint: Option<String>,
-    /// The refusal code as a value (its string form is `code`).
-    #[serde(skip)]
-    pub refusal: Option<Code>,
 }
 
 impl Outcome {
@@ -77,12 +74,11 @@ impl Outcome {
             columns: vec![],
             rows: vec![],
             suppressed_groups: 0,
-            code: Some(r.code.as_str()),
+            code: Some(r.code),
             rule: Some(r.rule),
             audit_seq: None,
             explanation: vec![],
             checkpoint: None,
-            refusal: Some(r.code),
         }
     }
 
@@ -92,7 +88,7 @@ impl Outcome {
             Status::Released => 0,
             Status::Held => 1,
             Status::Refused => self
-                .refusal
+                .code
                 .map_or(Code::Internal.exit_status(), Code::exit_status),
         }
     }
@@ -220,7 +216,7 @@ impl Node {
                 Status::Held => "held",
             }
             .into(),
-            code: outcome.code.map(str::to_string),
+            code: outcome.code.map(|c| c.as_str().to_string()),
             rule: outcome.rule.map(str::to_string),
             sql_sha256: Some(sql_digest),
             plan_sha256: plan_digest,
@@ -422,7 +418,6 @@ impl Node {
                 audit_seq: None,
                 explanation,
                 checkpoint: None,
-                refusal: None,
             },
             plan_digest,
         ))
