@@ -97,6 +97,38 @@ const STEPS: &[(&str, &str, &str, &str, Status)] = &[
     ),
 ];
 
+/// Queries that call the example WebAssembly UDFs once they are approved.
+const UDF_STEPS: &[(&str, &str, Status)] = &[
+    (
+        "Mean eGFR (CKD-EPI 2021, a WebAssembly UDF) of CKD patients by sex",
+        "SELECT p.sex, count(DISTINCT p.id_card) AS persons, \
+         avg(egfr_ckd_epi_2021(l.value, p.age, p.sex)) AS mean_egfr \
+         FROM labs l JOIN patients p ON l.id_card = p.id_card \
+         WHERE l.test = 'creatinine' AND p.id_card IN (SELECT id_card FROM admissions WHERE diagnosis = 'N18') \
+         GROUP BY p.sex ORDER BY p.sex",
+        Status::Released,
+    ),
+    (
+        "Admissions by age band: a UDF with a declared finite domain as the group key",
+        "SELECT age_band(p.birth_date, DATE '2026-01-01') AS band, count(*) AS admissions, \
+         geomean(a.cost) AS geomean_cost \
+         FROM admissions a JOIN patients p ON a.id_card = p.id_card GROUP BY band ORDER BY band",
+        Status::Released,
+    ),
+    (
+        "A UDF without a declared domain cannot be a group key (it would list values)",
+        "SELECT hba1c_to_eag(value) AS eag, count(*) FROM labs GROUP BY eag",
+        Status::Refused,
+    ),
+];
+
+/// Where the example modules are: `$KEXIN_UDFS`, else `udfs/target/wasm`.
+fn udf_dir() -> PathBuf {
+    std::env::var_os("KEXIN_UDFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("udfs/target/wasm"))
+}
+
 pub fn run(keep: Option<PathBuf>) -> Result<u8> {
     let tmp;
     let dir = match keep {
@@ -138,6 +170,47 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
                 .query(&QueryRequest {
                     scene: scene.to_string(),
                     actor: actor.to_string(),
+                    sql: sql.to_string(),
+                })
+                .await;
+            print!("{}", render::outcome(&o, Format::Table)?);
+            if o.status != *expect {
+                surprises += 1;
+                println!("   !! expected {expect:?}");
+            }
+            println!();
+        }
+        let modules = udf_dir();
+        if !modules.join("egfr.wasm").is_file() {
+            println!(
+                "-- WebAssembly UDF steps skipped: no modules in {} (build them with `bash udfs/build.sh`)\n",
+                modules.display()
+            );
+            return anyhow::Ok(());
+        }
+        println!("-- A data holder approves example WebAssembly UDFs for diabetes-2027");
+        for m in ["egfr", "age_band", "geomean", "eag"] {
+            let path = modules.join(format!("{m}.wasm"));
+            println!(
+                "   kexin udf register --space {} --scene diabetes-2027 --node h1 --as carol {}",
+                dir.display(),
+                path.display()
+            );
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let r = node.register_udf("diabetes-2027", &bytes, "carol")?;
+            println!("   approved {} ({} function(s))", r.digest, r.functions.len());
+        }
+        println!();
+        for (i, (what, sql, expect)) in UDF_STEPS.iter().enumerate() {
+            println!("-- {}. {what}", STEPS.len() + i + 1);
+            println!(
+                "   kexin query --space {} --scene diabetes-2027 --as alice \"{sql}\"",
+                dir.display()
+            );
+            let o = node
+                .query(&QueryRequest {
+                    scene: "diabetes-2027".into(),
+                    actor: "alice".into(),
                     sql: sql.to_string(),
                 })
                 .await;

@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Approve and list WebAssembly UDF modules (data holders).
+    Udf {
+        #[command(subcommand)]
+        action: UdfAction,
+    },
     /// Generate a small space in a temporary directory and walk through
     /// allowed, suppressed and refused queries.
     Demo {
@@ -93,6 +98,40 @@ enum AuditAction {
         space: PathBuf,
         #[arg(long)]
         node: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UdfAction {
+    /// Check a module and approve it for a scene on the space's nodes; the
+    /// module is stored in <space>/udfs/ under its SHA-256 digest.
+    Register {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        scene: String,
+        /// Nodes to approve it on (repeatable); defaults to every node.
+        #[arg(long)]
+        node: Vec<String>,
+        /// Who approves (recorded in the audit log).
+        #[arg(long = "as", default_value = "operator")]
+        actor: String,
+        /// `json` prints one JSON object per node.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The compiled module (wasm32-unknown-unknown, binary format).
+        file: PathBuf,
+    },
+    /// List the modules approved for each scene, with their functions.
+    List {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        scene: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 
@@ -214,6 +253,142 @@ fn run(cli: Cli) -> Result<u8> {
                 Ok(0)
             }
         },
+        Command::Udf { action } => udf(action),
         Command::Demo { keep } => demo::run(keep),
+    }
+}
+
+fn signature(f: &kexin_sandbox::Function) -> String {
+    let args: Vec<String> = f
+        .args
+        .iter()
+        .map(|t| {
+            serde_json::to_string(t)
+                .unwrap_or_default()
+                .replace('"', "")
+        })
+        .collect();
+    let ret = serde_json::to_string(&f.returns)
+        .unwrap_or_default()
+        .replace('"', "");
+    let kind = match f.kind {
+        kexin_sandbox::Kind::Scalar => "scalar",
+        kexin_sandbox::Kind::Aggregate => "aggregate",
+    };
+    let domain = if f.domain.is_some() {
+        " (finite domain)"
+    } else {
+        ""
+    };
+    format!("{kind} {}({}) -> {ret}{domain}", f.name, args.join(", "))
+}
+
+fn udf(action: UdfAction) -> Result<u8> {
+    match action {
+        UdfAction::Register {
+            space,
+            scene,
+            node,
+            actor,
+            format,
+            file,
+        } => {
+            let space = Arc::new(Space::load(&space)?);
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let nodes = if node.is_empty() {
+                space.nodes.clone()
+            } else {
+                node
+            };
+            let rt = runtime()?;
+            for n in nodes {
+                let result = rt.block_on(async {
+                    let node = Node::open(Arc::clone(&space), &n).await?;
+                    anyhow::Ok(node.register_udf(&scene, &bytes, &actor))
+                })?;
+                match result {
+                    Ok(r) => {
+                        if format == Format::Json {
+                            println!("{}", serde_json::to_string(&r)?);
+                        } else {
+                            println!(
+                                "node {}: {} {} for scene {} (audit seq {})",
+                                r.node,
+                                if r.newly_approved {
+                                    "approved"
+                                } else {
+                                    "already approved"
+                                },
+                                r.digest,
+                                r.scene,
+                                r.audit_seq
+                            );
+                            for f in &r.functions {
+                                println!("  {}", signature(f));
+                            }
+                        }
+                    }
+                    Err(kexin_engine::Error::Refused(r)) => {
+                        if format == Format::Json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"node": n, "status": "refused", "code": r.code, "rule": r.rule})
+                            );
+                        } else {
+                            println!("node {n}: refused {}: {}", r.code, r.rule);
+                        }
+                        return Ok(u8::try_from(r.code.exit_status()).unwrap_or(1));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(0)
+        }
+        UdfAction::List {
+            space,
+            scene,
+            node,
+            format,
+        } => {
+            let space = Arc::new(Space::load(&space)?);
+            let nodes = match node {
+                Some(n) => vec![n],
+                None => space.nodes.clone(),
+            };
+            let rt = runtime()?;
+            for n in nodes {
+                let listed = rt.block_on(async {
+                    let node = Node::open(Arc::clone(&space), &n).await?;
+                    anyhow::Ok(node.list_udfs(scene.as_deref())?)
+                })?;
+                for u in listed {
+                    if format == Format::Json {
+                        println!("{}", serde_json::to_string(&u)?);
+                        continue;
+                    }
+                    println!(
+                        "{} {} {} ({}{}){}",
+                        u.node,
+                        u.scene,
+                        u.digest,
+                        u.source,
+                        u.approved_by
+                            .as_deref()
+                            .map(|b| format!(" by {b}"))
+                            .unwrap_or_default(),
+                        if u.loadable {
+                            ""
+                        } else {
+                            " MISSING OR ALTERED"
+                        }
+                    );
+                    for f in &u.functions {
+                        println!("  {}", signature(f));
+                    }
+                }
+            }
+            Ok(0)
+        }
     }
 }

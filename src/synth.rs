@@ -102,6 +102,8 @@ struct Person {
     diabetic: bool,
     ckd: bool,
     hypertensive: bool,
+    height_cm: f64,
+    weight_kg: f64,
 }
 
 /// GB 11643-1999 check character (ISO 7064 MOD 11-2).
@@ -157,6 +159,25 @@ fn person(seed: u64, i: u64) -> Person {
     ][rng.random_range(0..10)];
     let phone = format!("{prefix}{:08}", rng.random_range(0..100_000_000u32));
     let risk = (age as f64 / 95.0).powf(1.5);
+    let diabetic = age >= 25 && rng.random_bool((0.25 * risk).min(0.3));
+    let ckd = age >= 40 && rng.random_bool(0.06 * risk);
+    let hypertensive = age >= 30 && rng.random_bool((0.5 * risk).min(0.6));
+    // Measured at registration: adult height around Chinese means (men 170,
+    // women 158 cm), children on a rough growth curve; weight from a BMI
+    // around 23.5 (higher with diabetes).
+    let adult = if male { 170.0 } else { 158.0 } + 6.5 * gauss(&mut rng);
+    let height_cm = if age >= 18 {
+        adult
+    } else {
+        (52.0 + f64::from(age) * 6.3).min(adult)
+    };
+    let bmi = if age >= 18 {
+        23.5 + 3.2 * gauss(&mut rng) + if diabetic { 2.5 } else { 0.0 }
+    } else {
+        17.0 + 2.0 * gauss(&mut rng)
+    }
+    .max(13.0);
+    let weight_kg = bmi * (height_cm / 100.0).powi(2);
     Person {
         id_card: format!("{first17}{check}"),
         name,
@@ -165,9 +186,11 @@ fn person(seed: u64, i: u64) -> Person {
         age,
         phone,
         region,
-        diabetic: age >= 25 && rng.random_bool((0.25 * risk).min(0.3)),
-        ckd: age >= 40 && rng.random_bool(0.06 * risk),
-        hypertensive: age >= 30 && rng.random_bool((0.5 * risk).min(0.6)),
+        diabetic,
+        ckd,
+        hypertensive,
+        height_cm: (height_cm * 10.0).round() / 10.0,
+        weight_kg: (weight_kg * 10.0).round() / 10.0,
     }
 }
 
@@ -229,6 +252,8 @@ fn hospital(out: &Path, h: usize, opts: &GenOptions, bar: &ProgressBar) -> Resul
         ("phone", DataType::Utf8),
         ("region", DataType::Utf8),
         ("hospital", DataType::Utf8),
+        ("height_cm", DataType::Float64),
+        ("weight_kg", DataType::Float64),
     ]);
     let adm_schema = schema(&[
         ("admission_id", DataType::Int64),
@@ -300,6 +325,12 @@ fn hospital(out: &Path, h: usize, opts: &GenOptions, bar: &ProgressBar) -> Resul
             Arc::new(
                 std::iter::repeat_n(Some(name.as_str()), people.len()).collect::<StringArray>(),
             ),
+            Arc::new(Float64Array::from_iter_values(
+                people.iter().map(|p| p.height_cm),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                people.iter().map(|p| p.weight_kg),
+            )),
         ];
         pat.write(&RecordBatch::try_new(Arc::clone(&pat_schema), cols)?)?;
 
@@ -506,6 +537,8 @@ age        = {{ grade = 2, kind = "quasi", mask = "band(10)", bounds = [0, 100] 
 sex        = {{ grade = 2, kind = "attribute" }}
 region     = {{ grade = 2, kind = "quasi", mask = "prefix(4)" }}
 hospital   = {{ grade = 1, kind = "attribute" }}
+height_cm  = {{ grade = 3, kind = "sensitive", bounds = [40, 230] }}
+weight_kg  = {{ grade = 3, kind = "sensitive", bounds = [2, 250] }}
 
 [dataset.admissions]
 source = "{{node}}/admissions.parquet"

@@ -47,6 +47,10 @@ pub struct AuditEntry {
     pub output_sha256: Option<String>,
     pub rows_released: u64,
     pub suppressed_groups: u64,
+    /// Digests of the UDF modules a query called, or the module a
+    /// registration approved. Absent from entries that involve none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udfs: Vec<String>,
 }
 
 pub fn leaf_hash(entry: &[u8]) -> Hash {

@@ -26,6 +26,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator
 
 use crate::error::{Code, Error, Result};
 use crate::policy::{ColumnKind, Dataset};
+use crate::udf::UdfFacts;
 
 /// Where one column of a plan node's output comes from.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +36,11 @@ struct Lin {
     pure: bool,
     /// The column is (derived from) an aggregate result.
     aggregated: bool,
+    /// Derived through a UDF without a declared finite output domain.
+    unbounded: bool,
+    /// The output of a UDF with a declared finite domain (or that column
+    /// passed through): a generalisation, groupable whatever its inputs.
+    generalized: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,6 +64,7 @@ impl Lin {
             }
         }
         self.aggregated |= other.aggregated;
+        self.unbounded |= other.unbounded;
     }
 }
 
@@ -96,13 +103,66 @@ fn refuse<T>(code: Code, rule: &'static str) -> Result<T> {
 #[derive(Debug)]
 pub struct Checker<'a> {
     datasets: BTreeMap<&'a str, &'a Dataset>,
+    /// Approved UDFs callable in this query.
+    udfs: BTreeMap<String, UdfFacts>,
 }
 
 impl<'a> Checker<'a> {
     pub fn new(datasets: impl IntoIterator<Item = &'a Dataset>) -> Self {
         Self {
             datasets: datasets.into_iter().map(|d| (d.name.as_str(), d)).collect(),
+            udfs: BTreeMap::new(),
         }
+    }
+
+    /// The approved UDFs of the query: scalar ones may appear in aggregate
+    /// arguments (their code was reviewed), aggregate ones may be released,
+    /// and only those with a finite declared domain may form group keys.
+    pub fn with_udfs(mut self, udfs: BTreeMap<String, UdfFacts>) -> Self {
+        self.udfs = udfs;
+        self
+    }
+
+    fn arithmetic_only(&self, e: &Expr) -> Result<()> {
+        arithmetic_only(e, &self.udfs)
+    }
+
+    fn udf(&self, e: &Expr) -> Option<UdfFacts> {
+        match e {
+            Expr::ScalarFunction(f) => self.udfs.get(f.func.name()).copied(),
+            _ => None,
+        }
+    }
+
+    /// [`expr_lin`] plus what UDF calls do to the lineage.
+    fn lin(&self, e: &Expr, schema: &DFSchema, input: &[Lin]) -> Result<Lin> {
+        let mut l = expr_lin(e, schema, input)?;
+        if self.udfs.is_empty() {
+            return Ok(l);
+        }
+        let bare = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        let mut unbounded = false;
+        let _ = e.apply(|x| {
+            if self.udf(x).is_some_and(|u| !u.finite_domain) {
+                unbounded = true;
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        if self.udf(bare).is_some_and(|u| u.finite_domain) {
+            l.generalized = true;
+            l.unbounded = false;
+        } else {
+            l.unbounded |= unbounded;
+            if let Expr::Column(c) = bare
+                && let Ok(i) = schema.index_of_column(c)
+            {
+                l.generalized = input.get(i).is_some_and(|x| x.generalized);
+            }
+        }
+        Ok(l)
     }
 
     /// Check a whole query plan; returns what the gate needs.
@@ -125,7 +185,7 @@ impl<'a> Checker<'a> {
                 let input = self.top(&p.input)?;
                 p.expr
                     .iter()
-                    .map(|e| expr_lin(e, p.input.schema(), &input))
+                    .map(|e| self.lin(e, p.input.schema(), &input))
                     .collect()
             }
             LogicalPlan::Sort(s) => {
@@ -158,14 +218,20 @@ impl<'a> Checker<'a> {
                         );
                     }
                     no_subqueries(g)?;
-                    let l = expr_lin(g, schema, &input)?;
+                    let l = self.lin(g, schema, &input)?;
                     if l.has(ColumnKind::Identifier) {
                         return refuse(
                             Code::DiscIdentifier,
                             "identifier columns cannot be group keys",
                         );
                     }
-                    if l.bases.iter().any(|b| !b.groupable) {
+                    if l.unbounded {
+                        return refuse(
+                            Code::UdfDomain,
+                            "a UDF used in a group key needs a declared finite output domain",
+                        );
+                    }
+                    if !l.generalized && l.bases.iter().any(|b| !b.groupable) {
                         return refuse(
                             Code::DiscSensitive,
                             "group keys must come from attribute, quasi-identifier or generalized columns",
@@ -212,7 +278,8 @@ impl<'a> Checker<'a> {
             );
         };
         let name = f.func.name().to_ascii_lowercase();
-        if !AGGREGATES.contains(&name.as_str()) {
+        let udaf = self.udfs.get(f.func.name()).is_some_and(|u| u.aggregate);
+        if !AGGREGATES.contains(&name.as_str()) && !udaf {
             return refuse(
                 Code::DiscAggregateFunction,
                 "only COUNT, SUM, AVG, MIN, MAX, STDDEV and VAR aggregates may be released",
@@ -230,7 +297,7 @@ impl<'a> Checker<'a> {
         };
         for arg in &f.params.args {
             no_subqueries(arg)?;
-            let l = expr_lin(arg, schema, input)?;
+            let l = self.lin(arg, schema, input)?;
             if l.aggregated {
                 return refuse(Code::ShapeNestedAggregate, "aggregates cannot be nested");
             }
@@ -247,7 +314,7 @@ impl<'a> Checker<'a> {
                 );
             }
             if name != "count" {
-                arithmetic_only(arg)?;
+                self.arithmetic_only(arg)?;
             }
             lin.merge(&l);
         }
@@ -278,7 +345,7 @@ impl<'a> Checker<'a> {
                                 person_key: *f.name() == ds.person_key,
                             }],
                             pure: true,
-                            aggregated: false,
+                            ..Lin::default()
                         }),
                         None => refuse(
                             Code::SqlUnknown,
@@ -293,7 +360,7 @@ impl<'a> Checker<'a> {
                     .iter()
                     .map(|e| {
                         no_subqueries(e)?;
-                        let l = expr_lin(e, p.input.schema(), &input)?;
+                        let l = self.lin(e, p.input.schema(), &input)?;
                         if l.has(ColumnKind::Identifier) && !l.pure {
                             return refuse(
                                 Code::DiscIdentifier,
@@ -314,8 +381,8 @@ impl<'a> Checker<'a> {
                 let left = self.below(&j.left)?;
                 let right = self.below(&j.right)?;
                 for (l, r) in &j.on {
-                    let ll = expr_lin(l, j.left.schema(), &left)?;
-                    let rl = expr_lin(r, j.right.schema(), &right)?;
+                    let ll = self.lin(l, j.left.schema(), &left)?;
+                    let rl = self.lin(r, j.right.schema(), &right)?;
                     if !(ll.is_person_key() && rl.is_person_key()) {
                         return refuse(
                             Code::DiscJoin,
@@ -341,8 +408,8 @@ impl<'a> Checker<'a> {
                             op: Operator::Eq,
                             right: r,
                         }) = conjunct
-                            && expr_lin(l, &schema, &both)?.is_person_key()
-                            && expr_lin(r, &schema, &both)?.is_person_key()
+                            && self.lin(l, &schema, &both)?.is_person_key()
+                            && self.lin(r, &schema, &both)?.is_person_key()
                         {
                             keyed = true;
                         }
@@ -407,13 +474,13 @@ impl<'a> Checker<'a> {
                 left,
                 op: Operator::Eq,
                 right,
-            }) if expr_lin(left, schema, input)?.is_person_key()
-                && expr_lin(right, schema, input)?.is_person_key() =>
+            }) if self.lin(left, schema, input)?.is_person_key()
+                && self.lin(right, schema, input)?.is_person_key() =>
             {
                 Ok(())
             }
             Expr::InSubquery(ins) => {
-                let l = expr_lin(&ins.expr, schema, input)?;
+                let l = self.lin(&ins.expr, schema, input)?;
                 let sub = self.below(&ins.subquery.subquery)?;
                 if !ins.subquery.outer_ref_columns.is_empty() {
                     return refuse(Code::ShapeSubquery, "correlated subqueries are not allowed");
@@ -441,7 +508,7 @@ impl<'a> Checker<'a> {
             Expr::Not(inner) => self.predicate(inner, schema, input),
             other => {
                 no_subqueries(other)?;
-                let l = expr_lin(other, schema, input)?;
+                let l = self.lin(other, schema, input)?;
                 if l.has(ColumnKind::Identifier) {
                     return refuse(
                         Code::DiscIdentifier,
@@ -525,8 +592,9 @@ fn no_subqueries(e: &Expr) -> Result<()> {
     Ok(())
 }
 
-/// Aggregate arguments may only be arithmetic over columns and literals.
-fn arithmetic_only(e: &Expr) -> Result<()> {
+/// Aggregate arguments may only be arithmetic over columns and literals
+/// (and approved scalar UDFs).
+fn arithmetic_only(e: &Expr, udfs: &BTreeMap<String, UdfFacts>) -> Result<()> {
     let mut bad = false;
     let _ = e.apply(|x| {
         let ok = match x {
@@ -542,6 +610,7 @@ fn arithmetic_only(e: &Expr) -> Result<()> {
             ),
             Expr::ScalarFunction(f) => {
                 ARITHMETIC_FUNCTIONS.contains(&f.func.name().to_ascii_lowercase().as_str())
+                    || udfs.get(f.func.name()).is_some_and(|u| !u.aggregate)
             }
             _ => false,
         };

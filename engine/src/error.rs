@@ -49,6 +49,29 @@ pub enum Code {
     DiscConditional,
     /// Scene unknown, not valid today, or the caller is not its requester.
     Scene,
+    /// A UDF module is not approved for the scene, or its bytes no longer
+    /// match the approved digest.
+    UdfUnapproved,
+    /// A UDF module is malformed, too large or too slow to compile.
+    UdfModule,
+    /// A UDF module imports something the kexin ABI does not provide.
+    UdfImport,
+    /// A UDF module's manifest or ABI exports are missing or invalid.
+    UdfManifest,
+    /// A UDF call does not match the declared signature.
+    UdfSignature,
+    /// A UDF used as a group key has no declared finite output domain.
+    UdfDomain,
+    /// A UDF ran out of fuel or time.
+    UdfFuel,
+    /// A UDF exceeded its memory or table limit.
+    UdfMemory,
+    /// A UDF exhausted its stack.
+    UdfStack,
+    /// A UDF trapped.
+    UdfTrap,
+    /// A UDF's output failed validation.
+    UdfOutput,
     /// The query failed while running (the cause is never shown).
     Exec,
     /// Deadline or memory limit reached.
@@ -80,6 +103,17 @@ impl Code {
             Code::DiscMinMax => "KX-DISC-MINMAX",
             Code::DiscConditional => "KX-DISC-CONDITIONAL",
             Code::Scene => "KX-SCENE",
+            Code::UdfUnapproved => "KX-UDF-UNAPPROVED",
+            Code::UdfModule => "KX-UDF-MODULE",
+            Code::UdfImport => "KX-UDF-IMPORT",
+            Code::UdfManifest => "KX-UDF-MANIFEST",
+            Code::UdfSignature => "KX-UDF-SIGNATURE",
+            Code::UdfDomain => "KX-UDF-DOMAIN",
+            Code::UdfFuel => "KX-UDF-FUEL",
+            Code::UdfMemory => "KX-UDF-MEMORY",
+            Code::UdfStack => "KX-UDF-STACK",
+            Code::UdfTrap => "KX-UDF-TRAP",
+            Code::UdfOutput => "KX-UDF-OUTPUT",
             Code::Exec => "KX-EXEC",
             Code::ExecLimit => "KX-EXEC-LIMIT",
             Code::Internal => "KX-INTERNAL",
@@ -90,7 +124,13 @@ impl Code {
     pub fn exit_status(self) -> i32 {
         match self {
             Code::Internal => 70,
-            Code::Exec | Code::ExecLimit => 4,
+            Code::Exec
+            | Code::ExecLimit
+            | Code::UdfFuel
+            | Code::UdfMemory
+            | Code::UdfStack
+            | Code::UdfTrap
+            | Code::UdfOutput => 4,
             Code::Scene => 3,
             _ => 2,
         }

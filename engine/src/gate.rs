@@ -23,7 +23,7 @@ use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::Column;
 use datafusion::logical_expr::{
-    AggregateUDF, Expr, LogicalPlan, Projection, SubqueryAlias, cast as cast_expr,
+    AggregateUDF, Expr, ExprSchemable, LogicalPlan, Projection, SubqueryAlias, cast as cast_expr,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
@@ -112,6 +112,12 @@ fn top(plan: LogicalPlan, rules: &OutputRules) -> Result<(LogicalPlan, Vec<Colum
                         f.params.args.first().cloned()
                     }
                     _ => None,
+                })
+                // Dominance is a share of a numeric total; a wasm aggregate
+                // over strings or dates has none.
+                .filter(|a| {
+                    a.get_type(input.schema())
+                        .is_ok_and(|t| t.is_numeric() || t.is_null())
                 })
                 .collect();
             let mut aggr = agg.aggr_expr;

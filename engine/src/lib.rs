@@ -15,6 +15,7 @@
 //! | [`audit`] | RFC 6962 Merkle hashing and C2SP signed-note checkpoints |
 //! | [`store`] | the node's SQLite state, keys, audit log storage and verification |
 //! | [`node`] | one node: opening a space and running a researcher's query end to end |
+//! | [`udf`] | approved WebAssembly UDFs bound into a query as DataFusion functions |
 //! | [`error`] | fixed refusal codes, kept apart from internal failures |
 //!
 //! ```no_run
@@ -46,5 +47,6 @@ pub mod node;
 pub mod policy;
 pub mod rewrite;
 pub mod store;
+pub mod udf;
 
 pub use error::{Code, Error, Refusal, Result};

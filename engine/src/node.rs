@@ -32,7 +32,8 @@ use crate::gate::{self, Cell};
 use crate::mask::ColumnMask;
 use crate::policy::{ConsentMode, Release, Scene, Space};
 use crate::rewrite::{PolicyRewrite, TableRewrite, harden};
-use crate::store::{NodeKeys, Store, now_utc};
+use crate::store::{NodeKeys, Store, UdfApproval, now_utc};
+use crate::udf::{QueryUdfs, UdfHost, fault_refusal, find_fault};
 
 /// A researcher's request.
 #[derive(Debug, Clone)]
@@ -104,6 +105,35 @@ pub struct Node {
     store: Mutex<Store>,
     /// Per dataset: the data file's schema (as DataFusion reads it) and URL.
     tables: HashMap<String, (ListingTableUrl, SchemaRef)>,
+    /// The wasmtime sandbox and compiled-module cache for approved UDFs.
+    udfs: UdfHost,
+}
+
+/// The result of registering a UDF module on one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Registration {
+    pub node: String,
+    pub scene: String,
+    pub digest: String,
+    pub functions: Vec<kexin_sandbox::Function>,
+    /// False when the module was already approved for the scene here.
+    pub newly_approved: bool,
+    pub audit_seq: u64,
+}
+
+/// One approved module as `kexin udf list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedUdf {
+    pub node: String,
+    pub scene: String,
+    pub digest: String,
+    /// `policy` (listed in space.toml) or `registered` (by a data holder).
+    pub source: &'static str,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    pub functions: Vec<kexin_sandbox::Function>,
+    /// Whether the module file is present and matches its digest.
+    pub loadable: bool,
 }
 
 fn refusal(code: Code, rule: &'static str) -> Error {
@@ -174,6 +204,7 @@ impl Node {
             keys,
             store: Mutex::new(store),
             tables,
+            udfs: UdfHost::new(kexin_sandbox::Limits::default())?,
         })
     }
 
@@ -189,7 +220,8 @@ impl Node {
     /// become audited refusals.
     pub async fn query(&self, req: &QueryRequest) -> Outcome {
         let sql_digest = hex::encode(Sha256::digest(req.sql.as_bytes()));
-        let (mut outcome, plan_digest) = match self.run(req).await {
+        let mut called = Vec::new();
+        let (mut outcome, plan_digest) = match self.run(req, &mut called).await {
             Ok((o, p)) => (o, Some(p)),
             Err(e) => {
                 if let Error::Internal(detail) = &e {
@@ -224,6 +256,7 @@ impl Node {
             output_sha256: output_digest,
             rows_released: outcome.rows.len() as u64,
             suppressed_groups: outcome.suppressed_groups as u64,
+            udfs: called,
         };
         // The audit record is durable before anything is released.
         let appended = match self.store.lock() {
@@ -243,6 +276,165 @@ impl Node {
                     "the audit log could not be written; nothing released",
                 ))
             }
+        }
+    }
+
+    /// Every module approved for `scene` on this node: the policy's digests
+    /// and the data holder's registrations, each loaded from the content
+    /// store and checked against its digest.
+    fn scene_modules(&self, scene: &Scene) -> Result<Vec<kexin_sandbox::Module>> {
+        let mut digests: Vec<String> = scene.udfs.clone();
+        for a in self.approvals(Some(&scene.name))? {
+            if !digests.contains(&a.digest) {
+                digests.push(a.digest);
+            }
+        }
+        digests
+            .iter()
+            .map(|d| self.udfs.load_approved(&self.space.dir, d))
+            .collect()
+    }
+
+    fn approvals(&self, scene: Option<&str>) -> Result<Vec<UdfApproval>> {
+        self.store
+            .lock()
+            .map_err(|_| Error::internal("state store lock poisoned"))?
+            .udf_approvals(scene)
+    }
+
+    /// A data holder approves a module for a scene on this node: the module
+    /// is checked (limits, imports, manifest, export types), its function
+    /// names must not shadow built-ins or the scene's other modules, its
+    /// bytes go to the space's content store, and the approval and its
+    /// audit record commit together.
+    pub fn register_udf(&self, scene: &str, bytes: &[u8], by: &str) -> Result<Registration> {
+        let sc = self
+            .space
+            .scenes
+            .get(scene)
+            .ok_or_else(|| refusal(Code::Scene, "unknown scene"))?;
+        let module = self.udfs.load_bytes(bytes)?;
+        let digest = module.digest().to_string();
+        let functions = module.manifest().functions.clone();
+        let existing = self.approvals(Some(scene))?;
+        if let Some(a) = existing.iter().find(|a| a.digest == digest) {
+            return Ok(Registration {
+                node: self.name.clone(),
+                scene: scene.to_string(),
+                digest,
+                functions,
+                newly_approved: false,
+                audit_seq: a.audit_seq,
+            });
+        }
+        // Names must be unique across the scene's modules and must not shadow
+        // DataFusion's functions.
+        let mut others = self.scene_modules(sc).unwrap_or_default();
+        others.retain(|m| m.digest() != digest);
+        others.push(module.clone());
+        let (state, _) = self.session(sc, &QueryUdfs::default())?;
+        QueryUdfs::bind(&others, sc.udf_limits)?;
+        if functions.iter().any(|f| builtin_function(&state, &f.name)) {
+            return Err(refusal(
+                Code::UdfManifest,
+                "a UDF module declares a function with a built-in function's name",
+            ));
+        }
+        let path = crate::udf::module_path(&self.space.dir, &digest)
+            .ok_or_else(|| Error::internal("digest without a path"))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        let manifest = serde_json::to_string(module.manifest()).map_err(Error::internal)?;
+        let now = now_utc().1;
+        let entry = AuditEntry {
+            seq: 0,
+            time: now.clone(),
+            node: self.name.clone(),
+            actor: by.to_string(),
+            scene: scene.to_string(),
+            kind: "udf-register".into(),
+            decision: "approved".into(),
+            code: None,
+            rule: None,
+            sql_sha256: None,
+            plan_sha256: None,
+            policy_sha256: hex::encode(self.space.policy_digest),
+            output_sha256: None,
+            rows_released: 0,
+            suppressed_groups: 0,
+            udfs: vec![digest.clone()],
+        };
+        let (seq, _) = self
+            .store
+            .lock()
+            .map_err(|_| Error::internal("state store lock poisoned"))?
+            .append_with(entry, &self.keys, |tx, seq| {
+                tx.execute(
+                    "INSERT INTO udf_approval
+                     (scene, digest, manifest, approved_by, approved_at, audit_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    rusqlite::params![scene, digest, manifest, by, now, seq as i64],
+                )?;
+                Ok(())
+            })?;
+        Ok(Registration {
+            node: self.name.clone(),
+            scene: scene.to_string(),
+            digest,
+            functions,
+            newly_approved: true,
+            audit_seq: seq,
+        })
+    }
+
+    /// Approved modules on this node, optionally for one scene.
+    pub fn list_udfs(&self, scene: Option<&str>) -> Result<Vec<ListedUdf>> {
+        let mut out = Vec::new();
+        for sc in self.space.scenes.values() {
+            if scene.is_some_and(|s| s != sc.name) {
+                continue;
+            }
+            let mut seen = Vec::new();
+            for d in &sc.udfs {
+                seen.push(d.clone());
+                out.push(self.listed(sc, d, "policy", None));
+            }
+            for a in self.approvals(Some(&sc.name))? {
+                if seen.contains(&a.digest) {
+                    continue;
+                }
+                let d = a.digest.clone();
+                out.push(self.listed(sc, &d, "registered", Some(a)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn listed(
+        &self,
+        sc: &Scene,
+        digest: &str,
+        source: &'static str,
+        approval: Option<UdfApproval>,
+    ) -> ListedUdf {
+        let module = self.udfs.load_approved(&self.space.dir, digest).ok();
+        ListedUdf {
+            node: self.name.clone(),
+            scene: sc.name.clone(),
+            digest: digest.to_string(),
+            source,
+            approved_by: approval.as_ref().map(|a| a.approved_by.clone()),
+            approved_at: approval.as_ref().map(|a| a.approved_at.clone()),
+            functions: module
+                .as_ref()
+                .map(|m| m.manifest().functions.clone())
+                .unwrap_or_default(),
+            loadable: module.is_some(),
         }
     }
 
@@ -285,8 +477,10 @@ impl Node {
         Ok(scene)
     }
 
-    async fn run(&self, req: &QueryRequest) -> Result<(Outcome, String)> {
+    async fn run(&self, req: &QueryRequest, called: &mut Vec<String>) -> Result<(Outcome, String)> {
         let scene = self.scene_for(req)?;
+        let modules = self.scene_modules(scene)?;
+        let udfs = QueryUdfs::bind(&modules, scene.udf_limits)?;
         let limits = &self.space.limits;
 
         // Step 2: parse and check shape.
@@ -322,7 +516,7 @@ impl Node {
         }
 
         // Session with only the scene's datasets, and the policy rewrite first.
-        let (state, rule) = self.session(scene)?;
+        let (state, rule) = self.session(scene, &udfs)?;
         let plan0 = state
             .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
                 stmt,
@@ -330,18 +524,26 @@ impl Node {
             .await
             .map_err(|e| {
                 tracing::debug!(target: "kexin::node", "planning failed: {e}");
-                refusal(
-                    Code::SqlUnknown,
-                    "the query names a table, column or function the scene does not provide",
-                )
+                match find_fault(&e).or_else(|| udfs.planning_fault()) {
+                    Some(f) => Error::Refused(fault_refusal(f)),
+                    None => refusal(
+                        Code::SqlUnknown,
+                        "the query names a table, column or function the scene does not provide",
+                    ),
+                }
             })?;
+        // Every module the query calls is named in its audit record, whatever
+        // the decision.
+        called.extend(called_modules(&plan0, &udfs));
 
         // Step 4: disclosure constraints on the researcher's plan.
         let datasets = scene
             .datasets
             .iter()
             .filter_map(|d| self.space.datasets.get(d));
-        let analysis = Checker::new(datasets).check(&plan0)?;
+        let analysis = Checker::new(datasets)
+            .with_udfs(udfs.facts.clone())
+            .check(&plan0)?;
 
         // Step 3: defined semantics, then masks and clamps at every scan.
         let plan1 = harden(plan0).map_err(Error::internal)?;
@@ -360,10 +562,13 @@ impl Node {
         // Step 6: execute with a memory pool and a deadline.
         let physical = state.create_physical_plan(&plan2).await.map_err(|e| {
             tracing::debug!(target: "kexin::node", "physical planning failed: {e}");
-            refusal(
-                Code::SqlUnknown,
-                "the query does not plan against the scene's schema",
-            )
+            match find_fault(&e) {
+                Some(f) => Error::Refused(fault_refusal(f)),
+                None => refusal(
+                    Code::SqlUnknown,
+                    "the query does not plan against the scene's schema",
+                ),
+            }
         })?;
         let task = state.task_ctx();
         let deadline = Duration::from_secs(limits.timeout_seconds);
@@ -428,6 +633,7 @@ impl Node {
     fn session(
         &self,
         scene: &Scene,
+        udfs: &QueryUdfs,
     ) -> Result<(datafusion::execution::SessionState, Arc<PolicyRewrite>)> {
         let pseudonym_key = self
             .keys
@@ -492,6 +698,22 @@ impl Node {
             .with_analyzer_rules(rules)
             .build();
         let ctx = SessionContext::new_with_state(state);
+        // A UDF may not shadow a built-in function: the checks above reason
+        // about built-ins by name.
+        for name in udfs.facts.keys() {
+            if builtin_function(&ctx.state(), name) {
+                return Err(refusal(
+                    Code::UdfManifest,
+                    "a UDF module declares a function with a built-in function's name",
+                ));
+            }
+        }
+        for f in &udfs.scalars {
+            ctx.register_udf(f.clone());
+        }
+        for f in &udfs.aggregates {
+            ctx.register_udaf(f.clone());
+        }
         for (name, table) in providers {
             ctx.register_table(name.as_str(), table)
                 .map_err(Error::internal)?;
@@ -500,13 +722,48 @@ impl Node {
     }
 }
 
+/// Whether `name` is one of DataFusion's own scalar or aggregate functions.
+fn builtin_function(state: &datafusion::execution::SessionState, name: &str) -> bool {
+    state.scalar_functions().contains_key(name)
+        || state.aggregate_functions().contains_key(name)
+        || state.window_functions().contains_key(name)
+}
+
+/// Digests of the UDF modules whose functions `plan` calls.
+fn called_modules(plan: &datafusion::logical_expr::LogicalPlan, udfs: &QueryUdfs) -> Vec<String> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Expr;
+    let mut out = std::collections::BTreeSet::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        for e in node.expressions() {
+            let _ = e.apply(|x| {
+                let name = match x {
+                    Expr::ScalarFunction(f) => Some(f.func.name()),
+                    Expr::AggregateFunction(f) => Some(f.func.name()),
+                    _ => None,
+                };
+                if let Some(d) = name.and_then(|n| udfs.digests.get(n)) {
+                    out.insert(d.clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out.into_iter().collect()
+}
+
 fn listing_options() -> ListingOptions {
     ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet")
 }
 
 /// Map an execution error to a fixed refusal. DataFusion's messages can quote
-/// cell values (cast and overflow errors do), so none of it is kept.
+/// cell values (cast and overflow errors do), so none of it is kept. Sandbox
+/// faults keep their fixed code.
 fn exec_refusal(e: &DataFusionError) -> Error {
+    if let Some(f) = find_fault(e) {
+        return Error::Refused(fault_refusal(f));
+    }
     match e.find_root() {
         DataFusionError::ResourcesExhausted(_) => refusal(
             Code::ExecLimit,

@@ -139,7 +139,12 @@ pub struct Scene {
     pub release: Release,
     pub output: OutputRules,
     pub privacy: Option<PrivacyRules>,
+    /// Module digests approved in the policy file (`sha256:<hex>`, lower
+    /// case). Nodes add the modules their data holders register.
     pub udfs: Vec<String>,
+    /// What every UDF call under this scene may use: the node defaults,
+    /// lowered by the scene's `udf_limits` table.
+    pub udf_limits: kexin_sandbox::CallLimits,
 }
 
 impl Scene {
@@ -269,6 +274,7 @@ struct RawScene {
     privacy: Option<RawPrivacy>,
     #[serde(default)]
     udfs: Vec<String>,
+    udf_limits: Option<kexin_sandbox::CallLimitsOverride>,
 }
 
 #[derive(Deserialize)]
@@ -633,7 +639,8 @@ impl Space {
                     })
                 }
             };
-            for u in &s.udfs {
+            let udfs: Vec<String> = s.udfs.iter().map(|u| u.to_ascii_lowercase()).collect();
+            for u in &udfs {
                 let ok = u
                     .strip_prefix("sha256:")
                     .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -644,6 +651,9 @@ impl Space {
                     ));
                 }
             }
+            let udf_limits = kexin_sandbox::Limits::default()
+                .call_limits(&s.udf_limits.unwrap_or_default())
+                .map_err(|e| err(at("udf_limits"), e.to_string()))?;
             scenes.insert(
                 sname.clone(),
                 Scene {
@@ -664,7 +674,8 @@ impl Space {
                         dominance,
                     },
                     privacy,
-                    udfs: s.udfs,
+                    udfs,
+                    udf_limits,
                 },
             );
         }

@@ -190,6 +190,18 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
     f()
 }
 
+/// A data holder's approval of a module for a scene on this node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UdfApproval {
+    pub scene: String,
+    pub digest: String,
+    /// The module's manifest JSON as checked at registration.
+    pub manifest: String,
+    pub approved_by: String,
+    pub approved_at: String,
+    pub audit_seq: u64,
+}
+
 /// The node's state database and audit log.
 #[derive(Debug)]
 pub struct Store {
@@ -220,6 +232,15 @@ impl Store {
                      size INTEGER PRIMARY KEY,
                      note TEXT NOT NULL
                  );
+                 CREATE TABLE IF NOT EXISTS udf_approval (
+                     scene       TEXT NOT NULL,
+                     digest      TEXT NOT NULL,
+                     manifest    TEXT NOT NULL,
+                     approved_by TEXT NOT NULL,
+                     approved_at TEXT NOT NULL,
+                     audit_seq   INTEGER NOT NULL,
+                     PRIMARY KEY (scene, digest)
+                 );
                  COMMIT;",
             )
         })?;
@@ -233,7 +254,19 @@ impl Store {
     /// Append an entry (its `seq` is assigned here) and sign the new tree
     /// head, in one durable transaction; then update the head file.
     /// Returns the sequence number and the signed checkpoint.
-    pub fn append(&mut self, mut entry: AuditEntry, keys: &NodeKeys) -> Result<(u64, String)> {
+    pub fn append(&mut self, entry: AuditEntry, keys: &NodeKeys) -> Result<(u64, String)> {
+        self.append_with(entry, keys, |_, _| Ok(()))
+    }
+
+    /// [`Store::append`], running `also` (given the transaction and the new
+    /// sequence number) in the same transaction: the state change and its
+    /// audit record commit together or not at all.
+    pub fn append_with(
+        &mut self,
+        mut entry: AuditEntry,
+        keys: &NodeKeys,
+        also: impl FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<()>,
+    ) -> Result<(u64, String)> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -268,6 +301,7 @@ impl Store {
             "INSERT INTO checkpoint (size, note) VALUES (?1, ?2)",
             params![seq as i64, note],
         )?;
+        also(&tx, seq)?;
         tx.commit()?;
         // The head file only moves forward. Appenders in other processes may
         // race here; a head that is briefly behind the log is still a valid
@@ -280,6 +314,27 @@ impl Store {
             write_atomic(&self.head_path, note.as_bytes())?;
         }
         Ok((seq, note))
+    }
+
+    /// UDF modules this node's data holder approved, optionally for one
+    /// scene, ordered by scene then time.
+    pub fn udf_approvals(&self, scene: Option<&str>) -> Result<Vec<UdfApproval>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT scene, digest, manifest, approved_by, approved_at, audit_seq
+             FROM udf_approval WHERE ?1 IS NULL OR scene = ?1
+             ORDER BY scene, approved_at, digest",
+        )?;
+        let rows = stmt.query_map(params![scene], |r| {
+            Ok(UdfApproval {
+                scene: r.get(0)?,
+                digest: r.get(1)?,
+                manifest: r.get(2)?,
+                approved_by: r.get(3)?,
+                approved_at: r.get(4)?,
+                audit_seq: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     /// All entries in order.

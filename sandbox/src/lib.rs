@@ -1,10 +1,22 @@
 //! `kexin-sandbox`: the wasmtime host for untrusted researcher UDFs.
 //!
 //! This crate depends on arrow and wasmtime, never on DataFusion; the engine
-//! adapts it into DataFusion UDFs. Until the UDF issue lands it holds only the
-//! module identity used by scene approval: a module is approved by the
-//! SHA-256 digest of its bytes.
+//! adapts it into DataFusion UDFs. A module is approved by the SHA-256 digest
+//! of its bytes ([`module_digest`]), loaded and checked once by
+//! [`Sandbox::load`], and called through a per-query [`Session`]. The batch
+//! ABI is specified in `sandbox/ABI.md`.
 #![forbid(unsafe_code)]
+
+pub mod abi;
+pub mod error;
+pub mod host;
+pub mod limits;
+pub mod manifest;
+
+pub use error::{Error, Fault, Result};
+pub use host::{Module, Sandbox, Session};
+pub use limits::{CallLimits, CallLimitsOverride, Limits, LimitsBuilder};
+pub use manifest::{Domain, Function, Kind, Manifest, Type};
 
 use sha2::{Digest, Sha256};
 

@@ -1,0 +1,535 @@
+//! WebAssembly UDFs end to end: the example modules from `udfs/` (built by
+//! `udfs/build.sh`) approved for a scene and called from SQL, compared with
+//! independent references; hostile modules failing closed while the node
+//! keeps serving; approval, tampering and audit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+#[path = "../sandbox/tests/fixtures/mod.rs"]
+mod fixtures;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Float64Type, Int32Type};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use kexin_engine::gate::Cell;
+use kexin_engine::node::{Node, Outcome, QueryRequest, Status};
+use kexin_engine::policy::Space;
+
+/// The scene used for hostile modules: tight limits so loops end fast.
+const LAB_SCENE: &str = r#"
+[scene.udf-lab]
+purpose   = "DUO:0000006"
+requester = "org:whu-med"
+datasets  = ["patients", "admissions", "labs"]
+valid     = ["2026-01-01", "2030-12-31"]
+output    = { min_persons = 10, round_to = 5, decimals = 2, dominance = [2, 0.9] }
+udf_limits = { fuel_per_call = 2000000, fuel_per_row = 2000, call_timeout_ms = 2000, memory_mb = 16 }
+"#;
+
+fn wasm(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("udfs/target/wasm")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&p).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: build the example UDFs first with `bash udfs/build.sh`",
+            p.display()
+        )
+    })
+}
+
+fn space_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        kexin::synth::generate(
+            &dir,
+            &kexin::synth::GenOptions {
+                hospitals: 1,
+                patients: 4000,
+                seed: 11,
+                csv: false,
+                quiet: true,
+            },
+        )
+        .expect("generate");
+        let toml = dir.join("space.toml");
+        let mut text = std::fs::read_to_string(&toml).unwrap();
+        text.push_str(LAB_SCENE);
+        std::fs::write(&toml, text).unwrap();
+        dir
+    })
+}
+
+/// The node with every example module approved for diabetes-2027 (once).
+async fn node() -> Node {
+    static REGISTERED: OnceLock<()> = OnceLock::new();
+    let space = Arc::new(Space::load(space_dir()).expect("space loads"));
+    let node = Node::open(space, "h1").await.expect("node opens");
+    REGISTERED.get_or_init(|| {
+        for m in ["bmi", "egfr", "eag", "age_band", "charlson", "geomean"] {
+            node.register_udf("diabetes-2027", &wasm(m), "carol")
+                .unwrap_or_else(|e| panic!("registering {m}: {e}"));
+        }
+    });
+    node
+}
+
+async fn ask(node: &Node, scene: &str, sql: &str) -> Outcome {
+    node.query(&QueryRequest {
+        scene: scene.into(),
+        actor: "alice".into(),
+        sql: sql.into(),
+    })
+    .await
+}
+
+fn released(o: &Outcome) -> BTreeMap<String, f64> {
+    assert_eq!(o.status, Status::Released, "{o:?}");
+    o.rows
+        .iter()
+        .map(|r| {
+            let key = match &r[0] {
+                Cell::Text(s) => s.clone(),
+                Cell::Int(i) => i.to_string(),
+                other => format!("{other:?}"),
+            };
+            let v = match r.last().unwrap() {
+                Cell::Int(i) => *i as f64,
+                Cell::Float(f) => *f,
+                other => panic!("not numeric: {other:?}"),
+            };
+            (key, v)
+        })
+        .collect()
+}
+
+fn assert_close(got: &BTreeMap<String, f64>, want: &BTreeMap<String, f64>, tol: f64) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, g) in got {
+        let w = want[k];
+        assert!((g - w).abs() <= tol, "{k}: wasm {g} vs reference {w}");
+    }
+}
+
+// ------------------------------------------------- real UDFs vs references
+
+#[tokio::test]
+async fn bmi_matches_the_formula_in_sql() {
+    let n = node().await;
+    let wasm = ask(
+        &n,
+        "diabetes-2027",
+        "SELECT sex, AVG(bmi(weight_kg, height_cm)) FROM patients GROUP BY sex",
+    )
+    .await;
+    let sql = ask(
+        &n,
+        "diabetes-2027",
+        "SELECT sex, AVG(weight_kg / ((height_cm / 100.0) * (height_cm / 100.0))) FROM patients GROUP BY sex",
+    )
+    .await;
+    let (w, s) = (released(&wasm), released(&sql));
+    assert_eq!(w.len(), 2);
+    assert!(w.values().all(|b| (15.0..35.0).contains(b)), "{w:?}");
+    assert_close(&w, &s, 0.0101);
+}
+
+#[tokio::test]
+async fn hba1c_to_eag_matches_the_adag_regression() {
+    let n = node().await;
+    let filter = "FROM labs WHERE test = 'hba1c' AND value BETWEEN 3 AND 20";
+    let w = released(
+        &ask(
+            &n,
+            "diabetes-2027",
+            &format!("SELECT unit, AVG(hba1c_to_eag(value)) {filter} GROUP BY unit"),
+        )
+        .await,
+    );
+    let s = released(
+        &ask(
+            &n,
+            "diabetes-2027",
+            &format!("SELECT unit, AVG(28.7 * value - 46.7) {filter} GROUP BY unit"),
+        )
+        .await,
+    );
+    assert_close(&w, &s, 0.0101);
+}
+
+#[tokio::test]
+async fn age_band_groups_like_the_same_bands_written_in_sql() {
+    let n = node().await;
+    let w = released(
+        &ask(
+            &n,
+            "diabetes-2027",
+            "SELECT age_band(birth_date, DATE '2026-01-01') AS band, COUNT(*) FROM patients GROUP BY band",
+        )
+        .await,
+    );
+    // birth_date is masked to January 1st of the birth year, so the age on
+    // 2026-01-01 is 2026 minus the year.
+    let s = released(
+        &ask(
+            &n,
+            "diabetes-2027",
+            "SELECT CASE WHEN 2026 - date_part('year', birth_date) < 18 THEN '0-17' \
+                         WHEN 2026 - date_part('year', birth_date) < 45 THEN '18-44' \
+                         WHEN 2026 - date_part('year', birth_date) < 65 THEN '45-64' \
+                         WHEN 2026 - date_part('year', birth_date) < 75 THEN '65-74' \
+                         ELSE '75+' END AS band, COUNT(*) FROM patients GROUP BY band",
+        )
+        .await,
+    );
+    assert!(w.len() >= 4, "{w:?}");
+    assert_close(&w, &s, 0.0);
+}
+
+#[tokio::test]
+async fn charlson_weights_group_like_the_quan_categories() {
+    let n = node().await;
+    let w = released(
+        &ask(
+            &n,
+            "diabetes-2027",
+            "SELECT charlson_weight(diagnosis) AS w, COUNT(*) FROM admissions GROUP BY w",
+        )
+        .await,
+    );
+    // The generator's codes, masked to three characters, by Quan 2005.
+    let s = released(
+        &ask(
+            &n,
+            "diabetes-2027",
+            "SELECT CASE WHEN diagnosis IN ('C34', 'C16', 'N18') THEN 2 \
+                         WHEN diagnosis IN ('I21', 'I63', 'I50', 'J44', 'E11') THEN 1 \
+                         ELSE 0 END AS w, COUNT(*) FROM admissions GROUP BY w",
+        )
+        .await,
+    );
+    assert_eq!(w.keys().collect::<Vec<_>>(), ["0", "1", "2"]);
+    assert_close(&w, &s, 0.0);
+}
+
+#[tokio::test]
+async fn geomean_aggregate_matches_exp_of_mean_log() {
+    let n = node().await;
+    let w = released(
+        &ask(
+            &n,
+            "diabetes-2027",
+            "SELECT department, geomean(cost) FROM admissions GROUP BY department",
+        )
+        .await,
+    );
+    let s = released(
+        &ask(
+            &n,
+            "diabetes-2027",
+            "SELECT department, exp(AVG(ln(cost))) FROM admissions GROUP BY department",
+        )
+        .await,
+    );
+    assert!(w.len() >= 5, "{w:?}");
+    for (k, g) in &w {
+        let want = s[k];
+        assert!(
+            (g - want).abs() <= 1e-6 * want + 0.0101,
+            "{k}: {g} vs {want}"
+        );
+    }
+}
+
+/// The CKD-EPI 2021 equation written independently with std's `powf`.
+fn egfr_reference(creatinine_umol: f64, age: i32, female: bool) -> Option<f64> {
+    if !(10.0..=3000.0).contains(&creatinine_umol) || !(18..=120).contains(&age) {
+        return None;
+    }
+    let scr = creatinine_umol / 88.42;
+    let (k, a) = if female { (0.7, -0.241) } else { (0.9, -0.302) };
+    Some(
+        142.0
+            * (scr / k).min(1.0).powf(a)
+            * (scr / k).max(1.0).powf(-1.2)
+            * 0.9938f64.powf(f64::from(age))
+            * if female { 1.012 } else { 1.0 },
+    )
+}
+
+#[tokio::test]
+async fn egfr_matches_a_native_reference_on_the_same_masked_inputs() {
+    let n = node().await;
+    let w = released(
+        &ask(
+            &n,
+            "diabetes-2027",
+            "SELECT p.sex, AVG(egfr_ckd_epi_2021(l.value, p.age, p.sex)) \
+             FROM labs l JOIN patients p ON l.id_card = p.id_card \
+             WHERE l.test = 'creatinine' GROUP BY p.sex",
+        )
+        .await,
+    );
+    // Reference: the raw Parquet files with the scene's masks applied by hand
+    // (age → band(10) lower bound; lab value clamped to [0, 1000]).
+    let ctx = SessionContext::new();
+    let dir = space_dir().join("h1");
+    for t in ["labs", "patients"] {
+        ctx.register_parquet(
+            t,
+            dir.join(format!("{t}.parquet")).to_str().unwrap(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let batches = ctx
+        .sql(
+            "SELECT CAST(p.sex AS VARCHAR) AS sex, p.age, l.value FROM labs l \
+             JOIN patients p ON l.id_card = p.id_card WHERE l.test = 'creatinine'",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for b in &batches {
+        let sex = datafusion::arrow::compute::cast(
+            b.column(0),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let sex = sex.as_string::<i32>();
+        let age = b.column(1).as_primitive::<Int32Type>();
+        let val = b.column(2).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            let masked_age = age.value(i).div_euclid(10) * 10;
+            let v = val.value(i).clamp(0.0, 1000.0);
+            if let Some(e) = egfr_reference(v, masked_age, sex.value(i) == "F") {
+                let s = sums.entry(sex.value(i).to_string()).or_default();
+                s.0 += e;
+                s.1 += 1.0;
+            }
+        }
+    }
+    let want: BTreeMap<String, f64> = sums.into_iter().map(|(k, (s, c))| (k, s / c)).collect();
+    assert_close(&w, &want, 0.0101);
+}
+
+// ----------------------------------------------------------- policy rules
+
+#[tokio::test]
+async fn udf_rules_fail_closed() {
+    let n = node().await;
+    for (sql, code) in [
+        // No finite domain: cannot be a group key.
+        (
+            "SELECT bmi(weight_kg, height_cm) AS b, COUNT(*) FROM patients GROUP BY b",
+            "KX-UDF-DOMAIN",
+        ),
+        // ... not even through a subquery.
+        (
+            "SELECT b, COUNT(*) FROM (SELECT bmi(weight_kg, height_cm) AS b FROM patients) t GROUP BY b",
+            "KX-UDF-DOMAIN",
+        ),
+        (
+            "SELECT AVG(bmi('a', 'b')) FROM patients",
+            "KX-UDF-SIGNATURE",
+        ),
+        (
+            "SELECT AVG(bmi(weight_kg)) FROM patients",
+            "KX-UDF-SIGNATURE",
+        ),
+        // Identifiers stay identifiers inside a UDF.
+        (
+            "SELECT charlson_weight(id_card) AS w, COUNT(*) FROM patients GROUP BY w",
+            "KX-DISC-IDENTIFIER",
+        ),
+        // A UDF result is still a row value: no releasing it unaggregated.
+        (
+            "SELECT bmi(weight_kg, height_cm) FROM patients",
+            "KX-SHAPE-NO-AGGREGATE",
+        ),
+    ] {
+        let o = ask(&n, "diabetes-2027", sql).await;
+        assert_eq!(o.status, Status::Refused, "{sql}");
+        assert_eq!(o.code.map(|c| c.as_str()), Some(code), "{sql}");
+    }
+    // A module approved for one scene does not exist in another.
+    let o = ask(
+        &n,
+        "udf-lab",
+        "SELECT AVG(bmi(weight_kg, height_cm)) FROM patients",
+    )
+    .await;
+    assert_eq!(o.code.map(|c| c.as_str()), Some("KX-SQL-UNKNOWN"));
+}
+
+#[tokio::test]
+async fn wasm_aggregate_cells_pass_the_gate() {
+    let n = node().await;
+    // Region prefixes have a few small groups: they are suppressed for a
+    // wasm aggregate exactly as for a built-in one.
+    let sql = |agg: &str| {
+        format!(
+            "SELECT region, {agg} FROM admissions a JOIN patients p ON a.id_card = p.id_card \
+             WHERE a.diagnosis = 'C16' GROUP BY region"
+        )
+    };
+    let w = ask(&n, "diabetes-2027", &sql("geomean(cost)")).await;
+    let b = ask(&n, "diabetes-2027", &sql("AVG(cost)")).await;
+    assert_eq!(w.status, Status::Released);
+    assert_eq!(w.suppressed_groups, b.suppressed_groups);
+    assert!(w.suppressed_groups > 0, "{w:?}");
+    assert_eq!(
+        released(&w).keys().collect::<Vec<_>>(),
+        released(&b).keys().collect::<Vec<_>>()
+    );
+}
+
+// ------------------------------------------------------- hostile modules
+
+#[tokio::test]
+async fn hostile_modules_fail_closed_and_the_node_keeps_serving() {
+    let space = Arc::new(Space::load(space_dir()).expect("space loads"));
+    let n = Node::open(space, "h1").await.unwrap();
+    let healthy = "SELECT sex, COUNT(*) FROM patients GROUP BY sex";
+    let expected = [
+        ("infinite_loop", "KX-UDF-FUEL"),
+        ("memory_bomb", "KX-UDF-MEMORY"),
+        ("unbounded_recursion", "KX-UDF-STACK"),
+        ("output_length_lie", "KX-UDF-OUTPUT"),
+        ("output_short", "KX-UDF-OUTPUT"),
+        ("unreachable", "KX-UDF-TRAP"),
+        ("divide_by_zero", "KX-UDF-TRAP"),
+        ("table_bomb", "KX-UDF-MEMORY"),
+        ("guest_error_status", "KX-UDF-TRAP"),
+    ];
+    // Every hostile module declares `evil`, so each runs in its own space
+    // copy of the scene: register, call, check, then remove the approval by
+    // using a fresh scene name.
+    for ((name, bytes), (want_name, code)) in fixtures::hostile().into_iter().zip(expected) {
+        assert_eq!(name, want_name);
+        let dir = tempfile::tempdir().unwrap();
+        let scene_space = copy_space(dir.path());
+        let sp = Arc::new(Space::load(&scene_space).unwrap());
+        let node = Node::open(sp, "h1").await.unwrap();
+        node.register_udf("udf-lab", &bytes, "carol")
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let o = ask(
+            &node,
+            "udf-lab",
+            "SELECT sex, SUM(evil(weight_kg)) FROM patients GROUP BY sex",
+        )
+        .await;
+        assert_eq!(o.status, Status::Refused, "{name}");
+        assert_eq!(o.code.map(|c| c.as_str()), Some(code), "{name}");
+        assert!(o.rows.is_empty());
+        // The same node answers the next query.
+        let ok = ask(&node, "udf-lab", healthy).await;
+        assert_eq!(ok.status, Status::Released, "{name}: {ok:?}");
+    }
+    assert_eq!(
+        ask(&n, "diabetes-2027", healthy).await.status,
+        Status::Released
+    );
+}
+
+/// A copy of the generated space (policy and h1's data, fresh state).
+fn copy_space(to: &Path) -> PathBuf {
+    let from = space_dir();
+    std::fs::create_dir_all(to.join("h1")).unwrap();
+    std::fs::copy(from.join("space.toml"), to.join("space.toml")).unwrap();
+    for t in ["patients", "admissions", "labs"] {
+        let f = format!("h1/{t}.parquet");
+        std::fs::copy(from.join(&f), to.join(&f)).unwrap();
+    }
+    to.to_path_buf()
+}
+
+#[tokio::test]
+async fn modules_refused_at_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = Arc::new(Space::load(&copy_space(dir.path())).unwrap());
+    let node = Node::open(sp, "h1").await.unwrap();
+    let expected = [
+        ("wasi_import", "KX-UDF-IMPORT"),
+        ("wrong_signature", "KX-UDF-SIGNATURE"),
+        ("malformed", "KX-UDF-MODULE"),
+        ("oversized", "KX-UDF-MODULE"),
+        ("no_manifest", "KX-UDF-MANIFEST"),
+    ];
+    for ((name, bytes), (want_name, code)) in fixtures::refused_at_load().into_iter().zip(expected)
+    {
+        assert_eq!(name, want_name);
+        match node.register_udf("udf-lab", &bytes, "carol") {
+            Err(kexin_engine::Error::Refused(r)) => assert_eq!(r.code.as_str(), code, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // Nothing was approved, nothing stored.
+    assert!(node.list_udfs(Some("udf-lab")).unwrap().is_empty());
+    assert!(
+        !dir.path().join("udfs").exists()
+            || std::fs::read_dir(dir.path().join("udfs")).unwrap().count() == 0
+    );
+}
+
+#[tokio::test]
+async fn altered_module_is_refused_and_approval_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = Arc::new(Space::load(&copy_space(dir.path())).unwrap());
+    let node = Node::open(sp, "h1").await.unwrap();
+    let bytes = wasm("bmi");
+    let r = node.register_udf("udf-lab", &bytes, "carol").unwrap();
+    assert!(r.newly_approved);
+    assert_eq!(r.digest, kexin_sandbox::module_digest(&bytes));
+    // Registering again is idempotent.
+    assert!(
+        !node
+            .register_udf("udf-lab", &bytes, "carol")
+            .unwrap()
+            .newly_approved
+    );
+    let q = "SELECT sex, AVG(bmi(weight_kg, height_cm)) FROM patients GROUP BY sex";
+    let ok = ask(&node, "udf-lab", q).await;
+    assert_eq!(ok.status, Status::Released, "{ok:?}");
+
+    // Swap the stored bytes for another module's: refused, never run.
+    let path = kexin_engine::udf::module_path(dir.path(), &r.digest).unwrap();
+    std::fs::write(&path, wasm("eag")).unwrap();
+    let o = ask(&node, "udf-lab", q).await;
+    assert_eq!(o.code.map(|c| c.as_str()), Some("KX-UDF-UNAPPROVED"));
+    std::fs::remove_file(&path).unwrap();
+    let o = ask(&node, "udf-lab", q).await;
+    assert_eq!(o.code.map(|c| c.as_str()), Some("KX-UDF-UNAPPROVED"));
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(ask(&node, "udf-lab", q).await.status, Status::Released);
+
+    // The audit log names the registration and every query's module.
+    let store = kexin_engine::store::Store::open(&dir.path().join("h1"), "x").unwrap();
+    let entries = store.entries().unwrap();
+    let reg: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind == "udf-register")
+        .collect();
+    assert_eq!(reg.len(), 1);
+    assert_eq!(reg[0].udfs, vec![r.digest.clone()]);
+    assert_eq!(reg[0].actor, "carol");
+    let queries: Vec<_> = entries.iter().filter(|e| e.kind == "query").collect();
+    assert_eq!(queries.len(), 4);
+    // The refused ones failed before planning, so only the released queries
+    // know which module they called.
+    assert_eq!(queries[0].udfs, vec![r.digest.clone()]);
+    assert_eq!(queries[3].udfs, vec![r.digest.clone()]);
+    assert!(kexin_engine::store::verify(&dir.path().join("h1"), None).is_ok());
+}
