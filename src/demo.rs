@@ -100,12 +100,11 @@ const STEPS: &[(&str, &str, &str, &str, Status)] = &[
 /// Queries that call the example WebAssembly UDFs once they are approved.
 const UDF_STEPS: &[(&str, &str, Status)] = &[
     (
-        "Mean eGFR (CKD-EPI 2021, a WebAssembly UDF) of CKD patients by sex",
-        "SELECT p.sex, count(DISTINCT p.id_card) AS persons, \
+        "Mean eGFR (CKD-EPI 2021, a WebAssembly UDF) by 10-year age band: kidney function falls with age",
+        "SELECT p.age AS age_band, count(DISTINCT p.id_card) AS persons, \
          avg(egfr_ckd_epi_2021(l.value, p.age, p.sex)) AS mean_egfr \
          FROM labs l JOIN patients p ON l.id_card = p.id_card \
-         WHERE l.test = 'creatinine' AND p.id_card IN (SELECT id_card FROM admissions WHERE diagnosis = 'N18') \
-         GROUP BY p.sex ORDER BY p.sex",
+         WHERE l.test = 'creatinine' AND p.age >= 20 GROUP BY p.age ORDER BY age_band",
         Status::Released,
     ),
     (

@@ -401,3 +401,103 @@ fn generator_is_deterministic_and_writes_csv() {
     let shared = ids("h1").intersection(&ids("h2")).count();
     assert!(shared > 20 && shared < 100, "overlap {shared}");
 }
+
+#[test]
+fn udf_register_list_and_query_from_the_command_line() {
+    let t = tempfile::tempdir().unwrap();
+    generate(t.path());
+    let space = t.path().to_str().unwrap();
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("udfs/target/wasm/bmi.wasm");
+    assert!(
+        module.is_file(),
+        "build the example UDFs first: bash udfs/build.sh"
+    );
+    let module = module.to_str().unwrap();
+
+    // Before approval the function does not exist for the scene.
+    let sql = "SELECT sex, avg(bmi(weight_kg, height_cm)) AS mean_bmi FROM patients GROUP BY sex";
+    let (code, v) = query_json(t.path(), "diabetes-2027", sql);
+    assert_eq!(code, 2);
+    assert_eq!(v["code"], "KX-SQL-UNKNOWN");
+
+    let out = kexin(&[
+        "udf",
+        "register",
+        "--space",
+        space,
+        "--scene",
+        "diabetes-2027",
+        "--as",
+        "carol",
+        "--format",
+        "json",
+        module,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Approved on both nodes of the space, each with its own audit entry.
+    assert_eq!(lines.len(), 2);
+    let digest = lines[0]["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"));
+    assert_eq!(lines[1]["node"], "h2");
+    assert_eq!(lines[0]["functions"][0]["name"], "bmi");
+    assert_eq!(lines[0]["newly_approved"], true);
+
+    let out = kexin(&["udf", "list", "--space", space, "--format", "json"]);
+    assert!(out.status.success());
+    let listed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|u| u["digest"] == digest.as_str()
+        && u["source"] == "registered"
+        && u["approved_by"] == "carol"
+        && u["loadable"] == true));
+
+    let (code, v) = query_json(t.path(), "diabetes-2027", sql);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["status"], "released");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+    let bmi = v["rows"][0][1].as_f64().unwrap();
+    assert!((15.0..35.0).contains(&bmi), "{v}");
+
+    // A refused module: exit status 2 and a fixed code, nothing approved.
+    let bad = t.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0garbage").unwrap();
+    let out = kexin(&[
+        "udf",
+        "register",
+        "--space",
+        space,
+        "--scene",
+        "diabetes-2027",
+        "--format",
+        "json",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], "KX-UDF-MODULE");
+
+    let (ok, report) = verify(t.path());
+    assert!(ok, "{report}");
+    let kinds: Vec<String> = db(t.path())
+        .prepare("SELECT entry FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|e| {
+            let v: Value = serde_json::from_slice(&e.unwrap()).unwrap();
+            v["kind"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["query", "udf-register", "query"]);
+}

@@ -155,7 +155,10 @@ impl<'a> CallImage<'a> {
         if dst.len() != self.len {
             return Err(Fault::Trap);
         }
-        dst.fill(0);
+        // Only the descriptor needs zeroing (the guest reads unset slot
+        // fields as 0); every buffer byte after it is overwritten below.
+        let desc = align8(HEADER_BYTES + SLOT_BYTES * (1 + self.parts.len()));
+        dst[..desc].fill(0);
         let addr = |off: usize| -> Result<u32, Fault> {
             u32::try_from(off)
                 .ok()

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use arrow_array::ArrayRef;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, OptLevel,
-    PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc, ValType,
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, ModuleExport,
+    OptLevel, PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc, ValType,
 };
 
 use crate::abi::{self, CallImage};
@@ -116,7 +116,9 @@ impl Sandbox {
             .max_memories_per_module(1)
             .max_tables_per_module(1)
             .max_memory_size(limits.max_memory_bytes)
-            .table_elements(limits.max_table_elements);
+            .table_elements(limits.max_table_elements)
+            .linear_memory_keep_resident(256 << 10)
+            .table_keep_resident(16 << 10);
         let mut c = Config::new();
         c.cranelift_opt_level(OptLevel::Speed)
             .consume_fuel(true)
@@ -127,6 +129,7 @@ impl Sandbox {
             .wasm_gc(false)
             .wasm_stack_switching(false)
             .parallel_compilation(true)
+            .memory_init_cow(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c).map_err(|e| Error::Setup(e.to_string()))?;
         // The ABI provides no host functions: any import fails to resolve.
@@ -201,18 +204,32 @@ impl Sandbox {
             .linker
             .instantiate_pre(&module)
             .map_err(|_| Fault::Import)?;
-        let mut live = Live::new(&self.engine, &pre, self.limits.call)?;
-        let manifest = live.manifest(&self.limits.call)?;
+        let index = |name: &str| module.get_export_index(name).ok_or(Fault::Manifest);
+        let abi = Arc::new(AbiExports {
+            memory: index("memory")?,
+            alloc: index("kexin_alloc")?,
+            reset: index("kexin_reset")?,
+            functions: HashMap::new(),
+        });
+        let mut live = Live::new(&self.engine, &pre, &abi, self.limits.call)?;
+        let manifest = live.manifest(&module, &self.limits.call)?;
+        let mut functions = HashMap::new();
         for f in &manifest.functions {
             for (export, params) in f.exports() {
                 let want = vec!["i32"; params];
                 if !func_ty(&export).is_some_and(|(p, r)| is(&p, &want) && is(&r, &["i32"])) {
                     return Err(Fault::Signature);
                 }
+                functions.insert(export.clone(), index(&export)?);
             }
         }
+        let abi = AbiExports {
+            functions,
+            ..(*abi).clone()
+        };
         Ok(Module {
             inner: Arc::new(ModuleInner {
+                abi: Arc::new(abi),
                 digest: crate::module_digest(bytes),
                 domains: manifest
                     .functions
@@ -251,7 +268,19 @@ pub struct Module {
     inner: Arc<ModuleInner>,
 }
 
+/// Export handles resolved once per module, so a new instance needs no
+/// string lookups.
+#[derive(Clone)]
+struct AbiExports {
+    memory: ModuleExport,
+    alloc: ModuleExport,
+    reset: ModuleExport,
+    /// `kx_*` export name → handle.
+    functions: HashMap<String, ModuleExport>,
+}
+
 struct ModuleInner {
+    abi: Arc<AbiExports>,
     digest: String,
     manifest: Manifest,
     domains: HashMap<String, DomainCheck>,
@@ -337,6 +366,7 @@ impl Session {
                 Live::new(
                     &self.module.inner.engine,
                     &self.module.inner.pre,
+                    &self.module.inner.abi,
                     self.limits,
                 )?
             }
@@ -460,7 +490,7 @@ struct Live {
     memory: Memory,
     alloc: TypedFunc<u32, u32>,
     reset: TypedFunc<(), ()>,
-    manifest: TypedFunc<(), u64>,
+    abi: Arc<AbiExports>,
     funcs: HashMap<String, wasmtime::Func>,
     instance: wasmtime::Instance,
 }
@@ -469,6 +499,7 @@ impl Live {
     fn new(
         engine: &Engine,
         pre: &InstancePre<HostState>,
+        abi: &Arc<AbiExports>,
         limits: CallLimits,
     ) -> std::result::Result<Live, Fault> {
         let mut store = Store::new(
@@ -494,31 +525,49 @@ impl Live {
             }
         };
         let memory = instance
-            .get_memory(&mut store, "memory")
+            .get_module_export(&mut store, &abi.memory)
+            .and_then(|e| e.into_memory())
             .ok_or(Fault::Manifest)?;
-        let alloc = instance
-            .get_typed_func::<u32, u32>(&mut store, "kexin_alloc")
+        let func = |store: &mut Store<HostState>, e: &ModuleExport| {
+            instance
+                .get_module_export(&mut *store, e)
+                .and_then(|e| e.into_func())
+                .ok_or(Fault::Manifest)
+        };
+        let alloc = func(&mut store, &abi.alloc)?
+            .typed::<u32, u32>(&store)
             .map_err(|_| Fault::Manifest)?;
-        let reset = instance
-            .get_typed_func::<(), ()>(&mut store, "kexin_reset")
-            .map_err(|_| Fault::Manifest)?;
-        let manifest = instance
-            .get_typed_func::<(), u64>(&mut store, "kexin_manifest")
+        let reset = func(&mut store, &abi.reset)?
+            .typed::<(), ()>(&store)
             .map_err(|_| Fault::Manifest)?;
         Ok(Live {
             store,
             memory,
             alloc,
             reset,
-            manifest,
+            abi: Arc::clone(abi),
             funcs: HashMap::new(),
             instance,
         })
     }
 
-    fn manifest(&mut self, limits: &CallLimits) -> std::result::Result<Manifest, Fault> {
+    fn manifest(
+        &mut self,
+        module: &wasmtime::Module,
+        limits: &CallLimits,
+    ) -> std::result::Result<Manifest, Fault> {
         set_budget(&mut self.store, limits, 0)?;
-        let packed = match self.manifest.call(&mut self.store, ()) {
+        let export = module
+            .get_export_index("kexin_manifest")
+            .ok_or(Fault::Manifest)?;
+        let manifest = self
+            .instance
+            .get_module_export(&mut self.store, &export)
+            .and_then(|e| e.into_func())
+            .ok_or(Fault::Manifest)?
+            .typed::<(), u64>(&self.store)
+            .map_err(|_| Fault::Manifest)?;
+        let packed = match manifest.call(&mut self.store, ()) {
             Ok(v) => v,
             Err(e) => return Err(classify(&mut self.store, &e)),
         };
@@ -579,9 +628,11 @@ impl Live {
         let func = match self.funcs.get(export) {
             Some(f) => *f,
             None => {
+                let index = self.abi.functions.get(export).ok_or(Fault::Signature)?;
                 let f = self
                     .instance
-                    .get_func(&mut self.store, export)
+                    .get_module_export(&mut self.store, index)
+                    .and_then(|e| e.into_func())
                     .ok_or(Fault::Signature)?;
                 self.funcs.insert(export.to_string(), f);
                 f

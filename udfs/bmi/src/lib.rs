@@ -18,7 +18,7 @@ pub fn bmi(weight_kg: f64, height_cm: f64) -> Option<f64> {
 #[cfg(target_arch = "wasm32")]
 #[no_mangle]
 pub extern "C" fn kx_bmi(call: u32) -> i32 {
-    kexin_guest::map_f64(call, |r| bmi(r.f64(0)?, r.f64(1)?))
+    kexin_guest::map2_f64(call, bmi)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub fn hba1c_to_eag(hba1c_percent: f64) -> Option<f64> {
 #[cfg(target_arch = "wasm32")]
 #[no_mangle]
 pub extern "C" fn kx_hba1c_to_eag(call: u32) -> i32 {
-    kexin_guest::map_f64(call, |r| hba1c_to_eag(r.f64(0)?))
+    kexin_guest::map1_f64(call, hba1c_to_eag)
 }
 
 #[cfg(test)]

@@ -48,15 +48,23 @@ mod heap {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     static END: AtomicUsize = AtomicUsize::new(0);
 
+    extern "C" {
+        /// Set by the linker: the first byte after the module's static data
+        /// and shadow stack.
+        static __heap_base: u8;
+    }
+
     /// Bump allocation above everything the module's own data and stack use:
-    /// the heap starts at the memory's size when first used and grows by
-    /// whole pages. 0 means out of memory.
+    /// the heap starts at `__heap_base`, uses the rest of the initial memory
+    /// and then grows it by whole pages. 0 means out of memory.
     pub fn alloc(size: usize) -> usize {
         if START.load(Ordering::Relaxed) == 0 {
-            let top = core::arch::wasm32::memory_size(0) * PAGE;
-            START.store(top, Ordering::Relaxed);
-            NEXT.store(top, Ordering::Relaxed);
-            END.store(top, Ordering::Relaxed);
+            // Safety: only the symbol's address is taken, never its value.
+            let base = unsafe { &__heap_base as *const u8 as usize };
+            let base = (base + 7) & !7;
+            START.store(base, Ordering::Relaxed);
+            NEXT.store(base, Ordering::Relaxed);
+            END.store(core::arch::wasm32::memory_size(0) * PAGE, Ordering::Relaxed);
         }
         let p = (NEXT.load(Ordering::Relaxed) + 7) & !7;
         let new = match p.checked_add(size) {
@@ -73,6 +81,29 @@ mod heap {
         }
         NEXT.store(new, Ordering::Relaxed);
         p
+    }
+
+    /// Extend the most recent allocation, which ends at `end`, by `extra`
+    /// bytes in place. False if it is not the most recent one or memory is
+    /// exhausted.
+    pub fn extend(end: usize, extra: usize) -> bool {
+        if NEXT.load(Ordering::Relaxed) != end {
+            return false;
+        }
+        let new = match end.checked_add(extra) {
+            Some(n) => n,
+            None => return false,
+        };
+        let top = END.load(Ordering::Relaxed);
+        if new > top {
+            let pages = (new - top + PAGE - 1) / PAGE;
+            if core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
+                return false;
+            }
+            END.store(top + pages * PAGE, Ordering::Relaxed);
+        }
+        NEXT.store(new, Ordering::Relaxed);
+        true
     }
 
     /// Forget every allocation (the host calls this before each call).
@@ -143,6 +174,25 @@ mod raw {
         // Safety: the address is inside a descriptor the host allocated.
         unsafe { core::ptr::write_unaligned(addr as *mut u32, v) }
     }
+    /// A host-written f64 column: 8-byte aligned by the ABI.
+    pub fn f64s<'a>(addr: usize, rows: usize) -> Option<&'a [f64]> {
+        if addr % 8 != 0 {
+            return None;
+        }
+        if rows == 0 {
+            return Some(&[]);
+        }
+        // Safety: the host wrote `rows` f64 values at this aligned address.
+        Some(unsafe { core::slice::from_raw_parts(addr as *const f64, rows) })
+    }
+    #[allow(clippy::mut_from_ref)]
+    pub fn f64s_mut<'a>(addr: usize, rows: usize) -> &'a mut [f64] {
+        if rows == 0 {
+            return &mut [];
+        }
+        // Safety: freshly allocated (8-aligned) from our own heap.
+        unsafe { core::slice::from_raw_parts_mut(addr as *mut f64, rows) }
+    }
     pub fn bytes<'a>(addr: usize, len: usize) -> &'a [u8] {
         if len == 0 {
             return &[];
@@ -150,6 +200,7 @@ mod raw {
         // Safety: host-written buffer of `len` bytes.
         unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
     }
+    #[allow(clippy::mut_from_ref)]
     pub fn bytes_mut<'a>(addr: usize, len: usize) -> &'a mut [u8] {
         if len == 0 {
             return &mut [];
@@ -207,8 +258,8 @@ pub struct Row<'c, 'a> {
 }
 
 impl<'c, 'a> Row<'c, 'a> {
-    fn col(&self, arg: usize, ty: u32) -> Option<Col<'a>> {
-        let c = self.call.cols.get(arg).copied().flatten()?;
+    fn col(&self, arg: usize, ty: u32) -> Option<&'c Col<'a>> {
+        let c = self.call.cols.get(arg)?.as_ref()?;
         if c.ty == ty && c.valid(self.i) {
             Some(c)
         } else {
@@ -242,7 +293,10 @@ impl<'c, 'a> Row<'c, 'a> {
     pub fn str(&self, arg: usize) -> Option<&'a str> {
         let c = self.col(arg, ty::UTF8)?;
         let (s, e) = (c.offset(self.i)?, c.offset(self.i + 1)?);
-        core::str::from_utf8(c.values.get(s..e)?).ok()
+        let bytes = c.values.get(s..e)?;
+        // The host passes Arrow Utf8 columns, which it has validated as
+        // UTF-8; re-checking every row would double the cost of string UDFs.
+        Some(unsafe { core::str::from_utf8_unchecked(bytes) })
     }
 }
 
@@ -315,6 +369,8 @@ pub const FAILED: i32 = 1;
 struct FixedOut {
     validity: usize,
     values: usize,
+    bits: &'static mut [u8],
+    vals: &'static mut [u8],
     width: usize,
     rows: usize,
     any_null: bool,
@@ -328,22 +384,27 @@ impl FixedOut {
         if validity == 0 || values == 0 {
             return None;
         }
-        raw::bytes_mut(validity, (rows + 7) / 8).fill(0xff);
+        let bits = raw::bytes_mut(validity, (rows + 7) / 8);
+        bits.fill(0xff);
         Some(FixedOut {
             validity,
             values,
+            bits,
+            vals: raw::bytes_mut(values, rows * width),
             width,
             rows,
             any_null: false,
         })
     }
+    #[inline]
     fn put(&mut self, i: usize, v: Option<&[u8]>) {
-        let vals = raw::bytes_mut(self.values, self.rows * self.width);
+        let w = self.width;
+        let slot = &mut self.vals[i * w..(i + 1) * w];
         match v {
-            Some(b) => vals[i * self.width..(i + 1) * self.width].copy_from_slice(b),
+            Some(b) => slot.copy_from_slice(b),
             None => {
-                vals[i * self.width..(i + 1) * self.width].fill(0);
-                raw::bytes_mut(self.validity, (self.rows + 7) / 8)[i / 8] &= !(1 << (i % 8));
+                slot.fill(0);
+                self.bits[i / 8] &= !(1 << (i % 8));
                 self.any_null = true;
             }
         }
@@ -390,6 +451,91 @@ map_fixed!(
     map_i64, i64, ty::I64, 8
 );
 
+/// The f64 argument `arg` of a call as a slice, if it has that type.
+#[cfg(target_arch = "wasm32")]
+fn f64_column<'a>(c: &Call<'a>, arg: usize) -> Option<(&'a [f64], Option<&'a [u8]>)> {
+    let col = c.cols.get(arg)?.as_ref()?;
+    if col.ty != ty::F64 || col.values.len() != c.rows * 8 {
+        return None;
+    }
+    Some((raw::f64s(col.values.as_ptr() as usize, c.rows)?, col.validity))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn bit(bits: Option<&[u8]>, i: usize) -> bool {
+    match bits {
+        None => true,
+        Some(b) => b.get(i / 8).map_or(false, |x| x & (1 << (i % 8)) != 0),
+    }
+}
+
+/// Columnar fast path for `f(x) -> Option<f64>` over one f64 argument: the
+/// input is read as a slice, not row by row.
+#[cfg(target_arch = "wasm32")]
+pub fn map1_f64<F: Fn(f64) -> Option<f64>>(call: u32, f: F) -> i32 {
+    let c = match Call::open(call) {
+        Some(c) => c,
+        None => return FAILED,
+    };
+    let (x, xv) = match f64_column(&c, 0) {
+        Some(v) => v,
+        None => return FAILED,
+    };
+    finish_f64s(&c, |i| if bit(xv, i) { f(x[i]) } else { None })
+}
+
+/// Columnar fast path for `f(x, y) -> Option<f64>` over two f64 arguments.
+#[cfg(target_arch = "wasm32")]
+pub fn map2_f64<F: Fn(f64, f64) -> Option<f64>>(call: u32, f: F) -> i32 {
+    let c = match Call::open(call) {
+        Some(c) => c,
+        None => return FAILED,
+    };
+    let ((x, xv), (y, yv)) = match (f64_column(&c, 0), f64_column(&c, 1)) {
+        (Some(a), Some(b)) => (a, b),
+        _ => return FAILED,
+    };
+    finish_f64s(&c, |i| {
+        if bit(xv, i) && bit(yv, i) {
+            f(x[i], y[i])
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn finish_f64s<F: Fn(usize) -> Option<f64>>(c: &Call<'_>, value: F) -> i32 {
+    let rows = c.rows;
+    let validity = heap::alloc((rows + 7) / 8);
+    let values = heap::alloc(rows * 8);
+    if validity == 0 || values == 0 {
+        return FAILED;
+    }
+    let out = raw::f64s_mut(values, rows);
+    let bits = raw::bytes_mut(validity, (rows + 7) / 8);
+    bits.fill(0xff);
+    let mut any_null = false;
+    for (i, o) in out.iter_mut().enumerate() {
+        match value(i) {
+            Some(v) => *o = v,
+            None => {
+                *o = 0.0;
+                bits[i / 8] &= !(1 << (i % 8));
+                any_null = true;
+            }
+        }
+    }
+    c.set_output(
+        ty::F64,
+        if any_null { validity } else { 0 },
+        values,
+        0,
+        rows * 8,
+    );
+    OK
+}
+
 /// Map each row to a `bool` (null for `None`).
 #[cfg(target_arch = "wasm32")]
 pub fn map_bool<F: Fn(&Row<'_, '_>) -> Option<bool>>(call: u32, f: F) -> i32 {
@@ -408,10 +554,11 @@ pub fn map_bool<F: Fn(&Row<'_, '_>) -> Option<bool>>(call: u32, f: F) -> i32 {
     out.finish(&c, ty::BOOL)
 }
 
-/// Map each row to a string (null for `None`). Strings are copied into the
-/// output buffer, which grows as needed.
+/// Map each row to a string (null for `None`). Strings are copied into one
+/// output buffer that grows in place as needed.
 #[cfg(target_arch = "wasm32")]
 pub fn map_utf8<'s, F: Fn(&Row<'_, '_>) -> Option<&'s str>>(call: u32, f: F) -> i32 {
+    const CHUNK: usize = 64 << 10;
     let c = match Call::open(call) {
         Some(c) => c,
         None => return FAILED,
@@ -419,33 +566,34 @@ pub fn map_utf8<'s, F: Fn(&Row<'_, '_>) -> Option<&'s str>>(call: u32, f: F) -> 
     let rows = c.rows;
     let validity = heap::alloc((rows + 7) / 8);
     let offsets = heap::alloc((rows + 1) * 4);
-    if validity == 0 || offsets == 0 {
+    // The data buffer is allocated last so that it can grow in place.
+    let data = heap::alloc(CHUNK);
+    if validity == 0 || offsets == 0 || data == 0 {
         return FAILED;
     }
-    raw::bytes_mut(validity, (rows + 7) / 8).fill(0xff);
-    let mut any_null = false;
-    // First pass: lengths, so the data buffer is one allocation.
-    let mut total = 0usize;
-    for i in 0..rows {
-        total += f(&c.row(i)).map_or(0, |s| s.len());
-    }
-    let data = heap::alloc(total.max(1));
-    if data == 0 {
-        return FAILED;
-    }
+    let mut cap = CHUNK;
+    let bits = raw::bytes_mut(validity, (rows + 7) / 8);
+    bits.fill(0xff);
     let offs = raw::bytes_mut(offsets, (rows + 1) * 4);
-    let buf = raw::bytes_mut(data, total);
+    let mut any_null = false;
     let mut at = 0usize;
     offs[0..4].copy_from_slice(&0u32.to_le_bytes());
     for i in 0..rows {
         match f(&c.row(i)) {
-            Some(s) if at + s.len() <= total => {
-                buf[at..at + s.len()].copy_from_slice(s.as_bytes());
-                at += s.len();
+            Some(s) => {
+                let n = s.len();
+                if at + n > cap {
+                    let extra = if n > CHUNK { n } else { CHUNK };
+                    if !heap::extend(data + cap, extra) {
+                        return FAILED;
+                    }
+                    cap += extra;
+                }
+                raw::bytes_mut(data + at, n).copy_from_slice(s.as_bytes());
+                at += n;
             }
-            Some(_) => return FAILED,
             None => {
-                raw::bytes_mut(validity, (rows + 7) / 8)[i / 8] &= !(1 << (i % 8));
+                bits[i / 8] &= !(1 << (i % 8));
                 any_null = true;
             }
         }
