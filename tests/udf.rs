@@ -476,6 +476,14 @@ async fn modules_refused_at_registration() {
             other => panic!("{name}: {other:?}"),
         }
     }
+    // The node keeps serving.
+    let ok = ask(
+        &node,
+        "udf-lab",
+        "SELECT sex, COUNT(*) FROM patients GROUP BY sex",
+    )
+    .await;
+    assert_eq!(ok.status, Status::Released, "{ok:?}");
     // Nothing was approved, nothing stored.
     assert!(node.list_udfs(Some("udf-lab")).unwrap().is_empty());
     assert!(
@@ -490,6 +498,11 @@ async fn altered_module_is_refused_and_approval_is_audited() {
     let sp = Arc::new(Space::load(&copy_space(dir.path())).unwrap());
     let node = Node::open(sp, "h1").await.unwrap();
     let bytes = wasm("bmi");
+    // A researcher cannot approve code for their own queries.
+    assert!(matches!(
+        node.register_udf("udf-lab", &bytes, "alice"),
+        Err(kexin_engine::Error::Config { .. })
+    ));
     let r = node.register_udf("udf-lab", &bytes, "carol").unwrap();
     assert!(r.newly_approved);
     assert_eq!(r.digest, kexin_sandbox::module_digest(&bytes));

@@ -313,6 +313,20 @@ impl Node {
             .scenes
             .get(scene)
             .ok_or_else(|| refusal(Code::Scene, "unknown scene"))?;
+        // Approvals come from the space operator or a data-holder member.
+        if by != "operator"
+            && self
+                .space
+                .members
+                .get(by)
+                .is_none_or(|m| m.role != "holder")
+        {
+            return Err(Error::config(
+                "space.toml",
+                format!("member.{by}"),
+                "UDF approvals need a member with role \"holder\" (or the operator)",
+            ));
+        }
         let module = self.udfs.load_bytes(bytes)?;
         let digest = module.digest().to_string();
         let functions = module.manifest().functions.clone();

@@ -8,11 +8,9 @@ kexin_guest::export_abi!(
 
 /// State: [sum of ln x, count].
 pub fn update(state: &mut [f64; 2], x: Option<f64>) {
-    if let Some(x) = x {
-        if x > 0.0 && x.is_finite() {
-            state[0] += kexin_guest::math::ln(x);
-            state[1] += 1.0;
-        }
+    if let Some(x) = x.filter(|x| *x > 0.0 && x.is_finite()) {
+        state[0] += kexin_guest::math::ln(x);
+        state[1] += 1.0;
     }
 }
 

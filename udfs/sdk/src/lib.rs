@@ -458,7 +458,10 @@ fn f64_column<'a>(c: &Call<'a>, arg: usize) -> Option<(&'a [f64], Option<&'a [u8
     if col.ty != ty::F64 || col.values.len() != c.rows * 8 {
         return None;
     }
-    Some((raw::f64s(col.values.as_ptr() as usize, c.rows)?, col.validity))
+    Some((
+        raw::f64s(col.values.as_ptr() as usize, c.rows)?,
+        col.validity,
+    ))
 }
 
 #[cfg(target_arch = "wasm32")]
