@@ -518,9 +518,13 @@ impl Live {
         let instance = match pre.instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => {
-                return Err(match classify(&mut store, &e) {
-                    Fault::Trap => Fault::Busy,
-                    f => f,
+                // A limit or a trap in the start function is the module's
+                // fault; anything else (no free pool slot) is the node's.
+                let guest = store.data().fired.is_some() || e.downcast_ref::<Trap>().is_some();
+                return Err(if guest {
+                    classify(&mut store, &e)
+                } else {
+                    Fault::Busy
                 });
             }
         };

@@ -147,3 +147,30 @@ fn scene_limits_apply_per_session() {
         Fault::Memory
     );
 }
+
+#[test]
+fn a_trapping_start_function_is_the_module_fault() {
+    // The start function runs at instantiation: its trap must be reported
+    // as a trap (not as a busy node), at load and for every query.
+    let evil = r#"(func (export "kx_evil") (param i32) (result i32) (i32.const 0))"#;
+    let bytes = fixtures::module("(func $s unreachable) (start $s)", evil);
+    assert_eq!(sandbox().load(&bytes).unwrap_err(), Fault::Trap);
+    let looping = fixtures::module("(func $s (loop $l (br $l))) (start $s)", evil);
+    assert_eq!(sandbox().load(&looping).unwrap_err(), Fault::Fuel);
+}
+
+#[test]
+fn a_full_pool_is_busy_not_a_module_fault() {
+    let sb = Sandbox::new(Limits::builder().instance_slots(2).build().unwrap()).unwrap();
+    let m = sb.load(&fixtures::doubler()).unwrap();
+    // Hold two instances (one per session), then a third session finds no
+    // free slot.
+    let a = m.session(sb.limits().call);
+    let b = m.session(sb.limits().call);
+    a.call_scalar("evil", &input(), 3).unwrap();
+    b.call_scalar("evil", &input(), 3).unwrap();
+    let c = m.session(sb.limits().call);
+    assert_eq!(c.call_scalar("evil", &input(), 3).unwrap_err(), Fault::Busy);
+    drop(a);
+    assert!(c.call_scalar("evil", &input(), 3).is_ok());
+}
