@@ -401,6 +401,38 @@ mod tests {
         assert!(read_output(&mem, 0, 2, Type::Bool, None, 1 << 20).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a guest leaves in its memory and output slot, decoding
+        /// returns a value or `Fault::Output`: it never panics, and what it
+        /// returns has the declared type and row count.
+        #[test]
+        fn decoding_untrusted_output_never_panics(
+            mem in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            slot in proptest::collection::vec(0u32..600, 5),
+            ty in 0usize..6,
+            rows in 0usize..40,
+        ) {
+            let types = [Type::I32, Type::I64, Type::F64, Type::Bool, Type::Utf8, Type::Date];
+            let mut mem = mem;
+            mem.resize(mem.len().max(HEADER_BYTES + SLOT_BYTES), 0);
+            // Slot values drawn near the memory size, so that both in-bounds
+            // and out-of-bounds pointers occur; the type code is right half
+            // of the time.
+            let want = types[ty];
+            let code = if slot[0] % 2 == 0 { want.code() } else { slot[0] % 8 };
+            put(&mut mem, HEADER_BYTES, code);
+            for (i, v) in slot[1..].iter().enumerate() {
+                put(&mut mem, HEADER_BYTES + 4 * (i + 1), *v);
+            }
+            let domain = DomainCheck::Range(0, 100);
+            let d = matches!(want, Type::I32 | Type::I64).then_some(&domain);
+            if let Ok(a) = read_output(&mem, 0, rows, want, d, 1 << 20) {
+                proptest::prop_assert_eq!(a.len(), rows);
+                proptest::prop_assert_eq!(a.data_type(), &arrow_type(want));
+            }
+        }
+    }
+
     #[test]
     fn domain_is_enforced() {
         let a: ArrayRef = Arc::new(Int32Array::from(vec![Some(0), None, Some(7)]));

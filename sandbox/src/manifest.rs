@@ -248,6 +248,18 @@ mod tests {
         assert_eq!(m.function("gm").unwrap().exports().len(), 4);
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes and arbitrary JSON-ish text never panic the parser.
+        #[test]
+        fn parsing_untrusted_manifests_never_panics(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            text in "[{}\\[\\]\",:a-z0-9 ]{0,200}",
+        ) {
+            let _ = Manifest::parse(&bytes);
+            let _ = Manifest::parse(text.as_bytes());
+        }
+    }
+
     #[test]
     fn rejects_bad_manifests() {
         for bad in [
