@@ -243,6 +243,13 @@ fn run(cli: Cli) -> Result<u8> {
                 let space = Space::load(&space)?;
                 let node = node_name(&space, node);
                 let dir = space.dir.join(&node);
+                // Listing must not create state: a node that never ran has
+                // no log to list.
+                anyhow::ensure!(
+                    dir.join("kexin.db").is_file(),
+                    "node {node} has no audit log yet ({} is missing)",
+                    dir.join("kexin.db").display()
+                );
                 let store = kexin_engine::store::Store::open(
                     &dir,
                     &format!("kexin/{}/{}", space.name, node),

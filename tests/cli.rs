@@ -501,3 +501,13 @@ fn udf_register_list_and_query_from_the_command_line() {
         .collect();
     assert_eq!(kinds, ["query", "udf-register", "query"]);
 }
+
+#[test]
+fn audit_list_does_not_create_state() {
+    let t = tempfile::tempdir().unwrap();
+    generate(t.path());
+    let out = kexin(&["audit", "list", "--space", t.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no audit log yet"));
+    assert!(!t.path().join("h1").join("kexin.db").exists());
+}
