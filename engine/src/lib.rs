@@ -15,6 +15,7 @@
 //! | [`audit`] | RFC 6962 Merkle hashing and C2SP signed-note checkpoints |
 //! | [`store`] | the node's SQLite state, keys, audit log storage and verification |
 //! | [`node`] | one node: opening a space and running a researcher's query end to end |
+//! | [`noise`] | exact discrete Laplace and Gaussian samplers (CKS20) for DP noise |
 //! | [`udf`] | approved WebAssembly UDFs bound into a query as DataFusion functions |
 //! | [`error`] | fixed refusal codes, kept apart from internal failures |
 //!
@@ -44,6 +45,7 @@ pub mod error;
 pub mod gate;
 pub mod mask;
 pub mod node;
+pub mod noise;
 pub mod policy;
 pub mod rewrite;
 pub mod store;
