@@ -546,3 +546,58 @@ async fn altered_module_is_refused_and_approval_is_audited() {
     assert_eq!(queries[3].udfs, vec![r.digest.clone()]);
     assert!(kexin_engine::store::verify(&dir.path().join("h1"), None).is_ok());
 }
+
+#[tokio::test]
+async fn udfs_see_only_masked_values() {
+    // `evil` from the fixtures doubles its input. Summed over `age` (masked
+    // to band(10) at the scan), it must equal twice the sum of the *banded*
+    // ages computed from the raw file, not twice the raw ages.
+    let dir = tempfile::tempdir().unwrap();
+    let sp = Arc::new(Space::load(&copy_space(dir.path())).unwrap());
+    let node = Node::open(sp, "h1").await.unwrap();
+    node.register_udf("udf-lab", &fixtures::doubler(), "carol")
+        .unwrap();
+    let got = released(
+        &ask(
+            &node,
+            "udf-lab",
+            "SELECT sex, SUM(evil(age)) FROM patients GROUP BY sex",
+        )
+        .await,
+    );
+    let ctx = SessionContext::new();
+    ctx.register_parquet(
+        "patients",
+        space_dir().join("h1/patients.parquet").to_str().unwrap(),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .unwrap();
+    let batches = ctx
+        .sql("SELECT CAST(sex AS VARCHAR), age FROM patients")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let (mut banded, mut raw): (BTreeMap<String, f64>, BTreeMap<String, f64>) = Default::default();
+    for b in &batches {
+        let sex = datafusion::arrow::compute::cast(
+            b.column(0),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let sex = sex.as_string::<i32>();
+        let age = b.column(1).as_primitive::<Int32Type>();
+        for i in 0..b.num_rows() {
+            let a = age.value(i).clamp(0, 100);
+            *banded.entry(sex.value(i).to_string()).or_default() += f64::from(2 * (a / 10 * 10));
+            *raw.entry(sex.value(i).to_string()).or_default() += f64::from(2 * a);
+        }
+    }
+    assert_close(&got, &banded, 0.0);
+    assert!(
+        got.iter().all(|(k, v)| (v - raw[k]).abs() > 100.0),
+        "{got:?} vs raw {raw:?}"
+    );
+}
