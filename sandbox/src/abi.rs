@@ -47,7 +47,7 @@ struct Part<'a> {
     ty: Type,
     validity: Option<Cow<'a, [u8]>>,
     values: Cow<'a, [u8]>,
-    offsets: Option<Vec<u8>>,
+    offsets: Option<Cow<'a, [u8]>>,
 }
 
 /// A batch laid out for one call: descriptor first, then each column's
@@ -85,7 +85,7 @@ impl<'a> CallImage<'a> {
                 .nulls()
                 .filter(|n| n.null_count() > 0)
                 .map(|n| Cow::Owned(n.inner().sliced().as_slice().to_vec()));
-            let (values, offsets): (Cow<'a, [u8]>, Option<Vec<u8>>) = match ty {
+            let (values, offsets): (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>) = match ty {
                 Type::I32 => (
                     Cow::Borrowed(a.as_primitive::<Int32Type>().values().inner().as_slice()),
                     None,
@@ -116,11 +116,18 @@ impl<'a> CallImage<'a> {
                         .as_slice()
                         .get(first as usize..last as usize)
                         .ok_or(Fault::Signature)?;
-                    let rebased: Vec<u8> = offs
-                        .iter()
-                        .flat_map(|o| ((o - first) as u32).to_le_bytes())
-                        .collect();
-                    (Cow::Borrowed(data), Some(rebased))
+                    // Unsliced arrays (the usual case) already start at 0:
+                    // their offsets are passed as they are.
+                    let offsets = if first == 0 {
+                        Cow::Borrowed(s.offsets().inner().inner().as_slice())
+                    } else {
+                        Cow::Owned(
+                            offs.iter()
+                                .flat_map(|o| ((o - first) as u32).to_le_bytes())
+                                .collect(),
+                        )
+                    };
+                    (Cow::Borrowed(data), Some(offsets))
                 }
             };
             len += validity.as_ref().map_or(0, |v| align8(v.len()));
