@@ -118,7 +118,11 @@ impl UdfHost {
 
     /// Check and compile module bytes (registration path).
     pub fn load_bytes(&self, bytes: &[u8]) -> Result<Module> {
-        let digest = kexin_sandbox::module_digest(bytes);
+        self.load_hashed(bytes, kexin_sandbox::module_digest(bytes))
+    }
+
+    /// [`UdfHost::load_bytes`] for bytes whose digest the caller computed.
+    fn load_hashed(&self, bytes: &[u8], digest: String) -> Result<Module> {
         if let Some(m) = self.cached(&digest)? {
             return Ok(m);
         }
@@ -153,10 +157,11 @@ impl UdfHost {
         };
         let path = module_path(space_dir, digest).ok_or_else(unapproved)?;
         let bytes = std::fs::read(&path).map_err(|_| unapproved())?;
-        if kexin_sandbox::module_digest(&bytes) != digest {
+        let actual = kexin_sandbox::module_digest(&bytes);
+        if actual != digest {
             return Err(unapproved());
         }
-        self.load_bytes(&bytes)
+        self.load_hashed(&bytes, actual)
     }
 }
 
@@ -199,13 +204,13 @@ impl QueryUdfs {
                     },
                 );
                 out.digests.insert(f.name.clone(), m.digest().to_string());
-                let w = Wasm {
+                let w = Arc::new(Wasm {
                     decl: f.clone(),
                     digest: m.digest().to_string(),
                     signature: Signature::user_defined(Volatility::Immutable),
                     session: Arc::clone(&session),
                     planning_fault: Arc::clone(&out.planning_fault),
-                };
+                });
                 match f.kind {
                     Kind::Scalar => out.scalars.push(ScalarUDF::new_from_impl(WasmScalar(w))),
                     Kind::Aggregate => out
@@ -288,7 +293,7 @@ impl Wasm {
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct WasmScalar(Wasm);
+struct WasmScalar(Arc<Wasm>);
 
 impl ScalarUDFImpl for WasmScalar {
     fn name(&self) -> &str {
@@ -321,7 +326,7 @@ impl ScalarUDFImpl for WasmScalar {
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct WasmAggregate(Wasm);
+struct WasmAggregate(Arc<Wasm>);
 
 impl AggregateUDFImpl for WasmAggregate {
     fn name(&self) -> &str {
@@ -343,13 +348,7 @@ impl AggregateUDFImpl for WasmAggregate {
             .aggregate_init(&self.0.decl.name)
             .map_err(df_fault)?;
         Ok(Box::new(WasmAccumulator {
-            wasm: Wasm {
-                decl: self.0.decl.clone(),
-                digest: self.0.digest.clone(),
-                signature: self.0.signature.clone(),
-                session: Arc::clone(&self.0.session),
-                planning_fault: Arc::clone(&self.0.planning_fault),
-            },
+            wasm: Arc::clone(&self.0),
             state,
         }))
     }
@@ -365,7 +364,7 @@ impl AggregateUDFImpl for WasmAggregate {
 /// One group's (or partition's) state of a wasm aggregate, kept host-side.
 #[derive(Debug)]
 struct WasmAccumulator {
-    wasm: Wasm,
+    wasm: Arc<Wasm>,
     state: Vec<u8>,
 }
 
