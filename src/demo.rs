@@ -2,7 +2,7 @@
 //! generated space: allowed, suppressed and refused queries, then the audit
 //! log's verification.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -12,7 +12,15 @@ use kexin_engine::policy::Space;
 use crate::{Format, render, synth};
 
 /// (what it shows, scene, researcher, SQL, expected status)
-const STEPS: &[(&str, &str, &str, &str, Status)] = &[
+type Step = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Status,
+);
+
+const STEPS: &[Step] = &[
     (
         "Patients by sex and 10-year age band (age is a quasi-identifier, masked to band(10))",
         "diabetes-2027",
@@ -98,9 +106,11 @@ const STEPS: &[(&str, &str, &str, &str, Status)] = &[
 ];
 
 /// Queries that call the example WebAssembly UDFs once they are approved.
-const UDF_STEPS: &[(&str, &str, Status)] = &[
+const UDF_STEPS: &[Step] = &[
     (
         "Mean eGFR (CKD-EPI 2021, a WebAssembly UDF) by 10-year age band: kidney function falls with age",
+        "diabetes-2027",
+        "alice",
         "SELECT p.age AS age_band, count(DISTINCT p.id_card) AS persons, \
          avg(egfr_ckd_epi_2021(l.value, p.age, p.sex)) AS mean_egfr \
          FROM labs l JOIN patients p ON l.id_card = p.id_card \
@@ -109,6 +119,8 @@ const UDF_STEPS: &[(&str, &str, Status)] = &[
     ),
     (
         "Admissions by age band: a UDF with a declared finite domain as the group key",
+        "diabetes-2027",
+        "alice",
         "SELECT age_band(p.birth_date, DATE '2026-01-01') AS band, count(*) AS admissions, \
          geomean(a.cost) AS geomean_cost \
          FROM admissions a JOIN patients p ON a.id_card = p.id_card GROUP BY band ORDER BY band",
@@ -116,6 +128,8 @@ const UDF_STEPS: &[(&str, &str, Status)] = &[
     ),
     (
         "A UDF without a declared domain cannot be a group key (it would list values)",
+        "diabetes-2027",
+        "alice",
         "SELECT hba1c_to_eag(value) AS eag, count(*) FROM labs GROUP BY eag",
         Status::Refused,
     ),
@@ -126,6 +140,31 @@ fn udf_dir() -> PathBuf {
     std::env::var_os("KEXIN_UDFS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("udfs/target/wasm"))
+}
+
+/// Print a step, run it, print the outcome; false if the decision was not
+/// the expected one.
+async fn show_step(node: &Node, dir: &Path, number: usize, step: &Step) -> Result<bool> {
+    let (what, scene, actor, sql, expect) = step;
+    println!("-- {number}. {what}");
+    println!(
+        "   kexin query --space {} --scene {scene} --as {actor} \"{sql}\"",
+        dir.display()
+    );
+    let o = node
+        .query(&QueryRequest {
+            scene: scene.to_string(),
+            actor: actor.to_string(),
+            sql: sql.to_string(),
+        })
+        .await;
+    print!("{}", render::outcome(&o, Format::Table)?);
+    let as_expected = o.status == *expect;
+    if !as_expected {
+        println!("   !! expected {expect:?}");
+    }
+    println!();
+    Ok(as_expected)
 }
 
 pub fn run(keep: Option<PathBuf>) -> Result<u8> {
@@ -159,25 +198,10 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
     let mut surprises = 0;
     rt.block_on(async {
         let node = Node::open(Arc::clone(&space), "h1").await?;
-        for (i, (what, scene, actor, sql, expect)) in STEPS.iter().enumerate() {
-            println!("-- {}. {what}", i + 1);
-            println!(
-                "   kexin query --space {} --scene {scene} --as {actor} \"{sql}\"",
-                dir.display()
-            );
-            let o = node
-                .query(&QueryRequest {
-                    scene: scene.to_string(),
-                    actor: actor.to_string(),
-                    sql: sql.to_string(),
-                })
-                .await;
-            print!("{}", render::outcome(&o, Format::Table)?);
-            if o.status != *expect {
+        for (i, step) in STEPS.iter().enumerate() {
+            if !show_step(&node, &dir, i + 1, step).await? {
                 surprises += 1;
-                println!("   !! expected {expect:?}");
             }
-            println!();
         }
         let modules = udf_dir();
         if !modules.join("egfr.wasm").is_file() {
@@ -200,25 +224,10 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
             println!("   approved {} ({} function(s))", r.digest, r.functions.len());
         }
         println!();
-        for (i, (what, sql, expect)) in UDF_STEPS.iter().enumerate() {
-            println!("-- {}. {what}", STEPS.len() + i + 1);
-            println!(
-                "   kexin query --space {} --scene diabetes-2027 --as alice \"{sql}\"",
-                dir.display()
-            );
-            let o = node
-                .query(&QueryRequest {
-                    scene: "diabetes-2027".into(),
-                    actor: "alice".into(),
-                    sql: sql.to_string(),
-                })
-                .await;
-            print!("{}", render::outcome(&o, Format::Table)?);
-            if o.status != *expect {
+        for (i, step) in UDF_STEPS.iter().enumerate() {
+            if !show_step(&node, &dir, STEPS.len() + i + 1, step).await? {
                 surprises += 1;
-                println!("   !! expected {expect:?}");
             }
-            println!();
         }
         anyhow::Ok(())
     })?;
