@@ -54,6 +54,14 @@ fn query_json(dir: &Path, scene: &str, sql: &str) -> (i32, Value) {
     (out.status.code().unwrap_or(-1), v)
 }
 
+/// One JSON value per line of a command's standard output.
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn verify(dir: &Path) -> (bool, String) {
     let out = kexin(&["audit", "verify", "--space", dir.to_str().expect("utf8")]);
     (
@@ -438,10 +446,7 @@ fn udf_register_list_and_query_from_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     // Approved on both nodes of the space, each with its own audit entry.
     assert_eq!(lines.len(), 2);
     let digest = lines[0]["digest"].as_str().unwrap().to_string();
@@ -452,10 +457,7 @@ fn udf_register_list_and_query_from_the_command_line() {
 
     let out = kexin(&["udf", "list", "--space", space, "--format", "json"]);
     assert!(out.status.success());
-    let listed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let listed = json_lines(&out);
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|u| u["digest"] == digest.as_str()
         && u["source"] == "registered"

@@ -9,6 +9,8 @@
 // sessions are the independent reference.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -24,21 +26,7 @@ use kexin_engine::policy::Space;
 
 fn space_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir").keep();
-        kexin::synth::generate(
-            &dir,
-            &kexin::synth::GenOptions {
-                hospitals: 2,
-                patients: 3000,
-                seed: 7,
-                csv: false,
-                quiet: true,
-            },
-        )
-        .expect("generate");
-        dir
-    })
+    DIR.get_or_init(|| support::generated_space(2, 3000, 7))
 }
 
 async fn node() -> Node {

@@ -8,6 +8,8 @@
 #[path = "../sandbox/tests/fixtures/mod.rs"]
 mod fixtures;
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -45,18 +47,7 @@ fn wasm(name: &str) -> Vec<u8> {
 fn space_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir").keep();
-        kexin::synth::generate(
-            &dir,
-            &kexin::synth::GenOptions {
-                hospitals: 1,
-                patients: 4000,
-                seed: 11,
-                csv: false,
-                quiet: true,
-            },
-        )
-        .expect("generate");
+        let dir = support::generated_space(1, 4000, 11);
         let toml = dir.join("space.toml");
         let mut text = std::fs::read_to_string(&toml).unwrap();
         text.push_str(LAB_SCENE);
@@ -108,6 +99,11 @@ fn released(o: &Outcome) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Alice's query under diabetes-2027, which must be released, as a map.
+async fn alice_released(n: &Node, sql: &str) -> BTreeMap<String, f64> {
+    released(&ask(n, "diabetes-2027", sql).await)
+}
+
 fn assert_close(got: &BTreeMap<String, f64>, want: &BTreeMap<String, f64>, tol: f64) {
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
@@ -124,19 +120,16 @@ fn assert_close(got: &BTreeMap<String, f64>, want: &BTreeMap<String, f64>, tol: 
 #[tokio::test]
 async fn bmi_matches_the_formula_in_sql() {
     let n = node().await;
-    let wasm = ask(
+    let w = alice_released(
         &n,
-        "diabetes-2027",
         "SELECT sex, AVG(bmi(weight_kg, height_cm)) FROM patients GROUP BY sex",
     )
     .await;
-    let sql = ask(
+    let s = alice_released(
         &n,
-        "diabetes-2027",
         "SELECT sex, AVG(weight_kg / ((height_cm / 100.0) * (height_cm / 100.0))) FROM patients GROUP BY sex",
     )
     .await;
-    let (w, s) = (released(&wasm), released(&sql));
     assert_eq!(w.len(), 2);
     assert!(w.values().all(|b| (15.0..35.0).contains(b)), "{w:?}");
     assert_close(&w, &s, 0.0101);
@@ -146,50 +139,39 @@ async fn bmi_matches_the_formula_in_sql() {
 async fn hba1c_to_eag_matches_the_adag_regression() {
     let n = node().await;
     let filter = "FROM labs WHERE test = 'hba1c' AND value BETWEEN 3 AND 20";
-    let w = released(
-        &ask(
-            &n,
-            "diabetes-2027",
-            &format!("SELECT unit, AVG(hba1c_to_eag(value)) {filter} GROUP BY unit"),
-        )
-        .await,
-    );
-    let s = released(
-        &ask(
-            &n,
-            "diabetes-2027",
-            &format!("SELECT unit, AVG(28.7 * value - 46.7) {filter} GROUP BY unit"),
-        )
-        .await,
-    );
+    let w = alice_released(
+        &n,
+        &format!("SELECT unit, AVG(hba1c_to_eag(value)) {filter} GROUP BY unit"),
+    )
+    .await;
+    let s = alice_released(
+        &n,
+        &format!("SELECT unit, AVG(28.7 * value - 46.7) {filter} GROUP BY unit"),
+    )
+    .await;
     assert_close(&w, &s, 0.0101);
 }
 
 #[tokio::test]
 async fn age_band_groups_like_the_same_bands_written_in_sql() {
     let n = node().await;
-    let w = released(
-        &ask(
-            &n,
-            "diabetes-2027",
-            "SELECT age_band(birth_date, DATE '2026-01-01') AS band, COUNT(*) FROM patients GROUP BY band",
-        )
-        .await,
-    );
+    let w = alice_released(
+        &n,
+        "SELECT age_band(birth_date, DATE '2026-01-01') AS band, COUNT(*) \
+         FROM patients GROUP BY band",
+    )
+    .await;
     // birth_date is masked to January 1st of the birth year, so the age on
     // 2026-01-01 is 2026 minus the year.
-    let s = released(
-        &ask(
-            &n,
-            "diabetes-2027",
-            "SELECT CASE WHEN 2026 - date_part('year', birth_date) < 18 THEN '0-17' \
+    let s = alice_released(
+        &n,
+        "SELECT CASE WHEN 2026 - date_part('year', birth_date) < 18 THEN '0-17' \
                          WHEN 2026 - date_part('year', birth_date) < 45 THEN '18-44' \
                          WHEN 2026 - date_part('year', birth_date) < 65 THEN '45-64' \
                          WHEN 2026 - date_part('year', birth_date) < 75 THEN '65-74' \
                          ELSE '75+' END AS band, COUNT(*) FROM patients GROUP BY band",
-        )
-        .await,
-    );
+    )
+    .await;
     assert!(w.len() >= 4, "{w:?}");
     assert_close(&w, &s, 0.0);
 }
@@ -197,25 +179,19 @@ async fn age_band_groups_like_the_same_bands_written_in_sql() {
 #[tokio::test]
 async fn charlson_weights_group_like_the_quan_categories() {
     let n = node().await;
-    let w = released(
-        &ask(
-            &n,
-            "diabetes-2027",
-            "SELECT charlson_weight(diagnosis) AS w, COUNT(*) FROM admissions GROUP BY w",
-        )
-        .await,
-    );
+    let w = alice_released(
+        &n,
+        "SELECT charlson_weight(diagnosis) AS w, COUNT(*) FROM admissions GROUP BY w",
+    )
+    .await;
     // The generator's codes, masked to three characters, by Quan 2005.
-    let s = released(
-        &ask(
-            &n,
-            "diabetes-2027",
-            "SELECT CASE WHEN diagnosis IN ('C34', 'C16', 'N18') THEN 2 \
+    let s = alice_released(
+        &n,
+        "SELECT CASE WHEN diagnosis IN ('C34', 'C16', 'N18') THEN 2 \
                          WHEN diagnosis IN ('I21', 'I63', 'I50', 'J44', 'E11') THEN 1 \
                          ELSE 0 END AS w, COUNT(*) FROM admissions GROUP BY w",
-        )
-        .await,
-    );
+    )
+    .await;
     assert_eq!(w.keys().collect::<Vec<_>>(), ["0", "1", "2"]);
     assert_close(&w, &s, 0.0);
 }
@@ -223,22 +199,16 @@ async fn charlson_weights_group_like_the_quan_categories() {
 #[tokio::test]
 async fn geomean_aggregate_matches_exp_of_mean_log() {
     let n = node().await;
-    let w = released(
-        &ask(
-            &n,
-            "diabetes-2027",
-            "SELECT department, geomean(cost) FROM admissions GROUP BY department",
-        )
-        .await,
-    );
-    let s = released(
-        &ask(
-            &n,
-            "diabetes-2027",
-            "SELECT department, exp(AVG(ln(cost))) FROM admissions GROUP BY department",
-        )
-        .await,
-    );
+    let w = alice_released(
+        &n,
+        "SELECT department, geomean(cost) FROM admissions GROUP BY department",
+    )
+    .await;
+    let s = alice_released(
+        &n,
+        "SELECT department, exp(AVG(ln(cost))) FROM admissions GROUP BY department",
+    )
+    .await;
     assert!(w.len() >= 5, "{w:?}");
     for (k, g) in &w {
         let want = s[k];
@@ -268,16 +238,13 @@ fn egfr_reference(creatinine_umol: f64, age: i32, female: bool) -> Option<f64> {
 #[tokio::test]
 async fn egfr_matches_a_native_reference_on_the_same_masked_inputs() {
     let n = node().await;
-    let w = released(
-        &ask(
-            &n,
-            "diabetes-2027",
-            "SELECT p.sex, AVG(egfr_ckd_epi_2021(l.value, p.age, p.sex)) \
+    let w = alice_released(
+        &n,
+        "SELECT p.sex, AVG(egfr_ckd_epi_2021(l.value, p.age, p.sex)) \
              FROM labs l JOIN patients p ON l.id_card = p.id_card \
              WHERE l.test = 'creatinine' GROUP BY p.sex",
-        )
-        .await,
-    );
+    )
+    .await;
     // Reference: the raw Parquet files with the scene's masks applied by hand
     // (age → band(10) lower bound; lab value clamped to [0, 1000]).
     let ctx = SessionContext::new();
