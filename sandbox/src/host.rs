@@ -398,6 +398,16 @@ impl Session {
         })
     }
 
+    /// Aggregate `name`, checking that every given state has its declared
+    /// size.
+    fn aggregate(&self, name: &str, states: &[&[u8]]) -> std::result::Result<&Function, Fault> {
+        let f = self.function(name, Kind::Aggregate)?;
+        if states.iter().any(|s| s.len() != f.state_bytes as usize) {
+            return Err(Fault::Signature);
+        }
+        Ok(f)
+    }
+
     /// A fresh aggregate state.
     pub fn aggregate_init(&self, name: &str) -> std::result::Result<Vec<u8>, Fault> {
         let f = self.function(name, Kind::Aggregate)?;
@@ -418,16 +428,12 @@ impl Session {
         args: &[ArrayRef],
         rows: usize,
     ) -> std::result::Result<(), Fault> {
-        let f = self.function(name, Kind::Aggregate)?;
-        let n = f.state_bytes as usize;
-        if state.len() != n {
-            return Err(Fault::Signature);
-        }
+        let f = self.aggregate(name, &[state])?;
+        let n = state.len();
         let image = CallImage::new(&f.args, args, rows)?;
         *state = self.with(|live| {
             live.begin(&self.limits, rows)?;
-            let st = live.alloc(n)?;
-            live.put(st, state)?;
+            let st = live.stage(state)?;
             let base = live.alloc(image.len)?;
             live.write(base, &image)?;
             live.call(&format!("kx_{name}_update"), &[st, base])?;
@@ -443,17 +449,12 @@ impl Session {
         state: &mut Vec<u8>,
         other: &[u8],
     ) -> std::result::Result<(), Fault> {
-        let f = self.function(name, Kind::Aggregate)?;
-        let n = f.state_bytes as usize;
-        if state.len() != n || other.len() != n {
-            return Err(Fault::Signature);
-        }
+        self.aggregate(name, &[state, other])?;
+        let n = state.len();
         *state = self.with(|live| {
             live.begin(&self.limits, 0)?;
-            let st = live.alloc(n)?;
-            live.put(st, state)?;
-            let ot = live.alloc(n)?;
-            live.put(ot, other)?;
+            let st = live.stage(state)?;
+            let ot = live.stage(other)?;
             live.call(&format!("kx_{name}_merge"), &[st, ot])?;
             live.read(st, n)
         })?;
@@ -466,16 +467,11 @@ impl Session {
         name: &str,
         state: &[u8],
     ) -> std::result::Result<ArrayRef, Fault> {
-        let f = self.function(name, Kind::Aggregate)?;
-        let n = f.state_bytes as usize;
-        if state.len() != n {
-            return Err(Fault::Signature);
-        }
+        let f = self.aggregate(name, &[state])?;
         let image = CallImage::empty(1);
         self.with(|live| {
             live.begin(&self.limits, 1)?;
-            let st = live.alloc(n)?;
-            live.put(st, state)?;
+            let st = live.stage(state)?;
             let base = live.alloc(image.len)?;
             live.write(base, &image)?;
             live.call(&format!("kx_{name}_finalize"), &[st, base])?;
@@ -614,10 +610,13 @@ impl Live {
         image.write(dst, base)
     }
 
-    fn put(&mut self, at: u32, bytes: &[u8]) -> std::result::Result<(), Fault> {
+    /// Copy `bytes` into a fresh guest allocation; returns its address.
+    fn stage(&mut self, bytes: &[u8]) -> std::result::Result<u32, Fault> {
+        let at = self.alloc(bytes.len())?;
         self.memory
             .write(&mut self.store, at as usize, bytes)
-            .map_err(|_| Fault::Memory)
+            .map_err(|_| Fault::Memory)?;
+        Ok(at)
     }
 
     fn read(&self, at: u32, len: usize) -> std::result::Result<Vec<u8>, Fault> {
