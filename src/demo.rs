@@ -105,6 +105,31 @@ const STEPS: &[Step] = &[
     ),
 ];
 
+/// Queries under the differential-privacy scene.
+const DP_STEPS: &[Step] = &[
+    (
+        "Differential privacy: patients and mean weight by sex, each value with its 95% interval; the budget is charged before the query runs",
+        "diabetes-dp",
+        "alice",
+        "SELECT sex, count(*) AS patients, avg(weight_kg) AS mean_weight FROM patients GROUP BY sex",
+        Status::Released,
+    ),
+    (
+        "The same question rewritten (aliases, a no-op condition): the same answer again, no budget charged, so averaging buys nothing",
+        "diabetes-dp",
+        "alice",
+        "select SEX, COUNT(1) AS n, AVG(p.weight_kg) AS w from patients p where 1 = 1 group by p.sex",
+        Status::Released,
+    ),
+    (
+        "MIN reveals one person's value: DP mode has no mechanism for it",
+        "diabetes-dp",
+        "alice",
+        "SELECT sex, min(weight_kg) FROM patients GROUP BY sex",
+        Status::Refused,
+    ),
+];
+
 /// Queries that call the example WebAssembly UDFs once they are approved.
 const UDF_STEPS: &[Step] = &[
     (
@@ -203,6 +228,11 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
                 surprises += 1;
             }
         }
+        for (i, step) in DP_STEPS.iter().enumerate() {
+            if !show_step(&node, &dir, STEPS.len() + i + 1, step).await? {
+                surprises += 1;
+            }
+        }
         let modules = udf_dir();
         if !modules.join("egfr.wasm").is_file() {
             println!(
@@ -225,7 +255,7 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
         }
         println!();
         for (i, step) in UDF_STEPS.iter().enumerate() {
-            if !show_step(&node, &dir, STEPS.len() + i + 1, step).await? {
+            if !show_step(&node, &dir, STEPS.len() + DP_STEPS.len() + i + 1, step).await? {
                 surprises += 1;
             }
         }

@@ -71,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         action: UdfAction,
     },
+    /// Show the differential-privacy budget ledger of DP scenes.
+    Budget {
+        #[command(subcommand)]
+        action: BudgetAction,
+    },
     /// Generate a small space in a temporary directory and walk through
     /// allowed, suppressed and refused queries.
     Demo {
@@ -98,6 +103,25 @@ enum AuditAction {
         space: PathBuf,
         #[arg(long)]
         node: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BudgetAction {
+    /// Spent and remaining ε per researcher and DP scene on one node.
+    Show {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        /// Only this researcher (lists their DP scenes even before a charge).
+        #[arg(long = "as")]
+        actor: Option<String>,
+        #[arg(long)]
+        scene: Option<String>,
+        /// `json` prints one JSON object per line.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 
@@ -261,6 +285,43 @@ fn run(cli: Cli) -> Result<u8> {
             }
         },
         Command::Udf { action } => udf(action),
+        Command::Budget {
+            action:
+                BudgetAction::Show {
+                    space,
+                    node,
+                    actor,
+                    scene,
+                    format,
+                },
+        } => {
+            let space = Arc::new(Space::load(&space)?);
+            let node = node_name(&space, node);
+            let rt = runtime()?;
+            let rows = rt.block_on(async {
+                let node = Node::open(space, &node).await?;
+                anyhow::Ok(node.budgets(actor.as_deref(), scene.as_deref())?)
+            })?;
+            for b in rows {
+                if format == Format::Json {
+                    println!("{}", serde_json::to_string(&b)?);
+                } else {
+                    println!(
+                        "{} {} {}: ε spent {:.4} of {:.4}, {:.4} remaining ({} per query; {} queries charged; δ spent {:e})",
+                        b.node,
+                        b.scene,
+                        b.actor,
+                        b.epsilon_spent,
+                        b.epsilon_total,
+                        b.epsilon_remaining,
+                        b.epsilon_per_query,
+                        b.queries,
+                        b.delta_spent
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Demo { keep } => demo::run(keep),
     }
 }

@@ -61,10 +61,29 @@ pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
             let mut out = String::new();
             match o.status {
                 Status::Released => {
+                    // DP answers show each value with its 95% interval.
+                    let accuracy = o.dp.as_ref().map(|d| &d.accuracy);
                     let cells: Vec<Vec<String>> = o
                         .rows
                         .iter()
-                        .map(|r| r.iter().map(text).collect())
+                        .enumerate()
+                        .map(|(i, r)| {
+                            r.iter()
+                                .enumerate()
+                                .map(|(j, c)| {
+                                    match accuracy.and_then(|a| a.get(i)?.get(j).copied().flatten())
+                                    {
+                                        Some(a) => format!(
+                                            "{} [{}, {}]",
+                                            text(c),
+                                            a.interval[0],
+                                            a.interval[1]
+                                        ),
+                                        None => text(c),
+                                    }
+                                })
+                                .collect()
+                        })
                         .collect();
                     let widths: Vec<usize> = o
                         .columns

@@ -534,7 +534,7 @@ name       = {{ grade = 4, kind = "identifier", mask = "redact" }}
 phone      = {{ grade = 4, kind = "identifier", mask = "partial(3,4)" }}
 birth_date = {{ grade = 2, kind = "quasi", mask = "year" }}
 age        = {{ grade = 2, kind = "quasi", mask = "band(10)", bounds = [0, 100] }}
-sex        = {{ grade = 2, kind = "attribute" }}
+sex        = {{ grade = 2, kind = "attribute", domain = ["F", "M"] }}
 region     = {{ grade = 2, kind = "quasi", mask = "prefix(4)" }}
 hospital   = {{ grade = 1, kind = "attribute" }}
 height_cm  = {{ grade = 3, kind = "sensitive", bounds = [40, 230] }}
@@ -549,7 +549,7 @@ id_card        = {{ grade = 4, kind = "identifier", mask = "pseudonym" }}
 admission_id   = {{ grade = 4, kind = "identifier", mask = "redact" }}
 admit_date     = {{ grade = 2, kind = "quasi", mask = "month" }}
 diagnosis      = {{ grade = 3, kind = "sensitive", mask = "prefix(3)" }}
-department     = {{ grade = 2, kind = "attribute" }}
+department     = {{ grade = 2, kind = "attribute", domain = ["cardiology", "endocrinology", "infectious", "nephrology", "neurology", "obstetrics", "oncology", "orthopedics", "respiratory", "surgery"] }}
 cost           = {{ grade = 3, kind = "sensitive", bounds = [0, 200000] }}
 length_of_stay = {{ grade = 3, kind = "sensitive", bounds = [0, 90] }}
 
@@ -584,6 +584,17 @@ datasets  = ["patients", "admissions"]
 columns   = ["patients.sex", "patients.age", "patients.region", "admissions.department", "admissions.cost", "admissions.admit_date"]
 valid     = ["2026-01-01", "2030-12-31"]
 output    = {{ min_persons = 20, round_to = 10, decimals = 0, dominance = [1, 0.5] }}
+
+# The same research under differential privacy: every answer is noisy, with
+# its 95% interval, and each researcher has a budget of ε = 1 over the scene.
+[scene.diabetes-dp]
+purpose   = "DUO:0000007"
+disease   = "E11"
+requester = "org:whu-med"
+datasets  = ["patients", "admissions", "labs"]
+valid     = ["2026-01-01", "2030-12-31"]
+output    = {{ min_persons = 10, decimals = 1 }}
+privacy   = {{ epsilon_total = 1.0, epsilon_per_query = 0.1, delta = 1e-6, rows_per_person = 1, groups_per_person = 1 }}
 
 # An expired scene: every query under it is refused.
 [scene.flu-2024]

@@ -513,3 +513,58 @@ fn audit_list_does_not_create_state() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no audit log yet"));
     assert!(!t.path().join("h1").join("kexin.db").exists());
 }
+
+#[test]
+fn dp_query_json_and_budget_show() {
+    let t = tempfile::tempdir().expect("tempdir");
+    generate(t.path());
+    let dir = t.path().to_str().expect("utf8");
+    let budget = || {
+        json_lines(&kexin(&[
+            "budget", "show", "--space", dir, "--as", "alice", "--format", "json",
+        ]))
+    };
+    // Before any charge the researcher's DP scene is listed, untouched.
+    let before = budget();
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0]["scene"], "diabetes-dp");
+    assert_eq!(before[0]["epsilon_spent"], 0.0);
+    assert_eq!(before[0]["epsilon_remaining"], 1.0);
+
+    let sql = "SELECT department, count(*) AS n FROM admissions GROUP BY department";
+    let (code, v) = query_json(t.path(), "diabetes-dp", sql);
+    assert_eq!(code, 0, "{v}");
+    // Every value of the declared department domain is a candidate cell.
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len() + v["suppressed_groups"].as_u64().unwrap() as usize,
+        10
+    );
+    let dp = &v["dp"];
+    assert_eq!(dp["epsilon_charged"], 0.1);
+    assert_eq!(dp["accuracy"].as_array().unwrap().len(), rows.len());
+    for (row, acc) in rows.iter().zip(dp["accuracy"].as_array().unwrap()) {
+        assert!(acc[0].is_null());
+        let n = row[1].as_f64().unwrap();
+        let [lo, hi] = [
+            acc[1]["interval"][0].as_f64().unwrap(),
+            acc[1]["interval"][1].as_f64().unwrap(),
+        ];
+        assert!(lo <= n && n <= hi && acc[1]["scale"].as_f64().unwrap() > 0.0);
+    }
+    // Threshold-only scenes keep their JSON shape: no `dp` key.
+    let (_, plain) = query_json(t.path(), "diabetes-2027", sql);
+    assert!(plain.get("dp").is_none());
+
+    let after = budget();
+    assert!((after[0]["epsilon_spent"].as_f64().unwrap() - 0.1).abs() < 1e-9);
+    assert_eq!(after[0]["queries"], 1);
+    // The charge is in the query's audit entry.
+    let entries = json_lines(&kexin(&["audit", "list", "--space", dir]));
+    let dp_entry = entries
+        .iter()
+        .find(|e| e["scene"] == "diabetes-dp")
+        .unwrap();
+    assert_eq!(dp_entry["epsilon"], 0.1);
+    assert!(verify(t.path()).0);
+}

@@ -51,6 +51,13 @@ pub struct AuditEntry {
     /// registration approved. Absent from entries that involve none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub udfs: Vec<String>,
+    /// DP scenes: the ε this query charged to the researcher's budget (0 for
+    /// a repeat answered from the release cache). Absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// DP scenes: the audit entry whose answer a repeated query received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_of: Option<u64>,
 }
 
 pub fn leaf_hash(entry: &[u8]) -> Hash {

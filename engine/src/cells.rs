@@ -46,7 +46,7 @@ pub fn person_hash(bytes: &[u8]) -> u64 {
 
 /// Keys are already well-mixed hashes: use them as their own hash.
 #[derive(Default)]
-struct Identity(u64);
+pub(crate) struct Identity(u64);
 
 impl Hasher for Identity {
     fn finish(&self) -> u64 {
@@ -94,7 +94,7 @@ fn each_person_key(
 }
 
 /// Call `f(row, person_hash)` for every row with a person key that passes the filter.
-fn each_person(
+pub(crate) fn each_person(
     persons: &ArrayRef,
     filter: Option<&BooleanArray>,
     mut f: impl FnMut(usize, u64),
@@ -102,7 +102,7 @@ fn each_person(
     each_person_key(persons, filter, |i, key| f(i, person_hash(key)))
 }
 
-fn grow<T: Default>(v: &mut Vec<T>, n: usize) {
+pub(crate) fn grow<T: Default>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize_with(n, T::default);
     }

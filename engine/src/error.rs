@@ -72,6 +72,19 @@ pub enum Code {
     UdfTrap,
     /// A UDF's output failed validation.
     UdfOutput,
+    /// DP mode: a query shape DP cannot release (ORDER BY/LIMIT, output
+    /// expressions over aggregates).
+    DpShape,
+    /// DP mode: an aggregate without a DP mechanism (MIN/MAX, UDAFs,
+    /// COUNT(DISTINCT) of anything but the person key).
+    DpAggregate,
+    /// DP mode: an aggregate argument without public bounds.
+    DpBounds,
+    /// DP mode: group keys drawn from the data without `delta`, or a public
+    /// domain too large to enumerate.
+    DpPartition,
+    /// DP mode: the researcher's budget under the scene cannot cover the query.
+    DpBudget,
     /// The query failed while running (the cause is never shown).
     Exec,
     /// Deadline or memory limit reached.
@@ -114,6 +127,11 @@ impl Code {
             Code::UdfStack => "KX-UDF-STACK",
             Code::UdfTrap => "KX-UDF-TRAP",
             Code::UdfOutput => "KX-UDF-OUTPUT",
+            Code::DpShape => "KX-DP-SHAPE",
+            Code::DpAggregate => "KX-DP-AGGREGATE",
+            Code::DpBounds => "KX-DP-BOUNDS",
+            Code::DpPartition => "KX-DP-PARTITION",
+            Code::DpBudget => "KX-DP-BUDGET",
             Code::Exec => "KX-EXEC",
             Code::ExecLimit => "KX-EXEC-LIMIT",
             Code::Internal => "KX-INTERNAL",
@@ -131,7 +149,7 @@ impl Code {
             | Code::UdfStack
             | Code::UdfTrap
             | Code::UdfOutput => 4,
-            Code::Scene => 3,
+            Code::Scene | Code::DpBudget => 3,
             _ => 2,
         }
     }

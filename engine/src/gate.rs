@@ -160,7 +160,7 @@ fn requalify(plan: &LogicalPlan, hidden: Vec<Column>) -> Vec<Column> {
 }
 
 /// Carry the raw person key from the scans up to `plan`'s output.
-fn carry(plan: LogicalPlan) -> Result<(LogicalPlan, Column)> {
+pub(crate) fn carry(plan: LogicalPlan) -> Result<(LogicalPlan, Column)> {
     let found = plan
         .schema()
         .iter()
@@ -213,7 +213,7 @@ fn carry(plan: LogicalPlan) -> Result<(LogicalPlan, Column)> {
 // ---------------------------------------------------------------- release
 
 /// One released value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum Cell {
     Null,
@@ -224,7 +224,7 @@ pub enum Cell {
 }
 
 impl Cell {
-    fn key_text(&self) -> String {
+    pub(crate) fn key_text(&self) -> String {
         match self {
             Cell::Null => "\u{0}null".into(),
             Cell::Int(i) => format!("i{i}"),
@@ -389,7 +389,7 @@ fn round(cell: Cell, rules: &OutputRules) -> Option<Cell> {
     }
 }
 
-fn column_cells(arr: &ArrayRef) -> Result<Vec<Cell>> {
+pub(crate) fn column_cells(arr: &ArrayRef) -> Result<Vec<Cell>> {
     use datafusion::arrow::datatypes::{
         Float32Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt32Type, UInt64Type,
     };

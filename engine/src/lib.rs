@@ -16,6 +16,7 @@
 //! | [`store`] | the node's SQLite state, keys, audit log storage and verification |
 //! | [`node`] | one node: opening a space and running a researcher's query end to end |
 //! | [`noise`] | exact discrete Laplace and Gaussian samplers (CKS20) for DP noise |
+//! | [`dp`] | DP mode: contribution bounding, noise calibration, partition selection, accuracy |
 //! | [`udf`] | approved WebAssembly UDFs bound into a query as DataFusion functions |
 //! | [`error`] | fixed refusal codes, kept apart from internal failures |
 //!
@@ -41,6 +42,7 @@
 pub mod audit;
 pub mod cells;
 pub mod disclosure;
+pub mod dp;
 pub mod error;
 pub mod gate;
 pub mod mask;

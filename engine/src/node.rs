@@ -5,12 +5,12 @@
 //! with a fixed code, and every decision — released or refused — is written
 //! to the audit log, durably, before the caller sees the result.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -27,10 +27,11 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::AuditEntry;
 use crate::disclosure::Checker;
+use crate::dp;
 use crate::error::{Code, Error, Refusal, Result};
 use crate::gate::{self, Cell};
 use crate::mask::ColumnMask;
-use crate::policy::{ConsentMode, Release, Scene, Space};
+use crate::policy::{ConsentMode, Dataset, PrivacyRules, Release, Scene, Space};
 use crate::rewrite::{PolicyRewrite, TableRewrite, harden};
 use crate::store::{NodeKeys, Store, UdfApproval, now_utc};
 use crate::udf::{QueryUdfs, UdfHost, fault_refusal, find_fault};
@@ -66,6 +67,53 @@ pub struct Outcome {
     pub explanation: Vec<String>,
     /// The signed checkpoint covering this decision's audit entry.
     pub checkpoint: Option<String>,
+    /// DP scenes: budget and per-cell accuracy. Absent elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpReport>,
+}
+
+/// What a DP release adds to the outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct DpReport {
+    /// ε this query charged (0 for a repeat answered from the cache).
+    pub epsilon_charged: f64,
+    pub epsilon_spent: f64,
+    pub epsilon_remaining: f64,
+    pub epsilon_total: f64,
+    /// δ this query spent on partition selection (0 for public-domain keys).
+    pub delta: f64,
+    pub rows_per_person: u32,
+    pub groups_per_person: u32,
+    /// The audit entry that first released this answer, for a repeat.
+    pub repeat_of: Option<u64>,
+    /// Per released row and column: the noise scale and 95% interval of
+    /// each aggregate (null for group keys).
+    pub accuracy: Vec<Vec<Option<dp::Accuracy>>>,
+}
+
+/// What a query run leaves for its audit record.
+#[derive(Debug, Default)]
+struct Trace {
+    /// Digests of the UDF modules the query calls.
+    called: Vec<String>,
+    /// DP: ε charged, the answer this repeats, the answer to cache.
+    epsilon: Option<f64>,
+    repeat_of: Option<u64>,
+    cache: Option<(String, String)>,
+}
+
+/// One researcher's budget under one DP scene, as `kexin budget show` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Budget {
+    pub node: String,
+    pub scene: String,
+    pub actor: String,
+    pub epsilon_total: f64,
+    pub epsilon_per_query: f64,
+    pub epsilon_spent: f64,
+    pub epsilon_remaining: f64,
+    pub delta_spent: f64,
+    pub queries: u64,
 }
 
 impl Outcome {
@@ -80,6 +128,7 @@ impl Outcome {
             audit_seq: None,
             explanation: vec![],
             checkpoint: None,
+            dp: None,
         }
     }
 
@@ -185,6 +234,22 @@ impl Node {
                         "not in the data file",
                     )
                 })?;
+                if let Some(d) = &c.domain {
+                    let ints = matches!(d.first(), Some(crate::policy::PublicValue::Int(_)));
+                    let t = f.data_type();
+                    let ok = if ints {
+                        t.is_integer()
+                    } else {
+                        matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+                    };
+                    if !ok {
+                        return Err(Error::config(
+                            "space.toml",
+                            format!("dataset.{}.columns.{}.domain", ds.name, c.name),
+                            "integer domains need an integer column, string domains a string column",
+                        ));
+                    }
+                }
                 c.mask
                     .check_type(f.data_type(), c.bounds.is_some())
                     .map_err(|reason| {
@@ -220,8 +285,8 @@ impl Node {
     /// become audited refusals.
     pub async fn query(&self, req: &QueryRequest) -> Outcome {
         let sql_digest = hex::encode(Sha256::digest(req.sql.as_bytes()));
-        let mut called = Vec::new();
-        let (mut outcome, plan_digest) = match self.run(req, &mut called).await {
+        let mut trace = Trace::default();
+        let (mut outcome, plan_digest) = match self.run(req, &mut trace).await {
             Ok((o, p)) => (o, Some(p)),
             Err(e) => {
                 if let Error::Internal(detail) = &e {
@@ -256,11 +321,28 @@ impl Node {
             output_sha256: output_digest,
             rows_released: outcome.rows.len() as u64,
             suppressed_groups: outcome.suppressed_groups as u64,
-            udfs: called,
+            udfs: trace.called,
+            epsilon: trace.epsilon,
+            repeat_of: trace.repeat_of,
         };
+        // A new DP answer is cached in the same transaction as its audit
+        // record, so a repeat finds it as soon as it is released.
+        let cache = trace
+            .cache
+            .filter(|_| outcome.status == Status::Released)
+            .map(|(digest, stored)| (req.actor.clone(), req.scene.clone(), digest, stored));
         // The audit record is durable before anything is released.
         let appended = match self.store.lock() {
-            Ok(mut store) => store.append(entry, &self.keys),
+            Ok(mut store) => store.append_with(entry, &self.keys, |tx, seq| {
+                if let Some((actor, scene, digest, stored)) = &cache {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO dp_release (actor, scene, digest, result, audit_seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![actor, scene, digest, stored, seq as i64],
+                    )?;
+                }
+                Ok(())
+            }),
             Err(_) => Err(Error::internal("state store lock poisoned")),
         };
         match appended {
@@ -382,6 +464,8 @@ impl Node {
             rows_released: 0,
             suppressed_groups: 0,
             udfs: vec![digest.clone()],
+            epsilon: None,
+            repeat_of: None,
         };
         let (seq, _) = self
             .store
@@ -475,13 +559,6 @@ impl Node {
                 "the scene requires consent and the consent registry is unavailable",
             ));
         }
-        if scene.privacy.is_some() {
-            // Seam for differential privacy: fail closed until it exists.
-            return Err(refusal(
-                Code::Scene,
-                "the scene requires differential privacy, which this node cannot apply",
-            ));
-        }
         if scene.release == Release::Review {
             return Err(refusal(
                 Code::Scene,
@@ -491,7 +568,7 @@ impl Node {
         Ok(scene)
     }
 
-    async fn run(&self, req: &QueryRequest, called: &mut Vec<String>) -> Result<(Outcome, String)> {
+    async fn run(&self, req: &QueryRequest, trace: &mut Trace) -> Result<(Outcome, String)> {
         let scene = self.scene_for(req)?;
         let modules = self.scene_modules(scene)?;
         let udfs = QueryUdfs::bind(&modules, scene.udf_limits)?;
@@ -548,7 +625,7 @@ impl Node {
             })?;
         // Every module the query calls is named in its audit record, whatever
         // the decision.
-        called.extend(called_modules(&plan0, &udfs));
+        trace.called.extend(called_modules(&plan0, &udfs));
 
         // Step 4: disclosure constraints on the researcher's plan.
         let datasets = scene
@@ -568,43 +645,22 @@ impl Node {
                 "the query does not plan against the scene's schema",
             )
         })?;
+        if let Some(privacy) = &scene.privacy {
+            return self
+                .run_dp(req, scene, privacy, &udfs, &state, plan1, trace)
+                .await;
+        }
         let (plan2, hidden) = gate::instrument(plan1, &scene.output)?;
         let plan_digest = hex::encode(Sha256::digest(
             format!("{}", plan2.display_indent()).as_bytes(),
         ));
 
         // Step 6: execute with a memory pool and a deadline.
-        let physical = state.create_physical_plan(&plan2).await.map_err(|e| {
-            tracing::debug!(target: "kexin::node", "physical planning failed: {e}");
-            match find_fault(&e) {
-                Some(f) => Error::Refused(fault_refusal(f)),
-                None => refusal(
-                    Code::SqlUnknown,
-                    "the query does not plan against the scene's schema",
-                ),
-            }
-        })?;
-        let task = state.task_ctx();
-        let deadline = Duration::from_secs(limits.timeout_seconds);
-        let batches = match tokio::time::timeout(
-            deadline,
-            datafusion::physical_plan::collect(physical, task),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(refusal(
-                    Code::ExecLimit,
-                    "the query ran past the node's deadline",
-                ));
-            }
-            Ok(Err(e)) => {
-                // May quote cell values: debug level, operator log only.
-                tracing::debug!(target: "kexin::node", "execution failed: {e}");
-                return Err(exec_refusal(&e));
-            }
-            Ok(Ok(b)) => b,
-        };
+        let physical = state
+            .create_physical_plan(&plan2)
+            .await
+            .map_err(plan_refusal)?;
+        let batches = self.execute(&state, physical).await?;
 
         // Step 7: the gate.
         let threshold_key = self
@@ -637,9 +693,251 @@ impl Node {
                 audit_seq: None,
                 explanation,
                 checkpoint: None,
+                dp: None,
             },
             plan_digest,
         ))
+    }
+
+    /// Step 6 for both modes: run under the node's deadline and memory pool.
+    async fn execute(
+        &self,
+        state: &datafusion::execution::SessionState,
+        physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+        let deadline = Duration::from_secs(self.space.limits.timeout_seconds);
+        match tokio::time::timeout(
+            deadline,
+            datafusion::physical_plan::collect(physical, state.task_ctx()),
+        )
+        .await
+        {
+            Err(_) => Err(refusal(
+                Code::ExecLimit,
+                "the query ran past the node's deadline",
+            )),
+            Ok(Err(e)) => {
+                // May quote cell values: debug level, operator log only.
+                tracing::debug!(target: "kexin::node", "execution failed: {e}");
+                Err(exec_refusal(&e))
+            }
+            Ok(Ok(b)) => Ok(b),
+        }
+    }
+
+    /// Steps 5–7 in DP mode: plan the bounded contributions, answer a repeat
+    /// from the cache, charge the budget durably, execute, add noise.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_dp(
+        &self,
+        req: &QueryRequest,
+        scene: &Scene,
+        privacy: &PrivacyRules,
+        udfs: &QueryUdfs,
+        state: &datafusion::execution::SessionState,
+        plan: datafusion::logical_expr::LogicalPlan,
+        trace: &mut Trace,
+    ) -> Result<(Outcome, String)> {
+        let datasets: BTreeMap<String, &Dataset> = scene
+            .datasets
+            .iter()
+            .filter_map(|d| self.space.datasets.get(d).map(|x| (d.clone(), x)))
+            .collect();
+        let key = |label: &str| {
+            let k = self
+                .keys
+                .master
+                .derive(format!("kexin/dp-{label}/v1/{}", scene.name).as_bytes());
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k.expose()[..8]);
+            u64::from_le_bytes(b)
+        };
+        let q = dp::plan(
+            plan,
+            &datasets,
+            udfs,
+            privacy,
+            &scene.output,
+            key("rows"),
+            key("groups"),
+        )?;
+        let optimized = state.optimize(&q.plan).map_err(plan_refusal)?;
+        let digest = q.digest(&optimized, &self.space.policy_digest);
+        let store = || {
+            self.store
+                .lock()
+                .map_err(|_| Error::internal("state store lock poisoned"))
+        };
+        let mut report = DpReport {
+            epsilon_charged: 0.0,
+            epsilon_spent: 0.0,
+            epsilon_remaining: 0.0,
+            epsilon_total: privacy.epsilon_total,
+            delta: q.mechanism.delta,
+            rows_per_person: privacy.rows_per_person,
+            groups_per_person: privacy.groups_per_person,
+            repeat_of: None,
+            accuracy: vec![],
+        };
+        let mut explanation = vec![format!(
+            "differential privacy: each person counts with at most {} row(s) per group in at most {} group(s); every aggregate has discrete Laplace noise and is snapped to a grid no finer than its noise scale (see dp.accuracy)",
+            privacy.rows_per_person, privacy.groups_per_person
+        )];
+        let cached = store()?.dp_release(&req.actor, &req.scene, &digest)?;
+        let released = match cached {
+            Some((stored, seq)) => {
+                // The same computation asked again: the same answer, free.
+                let stored: dp::Stored = serde_json::from_str(&stored).map_err(Error::internal)?;
+                trace.epsilon = Some(0.0);
+                trace.repeat_of = Some(seq);
+                report.repeat_of = Some(seq);
+                explanation.push(format!(
+                    "this query computes the same as audit entry #{seq}: its answer is returned again and no budget is charged"
+                ));
+                stored
+            }
+            None => {
+                // Step 5: charge before execution, durably.
+                let charged = store()?.dp_charge(
+                    &req.actor,
+                    &req.scene,
+                    privacy.epsilon_per_query,
+                    q.mechanism.delta,
+                    privacy.epsilon_total,
+                )?;
+                if charged.is_none() {
+                    return Err(refusal(
+                        Code::DpBudget,
+                        "the researcher's privacy budget under this scene cannot cover another query",
+                    ));
+                }
+                trace.epsilon = Some(privacy.epsilon_per_query);
+                report.epsilon_charged = privacy.epsilon_per_query;
+                let physical = state
+                    .query_planner()
+                    .create_physical_plan(&optimized, state)
+                    .await
+                    .map_err(plan_refusal)?;
+                let batches = self.execute(state, physical).await?;
+                let groups = q.groups(&batches)?;
+                let refs: Vec<(Vec<Cell>, &[u8])> = groups
+                    .iter()
+                    .map(|(k, b)| (k.clone(), b.as_slice()))
+                    .collect();
+                let totals = q.mechanism.totals(&refs)?;
+                let mut seed = [0u8; 32];
+                getrandom::fill(&mut seed).map_err(Error::internal)?;
+                let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed);
+                let out = q.mechanism.release(totals, &mut rng)?;
+                let stored = dp::Stored {
+                    rows: out.rows,
+                    accuracy: out.accuracy,
+                    suppressed: out.suppressed,
+                    outside_domain: out.outside_domain,
+                };
+                trace.cache = Some((
+                    digest.clone(),
+                    serde_json::to_string(&stored).map_err(Error::internal)?,
+                ));
+                stored
+            }
+        };
+        let spent = store()?
+            .dp_spent(Some(&req.actor), Some(&req.scene))?
+            .first()
+            .map_or(0.0, |s| s.epsilon_spent);
+        report.epsilon_spent = spent;
+        report.epsilon_remaining = (privacy.epsilon_total - spent).max(0.0);
+        explanation.push(format!(
+            "privacy budget: ε {:.4} charged, {:.4} of {:.4} spent, {:.4} remaining",
+            report.epsilon_charged, spent, privacy.epsilon_total, report.epsilon_remaining
+        ));
+        if q.mechanism.domain.is_none() {
+            explanation.push(format!(
+                "group keys come from the data: a group is released only when its noisy person count reaches {} (partition selection, δ = {})",
+                q.mechanism.threshold, q.mechanism.delta
+            ));
+        } else if scene.output.min_persons > 0 {
+            explanation.push(format!(
+                "every value of the keys' public domain is a candidate; groups whose noisy person count is under {} are suppressed",
+                scene.output.min_persons
+            ));
+        }
+        if released.suppressed > 0 {
+            explanation.push(format!(
+                "{} group(s) suppressed: noisy person count under the threshold",
+                released.suppressed
+            ));
+        }
+        if released.outside_domain > 0 {
+            explanation.push(
+                "groups whose keys fall outside the declared public domain are not released".into(),
+            );
+        }
+        report.accuracy = released.accuracy;
+        Ok((
+            Outcome {
+                status: Status::Released,
+                columns: q.columns,
+                rows: released.rows,
+                suppressed_groups: released.suppressed,
+                code: None,
+                rule: None,
+                audit_seq: None,
+                explanation,
+                checkpoint: None,
+                dp: Some(report),
+            },
+            digest,
+        ))
+    }
+
+    /// The DP budget ledger: every DP scene the researcher (or, without
+    /// one, every researcher with charges) may query, with what is spent.
+    pub fn budgets(&self, actor: Option<&str>, scene: Option<&str>) -> Result<Vec<Budget>> {
+        let spent = self
+            .store
+            .lock()
+            .map_err(|_| Error::internal("state store lock poisoned"))?
+            .dp_spent(actor, scene)?;
+        let mut out = Vec::new();
+        for sc in self.space.scenes.values() {
+            let Some(p) = &sc.privacy else { continue };
+            if scene.is_some_and(|s| s != sc.name) {
+                continue;
+            }
+            let mut actors: Vec<String> = spent
+                .iter()
+                .filter(|s| s.scene == sc.name)
+                .map(|s| s.actor.clone())
+                .collect();
+            if let Some(a) = actor
+                && !actors.iter().any(|x| x == a)
+                && self
+                    .space
+                    .members
+                    .get(a)
+                    .is_some_and(|m| m.role == "researcher" && m.org == sc.requester)
+            {
+                actors.push(a.to_string());
+            }
+            for a in actors {
+                let row = spent.iter().find(|s| s.scene == sc.name && s.actor == a);
+                let eps = row.map_or(0.0, |r| r.epsilon_spent);
+                out.push(Budget {
+                    node: self.name.clone(),
+                    scene: sc.name.clone(),
+                    actor: a,
+                    epsilon_total: p.epsilon_total,
+                    epsilon_per_query: p.epsilon_per_query,
+                    epsilon_spent: eps,
+                    epsilon_remaining: (p.epsilon_total - eps).max(0.0),
+                    delta_spent: row.map_or(0.0, |r| r.delta_spent),
+                    queries: row.map_or(0, |r| r.queries),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// A fresh session for one query: only the scene's datasets and columns,
@@ -765,6 +1063,19 @@ fn called_modules(plan: &datafusion::logical_expr::LogicalPlan, udfs: &QueryUdfs
         Ok(TreeNodeRecursion::Continue)
     });
     out.into_iter().collect()
+}
+
+/// Planning failures: a sandbox fault keeps its code, anything else is a
+/// fixed refusal (DataFusion's text may name data).
+fn plan_refusal(e: DataFusionError) -> Error {
+    tracing::debug!(target: "kexin::node", "physical planning failed: {e}");
+    match find_fault(&e) {
+        Some(f) => Error::Refused(fault_refusal(f)),
+        None => refusal(
+            Code::SqlUnknown,
+            "the query does not plan against the scene's schema",
+        ),
+    }
 }
 
 fn listing_options() -> ListingOptions {

@@ -58,7 +58,22 @@ pub struct ColumnPolicy {
     pub mask: MaskKind,
     /// Public bounds; values are clamped to them at the scan.
     pub bounds: Option<(f64, f64)>,
+    /// A declared public domain of the column's (masked) values: in DP mode
+    /// group keys from it are released for every value, without partition
+    /// selection.
+    pub domain: Option<Vec<PublicValue>>,
 }
+
+/// One value of a declared public domain.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(untagged)]
+pub enum PublicValue {
+    Int(i64),
+    Text(String),
+}
+
+/// The most values a declared domain may list.
+pub const MAX_DOMAIN_VALUES: usize = 10_000;
 
 impl ColumnPolicy {
     /// A group key may come from this column (after its mask).
@@ -116,11 +131,20 @@ pub struct OutputRules {
     pub dominance: Option<Dominance>,
 }
 
+/// A DP scene's budget and contribution bounds (`privacy = {…}`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrivacyRules {
+    /// The budget of one researcher under the scene, over all queries.
     pub epsilon_total: f64,
+    /// What one query charges.
     pub epsilon_per_query: f64,
+    /// Per query, spent only on partition selection (group keys drawn from
+    /// the data); 0 allows only public-domain group keys.
     pub delta: f64,
+    /// At most this many rows of one person count in one group.
+    pub rows_per_person: u32,
+    /// One person counts in at most this many groups of a query.
+    pub groups_per_person: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -257,6 +281,7 @@ struct RawColumn {
     kind: Option<ColumnKind>,
     mask: Option<String>,
     bounds: Option<[f64; 2]>,
+    domain: Option<Vec<PublicValue>>,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +317,8 @@ struct RawPrivacy {
     epsilon_total: f64,
     epsilon_per_query: f64,
     delta: Option<f64>,
+    rows_per_person: Option<u32>,
+    groups_per_person: Option<u32>,
 }
 
 // ---------------------------------------------------------------- loading
@@ -473,6 +500,29 @@ impl Space {
                     }
                     None => None,
                 };
+                if let Some(values) = &c.domain {
+                    let distinct: BTreeSet<&PublicValue> = values.iter().collect();
+                    let one_type = values.iter().all(|v| matches!(v, PublicValue::Int(_)))
+                        || values.iter().all(|v| matches!(v, PublicValue::Text(_)));
+                    if values.is_empty()
+                        || values.len() > MAX_DOMAIN_VALUES
+                        || distinct.len() != values.len()
+                        || !one_type
+                    {
+                        return Err(err(
+                            cat("domain"),
+                            format!(
+                                "need 1..={MAX_DOMAIN_VALUES} distinct values, all integers or all strings"
+                            ),
+                        ));
+                    }
+                    if kind == ColumnKind::Identifier {
+                        return Err(err(
+                            cat("domain"),
+                            "identifier columns cannot have a public domain".into(),
+                        ));
+                    }
+                }
                 columns.insert(
                     cname.clone(),
                     ColumnPolicy {
@@ -481,6 +531,7 @@ impl Space {
                         kind,
                         mask,
                         bounds,
+                        domain: c.domain.clone(),
                     },
                 );
             }
@@ -621,14 +672,33 @@ impl Space {
                     let delta = p.delta.unwrap_or(0.0);
                     let ok = p.epsilon_total.is_finite()
                         && p.epsilon_total > 0.0
+                        && p.epsilon_total <= 100.0
                         && p.epsilon_per_query.is_finite()
-                        && p.epsilon_per_query > 0.0
+                        && p.epsilon_per_query >= 1e-4
                         && p.epsilon_per_query <= p.epsilon_total
                         && (0.0..1e-3).contains(&delta);
                     if !ok {
                         return Err(err(
                             at("privacy"),
-                            "need 0 < epsilon_per_query <= epsilon_total and 0 <= delta < 0.001"
+                            "need 0.0001 <= epsilon_per_query <= epsilon_total <= 100 and 0 <= delta < 0.001"
+                                .into(),
+                        ));
+                    }
+                    let rows_per_person = p.rows_per_person.unwrap_or(1);
+                    let groups_per_person = p.groups_per_person.unwrap_or(1);
+                    if !(1..=100).contains(&rows_per_person)
+                        || !(1..=1000).contains(&groups_per_person)
+                    {
+                        return Err(err(
+                            at("privacy"),
+                            "need rows_per_person in 1..=100 and groups_per_person in 1..=1000"
+                                .into(),
+                        ));
+                    }
+                    if dominance.is_some() {
+                        return Err(err(
+                            at("output.dominance"),
+                            "the dominance rule does not apply in DP mode (contributions are bounded and noised); remove it"
                                 .into(),
                         ));
                     }
@@ -636,6 +706,8 @@ impl Space {
                         epsilon_total: p.epsilon_total,
                         epsilon_per_query: p.epsilon_per_query,
                         delta,
+                        rows_per_person,
+                        groups_per_person,
                     })
                 }
             };

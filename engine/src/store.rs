@@ -2,7 +2,9 @@
 //! the node's keys, and the audit log stored in it.
 //!
 //! Layout of a node directory (`<space>/<node>/`):
-//! - `kexin.db`   — SQLite: `audit` (seq, entry, leaf) and `checkpoint` (size, note)
+//! - `kexin.db`   — SQLite: `audit` (seq, entry, leaf), `checkpoint` (size, note),
+//!   `udf_approval`, the DP budget ledger `dp_budget` and the DP release cache
+//!   `dp_release`
 //! - `audit.head` — the latest signed checkpoint, the rollback witness
 //! - `node.key`   — signing seed and master key (mode 0600)
 //! - `node.pub`   — the signed-note verifier key of the node
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, Checkpoint, Hash, NoteKey, leaf_hash, tree_root};
@@ -202,6 +204,20 @@ pub struct UdfApproval {
     pub audit_seq: u64,
 }
 
+/// One researcher's privacy budget under one scene, as the ledger holds it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Spent {
+    pub actor: String,
+    pub scene: String,
+    pub epsilon_spent: f64,
+    pub delta_spent: f64,
+    /// Queries charged (repeats answered from the release cache are not).
+    pub queries: u64,
+}
+
+/// The ledger counts ε in units of 10⁻⁹, so charges add up exactly.
+pub const NANO: f64 = 1e9;
+
 /// The node's state database and audit log.
 #[derive(Debug)]
 pub struct Store {
@@ -240,6 +256,22 @@ impl Store {
                      approved_at TEXT NOT NULL,
                      audit_seq   INTEGER NOT NULL,
                      PRIMARY KEY (scene, digest)
+                 );
+                 CREATE TABLE IF NOT EXISTS dp_budget (
+                     actor       TEXT NOT NULL,
+                     scene       TEXT NOT NULL,
+                     spent_nano  INTEGER NOT NULL,
+                     delta_spent REAL NOT NULL,
+                     queries     INTEGER NOT NULL,
+                     PRIMARY KEY (actor, scene)
+                 );
+                 CREATE TABLE IF NOT EXISTS dp_release (
+                     actor     TEXT NOT NULL,
+                     scene     TEXT NOT NULL,
+                     digest    TEXT NOT NULL,
+                     result    TEXT NOT NULL,
+                     audit_seq INTEGER NOT NULL,
+                     PRIMARY KEY (actor, scene, digest)
                  );
                  COMMIT;",
             )
@@ -335,6 +367,94 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Charge `epsilon` (and record `delta`) to `actor` under `scene`, in
+    /// one durable transaction, unless that would take the total past
+    /// `total`. Returns the ledger after the charge, or `None` (nothing
+    /// charged) when the budget cannot cover it. The ledger only grows.
+    pub fn dp_charge(
+        &mut self,
+        actor: &str,
+        scene: &str,
+        epsilon: f64,
+        delta: f64,
+        total: f64,
+    ) -> Result<Option<Spent>> {
+        // Charges round up and the total rounds down: the ledger never
+        // grants more than the policy allows.
+        let charge = (epsilon * NANO).ceil() as i64;
+        let limit = (total * NANO).floor() as i64;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: Option<(i64, f64, i64)> = tx
+            .query_row(
+                "SELECT spent_nano, delta_spent, queries FROM dp_budget
+                 WHERE actor = ?1 AND scene = ?2",
+                params![actor, scene],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let (spent, dspent, queries) = current.unwrap_or((0, 0.0, 0));
+        let Some(after) = spent.checked_add(charge).filter(|a| *a <= limit) else {
+            return Ok(None);
+        };
+        tx.execute(
+            "INSERT INTO dp_budget (actor, scene, spent_nano, delta_spent, queries)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (actor, scene) DO UPDATE SET
+                 spent_nano = excluded.spent_nano,
+                 delta_spent = excluded.delta_spent,
+                 queries = excluded.queries",
+            params![actor, scene, after, dspent + delta, queries + 1],
+        )?;
+        tx.commit()?;
+        Ok(Some(Spent {
+            actor: actor.to_string(),
+            scene: scene.to_string(),
+            epsilon_spent: after as f64 / NANO,
+            delta_spent: dspent + delta,
+            queries: (queries + 1) as u64,
+        }))
+    }
+
+    /// The ledger rows, optionally for one researcher and/or scene.
+    pub fn dp_spent(&self, actor: Option<&str>, scene: Option<&str>) -> Result<Vec<Spent>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT actor, scene, spent_nano, delta_spent, queries FROM dp_budget
+             WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR scene = ?2)
+             ORDER BY actor, scene",
+        )?;
+        let rows = stmt.query_map(params![actor, scene], |r| {
+            Ok(Spent {
+                actor: r.get(0)?,
+                scene: r.get(1)?,
+                epsilon_spent: r.get::<_, i64>(2)? as f64 / NANO,
+                delta_spent: r.get(3)?,
+                queries: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// The stored answer to an earlier query with the same normalized plan
+    /// digest, and the audit entry that released it.
+    pub fn dp_release(
+        &self,
+        actor: &str,
+        scene: &str,
+        digest: &str,
+    ) -> Result<Option<(String, u64)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT result, audit_seq FROM dp_release
+                 WHERE actor = ?1 AND scene = ?2 AND digest = ?3",
+                params![actor, scene, digest],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
     }
 
     /// All entries in order.

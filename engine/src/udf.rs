@@ -99,6 +99,8 @@ pub struct UdfFacts {
     pub aggregate: bool,
     /// The output has a declared finite domain (usable as a group key).
     pub finite_domain: bool,
+    /// A declared integer range: public bounds for DP sums.
+    pub range: Option<(i64, i64)>,
 }
 
 /// The node's UDF host: one sandbox and the compiled-module cache.
@@ -173,6 +175,9 @@ pub struct QueryUdfs {
     pub facts: BTreeMap<String, UdfFacts>,
     /// Function name → module digest, for the audit record.
     pub digests: BTreeMap<String, String>,
+    /// Function name → declared utf8 value list: a public domain for DP
+    /// group keys.
+    pub domains: BTreeMap<String, Vec<String>>,
     /// A signature mismatch seen while planning. DataFusion turns coercion
     /// errors into plan-error text, so the fault is kept here as well.
     planning_fault: Arc<Mutex<Option<Fault>>>,
@@ -201,8 +206,15 @@ impl QueryUdfs {
                     UdfFacts {
                         aggregate: f.kind == Kind::Aggregate,
                         finite_domain: f.finite_domain(),
+                        range: match &f.domain {
+                            Some(kexin_sandbox::Domain::Range([lo, hi])) => Some((*lo, *hi)),
+                            _ => None,
+                        },
                     },
                 );
+                if let Some(kexin_sandbox::Domain::Values(v)) = &f.domain {
+                    out.domains.insert(f.name.clone(), v.clone());
+                }
                 out.digests.insert(f.name.clone(), m.digest().to_string());
                 let w = Arc::new(Wasm {
                     decl: f.clone(),

@@ -1,0 +1,486 @@
+//! Differential-privacy mode end to end: noisy answers with intervals, the
+//! durable budget ledger, equivalent-query caching, and the attacks DP is
+//! there to stop — a differencing pair, an averaging loop, a random-subset
+//! reconstruction — each run against a threshold-only scene as well, where
+//! it succeeds, so the tests show DP is what stops them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::SessionContext;
+use kexin_engine::gate::Cell;
+use kexin_engine::node::{Node, Outcome, QueryRequest, Status};
+use kexin_engine::policy::Space;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+async fn open(dir: &Path) -> Node {
+    let space = Arc::new(Space::load(dir).expect("space loads"));
+    Node::open(space, "h1").await.expect("node opens")
+}
+
+async fn ask(node: &Node, scene: &str, actor: &str, sql: &str) -> Outcome {
+    node.query(&QueryRequest {
+        scene: scene.into(),
+        actor: actor.into(),
+        sql: sql.into(),
+    })
+    .await
+}
+
+fn code(o: &Outcome) -> &'static str {
+    o.code.map_or("", |c| c.as_str())
+}
+
+fn num(c: &Cell) -> f64 {
+    match c {
+        Cell::Int(i) => *i as f64,
+        Cell::Float(f) => *f,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- a tiny space
+
+/// A one-table space of `n` persons: `code` (0..n, an attribute anyone may
+/// filter on) and a secret bit `flag`. Scene `dp` is in DP mode with the
+/// given budget; scene `plain` is threshold-only. `researchers` members
+/// r0, r1, … share the requester organisation.
+async fn tiny_space(n: usize, bits: &[i64], epsilon_total: f64, researchers: usize) -> PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::create_dir_all(dir.join("h1")).unwrap();
+    let ids: Vec<String> = (0..n).map(|i| format!("P{i:04}")).collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "id_card",
+            Arc::new(StringArray::from(
+                ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "code",
+            Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())) as ArrayRef,
+        ),
+        (
+            "flag",
+            Arc::new(Int64Array::from(bits.to_vec())) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    SessionContext::new()
+        .read_batch(batch)
+        .unwrap()
+        .write_parquet(
+            dir.join("h1/t.parquet").to_str().unwrap(),
+            DataFrameWriteOptions::new().with_single_file_output(true),
+            None,
+        )
+        .await
+        .unwrap();
+    let members: String = (0..researchers)
+        .map(|i| format!("[member.r{i}]\nrole = \"researcher\"\norg = \"org:lab\"\n\n"))
+        .collect();
+    let toml = format!(
+        r#"[space]
+name = "tiny"
+nodes = ["h1"]
+
+{members}
+[dataset.t]
+source = "{{node}}/t.parquet"
+person_key = "id_card"
+
+[dataset.t.columns]
+id_card = {{ grade = 4, kind = "identifier", mask = "pseudonym" }}
+code    = {{ grade = 1, kind = "attribute" }}
+flag    = {{ grade = 3, kind = "sensitive", bounds = [0, 1] }}
+
+[scene.dp]
+purpose   = "DUO:0000006"
+requester = "org:lab"
+datasets  = ["t"]
+valid     = ["2026-01-01", "2030-12-31"]
+output    = {{ min_persons = 2, decimals = 0 }}
+privacy   = {{ epsilon_total = {epsilon_total}, epsilon_per_query = 0.1 }}
+
+[scene.plain]
+purpose   = "DUO:0000006"
+requester = "org:lab"
+datasets  = ["t"]
+valid     = ["2026-01-01", "2030-12-31"]
+output    = {{ min_persons = 5, round_to = 1, decimals = 0 }}
+"#
+    );
+    std::fs::write(dir.join("space.toml"), toml).unwrap();
+    dir
+}
+
+fn secret_bits(n: usize, seed: u64) -> Vec<i64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| i64::from(rng.random_bool(0.5))).collect()
+}
+
+// ---------------------------------------------------------------- the generated space
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_answers_carry_intervals_and_charge_the_budget() {
+    let dir = support::generated_space(1, 1500, 31);
+    let node = open(&dir).await;
+    let sql = "SELECT sex, count(*) AS patients, avg(weight_kg) AS w, sum(length_of_stay) AS los \
+               FROM patients JOIN admissions ON patients.id_card = admissions.id_card GROUP BY sex";
+    let o = ask(&node, "diabetes-dp", "alice", sql).await;
+    assert_eq!(o.status, Status::Released, "{:?} {:?}", o.code, o.rule);
+    let dp = o.dp.as_ref().expect("a DP report");
+    assert_eq!(dp.epsilon_charged, 0.1);
+    assert!((dp.epsilon_remaining - 0.9).abs() < 1e-9);
+    assert_eq!(o.columns, ["sex", "patients", "w", "los"]);
+    // Both values of the public domain, in key order, each with accuracy.
+    let keys: Vec<&Cell> = o.rows.iter().map(|r| &r[0]).collect();
+    assert_eq!(keys, [&Cell::Text("F".into()), &Cell::Text("M".into())]);
+    for (row, acc) in o.rows.iter().zip(&dp.accuracy) {
+        assert!(acc[0].is_none(), "group keys carry no noise");
+        for c in 1..4 {
+            let a = acc[c].expect("accuracy");
+            let v = num(&row[c]);
+            assert!(a.scale > 0.0 && a.interval[0] <= v && v <= a.interval[1]);
+        }
+    }
+    // The exact bounded answer: one row per person and group (rows_per_person
+    // = 1), each person in one group. Its count is the number of patients
+    // with an admission; the noisy count is within 3 interval half-widths
+    // of it (a miss has probability < 1e-3).
+    let ctx = SessionContext::new();
+    ctx.register_parquet(
+        "p",
+        dir.join("h1/patients.parquet").to_str().unwrap(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ctx.register_parquet(
+        "a",
+        dir.join("h1/admissions.parquet").to_str().unwrap(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let exact = ctx
+        .sql("SELECT sex, count(DISTINCT p.id_card) FROM p JOIN a ON p.id_card = a.id_card GROUP BY sex ORDER BY sex")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let counts = datafusion::arrow::compute::cast(
+        exact[0].column(1),
+        &datafusion::arrow::datatypes::DataType::Int64,
+    )
+    .unwrap();
+    let counts = counts.as_any().downcast_ref::<Int64Array>().unwrap();
+    for (i, row) in o.rows.iter().enumerate() {
+        let a = dp.accuracy[i][1].unwrap();
+        let half = (a.interval[1] - a.interval[0]) / 2.0;
+        assert!((num(&row[1]) - counts.value(i) as f64).abs() <= 3.0 * half);
+    }
+    // The audit entry records the charge; the ledger survives a reopen.
+    let entries = kexin_engine::store::Store::open(&dir.join("h1"), "kexin/hubei-demo/h1")
+        .unwrap()
+        .entries()
+        .unwrap();
+    assert_eq!(entries.last().unwrap().epsilon, Some(0.1));
+    drop(node);
+    let again = open(&dir).await;
+    let b = again.budgets(Some("alice"), Some("diabetes-dp")).unwrap();
+    assert_eq!(b.len(), 1);
+    assert!((b[0].epsilon_spent - 0.1).abs() < 1e-9 && b[0].queries == 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_refuses_what_it_cannot_release() {
+    let dir = support::generated_space(1, 300, 32);
+    let node = open(&dir).await;
+    let cases = [
+        (
+            "SELECT sex, max(age) FROM patients GROUP BY sex",
+            "KX-DP-AGGREGATE",
+        ),
+        (
+            "SELECT count(DISTINCT region) FROM patients",
+            "KX-DP-AGGREGATE",
+        ),
+        ("SELECT sum(weight_kg * 2) FROM patients", "KX-DP-BOUNDS"),
+        (
+            "SELECT sex, count(*) AS n FROM patients GROUP BY sex ORDER BY n",
+            "KX-DP-SHAPE",
+        ),
+        (
+            "SELECT sex, count(*) * 2 FROM patients GROUP BY sex",
+            "KX-DP-SHAPE",
+        ),
+        // Identifier and shape rules still apply first.
+        (
+            "SELECT id_card, count(*) FROM patients GROUP BY id_card",
+            "KX-DISC-IDENTIFIER",
+        ),
+    ];
+    for (sql, want) in cases {
+        let o = ask(&node, "diabetes-dp", "alice", sql).await;
+        assert_eq!(code(&o), want, "{sql}");
+    }
+    // Refusals charge nothing.
+    assert!(
+        node.budgets(Some("alice"), None)
+            .unwrap()
+            .iter()
+            .all(|b| b.queries == 0)
+    );
+    // Keys from the data (region has no declared domain) pass partition
+    // selection: released only above the DP threshold, stated in the notes.
+    let o = ask(
+        &node,
+        "diabetes-dp",
+        "alice",
+        "SELECT region, count(*) FROM patients GROUP BY region",
+    )
+    .await;
+    assert_eq!(o.status, Status::Released);
+    assert!(
+        o.explanation
+            .iter()
+            .any(|e| e.contains("partition selection"))
+    );
+    assert!(o.dp.unwrap().delta > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn averaging_loop_with_equivalent_rewrites_gets_one_answer() {
+    let dir = support::generated_space(1, 400, 33);
+    let node = open(&dir).await;
+    let rewrites = [
+        "SELECT sex, count(*) AS n, avg(weight_kg) AS w FROM patients GROUP BY sex",
+        "select sex, count(*) as n, avg(weight_kg) as w from patients group by sex",
+        "SELECT sex, COUNT(1) AS total, AVG(weight_kg) AS mean FROM patients GROUP BY sex",
+        "SELECT p.sex, count(*) AS n, avg(p.weight_kg) AS w FROM patients p GROUP BY p.sex",
+        "SELECT sex, count(*) AS n, avg(weight_kg) AS w FROM patients WHERE 1 = 1 GROUP BY sex",
+        "SELECT sex, count(*) AS n, avg(weight_kg) AS w FROM patients WHERE TRUE AND 2 > 1 GROUP BY sex",
+        "SELECT  sex ,count( * ) n ,avg( weight_kg ) w\nFROM patients\nGROUP BY sex",
+    ];
+    let first = ask(&node, "diabetes-dp", "alice", rewrites[0]).await;
+    assert_eq!(first.status, Status::Released);
+    let first_seq = first.audit_seq.unwrap();
+    for i in 1..1000 {
+        let o = ask(&node, "diabetes-dp", "alice", rewrites[i % rewrites.len()]).await;
+        assert_eq!(
+            o.status,
+            Status::Released,
+            "{}",
+            rewrites[i % rewrites.len()]
+        );
+        assert_eq!(
+            o.rows,
+            first.rows,
+            "rewrite {} bought fresh noise",
+            i % rewrites.len()
+        );
+        assert_eq!(o.dp.as_ref().unwrap().repeat_of, Some(first_seq));
+    }
+    let b = node.budgets(Some("alice"), Some("diabetes-dp")).unwrap();
+    assert_eq!(b[0].queries, 1, "one charge for 1,000 asks");
+    // Rewrites the normalizer does not recognise are charged as new
+    // queries: the budget ends the loop after ε_total / ε_query answers.
+    let mut released = 1;
+    let mut refused = 0;
+    for i in 0..50 {
+        let o = ask(
+            &node,
+            "diabetes-dp",
+            "alice",
+            &format!("SELECT sex, count(*), avg(weight_kg) FROM patients WHERE weight_kg > -{i} GROUP BY sex"),
+        )
+        .await;
+        match o.status {
+            Status::Released => released += 1,
+            _ => {
+                assert_eq!(code(&o), "KX-DP-BUDGET");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(released, 10, "ε_total 1.0 / ε_query 0.1");
+    assert_eq!(refused, 41);
+    // Exhausted means exhausted, across restarts and for cached answers'
+    // neighbours alike; the repeat of a released answer is still free.
+    drop(node);
+    let node = open(&dir).await;
+    assert_eq!(
+        code(
+            &ask(
+                &node,
+                "diabetes-dp",
+                "alice",
+                "SELECT count(*) FROM patients"
+            )
+            .await
+        ),
+        "KX-DP-BUDGET"
+    );
+    assert_eq!(
+        ask(&node, "diabetes-dp", "alice", rewrites[3]).await.rows,
+        first.rows
+    );
+    // Only the scene's requester organisation may spend its budget.
+    let bob_scene = ask(&node, "diabetes-dp", "bob", rewrites[0]).await;
+    assert_eq!(
+        code(&bob_scene),
+        "KX-SCENE",
+        "bob is not a requester of the scene"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differencing_pair_learns_nothing_beyond_epsilon() {
+    // 200 researchers each run the classic pair once: the sum of a secret
+    // bit over everyone, and over everyone but the target (code 17).
+    let n = 60;
+    let bits = secret_bits(n, 3);
+    let target = 17;
+    let trials = 200;
+    let dir = tiny_space(n, &bits, 0.2, trials).await;
+    let node = open(&dir).await;
+    let q1 = "SELECT sum(flag) FROM t";
+    let q2 = format!("SELECT sum(flag) FROM t WHERE code <> {target}");
+    // Threshold-only: the difference is the target's bit, every time.
+    let plain = num(&ask(&node, "plain", "r0", q1).await.rows[0][0])
+        - num(&ask(&node, "plain", "r0", &q2).await.rows[0][0]);
+    assert_eq!(plain as i64, bits[target], "the attack works without DP");
+    // DP: each pair costs the whole budget of 0.2, and the guess from the
+    // difference is right with probability at most e^ε / (1 + e^ε) ≈ 0.55.
+    let mut right = 0;
+    for r in 0..trials {
+        let actor = format!("r{r}");
+        let a = ask(&node, "dp", &actor, q1).await;
+        let b = ask(&node, "dp", &actor, &q2).await;
+        assert_eq!(a.status, Status::Released);
+        assert_eq!(b.status, Status::Released);
+        assert_eq!(
+            code(&ask(&node, "dp", &actor, "SELECT count(*) FROM t").await),
+            "KX-DP-BUDGET"
+        );
+        // A cell whose noisy person count missed min_persons is suppressed;
+        // the attacker reads it as 0.
+        let value = |o: &Outcome| o.rows.first().map_or(0.0, |r| num(&r[0]));
+        let guess = i64::from(value(&a) - value(&b) > 0.5);
+        right += usize::from(guess == bits[target]);
+    }
+    let rate = right as f64 / trials as f64;
+    // 0.55 bound plus 3.5 standard errors of the estimate.
+    assert!(
+        rate <= 0.55 + 3.5 * (0.25f64 / trials as f64).sqrt(),
+        "success rate {rate}"
+    );
+}
+
+/// Least squares for `A x ≈ y` by the normal equations (Gaussian
+/// elimination with partial pivoting, a small ridge term for rank).
+fn least_squares(a: &[Vec<f64>], y: &[f64], n: usize) -> Vec<f64> {
+    let mut m = vec![vec![0.0; n + 1]; n];
+    for (row, yv) in a.iter().zip(y) {
+        for i in 0..n {
+            for j in 0..n {
+                m[i][j] += row[i] * row[j];
+            }
+            m[i][n] += row[i] * yv;
+        }
+    }
+    for (i, r) in m.iter_mut().enumerate() {
+        r[i] += 1e-3;
+    }
+    for c in 0..n {
+        let p = (c..n)
+            .max_by(|x, y| m[*x][c].abs().total_cmp(&m[*y][c].abs()))
+            .unwrap();
+        m.swap(c, p);
+        let pivot = m[c].clone();
+        for (r, row) in m.iter_mut().enumerate() {
+            if r != c {
+                let f = row[c] / pivot[c];
+                for (x, p) in row[c..].iter_mut().zip(&pivot[c..]) {
+                    *x -= f * p;
+                }
+            }
+        }
+    }
+    (0..n).map(|i| m[i][n] / m[i][i]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_subset_reconstruction_fails_under_dp() {
+    let n = 40;
+    let bits = secret_bits(n, 9);
+    let dir = tiny_space(n, &bits, 1.0, 1).await;
+    let node = open(&dir).await;
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let accuracy = |x: &[f64]| {
+        x.iter()
+            .zip(&bits)
+            .filter(|(v, b)| i64::from(**v > 0.5) == **b)
+            .count() as f64
+            / n as f64
+    };
+    let majority = {
+        let ones = bits.iter().sum::<i64>() as f64 / n as f64;
+        ones.max(1.0 - ones)
+    };
+    for scene in ["plain", "dp"] {
+        let (mut rows, mut answers) = (Vec::new(), Vec::new());
+        let (mut charged, mut refused) = (0, 0);
+        for _ in 0..4 * n {
+            let subset: Vec<usize> = (0..n).filter(|_| rng.random_bool(0.5)).collect();
+            let list = subset
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let o = ask(
+                &node,
+                scene,
+                "r0",
+                &format!("SELECT sum(flag) FROM t WHERE code IN ({list})"),
+            )
+            .await;
+            if o.status != Status::Released {
+                refused += 1;
+                continue;
+            }
+            charged += 1;
+            if o.rows.is_empty() {
+                continue;
+            }
+            let mut row = vec![0.0; n];
+            for i in &subset {
+                row[*i] = 1.0;
+            }
+            rows.push(row);
+            answers.push(num(&o.rows[0][0]));
+        }
+        let acc = accuracy(&least_squares(&rows, &answers, n));
+        if scene == "plain" {
+            // Dinur–Nissim: exact subset sums give every bit away.
+            assert!(acc > 0.95, "the reconstruction works without DP: {acc}");
+        } else {
+            assert_eq!(charged, 10, "the budget stops the attack after 10 answers");
+            assert_eq!(refused, 4 * n - 10);
+            // No better than guessing the majority value, up to sampling noise.
+            assert!(
+                acc <= majority + 0.25,
+                "reconstruction {acc} vs majority {majority}"
+            );
+        }
+    }
+}
