@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side: the gated kexin query vs plain DataFusion on the same
-# admissions Parquet file (about 10 million rows by default), through the
-# criterion bench `benches/gate.rs`. Prints both means and the ratio, then
-# times the same SQL in DuckDB (installed with pip if missing) for scale.
+# admissions Parquet file (about 10 million rows by default), and DP mode vs
+# the same query threshold-only, through the criterion bench
+# `benches/gate.rs`. Prints the means and ratios, then times the same SQL in
+# DuckDB (installed with pip if missing) for scale.
 #
 #   bash benches/compare.sh                      # 3.3M patients, ~10M admission rows (default)
 #   PATIENTS=300000 bash benches/compare.sh      # ~1M rows, quicker
@@ -27,6 +28,9 @@ def mean(group, name):
 for group in sorted(d for d in os.listdir(base) if d.startswith("groupby_admissions_")):
     plain, gated = mean(group, "plain_datafusion"), mean(group, "kexin_gated")
     print(f"{group}: plain DataFusion {plain:.1f} ms, kexin gated {gated:.1f} ms, ratio {gated / plain:.2f}x")
+for group in sorted(d for d in os.listdir(base) if d.startswith("dp_admissions_")):
+    thr, dp = mean(group, "bench-threshold"), mean(group, "bench-dp")
+    print(f"{group}: threshold-only {thr:.1f} ms, DP mode {dp:.1f} ms, ratio {dp / thr:.2f}x")
 PY
 
 # DuckDB on the same file, same SQL (plain, no policy): a second reference.

@@ -111,7 +111,7 @@ requester = "org:whu-med"
 datasets  = ["admissions"]
 valid     = ["2026-01-01", "2030-12-31"]
 output    = { min_persons = 10, decimals = 1 }
-privacy   = { epsilon_total = 100.0, epsilon_per_query = 0.0001 }
+privacy   = { epsilon_total = 100.0, epsilon_per_query = 0.0001, delta = 1e-9 }
 "#;
 
 /// DP mode vs the same query threshold-only. A DP repeat is answered from

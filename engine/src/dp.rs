@@ -1,19 +1,19 @@
 //! Differential-privacy mode: contribution bounding, noise, partition
 //! selection and accuracy for scenes with `privacy = {…}`.
 //!
-//! A DP query runs as one aggregate over the researcher's (checked, masked)
-//! input: `GROUP BY <the researcher's keys>` with a single hidden aggregate,
-//! `kexin_dp(person, args…)`, that keeps for every person at most
-//! `rows_per_person` rows per group — the rows with the smallest keyed
-//! priority, so the choice is deterministic and independent of the
-//! database's order or `random()` — with each argument clamped to its public
-//! bounds and quantized to a fixed-point grid. After execution, each person
-//! is kept in at most `groups_per_person` groups (again by keyed priority),
-//! the group totals are summed exactly on integers, and discrete Laplace
-//! noise (CKS20, [`crate::noise`]) calibrated to the bounded contribution is
-//! added to every measured total. Released values are derived from the
-//! noisy totals only (post-processing) and snapped to a grid no finer than
-//! their noise scale.
+//! A DP query runs as a scan of the researcher's (checked, masked) input
+//! that projects, row by row, the group keys, the raw person key and the
+//! measured arguments, clamped to their public bounds and quantized to a
+//! fixed-point grid ([`Scan`], one per partition, rows bucketed by person
+//! hash). Per bucket, each person then keeps at most `groups_per_person`
+//! groups and `rows_per_person` rows per group — those with the smallest
+//! keyed priority, so the choice is deterministic and independent of row
+//! order, partitioning or the database's `random()`. The group totals are
+//! summed exactly on integers, and discrete Laplace noise (CKS20,
+//! [`crate::noise`]) calibrated to the bounded contribution is added to
+//! every measured total. Released values are derived from the noisy totals
+//! only (post-processing) and snapped to a grid no finer than their noise
+//! scale.
 //!
 //! ## Accounting
 //! A query charges the scene's `epsilon_per_query`, split evenly over the
@@ -38,30 +38,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, LargeBinaryArray, LargeBinaryBuilder, RecordBatch,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
-use datafusion::common::{Result as DfResult, ScalarValue, exec_err};
-use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator, JoinType,
-    LogicalPlan, Signature, Volatility, cast as cast_expr, lit,
-};
+use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, cast as cast_expr, lit};
 use rand::{CryptoRng, Rng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cells::{Identity, each_person, grow};
+use crate::cells::{Identity, each_person};
 use crate::error::{Code, Error, Result};
 use crate::gate::{self, Cell};
 use crate::noise::{Ratio, discrete_laplace};
 use crate::policy::{Dataset, OutputRules, PrivacyRules, PublicValue};
 use crate::udf::QueryUdfs;
 
-/// Name of the hidden contribution column.
-const CONTRIBUTIONS: &str = "__kexin_dp";
 /// At most this many measured arguments per query.
 const MAX_ARGS: usize = 16;
 /// At most this many cells in an enumerated public domain.
@@ -104,7 +96,7 @@ fn row_priority(key: u64, person: u64, vals: &[i64], nulls: u32) -> u64 {
     h
 }
 
-// ---------------------------------------------------------------- kexin_dp
+// ---------------------------------------------------------------- scan and bounding
 
 /// One measured argument: public bounds and fixed-point quantum.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -157,258 +149,144 @@ impl ArgSpec {
     }
 }
 
-/// `kexin_dp(person, a1, …, am)`: per group, per person, the kept rows
-/// (at most `k`, smallest keyed priority) of quantized, clamped arguments.
-/// Its output (and its partial state) is a binary encoding of them.
+/// How rows are kept: at most `k` per person and group, at most `l` groups
+/// per person, both by keyed priority.
 #[derive(Debug, Clone)]
-pub struct Contributions {
-    signature: Signature,
-    k: usize,
-    args: Vec<ArgSpec>,
-    key: u64,
+pub struct Bounding {
+    pub k: usize,
+    pub l: usize,
+    pub args: Vec<ArgSpec>,
+    /// Keys of the row and group priorities.
+    pub row_key: u64,
+    pub group_key: u64,
 }
 
-impl PartialEq for Contributions {
-    fn eq(&self, o: &Self) -> bool {
-        self.k == o.k && self.args == o.args && self.key == o.key
-    }
-}
-impl Eq for Contributions {}
-impl std::hash::Hash for Contributions {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.k.hash(state);
-        self.key.hash(state);
-        for a in &self.args {
-            a.lo.to_bits().hash(state);
-            a.hi.to_bits().hash(state);
-            a.quantum.to_bits().hash(state);
-        }
-    }
-}
-
-impl Contributions {
-    pub fn new(k: usize, args: Vec<ArgSpec>, key: u64) -> Self {
-        Self {
-            signature: Signature::variadic_any(Volatility::Immutable),
-            k: k.max(1),
-            args,
-            key,
-        }
-    }
-    fn acc(&self) -> ContribAcc {
-        ContribAcc {
-            k: self.k,
-            args: self.args.clone(),
-            key: self.key,
-            groups: Vec::new(),
-        }
-    }
-}
-
-impl AggregateUDFImpl for Contributions {
-    fn name(&self) -> &str {
-        "kexin_dp"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
-        Ok(DataType::LargeBinary)
-    }
-    fn accumulator(&self, _: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        let mut acc = self.acc();
-        grow(&mut acc.groups, 1);
-        Ok(Box::new(OneGroup(acc)))
-    }
-    fn state_fields(&self, _: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            "rows",
-            DataType::LargeBinary,
-            true,
-        ))])
-    }
-    fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
-        true
-    }
-    fn create_groups_accumulator(
-        &self,
-        _: AccumulatorArgs,
-    ) -> DfResult<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(self.acc()))
-    }
-    fn default_value(&self, _: &DataType) -> DfResult<ScalarValue> {
-        Ok(ScalarValue::LargeBinary(Some(Vec::new())))
-    }
-}
-
-/// The kept rows of one group: person slots of `k` rows each.
+/// The distinct group keys seen, as Arrow row bytes.
 #[derive(Debug, Default)]
-struct GroupRows {
-    index: HashMap<u64, u32, BuildHasherDefault<Identity>>,
-    persons: Vec<u64>,
-    used: Vec<u8>,
-    prio: Vec<u64>,
-    nulls: Vec<u32>,
+struct Groups {
+    index: HashMap<u64, Vec<u32>, BuildHasherDefault<Identity>>,
+    keys: Vec<Vec<u8>>,
+    hashes: Vec<u64>,
+}
+
+impl Groups {
+    fn id(&mut self, bytes: &[u8]) -> u32 {
+        let h = key_hash(bytes);
+        let ids = self.index.entry(h).or_default();
+        for id in ids.iter() {
+            if self.keys[*id as usize] == bytes {
+                return *id;
+            }
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push(bytes.to_vec());
+        self.hashes.push(h);
+        ids.push(id);
+        id
+    }
+}
+
+/// A fast hash of group-key bytes, eight bytes at a time.
+fn key_hash(bytes: &[u8]) -> u64 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = mix(h, u64::from_le_bytes(w), 0);
+    }
+    let rest = chunks.remainder();
+    let mut w = [0u8; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    mix(h, u64::from_le_bytes(w), 1)
+}
+
+/// Rows are bucketed by the top bits of the person hash, so that the
+/// per-person state of one bucket fits in cache while it is built.
+const BUCKET_BITS: u32 = 8;
+
+/// The scan rows of one bucket: person hash, group id, null mask and the
+/// quantized, clamped arguments (`m` per row).
+#[derive(Debug, Default)]
+struct Rows {
+    /// (person, group id, null mask) per row.
+    rows: Vec<(u64, u32, u32)>,
     vals: Vec<i64>,
 }
 
-impl GroupRows {
-    fn insert(&mut self, k: usize, person: u64, prio: u64, vals: &[i64], nulls: u32) {
-        let m = vals.len();
-        let s = match self.index.get(&person) {
-            Some(s) => *s as usize,
-            None => {
-                let s = self.persons.len();
-                self.index.insert(person, s as u32);
-                self.persons.push(person);
-                self.used.push(0);
-                self.prio.resize(self.prio.len() + k, u64::MAX);
-                self.nulls.resize(self.nulls.len() + k, 0);
-                self.vals.resize(self.vals.len() + k * m, 0);
-                s
-            }
-        };
-        let base = s * k;
-        let used = self.used[s] as usize;
-        let row = if used < k {
-            self.used[s] += 1;
-            used
-        } else {
-            // Replace the kept row with the largest priority, if larger.
-            let (r, top) = (0..k)
-                .map(|r| (r, self.prio[base + r]))
-                .max_by_key(|x| x.1)
-                .unwrap_or((0, 0));
-            if prio >= top {
-                return;
-            }
-            r
-        };
-        self.prio[base + row] = prio;
-        self.nulls[base + row] = nulls;
-        self.vals[(base + row) * m..(base + row + 1) * m].copy_from_slice(vals);
-    }
-
-    /// `person u64 | used u8 | used × (prio u64 | nulls u32 | m × i64)`, little endian.
-    fn encode(&self, k: usize, m: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.persons.len() * (9 + 12 + 8 * m));
-        for (s, p) in self.persons.iter().enumerate() {
-            out.extend_from_slice(&p.to_le_bytes());
-            out.push(self.used[s]);
-            for r in 0..self.used[s] as usize {
-                let i = s * k + r;
-                out.extend_from_slice(&self.prio[i].to_le_bytes());
-                out.extend_from_slice(&self.nulls[i].to_le_bytes());
-                for v in &self.vals[i * m..(i + 1) * m] {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-        }
-        out
-    }
-
-    fn size(&self) -> usize {
-        self.index.capacity() * 16
-            + self.persons.capacity() * 8
-            + self.used.capacity()
-            + self.prio.capacity() * 8
-            + self.nulls.capacity() * 4
-            + self.vals.capacity() * 8
-    }
-}
-
-/// One person's kept rows inside an encoded group.
-struct Encoded<'a> {
-    bytes: &'a [u8],
-    m: usize,
-}
-
-impl<'a> Encoded<'a> {
-    fn row_len(&self) -> usize {
-        12 + 8 * self.m
-    }
-    /// Each person: (person, offset of its first row, rows), in order.
-    fn persons(&self) -> Result<Vec<(u64, usize, u8)>> {
-        let mut out = Vec::new();
-        let mut at = 0;
-        let b = self.bytes;
-        while at < b.len() {
-            if at + 9 > b.len() {
-                return Err(internal("truncated contribution"));
-            }
-            let p = u64::from_le_bytes(b[at..at + 8].try_into().map_err(internal)?);
-            let used = b[at + 8];
-            let start = at + 9;
-            at = start + used as usize * self.row_len();
-            if at > b.len() {
-                return Err(internal("truncated contribution"));
-            }
-            out.push((p, start, used));
-        }
-        Ok(out)
-    }
-    /// Row `r` from `start`: (prio, nulls, values).
-    fn row(&self, start: usize, r: usize, vals: &mut [i64]) -> (u64, u32) {
-        let at = start + r * self.row_len();
-        let b = &self.bytes[at..at + self.row_len()];
-        let mut p = [0u8; 8];
-        p.copy_from_slice(&b[..8]);
-        let mut n = [0u8; 4];
-        n.copy_from_slice(&b[8..12]);
-        for (i, v) in vals.iter_mut().enumerate() {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&b[12 + 8 * i..20 + 8 * i]);
-            *v = i64::from_le_bytes(x);
-        }
-        (u64::from_le_bytes(p), u32::from_le_bytes(n))
-    }
-}
-
+/// One partition of the DP scan: its rows, quantized and bucketed by person.
+/// Nothing is bounded yet; [`Mechanism::totals`] does that per bucket.
 #[derive(Debug)]
-struct ContribAcc {
-    k: usize,
+pub struct Scan {
+    key_fields: Vec<SortField>,
     args: Vec<ArgSpec>,
-    key: u64,
-    groups: Vec<GroupRows>,
+    groups: Groups,
+    buckets: Vec<Rows>,
+    rows: usize,
 }
 
-impl ContribAcc {
-    fn emit(&mut self, emit_to: EmitTo) -> ArrayRef {
-        let groups = emit_to.take_needed(&mut self.groups);
-        let mut b = LargeBinaryBuilder::new();
-        for g in groups {
-            b.append_value(g.encode(self.k, self.args.len()));
+impl Scan {
+    /// A scan of batches laid out as `[keys…, person, args…]`.
+    pub fn new(args: &[ArgSpec], key_types: &[DataType]) -> Scan {
+        Scan {
+            key_fields: key_types
+                .iter()
+                .map(|t| SortField::new(t.clone()))
+                .collect(),
+            args: args.to_vec(),
+            groups: Groups::default(),
+            buckets: (0..1 << BUCKET_BITS).map(|_| Rows::default()).collect(),
+            rows: 0,
         }
-        Arc::new(b.finish())
     }
-}
 
-impl GroupsAccumulator for ContribAcc {
-    fn update_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> DfResult<()> {
-        grow(&mut self.groups, total_num_groups);
+    /// Approximate heap use, for the node's memory limit.
+    pub fn bytes(&self) -> usize {
+        self.rows * (16 + 8 * self.args.len())
+            + self.groups.keys.iter().map(|k| k.len() + 48).sum::<usize>()
+    }
+
+    /// Add one batch of the scan.
+    pub fn add_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        let nk = self.key_fields.len();
         let m = self.args.len();
-        if values.len() != m + 1 || m > MAX_ARGS {
-            return exec_err!("kexin_dp: wrong number of arguments");
+        if batch.num_columns() != nk + 1 + m || m > MAX_ARGS {
+            return Err(internal("unexpected scan width"));
         }
-        let cols: Vec<ArrayRef> = values[1..]
+        let gids: Vec<u32> = if nk == 0 {
+            vec![self.groups.id(&[]); batch.num_rows()]
+        } else {
+            let conv = RowConverter::new(self.key_fields.clone()).map_err(internal)?;
+            let rows = conv
+                .convert_columns(&batch.columns()[..nk])
+                .map_err(internal)?;
+            let mut out = Vec::with_capacity(batch.num_rows());
+            let mut last: Option<(usize, u32)> = None;
+            for i in 0..batch.num_rows() {
+                let row = rows.row(i);
+                let id = match last {
+                    Some((j, id)) if rows.row(j) == row => id,
+                    _ => self.groups.id(row.as_ref()),
+                };
+                last = Some((i, id));
+                out.push(id);
+            }
+            out
+        };
+        let cols: Vec<ArrayRef> = batch.columns()[nk + 1..]
             .iter()
             .map(|a| cast(a, &DataType::Float64))
-            .collect::<std::result::Result<_, _>>()?;
+            .collect::<std::result::Result<_, _>>()
+            .map_err(internal)?;
         let cols: Vec<_> = cols
             .iter()
             .map(|c| c.as_primitive::<Float64Type>())
             .collect();
-        let (k, key) = (self.k, self.key);
         let args = &self.args;
-        let groups = &mut self.groups;
-        let mut vals = vec![0i64; m];
-        each_person(&values[0], opt_filter, |i, person| {
+        let buckets = &mut self.buckets;
+        let mut added = 0;
+        each_person(batch.column(nk), None, |i, person| {
+            let bucket = &mut buckets[(person >> (64 - BUCKET_BITS)) as usize];
             let mut nulls = 0u32;
             for (a, col) in cols.iter().enumerate() {
                 let q = if col.is_null(i) {
@@ -417,111 +295,137 @@ impl GroupsAccumulator for ContribAcc {
                     args[a].quantize(col.value(i))
                 };
                 match q {
-                    Some(q) => vals[a] = q,
+                    Some(q) => bucket.vals.push(q),
                     None => {
-                        vals[a] = 0;
+                        bucket.vals.push(0);
                         nulls |= 1 << a;
                     }
                 }
             }
-            // Rows without arguments are interchangeable: no priority needed.
-            let prio = if m == 0 {
-                0
-            } else {
-                row_priority(key, person, &vals, nulls)
-            };
-            groups[group_indices[i]].insert(k, person, prio, &vals, nulls);
+            bucket.rows.push((person, gids[i], nulls));
+            added += 1;
         })
-    }
-
-    fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
-        Ok(self.emit(emit_to))
-    }
-
-    fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
-        Ok(vec![self.emit(emit_to)])
-    }
-
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> DfResult<()> {
-        grow(&mut self.groups, total_num_groups);
-        let Some(blobs) = values.first() else {
-            return exec_err!("kexin_dp: bad state");
-        };
-        let blobs: &LargeBinaryArray = blobs.as_binary::<i64>();
-        let m = self.args.len();
-        let mut vals = vec![0i64; m];
-        for (row, g) in group_indices.iter().enumerate() {
-            if blobs.is_null(row) {
-                continue;
-            }
-            let enc = Encoded {
-                bytes: blobs.value(row),
-                m,
-            };
-            let persons = enc
-                .persons()
-                .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
-            for (p, start, used) in persons {
-                for r in 0..used as usize {
-                    let (prio, nulls) = enc.row(start, r, &mut vals);
-                    self.groups[*g].insert(self.k, p, prio, &vals, nulls);
-                }
-            }
-        }
+        .map_err(internal)?;
+        self.rows += added;
         Ok(())
-    }
-
-    fn convert_to_state(
-        &self,
-        values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> DfResult<Vec<ArrayRef>> {
-        // Each row on its own: a one-row group per input row.
-        let n = values.first().map_or(0, |v| v.len());
-        let mut single = ContribAcc {
-            k: self.k,
-            args: self.args.clone(),
-            key: self.key,
-            groups: Vec::new(),
-        };
-        let idx: Vec<usize> = (0..n).collect();
-        single.update_batch(values, &idx, opt_filter, n)?;
-        Ok(vec![single.emit(EmitTo::All)])
-    }
-
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.groups.iter().map(GroupRows::size).sum::<usize>()
     }
 }
 
-/// The accumulator for aggregates without GROUP BY.
-#[derive(Debug)]
-struct OneGroup(ContribAcc);
+/// The kept contributions of the persons of one bucket: for each person at
+/// most `l` group entries (the smallest keyed group priorities), each with
+/// at most `k` rows (the smallest keyed row priorities). Both priorities
+/// depend only on the person, the group key and the row's values, so what is
+/// kept does not depend on row order or partitioning.
+#[derive(Debug, Default)]
+struct PersonTable {
+    index: HashMap<u64, u32, BuildHasherDefault<Identity>>,
+    /// Per person: group entries in use.
+    n_groups: Vec<u8>,
+    /// Per group entry (person × l): group id, group priority, rows in use.
+    gid: Vec<u32>,
+    gprio: Vec<u64>,
+    used: Vec<u8>,
+    /// Per row (entry × k): row priority, null mask, values (× m).
+    rprio: Vec<u64>,
+    nulls: Vec<u32>,
+    vals: Vec<i64>,
+    /// The last person's slot: rows of one person often come together.
+    last: Option<(u64, usize)>,
+}
 
-impl Accumulator for OneGroup {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
-        let n = values.first().map_or(0, |v| v.len());
-        self.0.update_batch(values, &vec![0; n], None, 1)
+impl PersonTable {
+    fn clear(&mut self) {
+        self.index.clear();
+        self.n_groups.clear();
+        self.gid.clear();
+        self.gprio.clear();
+        self.used.clear();
+        self.rprio.clear();
+        self.nulls.clear();
+        self.vals.clear();
+        self.last = None;
     }
-    fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        let arr = self.0.emit(EmitTo::All);
-        grow(&mut self.0.groups, 1);
-        ScalarValue::try_from_array(&arr, 0)
+
+    fn slot(&mut self, person: u64, k: usize, l: usize, m: usize) -> usize {
+        if let Some((p, s)) = self.last
+            && p == person
+        {
+            return s;
+        }
+        let s = match self.index.get(&person) {
+            Some(s) => *s as usize,
+            None => {
+                let s = self.n_groups.len();
+                self.index.insert(person, s as u32);
+                self.n_groups.push(0);
+                self.gid.resize(self.gid.len() + l, 0);
+                self.gprio.resize(self.gprio.len() + l, 0);
+                self.used.resize(self.used.len() + l, 0);
+                self.rprio.resize(self.rprio.len() + l * k, 0);
+                self.nulls.resize(self.nulls.len() + l * k, 0);
+                self.vals.resize(self.vals.len() + l * k * m, 0);
+                s
+            }
+        };
+        self.last = Some((person, s));
+        s
     }
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
-        Ok(vec![self.evaluate()?])
-    }
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
-        let n = states.first().map_or(0, |v| v.len());
-        self.0.merge_batch(states, &vec![0; n], 1)
+
+    /// Keep a row of `person` in group `g` if its group and row priorities
+    /// are among the smallest.
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        k: usize,
+        l: usize,
+        person: u64,
+        g: u32,
+        gp: u64,
+        rp: u64,
+        vals: &[i64],
+        nulls: u32,
+    ) {
+        let m = vals.len();
+        let s = self.slot(person, k, l, m);
+        let base = s * l;
+        let n = self.n_groups[s] as usize;
+        let entry = match (0..n).find(|j| self.gid[base + j] == g) {
+            Some(j) => base + j,
+            None if n < l => {
+                self.n_groups[s] += 1;
+                self.gid[base + n] = g;
+                self.gprio[base + n] = gp;
+                self.used[base + n] = 0;
+                base + n
+            }
+            None => {
+                // Replace the group with the largest priority, if larger.
+                let j = (0..n).max_by_key(|j| self.gprio[base + j]).unwrap_or(0);
+                if gp >= self.gprio[base + j] {
+                    return;
+                }
+                self.gid[base + j] = g;
+                self.gprio[base + j] = gp;
+                self.used[base + j] = 0;
+                base + j
+            }
+        };
+        let rbase = entry * k;
+        let used = self.used[entry] as usize;
+        let r = if used < k {
+            self.used[entry] += 1;
+            used
+        } else {
+            let r = (0..k).max_by_key(|r| self.rprio[rbase + r]).unwrap_or(0);
+            if rp >= self.rprio[rbase + r] {
+                return;
+            }
+            r
+        };
+        let at = rbase + r;
+        self.rprio[at] = rp;
+        self.nulls[at] = nulls;
+        self.vals[at * m..(at + 1) * m].copy_from_slice(vals);
     }
 }
 
@@ -574,9 +478,6 @@ pub struct Accuracy {
     pub interval: [f64; 2],
 }
 
-/// Per person: the (priority, group) pairs it is kept in.
-type ChosenGroups = HashMap<u64, Vec<(u64, u32)>, BuildHasherDefault<Identity>>;
-
 /// Everything the release needs besides the data.
 #[derive(Debug, Clone)]
 pub struct Mechanism {
@@ -592,8 +493,6 @@ pub struct Mechanism {
     pub domain: Option<Vec<Vec<Cell>>>,
     /// Noisy distinct persons must reach this for a cell to be released.
     pub threshold: f64,
-    /// Key of the groups-per-person priority.
-    pub group_key: u64,
     pub epsilon: f64,
     /// δ spent by this query (0 with public-domain keys).
     pub delta: f64,
@@ -610,7 +509,6 @@ impl Mechanism {
         outputs: Vec<Output>,
         keys: usize,
         domain: Option<Vec<Vec<Cell>>>,
-        group_key: u64,
     ) -> Result<Mechanism> {
         let k = privacy.rows_per_person as usize;
         let l = privacy.groups_per_person as usize;
@@ -673,7 +571,6 @@ impl Mechanism {
             keys,
             domain,
             threshold,
-            group_key,
             epsilon: privacy.epsilon_per_query,
             delta,
         })
@@ -683,69 +580,126 @@ impl Mechanism {
         self.stats.iter().position(|x| *x == s).unwrap_or(0)
     }
 
-    /// Exact bounded totals per group: contributions decoded, each person
-    /// kept in at most `groups_per_person` groups.
-    pub fn totals(&self, groups: &[(Vec<Cell>, &[u8])]) -> Result<Vec<(Vec<Cell>, Vec<i128>)>> {
-        let m = self.args.len();
-        let encoded: Vec<Encoded<'_>> = groups
+    /// Exact bounded totals per group: the partitions' rows, bucket by
+    /// bucket (in parallel), go through the per-person bounding, and the
+    /// kept contributions are summed on integers.
+    pub fn totals(&self, b: &Bounding, scans: &[Scan]) -> Result<Vec<(Vec<Cell>, Vec<i128>)>> {
+        // One numbering of the group keys across partitions.
+        let mut groups = Groups::default();
+        let ids: Vec<Vec<u32>> = scans
             .iter()
-            .map(|(_, b)| Encoded { bytes: b, m })
+            .map(|s| s.groups.keys.iter().map(|k| groups.id(k)).collect())
             .collect();
-        let persons: Vec<Vec<(u64, usize, u8)>> = encoded
-            .iter()
-            .map(Encoded::persons)
-            .collect::<Result<_>>()?;
-        // Groups per person: keep the `L` groups with the smallest keyed
-        // priority. Only needed when there are more groups than that.
-        let l = self.groups_per_person;
-        let chosen: Option<ChosenGroups> = (groups.len() > l).then(|| {
-            let mut map = ChosenGroups::default();
-            for (g, (key, _)) in groups.iter().enumerate() {
-                let gk = crate::cells::person_hash(key_text(key).as_bytes());
-                for (p, _, _) in &persons[g] {
-                    let prio = mix(self.group_key, *p, gk);
-                    let e = map.entry(*p).or_default();
-                    if e.len() < l {
-                        e.push((prio, g as u32));
-                    } else if let Some(top) = e.iter_mut().max_by_key(|x| x.0)
-                        && prio < top.0
-                    {
-                        *top = (prio, g as u32);
-                    }
+        let key_fields = scans
+            .first()
+            .map(|s| s.key_fields.clone())
+            .unwrap_or_default();
+        let keys: Vec<Vec<Cell>> = if key_fields.is_empty() {
+            vec![vec![]; groups.keys.len()]
+        } else {
+            let conv = RowConverter::new(key_fields).map_err(internal)?;
+            let parser = conv.parser();
+            let arrays = conv
+                .convert_rows(groups.keys.iter().map(|k| parser.parse(k)))
+                .map_err(internal)?;
+            let cols: Vec<Vec<Cell>> = arrays
+                .iter()
+                .map(gate::column_cells)
+                .collect::<Result<_>>()?;
+            (0..groups.keys.len())
+                .map(|g| cols.iter().map(|c| c[g].clone()).collect())
+                .collect()
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parts: Vec<Vec<Vec<i128>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (groups, ids) = (&groups, &ids);
+                    scope.spawn(move || {
+                        let mut totals = vec![vec![0i128; self.stats.len()]; groups.keys.len()];
+                        let mut table = PersonTable::default();
+                        for bucket in (t..1 << BUCKET_BITS).step_by(threads) {
+                            table.clear();
+                            self.bound(b, scans, ids, groups, bucket, &mut table);
+                            self.sum(b, &table, &mut totals);
+                        }
+                        totals
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| internal("a bounding thread panicked")))
+                .collect::<Result<_>>()
+        })?;
+        let mut totals = vec![vec![0i128; self.stats.len()]; groups.keys.len()];
+        for part in parts {
+            for (t, p) in totals.iter_mut().zip(part) {
+                for (x, y) in t.iter_mut().zip(p) {
+                    *x += y;
                 }
             }
-            map
-        });
-        let mut out = Vec::with_capacity(groups.len());
-        let mut vals = vec![0i64; m];
-        for (g, (key, _)) in groups.iter().enumerate() {
-            let mut t = vec![0i128; self.stats.len()];
-            for (p, start, used) in &persons[g] {
-                if let Some(map) = &chosen
-                    && !map
-                        .get(p)
-                        .is_some_and(|e| e.iter().any(|x| x.1 == g as u32))
-                {
-                    continue;
-                }
-                for (si, s) in self.stats.iter().enumerate() {
-                    if *s == Stat::Persons {
-                        t[si] += 1;
-                    } else if *s == Stat::Rows {
-                        t[si] += i128::from(*used);
+        }
+        Ok(keys.into_iter().zip(totals).collect())
+    }
+
+    /// Run one bucket's rows of every partition through the bounding.
+    fn bound(
+        &self,
+        b: &Bounding,
+        scans: &[Scan],
+        ids: &[Vec<u32>],
+        groups: &Groups,
+        bucket: usize,
+        table: &mut PersonTable,
+    ) {
+        let m = self.args.len();
+        for (scan, ids) in scans.iter().zip(ids) {
+            let rows = &scan.buckets[bucket];
+            for (i, (person, gid, nulls)) in rows.rows.iter().copied().enumerate() {
+                let g = ids[gid as usize];
+                let vals = &rows.vals[i * m..(i + 1) * m];
+                let gp = mix(b.group_key, person, groups.hashes[g as usize]);
+                // Rows without arguments are interchangeable: no priority needed.
+                let rp = if m == 0 {
+                    0
+                } else {
+                    row_priority(b.row_key, person, vals, nulls)
+                };
+                table.add(b.k, b.l, person, g, gp, rp, vals, nulls);
+            }
+        }
+    }
+
+    /// Add one bucket's kept contributions to the group totals.
+    fn sum(&self, b: &Bounding, table: &PersonTable, totals: &mut [Vec<i128>]) {
+        let (k, l, m) = (b.k, b.l, self.args.len());
+        let mids: Vec<i64> = self.args.iter().map(ArgSpec::qmid).collect();
+        for s in 0..table.n_groups.len() {
+            for j in 0..table.n_groups[s] as usize {
+                let e = s * l + j;
+                let t = &mut totals[table.gid[e] as usize];
+                let used = table.used[e] as usize;
+                for (si, st) in self.stats.iter().enumerate() {
+                    match *st {
+                        Stat::Persons => t[si] += 1,
+                        Stat::Rows => t[si] += used as i128,
+                        _ => {}
                     }
                 }
-                for r in 0..*used as usize {
-                    let (_, nulls) = encoded[g].row(*start, r, &mut vals);
-                    for (si, s) in self.stats.iter().enumerate() {
-                        match *s {
+                for r in 0..used {
+                    let at = e * k + r;
+                    let nulls = table.nulls[at];
+                    let vals = &table.vals[at * m..(at + 1) * m];
+                    for (si, st) in self.stats.iter().enumerate() {
+                        match *st {
                             Stat::Count(i) if nulls & (1 << i) == 0 => t[si] += 1,
                             Stat::Sum(i) if nulls & (1 << i) == 0 => t[si] += i128::from(vals[i]),
                             Stat::CSum(i) if nulls & (1 << i) == 0 => {
-                                t[si] += i128::from(vals[i] - self.args[i].qmid())
+                                t[si] += i128::from(vals[i] - mids[i])
                             }
                             Stat::CSumSq(i) if nulls & (1 << i) == 0 => {
-                                let c = i128::from(vals[i] - self.args[i].qmid());
+                                let c = i128::from(vals[i] - mids[i]);
                                 t[si] += c * c
                             }
                             _ => {}
@@ -753,9 +707,7 @@ impl Mechanism {
                     }
                 }
             }
-            out.push((key.clone(), t));
         }
-        Ok(out)
     }
 
     /// Add noise to every total of every candidate cell and derive the
@@ -1044,10 +996,13 @@ pub struct DpRows {
 /// A planned DP query.
 #[derive(Debug)]
 pub struct DpQuery {
+    /// The scan: `[keys…, person, args…]`, one row per input row.
     pub plan: LogicalPlan,
     pub mechanism: Mechanism,
     /// Output column names, as the researcher wrote them.
     pub columns: Vec<String>,
+    pub bounding: Bounding,
+    key_types: Vec<DataType>,
 }
 
 /// Where a plan column comes from: a base column of a dataset.
@@ -1318,54 +1273,52 @@ pub fn plan(
         })
         .collect();
 
-    // The executed plan: the researcher's keys, one hidden aggregate.
+    // The executed plan: the researcher's keys, the person key and the
+    // measured arguments, row by row; the bounding happens in PersonTable.
     let (input, pk) = gate::carry(input.clone())?;
-    let mut call_args = vec![Expr::Column(pk)];
-    call_args.extend(args.iter().map(|(e, _)| e.clone()));
+    let mut exprs: Vec<Expr> = agg
+        .group_expr
+        .iter()
+        .enumerate()
+        .map(|(i, g)| strip(g).clone().alias(format!("__kexin_key{i}")))
+        .collect();
+    exprs.push(Expr::Column(pk).alias("__kexin_person"));
+    exprs.extend(
+        args.iter()
+            .enumerate()
+            .map(|(i, (e, _))| e.clone().alias(format!("__kexin_arg{i}"))),
+    );
+    let projection =
+        datafusion::logical_expr::Projection::try_new(exprs, Arc::new(input)).map_err(internal)?;
+    let key_types: Vec<DataType> = projection
+        .schema
+        .fields()
+        .iter()
+        .take(nkeys)
+        .map(|f| f.data_type().clone())
+        .collect();
     let specs: Vec<ArgSpec> = args.iter().map(|(_, s)| *s).collect();
-    let udaf = AggregateUDF::new_from_impl(Contributions::new(
-        privacy.rows_per_person as usize,
-        specs.clone(),
+    let bounding = Bounding {
+        k: privacy.rows_per_person as usize,
+        l: privacy.groups_per_person as usize,
+        args: specs.clone(),
         row_key,
-    ));
-    let exec = datafusion::logical_expr::Aggregate::try_new(
-        Arc::new(input),
-        agg.group_expr.clone(),
-        vec![udaf.call(call_args).alias(CONTRIBUTIONS)],
-    )
-    .map_err(internal)?;
-    let mechanism = Mechanism::new(privacy, output, specs, outputs, nkeys, domain, group_key)?;
+        group_key,
+    };
+    let mechanism = Mechanism::new(privacy, output, specs, outputs, nkeys, domain)?;
     Ok(DpQuery {
-        plan: LogicalPlan::Aggregate(exec),
+        plan: LogicalPlan::Projection(projection),
         mechanism,
         columns,
+        bounding,
+        key_types,
     })
 }
 
 impl DpQuery {
-    /// Read the executed plan's output: group keys and contributions.
-    pub fn groups(&self, batches: &[RecordBatch]) -> Result<Vec<(Vec<Cell>, Vec<u8>)>> {
-        let n = self.mechanism.keys;
-        let mut out = Vec::new();
-        for b in batches {
-            if b.num_columns() != n + 1 {
-                return Err(internal("unexpected result width"));
-            }
-            let keys: Vec<Vec<Cell>> = (0..n)
-                .map(|c| gate::column_cells(b.column(c)))
-                .collect::<Result<_>>()?;
-            let blobs = b.column(n).as_binary::<i64>();
-            for r in 0..b.num_rows() {
-                let key: Vec<Cell> = keys.iter().map(|k| k[r].clone()).collect();
-                let bytes = if blobs.is_null(r) {
-                    Vec::new()
-                } else {
-                    blobs.value(r).to_vec()
-                };
-                out.push((key, bytes));
-            }
-        }
-        Ok(out)
+    /// An empty scan for one partition of this query.
+    pub fn scan(&self) -> Scan {
+        Scan::new(&self.bounding.args, &self.key_types)
     }
 
     /// The normalized digest of what this query computes: the optimized
@@ -1480,7 +1433,7 @@ pub struct Stored {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Float64Array, StringArray};
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
 
@@ -1503,27 +1456,49 @@ mod tests {
         }
     }
 
-    /// Contributions of `rows` = (group, person, value) through the accumulator.
-    fn contribute(
-        k: usize,
-        spec: ArgSpec,
-        rows: &[(usize, &str, f64)],
-        groups: usize,
-    ) -> Vec<Vec<u8>> {
-        let c = Contributions::new(k, vec![spec], 7);
-        let mut acc = c.acc();
-        let persons: ArrayRef = Arc::new(StringArray::from(
-            rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+    fn bounding(k: usize, l: usize, spec: ArgSpec) -> Bounding {
+        Bounding {
+            k,
+            l,
+            args: vec![spec],
+            row_key: 7,
+            group_key: 9,
+        }
+    }
+
+    /// A scan of `rows` = (group, person, value); without groups when
+    /// `keyed` is false.
+    fn scan(spec: ArgSpec, rows: &[(i64, &str, f64)], keyed: bool) -> Scan {
+        let mut cols: Vec<(&str, ArrayRef)> = Vec::new();
+        if keyed {
+            cols.push((
+                "g",
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+            ));
+        }
+        cols.push((
+            "p",
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
         ));
-        let vals: ArrayRef = Arc::new(Float64Array::from(
-            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        cols.push((
+            "v",
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
         ));
-        let idx: Vec<usize> = rows.iter().map(|r| r.0).collect();
-        acc.update_batch(&[persons, vals], &idx, None, groups)
+        let types: &[DataType] = if keyed { &[DataType::Int64] } else { &[] };
+        let mut s = Scan::new(&[spec], types);
+        s.add_batch(&RecordBatch::try_from_iter(cols).unwrap())
             .unwrap();
-        let out = acc.evaluate(EmitTo::All).unwrap();
-        let out = out.as_binary::<i64>();
-        (0..groups).map(|g| out.value(g).to_vec()).collect()
+        s
+    }
+
+    fn by_key(t: Vec<(Vec<Cell>, Vec<i128>)>) -> BTreeMap<String, Vec<i128>> {
+        t.into_iter().map(|(k, v)| (key_text(&k), v)).collect()
     }
 
     #[test]
@@ -1539,7 +1514,6 @@ mod tests {
             (0, "b", 2.0),
             (1, "a", 1.0),
         ];
-        let blobs = contribute(2, spec, &rows, 2);
         let m = Mechanism::new(
             &privacy(1.0, 2, 2, 0.0),
             &rules(0),
@@ -1547,27 +1521,25 @@ mod tests {
             vec![Output::Key(0), Output::Count(Stat::Rows), Output::Sum(0)],
             1,
             Some(vec![vec![Cell::Int(0)], vec![Cell::Int(1)]]),
-            9,
         )
         .unwrap();
-        let groups = vec![
-            (vec![Cell::Int(0)], blobs[0].as_slice()),
-            (vec![Cell::Int(1)], blobs[1].as_slice()),
-        ];
-        let t = m.totals(&groups).unwrap();
+        let t = by_key(
+            m.totals(&bounding(2, 2, spec), &[scan(spec, &rows, true)])
+                .unwrap(),
+        );
         let (rows_i, sum_i) = (m.stat(Stat::Rows), m.stat(Stat::Sum(0)));
         // Group 0: a keeps 2 rows, b 1 → 3 rows, 2 persons; a's sum ≤ 2 × 10.
-        assert_eq!(t[0].1[0], 2);
-        assert_eq!(t[0].1[rows_i], 3);
-        assert!(t[0].1[sum_i] <= 20 + 2);
-        assert_eq!(t[1].1[rows_i], 1);
+        let g0 = &t[&key_text(&[Cell::Int(0)])];
+        assert_eq!(g0[0], 2);
+        assert_eq!(g0[rows_i], 3);
+        assert!(g0[sum_i] <= 20 + 2);
+        assert_eq!(t[&key_text(&[Cell::Int(1)])][rows_i], 1);
     }
 
     #[test]
     fn groups_per_person_is_enforced_deterministically() {
         let spec = ArgSpec::new(0.0, 1.0, 0);
-        let rows: Vec<(usize, &str, f64)> = (0..5).map(|g| (g, "a", 1.0)).collect();
-        let blobs = contribute(1, spec, &rows, 5);
+        let rows: Vec<(i64, &str, f64)> = (0..5).map(|g| (g, "a", 1.0)).collect();
         let m = Mechanism::new(
             &privacy(1.0, 1, 2, 0.0),
             &rules(0),
@@ -1575,72 +1547,48 @@ mod tests {
             vec![Output::Key(0), Output::Count(Stat::Rows)],
             1,
             Some((0..5).map(|g| vec![Cell::Int(g)]).collect()),
-            3,
         )
         .unwrap();
-        let groups: Vec<(Vec<Cell>, &[u8])> = (0..5)
-            .map(|g| (vec![Cell::Int(g as i64)], blobs[g].as_slice()))
-            .collect();
-        let t1 = m.totals(&groups).unwrap();
+        let b = bounding(1, 2, spec);
+        let t1 = m.totals(&b, &[scan(spec, &rows, true)]).unwrap();
         let kept: i128 = t1.iter().map(|(_, t)| t[0]).sum();
         assert_eq!(kept, 2, "a counts in exactly 2 of its 5 groups");
+        let mut reversed = rows.clone();
+        reversed.reverse();
         assert_eq!(
-            t1,
-            m.totals(&groups).unwrap(),
-            "the choice is deterministic"
+            by_key(t1),
+            by_key(m.totals(&b, &[scan(spec, &reversed, true)]).unwrap()),
+            "the choice does not depend on row order"
         );
     }
 
     #[test]
-    fn partial_states_merge_to_the_same_contributions() {
+    fn partitioning_does_not_change_what_is_kept() {
         let spec = ArgSpec::new(0.0, 100.0, 0);
-        let c = Contributions::new(2, vec![spec], 5);
-        let rows: Vec<(String, f64)> = (0..40).map(|i| (format!("p{}", i % 7), i as f64)).collect();
-        let arrays = |r: &[(String, f64)]| -> Vec<ArrayRef> {
-            vec![
-                Arc::new(StringArray::from(
-                    r.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
-                )),
-                Arc::new(Float64Array::from(
-                    r.iter().map(|x| x.1).collect::<Vec<_>>(),
-                )),
-            ]
-        };
-        let mut whole = c.acc();
-        whole
-            .update_batch(&arrays(&rows), &vec![0; 40], None, 1)
-            .unwrap();
-        let mut a = c.acc();
-        let mut b = c.acc();
-        a.update_batch(&arrays(&rows[..17]), &[0; 17], None, 1)
-            .unwrap();
-        b.update_batch(&arrays(&rows[17..]), &[0; 23], None, 1)
-            .unwrap();
-        let mut fin = c.acc();
-        fin.merge_batch(&b.state(EmitTo::All).unwrap(), &[0], 1)
-            .unwrap();
-        fin.merge_batch(&a.state(EmitTo::All).unwrap(), &[0], 1)
-            .unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("p{}", i % 7)).collect();
+        let rows: Vec<(i64, &str, f64)> = (0..40)
+            .map(|i| (i as i64 % 3, names[i].as_str(), i as f64))
+            .collect();
         let m = Mechanism::new(
-            &privacy(1.0, 2, 1, 0.0),
+            &privacy(1.0, 2, 2, 0.0),
             &rules(0),
             vec![spec],
-            vec![Output::Sum(0)],
-            0,
-            Some(vec![vec![]]),
+            vec![Output::Key(0), Output::Sum(0)],
             1,
+            Some((0..3).map(|g| vec![Cell::Int(g)]).collect()),
         )
         .unwrap();
-        let w = whole.evaluate(EmitTo::All).unwrap();
-        let f = fin.evaluate(EmitTo::All).unwrap();
-        let tw = m
-            .totals(&[(vec![], w.as_binary::<i64>().value(0))])
-            .unwrap();
-        let tf = m
-            .totals(&[(vec![], f.as_binary::<i64>().value(0))])
+        let b = bounding(2, 2, spec);
+        let whole = m.totals(&b, &[scan(spec, &rows, true)]).unwrap();
+        let split = m
+            .totals(
+                &b,
+                &[scan(spec, &rows[17..], true), scan(spec, &rows[..17], true)],
+            )
             .unwrap();
         assert_eq!(
-            tw, tf,
+            by_key(whole),
+            by_key(split),
             "the kept rows do not depend on partitioning or order"
         );
     }
@@ -1669,7 +1617,6 @@ mod tests {
             vec![Output::Count(Stat::Rows), Output::Sum(0), Output::Avg(0)],
             0,
             Some(vec![vec![]]),
-            1,
         )
         .unwrap();
         let mut rng = ChaCha20Rng::seed_from_u64(11);
@@ -1711,17 +1658,18 @@ mod tests {
             vec![Output::Count(Stat::Persons)],
             0,
             Some(vec![vec![]]),
-            1,
         )
         .unwrap();
-        let rows = |n: usize| -> Vec<(usize, String, f64)> {
-            (0..n).map(|i| (0, format!("p{i}"), 1.0)).collect()
-        };
         let run = |n: usize, rng: &mut ChaCha20Rng| -> BTreeMap<i64, usize> {
-            let r = rows(n);
-            let r: Vec<(usize, &str, f64)> = r.iter().map(|x| (x.0, x.1.as_str(), x.2)).collect();
-            let blob = contribute(1, spec, &r, 1).remove(0);
-            let t = m.totals(&[(vec![], blob.as_slice())]).unwrap();
+            // Each person has three rows; bounding keeps one.
+            let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+            let r: Vec<(i64, &str, f64)> = names
+                .iter()
+                .flat_map(|p| [(0, p.as_str(), 1.0); 3])
+                .collect();
+            let t = m
+                .totals(&bounding(1, 1, spec), &[scan(spec, &r, false)])
+                .unwrap();
             let mut hist = BTreeMap::new();
             for _ in 0..20_000 {
                 let out = m.release(t.clone(), rng).unwrap();
@@ -1765,7 +1713,6 @@ mod tests {
             out.clone(),
             1,
             None,
-            1,
         )
         .unwrap_err();
         assert!(matches!(err, Error::Refused(r) if r.code == Code::DpPartition));
@@ -1776,10 +1723,9 @@ mod tests {
             out,
             1,
             None,
-            1,
         )
         .unwrap();
-        // t = 2 (ε split over persons and… only persons here: t = 1/1 = 1).
+        // Only persons are measured: t = 1, τ = 1 + ⌈ln(1/(δ(1+e⁻¹)))⌉.
         assert!(m.threshold > 10.0, "threshold {}", m.threshold);
         // A single-person group is almost never released.
         let mut rng = ChaCha20Rng::seed_from_u64(5);

@@ -818,13 +818,8 @@ impl Node {
                     .create_physical_plan(&optimized, state)
                     .await
                     .map_err(plan_refusal)?;
-                let batches = self.execute(state, physical).await?;
-                let groups = q.groups(&batches)?;
-                let refs: Vec<(Vec<Cell>, &[u8])> = groups
-                    .iter()
-                    .map(|(k, b)| (k.clone(), b.as_slice()))
-                    .collect();
-                let totals = q.mechanism.totals(&refs)?;
+                let scans = self.scan_partitions(state, physical, &q).await?;
+                let totals = q.mechanism.totals(&q.bounding, &scans)?;
                 let mut seed = [0u8; 32];
                 getrandom::fill(&mut seed).map_err(Error::internal)?;
                 let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed);
@@ -890,6 +885,57 @@ impl Node {
             },
             digest,
         ))
+    }
+
+    /// Step 6 in DP mode: every partition of the scan streams into its own
+    /// [`dp::Scan`] (in parallel, under the node's deadline and memory
+    /// limit).
+    async fn scan_partitions(
+        &self,
+        state: &datafusion::execution::SessionState,
+        physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        q: &dp::DpQuery,
+    ) -> Result<Vec<dp::Scan>> {
+        use datafusion::physical_plan::ExecutionPlanProperties;
+        use futures::StreamExt;
+        let parts = physical.output_partitioning().partition_count().max(1);
+        let limit = self.space.limits.memory_mb * 1024 * 1024 / parts;
+        let ctx = state.task_ctx();
+        let mut set = tokio::task::JoinSet::new();
+        for p in 0..parts {
+            let mut stream = physical
+                .execute(p, Arc::clone(&ctx))
+                .map_err(|e| exec_refusal(&e))?;
+            let mut table = q.scan();
+            set.spawn(async move {
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(|e| {
+                        tracing::debug!(target: "kexin::node", "execution failed: {e}");
+                        exec_refusal(&e)
+                    })?;
+                    table.add_batch(&batch)?;
+                    if table.bytes() > limit {
+                        return Err(refusal(
+                            Code::ExecLimit,
+                            "the query needs more memory than the node allows",
+                        ));
+                    }
+                }
+                Ok(table)
+            });
+        }
+        let all = async {
+            let mut tables = Vec::new();
+            while let Some(done) = set.join_next().await {
+                tables.push(done.map_err(Error::internal)??);
+            }
+            Ok::<_, Error>(tables)
+        };
+        let deadline = Duration::from_secs(self.space.limits.timeout_seconds);
+        let tables = tokio::time::timeout(deadline, all)
+            .await
+            .map_err(|_| refusal(Code::ExecLimit, "the query ran past the node's deadline"))??;
+        Ok(tables)
     }
 
     /// The DP budget ledger: every DP scene the researcher (or, without
