@@ -256,6 +256,24 @@ async fn dp_refuses_what_it_cannot_release() {
             .any(|e| e.contains("partition selection"))
     );
     assert!(o.dp.unwrap().delta > 0.0);
+    // How many data groups missed the threshold is an exact count of
+    // distinct keys: never reported.
+    assert_eq!(o.suppressed_groups, 0);
+    let narrow = ask(
+        &node,
+        "diabetes-dp",
+        "alice",
+        "SELECT region, count(*) FROM patients WHERE age = 90 GROUP BY region",
+    )
+    .await;
+    assert_eq!(narrow.status, Status::Released);
+    assert_eq!(narrow.suppressed_groups, 0);
+    assert!(
+        narrow
+            .explanation
+            .iter()
+            .all(|e| !e.contains("suppressed:"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

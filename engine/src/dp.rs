@@ -720,7 +720,6 @@ impl Mechanism {
         rng: &mut R,
     ) -> Result<DpRows> {
         let zero = vec![0i128; self.stats.len()];
-        let mut outside = 0usize;
         let candidates: Vec<(Vec<Cell>, Vec<i128>)> = match &self.domain {
             Some(cells) => {
                 let mut by_key: HashMap<String, Vec<i128>> = HashMap::new();
@@ -732,7 +731,8 @@ impl Mechanism {
                     let t = by_key.remove(&key_text(c)).unwrap_or_else(|| zero.clone());
                     out.push((c.clone(), t));
                 }
-                outside = by_key.len();
+                // Keys outside the domain are dropped without a word: even
+                // whether there are any would be an exact fact about the data.
                 out
             }
             None => totals,
@@ -773,8 +773,9 @@ impl Mechanism {
         Ok(DpRows {
             rows: order.iter().map(|i| rows[*i].clone()).collect(),
             accuracy: order.iter().map(|i| accuracy[*i].clone()).collect(),
-            suppressed: small,
-            outside_domain: outside,
+            // With keys from the data, the number of candidate groups is an
+            // exact count of distinct keys: it is not reported.
+            suppressed: if self.domain.is_some() { small } else { 0 },
         })
     }
 
@@ -985,10 +986,9 @@ fn key_text(key: &[Cell]) -> String {
 pub struct DpRows {
     pub rows: Vec<Vec<Cell>>,
     pub accuracy: Vec<Vec<Option<Accuracy>>>,
-    /// Candidate cells whose noisy person count missed the threshold.
+    /// Public-domain cells whose noisy person count missed the threshold
+    /// (always 0 with keys from the data, whose candidates are not counted).
     pub suppressed: usize,
-    /// Data groups outside the declared public domain (not released).
-    pub outside_domain: usize,
 }
 
 // ---------------------------------------------------------------- planning
@@ -1427,7 +1427,6 @@ pub struct Stored {
     pub rows: Vec<Vec<Cell>>,
     pub accuracy: Vec<Vec<Option<Accuracy>>>,
     pub suppressed: usize,
-    pub outside_domain: usize,
 }
 
 #[cfg(test)]

@@ -828,7 +828,6 @@ impl Node {
                     rows: out.rows,
                     accuracy: out.accuracy,
                     suppressed: out.suppressed,
-                    outside_domain: out.outside_domain,
                 };
                 trace.cache = Some((
                     digest.clone(),
@@ -849,25 +848,20 @@ impl Node {
         ));
         if q.mechanism.domain.is_none() {
             explanation.push(format!(
-                "group keys come from the data: a group is released only when its noisy person count reaches {} (partition selection, δ = {})",
+                "group keys come from the data: a group is released only when its noisy person count reaches {} (partition selection, δ = {}); how many were not is not shown",
                 q.mechanism.threshold, q.mechanism.delta
             ));
-        } else if scene.output.min_persons > 0 {
+        } else {
             explanation.push(format!(
-                "every value of the keys' public domain is a candidate; groups whose noisy person count is under {} are suppressed",
+                "every value of the keys' declared public domain is a candidate (values outside it are never released); cells whose noisy person count is under {} are suppressed",
                 scene.output.min_persons
             ));
         }
         if released.suppressed > 0 {
             explanation.push(format!(
-                "{} group(s) suppressed: noisy person count under the threshold",
+                "{} cell(s) suppressed: noisy person count under the threshold",
                 released.suppressed
             ));
-        }
-        if released.outside_domain > 0 {
-            explanation.push(
-                "groups whose keys fall outside the declared public domain are not released".into(),
-            );
         }
         report.accuracy = released.accuracy;
         Ok((
