@@ -77,7 +77,7 @@ enum Command {
         action: BudgetAction,
     },
     /// Generate a small space in a temporary directory and walk through
-    /// allowed, suppressed and refused queries.
+    /// allowed, suppressed, refused and differentially private queries.
     Demo {
         /// Keep the generated space in this directory instead of a temp dir.
         #[arg(long)]
