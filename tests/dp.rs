@@ -8,31 +8,18 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
 use kexin_engine::gate::Cell;
-use kexin_engine::node::{Node, Outcome, QueryRequest, Status};
-use kexin_engine::policy::Space;
+use kexin_engine::node::{Outcome, Status};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-async fn open(dir: &Path) -> Node {
-    let space = Arc::new(Space::load(dir).expect("space loads"));
-    Node::open(space, "h1").await.expect("node opens")
-}
-
-async fn ask(node: &Node, scene: &str, actor: &str, sql: &str) -> Outcome {
-    node.query(&QueryRequest {
-        scene: scene.into(),
-        actor: actor.into(),
-        sql: sql.into(),
-    })
-    .await
-}
+use support::{ask, open_h1};
 
 fn code(o: &Outcome) -> &'static str {
     o.code.map_or("", |c| c.as_str())
@@ -131,7 +118,7 @@ fn secret_bits(n: usize, seed: u64) -> Vec<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dp_answers_carry_intervals_and_charge_the_budget() {
     let dir = support::generated_space(1, 1500, 31);
-    let node = open(&dir).await;
+    let node = open_h1(&dir).await;
     let sql = "SELECT sex, count(*) AS patients, avg(weight_kg) AS w, sum(length_of_stay) AS los \
                FROM patients JOIN admissions ON patients.id_card = admissions.id_card GROUP BY sex";
     let o = ask(&node, "diabetes-dp", "alice", sql).await;
@@ -195,7 +182,7 @@ async fn dp_answers_carry_intervals_and_charge_the_budget() {
         .unwrap();
     assert_eq!(entries.last().unwrap().epsilon, Some(0.1));
     drop(node);
-    let again = open(&dir).await;
+    let again = open_h1(&dir).await;
     let b = again.budgets(Some("alice"), Some("diabetes-dp")).unwrap();
     assert_eq!(b.len(), 1);
     assert!((b[0].epsilon_spent - 0.1).abs() < 1e-9 && b[0].queries == 1);
@@ -204,7 +191,7 @@ async fn dp_answers_carry_intervals_and_charge_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dp_refuses_what_it_cannot_release() {
     let dir = support::generated_space(1, 300, 32);
-    let node = open(&dir).await;
+    let node = open_h1(&dir).await;
     let cases = [
         (
             "SELECT sex, max(age) FROM patients GROUP BY sex",
@@ -279,7 +266,7 @@ async fn dp_refuses_what_it_cannot_release() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn averaging_loop_with_equivalent_rewrites_gets_one_answer() {
     let dir = support::generated_space(1, 400, 33);
-    let node = open(&dir).await;
+    let node = open_h1(&dir).await;
     let rewrites = [
         "SELECT sex, count(*) AS n, avg(weight_kg) AS w FROM patients GROUP BY sex",
         "select sex, count(*) as n, avg(weight_kg) as w from patients group by sex",
@@ -335,7 +322,7 @@ async fn averaging_loop_with_equivalent_rewrites_gets_one_answer() {
     // Exhausted means exhausted, across restarts and for cached answers'
     // neighbours alike; the repeat of a released answer is still free.
     drop(node);
-    let node = open(&dir).await;
+    let node = open_h1(&dir).await;
     assert_eq!(
         code(
             &ask(
@@ -370,7 +357,7 @@ async fn differencing_pair_learns_nothing_beyond_epsilon() {
     let target = 17;
     let trials = 200;
     let dir = tiny_space(n, &bits, 0.2, trials).await;
-    let node = open(&dir).await;
+    let node = open_h1(&dir).await;
     let q1 = "SELECT sum(flag) FROM t";
     let q2 = format!("SELECT sum(flag) FROM t WHERE code <> {target}");
     // Threshold-only: the difference is the target's bit, every time.
@@ -442,7 +429,7 @@ async fn random_subset_reconstruction_fails_under_dp() {
     let n = 40;
     let bits = secret_bits(n, 9);
     let dir = tiny_space(n, &bits, 1.0, 1).await;
-    let node = open(&dir).await;
+    let node = open_h1(&dir).await;
     let mut rng = ChaCha8Rng::seed_from_u64(77);
     let accuracy = |x: &[f64]| {
         x.iter()

@@ -13,7 +13,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
@@ -21,8 +21,8 @@ use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use kexin_engine::Code;
 use kexin_engine::gate::Cell;
-use kexin_engine::node::{Node, Outcome, QueryRequest, Status};
-use kexin_engine::policy::Space;
+use kexin_engine::node::{Node, Outcome, Status};
+use support::ask;
 
 fn space_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -30,17 +30,7 @@ fn space_dir() -> &'static Path {
 }
 
 async fn node() -> Node {
-    let space = Arc::new(Space::load(space_dir()).expect("space loads"));
-    Node::open(space, "h1").await.expect("node opens")
-}
-
-async fn ask(node: &Node, scene: &str, actor: &str, sql: &str) -> Outcome {
-    node.query(&QueryRequest {
-        scene: scene.into(),
-        actor: actor.into(),
-        sql: sql.into(),
-    })
-    .await
+    support::open_h1(space_dir()).await
 }
 
 async fn alice(sql: &str) -> Outcome {

@@ -18,7 +18,7 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float64Type, Int32Type};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use kexin_engine::gate::Cell;
-use kexin_engine::node::{Node, Outcome, QueryRequest, Status};
+use kexin_engine::node::{Node, Outcome, Status};
 use kexin_engine::policy::Space;
 
 /// The scene used for hostile modules: tight limits so loops end fast.
@@ -59,8 +59,7 @@ fn space_dir() -> &'static Path {
 /// The node with every example module approved for diabetes-2027 (once).
 async fn node() -> Node {
     static REGISTERED: OnceLock<()> = OnceLock::new();
-    let space = Arc::new(Space::load(space_dir()).expect("space loads"));
-    let node = Node::open(space, "h1").await.expect("node opens");
+    let node = support::open_h1(space_dir()).await;
     REGISTERED.get_or_init(|| {
         for m in ["bmi", "egfr", "eag", "age_band", "charlson", "geomean"] {
             node.register_udf("diabetes-2027", &wasm(m), "carol")
@@ -71,12 +70,7 @@ async fn node() -> Node {
 }
 
 async fn ask(node: &Node, scene: &str, sql: &str) -> Outcome {
-    node.query(&QueryRequest {
-        scene: scene.into(),
-        actor: "alice".into(),
-        sql: sql.into(),
-    })
-    .await
+    support::ask(node, scene, "alice", sql).await
 }
 
 fn released(o: &Outcome) -> BTreeMap<String, f64> {

@@ -24,7 +24,7 @@ use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
 
-use crate::error::{Code, Error, Result};
+use crate::error::{Code, Error, Result, refuse};
 use crate::policy::{ColumnKind, Dataset};
 use crate::udf::UdfFacts;
 
@@ -94,10 +94,6 @@ const AGGREGATES: &[&str] = &[
 const ARITHMETIC_FUNCTIONS: &[&str] = &[
     "abs", "round", "floor", "ceil", "sqrt", "ln", "log10", "log2", "exp", "power", "pow", "trunc",
 ];
-
-fn refuse<T>(code: Code, rule: &'static str) -> Result<T> {
-    Err(Error::refused(code, rule))
-}
 
 /// The checker for one scene's datasets.
 #[derive(Debug)]

@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cells::{Identity, each_person};
-use crate::error::{Code, Error, Result};
+use crate::error::{Code, Error, Result, refuse};
 use crate::gate::{self, Cell};
 use crate::noise::{Ratio, discrete_laplace};
 use crate::policy::{Dataset, OutputRules, PrivacyRules, PublicValue};
@@ -60,10 +60,6 @@ const MAX_ARGS: usize = 16;
 const MAX_DOMAIN_CELLS: usize = 10_000;
 /// Fixed-point grid: at most this many steps between 0 and a bound.
 const QUANTUM_STEPS: f64 = 65_536.0;
-
-fn refuse<T>(code: Code, rule: &'static str) -> Result<T> {
-    Err(Error::refused(code, rule))
-}
 
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("dp: {e}"))
@@ -488,7 +484,7 @@ impl PersonTable {
 // ---------------------------------------------------------------- the mechanism
 
 /// A measured total per group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stat {
     /// Distinct persons.
     Persons,
@@ -505,7 +501,7 @@ pub enum Stat {
 }
 
 /// What one released column is.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Output {
     /// Group key `i`.
     Key(usize),
@@ -537,8 +533,6 @@ pub struct Accuracy {
 /// Everything the release needs besides the data.
 #[derive(Debug, Clone)]
 pub struct Mechanism {
-    pub rows_per_person: usize,
-    pub groups_per_person: usize,
     pub args: Vec<ArgSpec>,
     pub stats: Vec<Stat>,
     /// Discrete Laplace parameter per stat, in grid units.
@@ -618,8 +612,6 @@ impl Mechanism {
             ((1.0 + m).max(output.min_persons as f64), privacy.delta)
         };
         Ok(Mechanism {
-            rows_per_person: k,
-            groups_per_person: l,
             args,
             stats,
             scales,
@@ -1037,8 +1029,8 @@ fn key_text(key: &[Cell]) -> String {
         .join("\u{1}")
 }
 
-/// What a DP query releases.
-#[derive(Debug, Clone, PartialEq)]
+/// What a DP query releases; stored as JSON in the release cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DpRows {
     pub rows: Vec<Vec<Cell>>,
     pub accuracy: Vec<Vec<Option<Accuracy>>>,
@@ -1393,8 +1385,8 @@ impl DpQuery {
                 m.outputs,
                 m.args,
                 m.domain.as_ref().map(Vec::len),
-                m.rows_per_person,
-                m.groups_per_person,
+                self.bounding.k,
+                self.bounding.l,
                 m.epsilon,
                 m.delta,
                 m.threshold
@@ -1475,14 +1467,6 @@ fn requalify(line: &str, names: &HashMap<String, String>) -> String {
         }
     }
     out
-}
-
-/// A cached DP answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Stored {
-    pub rows: Vec<Vec<Cell>>,
-    pub accuracy: Vec<Vec<Option<Accuracy>>>,
-    pub suppressed: usize,
 }
 
 #[cfg(test)]

@@ -257,3 +257,8 @@ impl From<std::io::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `Err` with a refusal: the checks' shorthand.
+pub(crate) fn refuse<T>(code: Code, rule: &'static str) -> Result<T> {
+    Err(Error::refused(code, rule))
+}

@@ -784,17 +784,21 @@ impl Node {
             privacy.rows_per_person, privacy.groups_per_person
         )];
         let cached = store()?.dp_release(&req.actor, &req.scene, &digest)?;
-        let released = match cached {
+        let (released, spent) = match cached {
             Some((stored, seq)) => {
                 // The same computation asked again: the same answer, free.
-                let stored: dp::Stored = serde_json::from_str(&stored).map_err(Error::internal)?;
+                let stored: dp::DpRows = serde_json::from_str(&stored).map_err(Error::internal)?;
                 trace.epsilon = Some(0.0);
                 trace.repeat_of = Some(seq);
                 report.repeat_of = Some(seq);
                 explanation.push(format!(
                     "this query computes the same as audit entry #{seq}: its answer is returned again and no budget is charged"
                 ));
-                stored
+                let spent = store()?
+                    .dp_spent(Some(&req.actor), Some(&req.scene))?
+                    .first()
+                    .map_or(0.0, |s| s.epsilon_spent);
+                (stored, spent)
             }
             None => {
                 // Step 5: charge before execution, durably.
@@ -805,12 +809,12 @@ impl Node {
                     q.mechanism.delta,
                     privacy.epsilon_total,
                 )?;
-                if charged.is_none() {
+                let Some(charged) = charged else {
                     return Err(refusal(
                         Code::DpBudget,
                         "the researcher's privacy budget under this scene cannot cover another query",
                     ));
-                }
+                };
                 trace.epsilon = Some(privacy.epsilon_per_query);
                 report.epsilon_charged = privacy.epsilon_per_query;
                 let physical = state
@@ -824,22 +828,13 @@ impl Node {
                 getrandom::fill(&mut seed).map_err(Error::internal)?;
                 let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed);
                 let out = q.mechanism.release(totals, &mut rng)?;
-                let stored = dp::Stored {
-                    rows: out.rows,
-                    accuracy: out.accuracy,
-                    suppressed: out.suppressed,
-                };
                 trace.cache = Some((
                     digest.clone(),
-                    serde_json::to_string(&stored).map_err(Error::internal)?,
+                    serde_json::to_string(&out).map_err(Error::internal)?,
                 ));
-                stored
+                (out, charged.epsilon_spent)
             }
         };
-        let spent = store()?
-            .dp_spent(Some(&req.actor), Some(&req.scene))?
-            .first()
-            .map_or(0.0, |s| s.epsilon_spent);
         report.epsilon_spent = spent;
         report.epsilon_remaining = (privacy.epsilon_total - spent).max(0.0);
         explanation.push(format!(

@@ -1,6 +1,10 @@
 //! Helpers shared by the integration test binaries.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kexin_engine::node::{Node, Outcome, QueryRequest};
+use kexin_engine::policy::Space;
 
 /// A synthetic space generated quietly into a temporary directory that
 /// outlives the test binary's tests (each binary keeps one in a `OnceLock`).
@@ -18,4 +22,20 @@ pub fn generated_space(hospitals: usize, patients: usize, seed: u64) -> PathBuf 
     )
     .expect("generate");
     dir
+}
+
+/// Node h1 of the space in `dir`.
+pub async fn open_h1(dir: &Path) -> Node {
+    let space = Arc::new(Space::load(dir).expect("space loads"));
+    Node::open(space, "h1").await.expect("node opens")
+}
+
+/// A researcher's query on `node`.
+pub async fn ask(node: &Node, scene: &str, actor: &str, sql: &str) -> Outcome {
+    node.query(&QueryRequest {
+        scene: scene.into(),
+        actor: actor.into(),
+        sql: sql.into(),
+    })
+    .await
 }
