@@ -73,6 +73,7 @@ fn bench(c: &mut Criterion) {
             scene: "diabetes-2027".into(),
             actor: "alice".into(),
             sql: (*sql).into(),
+            contract: None,
         };
         assert_eq!(rt.block_on(node.query(&req)).status, Status::Released);
         let mut g = c.benchmark_group(format!("groupby_admissions_{name}"));
@@ -99,6 +100,7 @@ fn bench(c: &mut Criterion) {
 /// rule) and DP with a budget large enough for every iteration.
 const BENCH_SCENES: &str = r#"
 [scene.bench-threshold]
+contract  = "none"    # in-house test scene: no data-use contract
 purpose   = "DUO:0000006"
 requester = "org:whu-med"
 datasets  = ["admissions"]
@@ -106,6 +108,7 @@ valid     = ["2026-01-01", "2030-12-31"]
 output    = { min_persons = 10, round_to = 1, decimals = 1 }
 
 [scene.bench-dp]
+contract  = "none"    # in-house test scene: no data-use contract
 purpose   = "DUO:0000006"
 requester = "org:whu-med"
 datasets  = ["admissions"]
@@ -138,6 +141,7 @@ fn dp(c: &mut Criterion, rt: &tokio::runtime::Runtime, dir: &std::path::Path) {
                         scene: scene.into(),
                         actor: "alice".into(),
                         sql,
+                        contract: None,
                     }));
                     assert_eq!(o.status, Status::Released, "{:?}", o.rule);
                     o

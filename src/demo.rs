@@ -1,15 +1,17 @@
 //! `kexin demo`: a guided walk through the researcher's query path on a small
-//! generated space: allowed, suppressed and refused queries, then the audit
-//! log's verification.
+//! generated space: allowed, suppressed and refused queries, differential
+//! privacy, consent at the scan, the cross-border rule, the airlock, UDFs,
+//! then the audit log's verification. Every query is signed with the
+//! researcher's key file, as `kexin query` signs it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use kexin_engine::node::{Node, QueryRequest, Status};
+use kexin_engine::node::{Node, Status};
 use kexin_engine::policy::Space;
 
-use crate::{Format, render, synth};
+use crate::{Format, members, render, synth};
 
 /// (what it shows, scene, researcher, SQL, expected status)
 type Step = (
@@ -130,6 +132,24 @@ const DP_STEPS: &[Step] = &[
     ),
 ];
 
+/// Consent, review and the cross-border rule.
+const GOVERNANCE_STEPS: &[Step] = &[
+    (
+        "Consent at the scan: the same count under diabetes-consent, where only persons who granted the scene (signed receipts in the registry) contribute",
+        "diabetes-consent",
+        "alice",
+        "SELECT sex, count(*) AS patients FROM patients GROUP BY sex ORDER BY sex",
+        Status::Released,
+    ),
+    (
+        "A requester abroad (grace, HK) asks about patients, which is on the export negative list",
+        "hk-outcomes",
+        "grace",
+        "SELECT sex, count(*) FROM patients GROUP BY sex",
+        Status::Refused,
+    ),
+];
+
 /// Queries that call the example WebAssembly UDFs once they are approved.
 const UDF_STEPS: &[Step] = &[
     (
@@ -176,13 +196,11 @@ async fn show_step(node: &Node, dir: &Path, number: usize, step: &Step) -> Resul
         "   kexin query --space {} --scene {scene} --as {actor} \"{sql}\"",
         dir.display()
     );
-    let o = node
-        .query(&QueryRequest {
-            scene: scene.to_string(),
-            actor: actor.to_string(),
-            sql: sql.to_string(),
-        })
-        .await;
+    // Signed with the researcher's key file, as the command line does.
+    let space = Space::load(dir)?;
+    let key = members::load_key(dir, actor, None)?;
+    let env = members::query(&space, node.name(), actor, &key, scene, None, sql)?;
+    let o = node.query_signed(&env).await;
     print!("{}", render::outcome(&o, Format::Table)?);
     let as_expected = o.status == *expect;
     if !as_expected {
@@ -190,6 +208,119 @@ async fn show_step(node: &Node, dir: &Path, number: usize, step: &Step) -> Resul
     }
     println!();
     Ok(as_expected)
+}
+
+/// A person grants and revokes, and a held result goes through review.
+async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usize) -> Result<bool> {
+    let d = dir.display();
+    let sql = "SELECT sum(height_cm) AS total_height FROM patients";
+    let ask = |who: &'static str, scene: &'static str| async move {
+        let key = members::load_key(dir, who, None)?;
+        let env = members::query(space, node.name(), who, &key, scene, None, sql)?;
+        anyhow::Ok(node.query_signed(&env).await)
+    };
+    let total =
+        |o: &kexin_engine::node::Outcome| serde_json::to_string(&o.rows).unwrap_or_default();
+    println!(
+        "-- {number}. Individual p00000 grants diabetes-consent, then revokes it; the second query after each change sees it"
+    );
+    let before = ask("alice", "diabetes-consent").await?;
+    let person = members::load_key(dir, "p00000", None)?;
+    let mut registry = kexin_engine::registry::Registry::open(Arc::new(space.clone()))?;
+    println!(
+        "   kexin consent grant --space {d} --as p00000 --scene diabetes-consent --until 2027-12-31"
+    );
+    registry.record_consent(members::receipt(
+        space,
+        "p00000",
+        &person,
+        "diabetes-consent",
+        "grant",
+        None,
+        vec![],
+        Some("2027-12-31".into()),
+    )?)?;
+    let granted = ask("alice", "diabetes-consent").await?;
+    println!("   kexin consent revoke --space {d} --as p00000 --scene diabetes-consent");
+    registry.record_consent(members::receipt(
+        space,
+        "p00000",
+        &person,
+        "diabetes-consent",
+        "revoke",
+        None,
+        vec![],
+        None,
+    )?)?;
+    let revoked = ask("alice", "diabetes-consent").await?;
+    println!(
+        "   sum(height_cm): {} before, {} with the grant, {} after revoking",
+        total(&before),
+        total(&granted),
+        total(&revoked)
+    );
+    let uses = registry.history("p00000")?;
+    println!("   kexin consent history --space {d} --as p00000");
+    for u in &uses {
+        println!(
+            "   {} node {} #{}: {} {} by {}",
+            u.time, u.node, u.audit_seq, u.decision, u.scene, u.requester
+        );
+    }
+    let consent_ok = granted.rows != before.rows && revoked.rows == before.rows && uses.len() == 1;
+
+    println!(
+        "\n-- {}. Airlock: diabetes-review holds results until two data holders of h1 (not the requester) approve",
+        number + 1
+    );
+    println!("   kexin query --space {d} --scene diabetes-review --as alice \"{sql}\"");
+    let held = ask("alice", "diabetes-review").await?;
+    let Some(id) = held.airlock else {
+        println!("   !! expected a held result");
+        return Ok(false);
+    };
+    let h = node
+        .airlock()?
+        .into_iter()
+        .find(|h| h.id == id)
+        .context("held result")?;
+    println!("   held as #{id}, sha256 {}", h.output_sha256);
+    let act = |who: &str, action: &str| -> Result<_> {
+        let key = members::load_key(dir, who, None)?;
+        Ok(node.airlock_act(&members::decision(
+            space,
+            node.name(),
+            who,
+            &key,
+            id,
+            action,
+            &h.output_sha256,
+        )?))
+    };
+    println!("   kexin airlock approve --space {d} --as alice --id {id}");
+    let own = act("alice", "approve")?;
+    if let Err(e) = &own {
+        println!("   {e}");
+    }
+    let mut released = None;
+    for who in ["carol", "dave"] {
+        println!("   kexin airlock approve --space {d} --as {who} --id {id}");
+        let (state, bytes) = act(who, "approve")??;
+        println!(
+            "   #{id} is {} ({}/{} approvals)",
+            state.state,
+            state.approvals.len(),
+            state.approvers_needed
+        );
+        released = bytes;
+    }
+    println!("   kexin airlock show --space {d} --as alice --id {id}");
+    let (_, fetched) = act("alice", "fetch")??;
+    if let Some(b) = &fetched {
+        println!("   {b}");
+    }
+    println!();
+    Ok(consent_ok && own.is_err() && released.is_some() && fetched == released)
 }
 
 pub fn run(keep: Option<PathBuf>) -> Result<u8> {
@@ -233,6 +364,18 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
                 surprises += 1;
             }
         }
+        let mut number = STEPS.len() + DP_STEPS.len();
+        for step in GOVERNANCE_STEPS {
+            number += 1;
+            if !show_step(&node, &dir, number, step).await? {
+                surprises += 1;
+            }
+        }
+        number += 1;
+        if !consent_and_review(&node, &space, &dir, number).await? {
+            surprises += 1;
+        }
+        number += 1;
         let modules = udf_dir();
         if !modules.join("egfr.wasm").is_file() {
             println!(
@@ -255,7 +398,7 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
         }
         println!();
         for (i, step) in UDF_STEPS.iter().enumerate() {
-            if !show_step(&node, &dir, STEPS.len() + DP_STEPS.len() + i + 1, step).await? {
+            if !show_step(&node, &dir, number + i + 1, step).await? {
                 surprises += 1;
             }
         }

@@ -5,11 +5,13 @@
 //! | module | holds |
 //! |---|---|
 //! | [`synth`] | `kexin gen`: deterministic synthetic multi-hospital data and an example policy |
+//! | [`members`] | key files; signing queries, certificates, consent receipts, contract and airlock actions; the example space's governance |
 //! | [`render`] | table, JSON and CSV output of a query outcome |
 //! | [`demo`] | `kexin demo`: allowed, suppressed and refused queries on a small space |
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod members;
 pub mod render;
 pub mod synth;
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kexin::{Format, demo, render, synth};
-use kexin_engine::node::{Node, QueryRequest};
+use kexin_engine::node::Node;
+
+mod cli;
 use kexin_engine::policy::Space;
 
 #[derive(Parser, Debug)]
@@ -55,11 +57,40 @@ enum Command {
         /// The researcher (a member name in space.toml).
         #[arg(long = "as")]
         actor: String,
+        /// The researcher's key file (default <space>/keys/<as>.key); the
+        /// request is signed with it.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The contract to run under (default: the researcher's only active
+        /// contract for the scene on the node).
+        #[arg(long)]
+        contract: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
         /// The SQL query.
         sql: String,
+    },
+    /// Member identities: key files and operator-issued certificates.
+    Id {
+        #[command(subcommand)]
+        action: cli::IdAction,
+    },
+    /// Individuals grant, revoke and list scene consents, and see every use
+    /// of their records.
+    Consent {
+        #[command(subcommand)]
+        action: cli::ConsentAction,
+    },
+    /// Data-use contracts between a node's data holder and a researcher.
+    Contract {
+        #[command(subcommand)]
+        action: cli::ContractAction,
+    },
+    /// Results held for data-holder review.
+    Airlock {
+        #[command(subcommand)]
+        action: cli::AirlockAction,
     },
     /// Inspect and verify a node's audit log.
     Audit {
@@ -77,7 +108,8 @@ enum Command {
         action: BudgetAction,
     },
     /// Generate a small space in a temporary directory and walk through
-    /// allowed, suppressed, refused and differentially private queries.
+    /// allowed, suppressed, refused and differentially private queries,
+    /// consent filtering, the cross-border rule and airlock review.
     Demo {
         /// Keep the generated space in this directory instead of a temp dir.
         #[arg(long)]
@@ -221,15 +253,20 @@ fn run(cli: Cli) -> Result<u8> {
             node,
             scene,
             actor,
+            key,
+            contract,
             format,
             sql,
         } => {
             let space = Arc::new(Space::load(&space)?);
             let node = node_name(&space, node);
+            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
             let rt = runtime()?;
             let outcome = rt.block_on(async {
-                let node = Node::open(space, &node).await?;
-                anyhow::Ok(node.query(&QueryRequest { scene, actor, sql }).await)
+                let n = Node::open(Arc::clone(&space), &node).await?;
+                let env =
+                    kexin::members::query(&space, &node, &actor, &signing, &scene, contract, &sql)?;
+                anyhow::Ok(n.query_signed(&env).await)
             })?;
             print!("{}", render::outcome(&outcome, format)?);
             Ok(u8::try_from(outcome.exit_status()).unwrap_or(1))
@@ -323,6 +360,10 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Demo { keep } => demo::run(keep),
+        Command::Id { action } => cli::id(action),
+        Command::Consent { action } => cli::consent(action),
+        Command::Contract { action } => cli::contract(action),
+        Command::Airlock { action } => cli::airlock(action),
     }
 }
 

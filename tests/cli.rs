@@ -75,9 +75,20 @@ fn db(dir: &Path) -> rusqlite::Connection {
 }
 
 /// A space with a few audited decisions, and a fresh verify.
-fn space_with_log() -> tempfile::TempDir {
+/// Entries in node h1's audit log (the generator's contracts are there
+/// before any query).
+fn entries(dir: &Path) -> u64 {
+    db(dir)
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get::<_, i64>(0))
+        .expect("count") as u64
+}
+
+/// A space whose h1 log has the generator's `base` entries, then a released
+/// query (base+1), a refused one (base+2) and a released one (base+3).
+fn space_with_log() -> (tempfile::TempDir, u64) {
     let t = tempfile::tempdir().expect("tempdir");
     generate(t.path());
+    let base = entries(t.path());
     for sql in [
         "SELECT sex, count(*) AS n FROM patients GROUP BY sex",
         "SELECT max(cost) FROM admissions",
@@ -87,14 +98,15 @@ fn space_with_log() -> tempfile::TempDir {
     }
     let (ok, msg) = verify(t.path());
     assert!(ok, "fresh log verifies: {msg}");
-    assert!(msg.contains("3 entries"), "{msg}");
-    t
+    assert!(msg.contains(&format!("{} entries", base + 3)), "{msg}");
+    (t, base)
 }
 
 #[test]
 fn json_contract_and_exit_status() {
     let t = tempfile::tempdir().expect("tempdir");
     generate(t.path());
+    let base = entries(t.path());
     let (code, v) = query_json(
         t.path(),
         "diabetes-2027",
@@ -106,7 +118,7 @@ fn json_contract_and_exit_status() {
     assert_eq!(v["rows"].as_array().map(Vec::len), Some(2));
     assert_eq!(v["suppressed_groups"], 0);
     assert_eq!(v["code"], Value::Null);
-    assert_eq!(v["audit_seq"], 1);
+    assert_eq!(v["audit_seq"], base + 1);
 
     let (code, v) = query_json(
         t.path(),
@@ -118,7 +130,7 @@ fn json_contract_and_exit_status() {
     assert_eq!(v["code"], "KX-DISC-IDENTIFIER");
     assert!(v["rule"].as_str().is_some_and(|r| !r.is_empty()));
     assert_eq!(v["rows"], serde_json::json!([]));
-    assert_eq!(v["audit_seq"], 2);
+    assert_eq!(v["audit_seq"], base + 2);
 
     let (code, v) = query_json(t.path(), "flu-2024", "SELECT count(*) FROM admissions");
     assert_eq!(
@@ -145,7 +157,7 @@ fn json_contract_and_exit_status() {
     // The audit list shows digests and decisions, never the SQL's literals.
     let out = kexin(&["audit", "list", "--space", t.path().to_str().expect("utf8")]);
     let list = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(list.lines().count(), 4);
+    assert_eq!(list.lines().count() as u64, base + 4);
     assert!(list.contains("\"decision\":\"refused\"") && list.contains("KX-DISC-IDENTIFIER"));
     assert!(
         !list.contains("GROUP BY"),
@@ -155,11 +167,11 @@ fn json_contract_and_exit_status() {
 
 #[test]
 fn edited_entry_is_detected() {
-    let t = space_with_log();
+    let (t, b) = space_with_log();
     db(t.path())
         .execute(
-            "UPDATE audit SET entry = replace(entry, '\"decision\":\"refused\"', '\"decision\":\"released\"') WHERE seq = 2",
-            [],
+            "UPDATE audit SET entry = replace(entry, '\"decision\":\"refused\"', '\"decision\":\"released\"') WHERE seq = ?1",
+            [b + 2],
         )
         .expect("tamper");
     let (ok, msg) = verify(t.path());
@@ -168,10 +180,12 @@ fn edited_entry_is_detected() {
 
 #[test]
 fn edited_entry_with_recomputed_leaf_is_detected() {
-    let t = space_with_log();
+    let (t, b) = space_with_log();
     let conn = db(t.path());
     let entry: Vec<u8> = conn
-        .query_row("SELECT entry FROM audit WHERE seq = 2", [], |r| r.get(0))
+        .query_row("SELECT entry FROM audit WHERE seq = ?1", [b + 2], |r| {
+            r.get(0)
+        })
         .expect("read");
     let forged = String::from_utf8(entry)
         .expect("utf8")
@@ -181,8 +195,8 @@ fn edited_entry_with_recomputed_leaf_is_detected() {
     use sha2::Digest;
     let leaf = sha2::Sha256::digest(&leaf).to_vec();
     conn.execute(
-        "UPDATE audit SET entry = ?1, leaf = ?2 WHERE seq = 2",
-        rusqlite::params![forged.as_bytes(), leaf],
+        "UPDATE audit SET entry = ?1, leaf = ?2 WHERE seq = ?3",
+        rusqlite::params![forged.as_bytes(), leaf, b + 2],
     )
     .expect("tamper");
     let (ok, msg) = verify(t.path());
@@ -191,9 +205,9 @@ fn edited_entry_with_recomputed_leaf_is_detected() {
 
 #[test]
 fn deleted_entry_is_detected() {
-    let t = space_with_log();
+    let (t, b) = space_with_log();
     db(t.path())
-        .execute("DELETE FROM audit WHERE seq = 2", [])
+        .execute("DELETE FROM audit WHERE seq = ?1", [b + 2])
         .expect("tamper");
     let (ok, msg) = verify(t.path());
     assert!(!ok && msg.contains("missing"), "{msg}");
@@ -201,11 +215,11 @@ fn deleted_entry_is_detected() {
 
 #[test]
 fn truncated_log_is_detected() {
-    let t = space_with_log();
+    let (t, b) = space_with_log();
     let conn = db(t.path());
-    conn.execute("DELETE FROM audit WHERE seq = 3", [])
+    conn.execute("DELETE FROM audit WHERE seq = ?1", [b + 3])
         .expect("tamper");
-    conn.execute("DELETE FROM checkpoint WHERE size = 3", [])
+    conn.execute("DELETE FROM checkpoint WHERE size = ?1", [b + 3])
         .expect("tamper");
     let (ok, msg) = verify(t.path());
     assert!(!ok && msg.contains("head checkpoint"), "{msg}");
@@ -213,13 +227,15 @@ fn truncated_log_is_detected() {
 
 #[test]
 fn reordered_entries_are_detected() {
-    let t = space_with_log();
+    let (t, b) = space_with_log();
     let conn = db(t.path());
-    conn.execute_batch(
-        "UPDATE audit SET seq = 100 WHERE seq = 1;
-         UPDATE audit SET seq = 1 WHERE seq = 2;
-         UPDATE audit SET seq = 2 WHERE seq = 100;",
-    )
+    conn.execute_batch(&format!(
+        "UPDATE audit SET seq = 100000 WHERE seq = {one};
+         UPDATE audit SET seq = {one} WHERE seq = {two};
+         UPDATE audit SET seq = {two} WHERE seq = 100000;",
+        one = b + 1,
+        two = b + 2
+    ))
     .expect("tamper");
     let (ok, msg) = verify(t.path());
     assert!(!ok && msg.contains("out of order"), "{msg}");
@@ -227,21 +243,23 @@ fn reordered_entries_are_detected() {
 
 #[test]
 fn unsigned_append_is_detected() {
-    let t = space_with_log();
+    let (t, b) = space_with_log();
     let conn = db(t.path());
     let entry: Vec<u8> = conn
-        .query_row("SELECT entry FROM audit WHERE seq = 3", [], |r| r.get(0))
+        .query_row("SELECT entry FROM audit WHERE seq = ?1", [b + 3], |r| {
+            r.get(0)
+        })
         .expect("read");
     let forged = String::from_utf8(entry)
         .expect("utf8")
-        .replace("\"seq\":3", "\"seq\":4");
+        .replace(&format!("\"seq\":{}", b + 3), &format!("\"seq\":{}", b + 4));
     let mut leaf = vec![0u8];
     leaf.extend_from_slice(forged.as_bytes());
     use sha2::Digest;
     let leaf = sha2::Sha256::digest(&leaf).to_vec();
     conn.execute(
-        "INSERT INTO audit (seq, entry, leaf) VALUES (4, ?1, ?2)",
-        rusqlite::params![forged.as_bytes(), leaf],
+        "INSERT INTO audit (seq, entry, leaf) VALUES (?3, ?1, ?2)",
+        rusqlite::params![forged.as_bytes(), leaf, b + 4],
     )
     .expect("tamper");
     let (ok, msg) = verify(t.path());
@@ -250,20 +268,24 @@ fn unsigned_append_is_detected() {
 
 #[test]
 fn forged_checkpoint_signature_is_detected() {
-    let t = space_with_log();
+    let (t, b) = space_with_log();
     let conn = db(t.path());
+    let size = format!("\n{}\n", b + 2);
     conn.execute(
-        "UPDATE checkpoint SET note = replace(note, '\n2\n', '\n2\n ') WHERE size = 2",
-        [],
+        "UPDATE checkpoint SET note = replace(note, ?1, ?1 || ' ') WHERE size = ?2",
+        rusqlite::params![size, b + 2],
     )
     .expect("tamper");
     let (ok, msg) = verify(t.path());
-    assert!(!ok && msg.contains("checkpoint 2"), "{msg}");
+    assert!(
+        !ok && msg.contains(&format!("checkpoint {}", b + 2)),
+        "{msg}"
+    );
 }
 
 #[test]
 fn rolled_back_database_is_detected() {
-    let t = space_with_log();
+    let (t, _) = space_with_log();
     let h1 = t.path().join("h1");
     // Back up the database as it is (3 entries)…
     db(t.path())
@@ -501,6 +523,10 @@ fn udf_register_list_and_query_from_the_command_line() {
             v["kind"].as_str().unwrap().to_string()
         })
         .collect();
+    let kinds: Vec<&String> = kinds
+        .iter()
+        .filter(|k| !k.starts_with("contract-"))
+        .collect();
     assert_eq!(kinds, ["query", "udf-register", "query"]);
 }
 
@@ -508,6 +534,11 @@ fn udf_register_list_and_query_from_the_command_line() {
 fn audit_list_does_not_create_state() {
     let t = tempfile::tempdir().unwrap();
     generate(t.path());
+    // The generator leaves contracts in every node's log: take h1's away to
+    // get a node that never ran.
+    for f in ["kexin.db", "kexin.db-wal", "kexin.db-shm"] {
+        let _ = std::fs::remove_file(t.path().join("h1").join(f));
+    }
     let out = kexin(&["audit", "list", "--space", t.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no audit log yet"));
@@ -563,7 +594,7 @@ fn dp_query_json_and_budget_show() {
     let entries = json_lines(&kexin(&["audit", "list", "--space", dir]));
     let dp_entry = entries
         .iter()
-        .find(|e| e["scene"] == "diabetes-dp")
+        .find(|e| e["scene"] == "diabetes-dp" && e["kind"] == "query")
         .unwrap();
     assert_eq!(dp_entry["epsilon"], 0.1);
     assert!(verify(t.path()).0);

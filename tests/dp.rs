@@ -89,6 +89,7 @@ code    = {{ grade = 1, kind = "attribute" }}
 flag    = {{ grade = 3, kind = "sensitive", bounds = [0, 1] }}
 
 [scene.dp]
+contract  = "none"    # in-house test scene: no data-use contract
 purpose   = "DUO:0000006"
 requester = "org:lab"
 datasets  = ["t"]
@@ -97,6 +98,7 @@ output    = {{ min_persons = 2, decimals = 0 }}
 privacy   = {{ epsilon_total = {epsilon_total}, epsilon_per_query = 0.1 }}
 
 [scene.plain]
+contract  = "none"    # in-house test scene: no data-use contract
 purpose   = "DUO:0000006"
 requester = "org:lab"
 datasets  = ["t"]

@@ -36,6 +36,7 @@ ward    = { grade = 1, kind = "attribute" }
 cost    = { grade = 3, kind = "sensitive", bounds = [0, 1000000] }
 
 [scene.s]
+contract  = "none"    # in-house test scene: no data-use contract
 purpose = "DUO:0000006"
 requester = "org:a"
 datasets = ["visits"]
@@ -103,6 +104,7 @@ async fn ask(dir: &Path, sql: &str) -> Outcome {
         scene: "s".into(),
         actor: "alice".into(),
         sql: sql.into(),
+        contract: None,
     })
     .await
 }

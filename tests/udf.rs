@@ -24,6 +24,7 @@ use kexin_engine::policy::Space;
 /// The scene used for hostile modules: tight limits so loops end fast.
 const LAB_SCENE: &str = r#"
 [scene.udf-lab]
+contract  = "none"    # in-house test scene: no data-use contract
 purpose   = "DUO:0000006"
 requester = "org:whu-med"
 datasets  = ["patients", "admissions", "labs"]

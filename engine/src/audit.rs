@@ -35,7 +35,8 @@ pub struct AuditEntry {
     pub node: String,
     pub actor: String,
     pub scene: String,
-    /// `query` for researcher queries; later issues add consent, contract, ….
+    /// `query`, `udf-register`, `identity-issue`, `consent-grant`,
+    /// `consent-revoke`, `contract-<action>`, `airlock-<action>`.
     pub kind: String,
     /// `released`, `refused` or `held`.
     pub decision: String,
@@ -58,6 +59,17 @@ pub struct AuditEntry {
     /// DP scenes: the audit entry whose answer a repeated query received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_of: Option<u64>,
+    /// The contract a query ran under, or a contract state change concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    /// Consent scenes: the registry's consent sequence number the query read
+    /// its consent set at (so a person's history can be recomputed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_seq: Option<u64>,
+    /// Consent scenes: SHA-256 over the sorted ID digests of the persons the
+    /// query could use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_sha256: Option<String>,
 }
 
 pub fn leaf_hash(entry: &[u8]) -> Hash {

@@ -1418,6 +1418,18 @@ fn normalize(plan: &LogicalPlan) -> String {
                         }
                     }
                     LogicalPlan::TableScan(s) => break s.table_name.table().to_string(),
+                    // A consent scene's scan: the consent filter sits under
+                    // the mask projection.
+                    LogicalPlan::Projection(p)
+                        if matches!(p.input.as_ref(), LogicalPlan::Filter(f)
+                            if matches!(f.input.as_ref(), LogicalPlan::TableScan(_))) =>
+                    {
+                        if let LogicalPlan::Filter(f) = p.input.as_ref()
+                            && let LogicalPlan::TableScan(s) = f.input.as_ref()
+                        {
+                            break s.table_name.table().to_string();
+                        }
+                    }
                     _ => {
                         derived += 1;
                         break format!("derived{derived}");

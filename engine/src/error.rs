@@ -85,6 +85,19 @@ pub enum Code {
     DpPartition,
     /// DP mode: the researcher's budget under the scene cannot cover the query.
     DpBudget,
+    /// The request's signature, certificate, timestamp or nonce does not
+    /// check out (replayed, stale, signed by someone else, unknown member).
+    Auth,
+    /// The scene needs consent and the consent registry cannot be read.
+    Consent,
+    /// No agreed, unexpired, non-exhausted contract covers the query.
+    Contract,
+    /// The requester is outside the space's jurisdiction and the query read a
+    /// dataset on the space's export negative list.
+    CrossBorder,
+    /// An airlock action that is not allowed (self-approval, wrong role,
+    /// a result that is not held).
+    Review,
     /// The query failed while running (the cause is never shown).
     Exec,
     /// Deadline or memory limit reached.
@@ -132,6 +145,11 @@ impl Code {
             Code::DpBounds => "KX-DP-BOUNDS",
             Code::DpPartition => "KX-DP-PARTITION",
             Code::DpBudget => "KX-DP-BUDGET",
+            Code::Auth => "KX-AUTH",
+            Code::Consent => "KX-CONSENT",
+            Code::Contract => "KX-CONTRACT",
+            Code::CrossBorder => "KX-CROSS-BORDER",
+            Code::Review => "KX-REVIEW",
             Code::Exec => "KX-EXEC",
             Code::ExecLimit => "KX-EXEC-LIMIT",
             Code::Internal => "KX-INTERNAL",
@@ -149,7 +167,12 @@ impl Code {
             | Code::UdfStack
             | Code::UdfTrap
             | Code::UdfOutput => 4,
-            Code::Scene | Code::DpBudget => 3,
+            Code::Scene
+            | Code::DpBudget
+            | Code::Auth
+            | Code::Consent
+            | Code::Contract
+            | Code::Review => 3,
             _ => 2,
         }
     }

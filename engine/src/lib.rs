@@ -18,6 +18,11 @@
 //! | [`noise`] | exact discrete Laplace and Gaussian samplers (CKS20) for DP noise |
 //! | [`dp`] | DP mode: contribution bounding, noise calibration, partition selection, accuracy |
 //! | [`udf`] | approved WebAssembly UDFs bound into a query as DataFusion functions |
+//! | [`identity`] | member key files, operator-signed certificates, signed requests, GB 11643 ID numbers |
+//! | [`consent`] | DUO purposes and their matching, consent receipts, the consent filter at the scan |
+//! | [`registry`] | the space's registry: issued certificates and consent receipts (SQLite, audited) |
+//! | [`airlock`] | results held for data-holder review, signed approvals bound to the held bytes |
+//! | [`contract`] | data-use contracts between a holder and a requester, and their negotiation states |
 //! | [`error`] | fixed refusal codes, kept apart from internal failures |
 //!
 //! ```no_run
@@ -28,27 +33,32 @@
 //! let space = Arc::new(Space::load(std::path::Path::new("space"))?);
 //! let node = Node::open(space, "h1").await?;
 //! let outcome = node
-//!     .query(&QueryRequest {
-//!         scene: "diabetes-2027".into(),
-//!         actor: "alice".into(),
-//!         sql: "SELECT sex, count(*) FROM patients GROUP BY sex".into(),
-//!     })
+//!     .query(&QueryRequest::new(
+//!         "diabetes-2027",
+//!         "alice",
+//!         "SELECT sex, count(*) FROM patients GROUP BY sex",
+//!     ))
 //!     .await;
 //! println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod airlock;
 pub mod audit;
 pub mod cells;
+pub mod consent;
+pub mod contract;
 pub mod disclosure;
 pub mod dp;
 pub mod error;
 pub mod gate;
+pub mod identity;
 pub mod mask;
 pub mod node;
 pub mod noise;
 pub mod policy;
+pub mod registry;
 pub mod rewrite;
 pub mod store;
 pub mod udf;

@@ -30,8 +30,9 @@ use crate::disclosure::Checker;
 use crate::dp;
 use crate::error::{Code, Error, Refusal, Result};
 use crate::gate::{self, Cell};
+use crate::identity::{QueryBody, Signed, tag};
 use crate::mask::ColumnMask;
-use crate::policy::{ConsentMode, Dataset, PrivacyRules, Release, Scene, Space};
+use crate::policy::{ConsentMode, ContractMode, Dataset, PrivacyRules, Release, Scene, Space};
 use crate::rewrite::{PolicyRewrite, TableRewrite, harden};
 use crate::store::{NodeKeys, Store, UdfApproval, now_utc};
 use crate::udf::{QueryUdfs, UdfHost, fault_refusal, find_fault};
@@ -42,6 +43,20 @@ pub struct QueryRequest {
     pub scene: String,
     pub actor: String,
     pub sql: String,
+    /// The contract the query runs under. `None`: the requester's active
+    /// contract for the scene on this node, when there is exactly one.
+    pub contract: Option<String>,
+}
+
+impl QueryRequest {
+    pub fn new(scene: &str, actor: &str, sql: &str) -> Self {
+        QueryRequest {
+            scene: scene.into(),
+            actor: actor.into(),
+            sql: sql.into(),
+            contract: None,
+        }
+    }
 }
 
 /// The decision on a query.
@@ -70,6 +85,12 @@ pub struct Outcome {
     /// DP scenes: budget and per-cell accuracy. Absent elsewhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dp: Option<DpReport>,
+    /// Held results: the airlock entry to fetch once a data holder approves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub airlock: Option<u64>,
+    /// The contract the query ran under (absent for scenes without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
 }
 
 /// What a DP release adds to the outcome.
@@ -100,6 +121,12 @@ struct Trace {
     epsilon: Option<f64>,
     repeat_of: Option<u64>,
     cache: Option<(String, String)>,
+    /// The contract taken for this query.
+    contract: Option<String>,
+    /// Consent scenes: the snapshot the query used (sequence, set digest).
+    consent: Option<(u64, String)>,
+    /// The result goes to the airlock instead of the researcher.
+    hold: bool,
 }
 
 /// One researcher's budget under one DP scene, as `kexin budget show` lists it.
@@ -129,6 +156,8 @@ impl Outcome {
             explanation: vec![],
             checkpoint: None,
             dp: None,
+            airlock: None,
+            contract: None,
         }
     }
 
@@ -147,11 +176,11 @@ impl Outcome {
 /// An open node.
 #[derive(Debug)]
 pub struct Node {
-    space: Arc<Space>,
-    name: String,
+    pub(crate) space: Arc<Space>,
+    pub(crate) name: String,
     dir: PathBuf,
-    keys: NodeKeys,
-    store: Mutex<Store>,
+    pub(crate) keys: NodeKeys,
+    pub(crate) store: Mutex<Store>,
     /// Per dataset: the data file's schema (as DataFusion reads it) and URL.
     tables: HashMap<String, (ListingTableUrl, SchemaRef)>,
     /// The wasmtime sandbox and compiled-module cache for approved UDFs.
@@ -185,7 +214,7 @@ pub struct ListedUdf {
     pub loadable: bool,
 }
 
-fn refusal(code: Code, rule: &'static str) -> Error {
+pub(crate) fn refusal(code: Code, rule: &'static str) -> Error {
     Error::refused(code, rule)
 }
 
@@ -283,10 +312,71 @@ impl Node {
 
     /// Run a researcher's query through the whole path. Never fails: errors
     /// become audited refusals.
+    ///
+    /// This entry point trusts `req.actor`: it is for callers that have
+    /// authenticated the researcher themselves (embedding applications,
+    /// tests). The command line and the node server call
+    /// [`Node::query_signed`].
     pub async fn query(&self, req: &QueryRequest) -> Outcome {
-        let sql_digest = hex::encode(Sha256::digest(req.sql.as_bytes()));
         let mut trace = Trace::default();
-        let (mut outcome, plan_digest) = match self.run(req, &mut trace).await {
+        let result = self.run(req, &mut trace).await;
+        self.finish(req, result, trace)
+    }
+
+    /// Check a signed request — the member's certificate, the signature, the
+    /// binding to this space, node and scene, the timestamp and the nonce —
+    /// then run it. A request that fails the check is refused with
+    /// `KX-AUTH`, and the refusal is audited too.
+    pub async fn query_signed(&self, env: &Signed<QueryBody>) -> Outcome {
+        let b = &env.body;
+        let req = QueryRequest {
+            scene: b.scene.clone(),
+            actor: b.member.clone(),
+            sql: b.sql.clone(),
+            contract: b.contract.clone(),
+        };
+        match self.authenticate(env) {
+            Ok(()) => self.query(&req).await,
+            Err(e) => self.finish(&req, Err(e), Trace::default()),
+        }
+    }
+
+    fn authenticate(&self, env: &Signed<QueryBody>) -> Result<()> {
+        let b = &env.body;
+        if b.space != self.space.name || b.node != self.name {
+            return Err(refusal(
+                Code::Auth,
+                "the request is bound to another space or node",
+            ));
+        }
+        let (key, cert) = crate::registry::View::open(&self.space)
+            .map_err(|_| refusal(Code::Auth, "the identity registry is unavailable"))?
+            .member_key(&b.member)?;
+        env.verify(tag::QUERY, &key, Code::Auth)?;
+        if cert.body.role != "researcher" {
+            return Err(refusal(Code::Auth, "only researchers submit queries"));
+        }
+        crate::identity::fresh(&b.time)?;
+        self.store_lock()?.take_nonce(&b.member, &b.nonce, &b.time)
+    }
+
+    pub(crate) fn store_lock(&self) -> Result<std::sync::MutexGuard<'_, Store>> {
+        self.store
+            .lock()
+            .map_err(|_| Error::internal("state store lock poisoned"))
+    }
+
+    /// Audit the decision (durably, before anything is released) and shape
+    /// the outcome; a held result goes to the airlock in the same
+    /// transaction.
+    fn finish(
+        &self,
+        req: &QueryRequest,
+        result: Result<(Outcome, String)>,
+        trace: Trace,
+    ) -> Outcome {
+        let sql_digest = hex::encode(Sha256::digest(req.sql.as_bytes()));
+        let (mut outcome, plan_digest) = match result {
             Ok((o, p)) => (o, Some(p)),
             Err(e) => {
                 if let Error::Internal(detail) = &e {
@@ -296,10 +386,31 @@ impl Node {
                 (Outcome::refused(e.as_refusal()), None)
             }
         };
-        let output_digest = (outcome.status == Status::Released).then(|| {
-            let bytes = serde_json::to_vec(&(&outcome.columns, &outcome.rows)).unwrap_or_default();
-            hex::encode(Sha256::digest(bytes))
-        });
+        outcome.contract = trace.contract.clone();
+        // A held result is stored as the exact bytes a release will return;
+        // the audit log records their digest.
+        let held = (trace.hold && outcome.status == Status::Released)
+            .then(|| serde_json::to_string(&outcome).unwrap_or_default());
+        let output_digest = match &held {
+            Some(bytes) => Some(hex::encode(Sha256::digest(bytes.as_bytes()))),
+            None => (outcome.status == Status::Released).then(|| {
+                let bytes =
+                    serde_json::to_vec(&(&outcome.columns, &outcome.rows)).unwrap_or_default();
+                hex::encode(Sha256::digest(bytes))
+            }),
+        };
+        if held.is_some() {
+            outcome = Outcome {
+                status: Status::Held,
+                explanation: vec![
+                    "the result passed the gate and is held for review by the data holder; fetch it with `kexin airlock show` once approved".into(),
+                ],
+                contract: outcome.contract,
+                ..Outcome::refused(Refusal::new(Code::Internal, ""))
+            };
+            outcome.code = None;
+            outcome.rule = None;
+        }
         let entry = AuditEntry {
             seq: 0,
             time: now_utc().1,
@@ -318,12 +429,15 @@ impl Node {
             sql_sha256: Some(sql_digest),
             plan_sha256: plan_digest,
             policy_sha256: hex::encode(self.space.policy_digest),
-            output_sha256: output_digest,
+            output_sha256: output_digest.clone(),
             rows_released: outcome.rows.len() as u64,
             suppressed_groups: outcome.suppressed_groups as u64,
             udfs: trace.called,
             epsilon: trace.epsilon,
             repeat_of: trace.repeat_of,
+            contract: trace.contract.clone(),
+            consent_seq: trace.consent.as_ref().map(|c| c.0),
+            consent_sha256: trace.consent.as_ref().map(|c| c.1.clone()),
         };
         // A new DP answer is cached in the same transaction as its audit
         // record, so a repeat finds it as soon as it is released.
@@ -332,6 +446,7 @@ impl Node {
             .filter(|_| outcome.status == Status::Released)
             .map(|(digest, stored)| (req.actor.clone(), req.scene.clone(), digest, stored));
         // The audit record is durable before anything is released.
+        let mut airlock_id = None;
         let appended = match self.store.lock() {
             Ok(mut store) => store.append_with(entry, &self.keys, |tx, seq| {
                 if let Some((actor, scene, digest, stored)) = &cache {
@@ -341,6 +456,23 @@ impl Node {
                         rusqlite::params![actor, scene, digest, stored, seq as i64],
                     )?;
                 }
+                if let (Some(bytes), Some(digest)) = (&held, &output_digest) {
+                    tx.execute(
+                        "INSERT INTO airlock (scene, actor, contract, result, digest, state,
+                           approvals, held_seq, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'held', '[]', ?6, ?7)",
+                        rusqlite::params![
+                            req.scene,
+                            req.actor,
+                            trace.contract,
+                            bytes,
+                            digest,
+                            seq as i64,
+                            now_utc().1
+                        ],
+                    )?;
+                    airlock_id = Some(tx.last_insert_rowid() as u64);
+                }
                 Ok(())
             }),
             Err(_) => Err(Error::internal("state store lock poisoned")),
@@ -349,6 +481,7 @@ impl Node {
             Ok((seq, note)) => {
                 outcome.audit_seq = Some(seq);
                 outcome.checkpoint = Some(note);
+                outcome.airlock = airlock_id;
                 outcome
             }
             Err(e) => {
@@ -428,7 +561,7 @@ impl Node {
         let mut others = self.scene_modules(sc).unwrap_or_default();
         others.retain(|m| m.digest() != digest);
         others.push(module.clone());
-        let (state, _) = self.session(sc, &QueryUdfs::default())?;
+        let (state, _) = self.session(sc, &QueryUdfs::default(), &sc.datasets, None)?;
         QueryUdfs::bind(&others, sc.udf_limits)?;
         if functions.iter().any(|f| builtin_function(&state, &f.name)) {
             return Err(refusal(
@@ -466,6 +599,9 @@ impl Node {
             udfs: vec![digest.clone()],
             epsilon: None,
             repeat_of: None,
+            contract: None,
+            consent_seq: None,
+            consent_sha256: None,
         };
         let (seq, _) = self
             .store
@@ -552,24 +688,44 @@ impl Node {
         if !scene.valid_on(&now_utc().0) {
             return Err(refusal(Code::Scene, "the scene is not valid today"));
         }
-        if scene.consent == ConsentMode::Required {
-            // Seam for the consent registry: fail closed until it exists.
-            return Err(refusal(
-                Code::Scene,
-                "the scene requires consent and the consent registry is unavailable",
-            ));
-        }
-        if scene.release == Release::Review {
-            return Err(refusal(
-                Code::Scene,
-                "the scene requires review and this node has no airlock",
-            ));
-        }
         Ok(scene)
     }
 
     async fn run(&self, req: &QueryRequest, trace: &mut Trace) -> Result<(Outcome, String)> {
         let scene = self.scene_for(req)?;
+        // Step 1: the contract (taken durably, before anything runs) and the
+        // consent set, both read once at the query's start.
+        let contract = match scene.contract {
+            ContractMode::Required => {
+                let c = self.take_contract(req)?;
+                trace.contract = Some(c.id.clone());
+                Some(c)
+            }
+            ContractMode::None => None,
+        };
+        let datasets: Vec<String> = scene
+            .datasets
+            .iter()
+            .filter(|d| {
+                contract
+                    .as_ref()
+                    .is_none_or(|c| c.terms.datasets.contains(d))
+            })
+            .cloned()
+            .collect();
+        trace.hold = scene.release == Release::Review
+            || contract
+                .as_ref()
+                .is_some_and(|c| c.terms.release == "review");
+        let consent = match scene.consent {
+            ConsentMode::Required => {
+                let set =
+                    crate::registry::View::open(&self.space)?.snapshot(scene, &now_utc().0)?;
+                trace.consent = Some((set.seq, set.digest()));
+                Some(set)
+            }
+            ConsentMode::None => None,
+        };
         let modules = self.scene_modules(scene)?;
         let udfs = QueryUdfs::bind(&modules, scene.udf_limits)?;
         let limits = &self.space.limits;
@@ -607,7 +763,7 @@ impl Node {
         }
 
         // Session with only the scene's datasets, and the policy rewrite first.
-        let (state, rule) = self.session(scene, &udfs)?;
+        let (state, rule) = self.session(scene, &udfs, &datasets, consent.as_ref())?;
         let plan0 = state
             .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
                 stmt,
@@ -626,6 +782,8 @@ impl Node {
         // Every module the query calls is named in its audit record, whatever
         // the decision.
         trace.called.extend(called_modules(&plan0, &udfs));
+
+        self.check_export(&req.actor, &plan0)?;
 
         // Step 4: disclosure constraints on the researcher's plan.
         let datasets = scene
@@ -646,8 +804,22 @@ impl Node {
             )
         })?;
         if let Some(privacy) = &scene.privacy {
+            let mut privacy = privacy.clone();
+            if let Some(cap) = contract.as_ref().and_then(|c| c.terms.epsilon) {
+                privacy.epsilon_total = privacy.epsilon_total.min(cap);
+            }
+            let consent_digest = trace.consent.as_ref().map(|c| c.1.clone());
             return self
-                .run_dp(req, scene, privacy, &udfs, &state, plan1, trace)
+                .run_dp(
+                    req,
+                    scene,
+                    &privacy,
+                    &udfs,
+                    &state,
+                    plan1,
+                    consent_digest,
+                    trace,
+                )
                 .await;
         }
         let (plan2, hidden) = gate::instrument(plan1, &scene.output)?;
@@ -672,6 +844,11 @@ impl Node {
             "each released group counts at least {} distinct persons (noisy threshold); integer results rounded to {}, decimals to {} places",
             scene.output.min_persons, scene.output.round_to, scene.output.decimals
         )];
+        if let Some((seq, _)) = &trace.consent {
+            explanation.push(format!(
+                "consent: only persons whose grant covered the scene when the query started contribute (consent registry at #{seq})"
+            ));
+        }
         if let Some(d) = scene.output.dominance {
             explanation.push(format!(
                 "dominance rule: groups where the top {} persons hold more than {:.0}% of a sum are suppressed",
@@ -694,6 +871,8 @@ impl Node {
                 explanation,
                 checkpoint: None,
                 dp: None,
+                airlock: None,
+                contract: None,
             },
             plan_digest,
         ))
@@ -736,6 +915,7 @@ impl Node {
         udfs: &QueryUdfs,
         state: &datafusion::execution::SessionState,
         plan: datafusion::logical_expr::LogicalPlan,
+        consent_digest: Option<String>,
         trace: &mut Trace,
     ) -> Result<(Outcome, String)> {
         let datasets: BTreeMap<String, &Dataset> = scene
@@ -762,7 +942,12 @@ impl Node {
             key("groups"),
         )?;
         let optimized = state.optimize(&q.plan).map_err(plan_refusal)?;
-        let digest = q.digest(&optimized, &self.space.policy_digest);
+        // A different consent set is a different computation: never answered
+        // from the cache of another.
+        let mut digest = q.digest(&optimized, &self.space.policy_digest);
+        if let Some(c) = consent_digest {
+            digest = hex::encode(Sha256::digest(format!("{digest}/{c}").as_bytes()));
+        }
         let store = || {
             self.store
                 .lock()
@@ -871,6 +1056,8 @@ impl Node {
                 explanation,
                 checkpoint: None,
                 dp: Some(report),
+                airlock: None,
+                contract: None,
             },
             digest,
         ))
@@ -981,14 +1168,17 @@ impl Node {
         &self,
         scene: &Scene,
         udfs: &QueryUdfs,
+        datasets: &[String],
+        consent: Option<&crate::consent::ConsentSet>,
     ) -> Result<(datafusion::execution::SessionState, Arc<PolicyRewrite>)> {
+        let consent = consent.map(|c| c.clone().into_udf());
         let pseudonym_key = self
             .keys
             .master
             .derive(format!("kexin/pseudonym/v1/{}", scene.name).as_bytes());
         let mut rewrites = HashMap::new();
         let mut providers = Vec::new();
-        for dname in &scene.datasets {
+        for dname in datasets {
             let ds = self
                 .space
                 .datasets
@@ -1022,6 +1212,7 @@ impl Node {
                 TableRewrite {
                     person_key: ds.person_key.clone(),
                     masks,
+                    consent: consent.clone(),
                 },
             );
             let config = ListingTableConfig::new(url.clone())

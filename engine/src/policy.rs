@@ -115,6 +115,14 @@ pub enum ConsentMode {
     Required,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContractMode {
+    /// Queries need an agreed, unexpired, non-exhausted contract (default).
+    Required,
+    /// In-house analysis under the data holder's own governance: no contract.
+    None,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dominance {
     /// How many top contributors are looked at.
@@ -152,6 +160,15 @@ pub struct Scene {
     pub name: String,
     pub purpose: String,
     pub disease: Option<String>,
+    /// The DUO purpose parsed from `purpose` and `disease`.
+    pub purpose_code: crate::consent::Purpose,
+    /// The purpose as stated to data subjects in Chinese (处理目的), shown
+    /// with consent receipts and history.
+    pub purpose_zh: Option<String>,
+    /// The requester is a not-for-profit use (DUO modifier NPU).
+    pub non_profit: bool,
+    /// Ethics approval reference (DUO modifier IRB).
+    pub irb: Option<String>,
     pub requester: String,
     pub datasets: Vec<String>,
     /// Optional allow-list of `dataset.column`; `None` means every column of
@@ -161,6 +178,9 @@ pub struct Scene {
     pub valid_from: String,
     pub valid_to: String,
     pub release: Release,
+    /// Held results need this many distinct data-holder approvals (1 or 2).
+    pub approvers: u8,
+    pub contract: ContractMode,
     pub output: OutputRules,
     pub privacy: Option<PrivacyRules>,
     /// Module digests approved in the policy file (`sha256:<hex>`, lower
@@ -191,6 +211,11 @@ pub struct Member {
     pub name: String,
     pub role: String,
     pub org: String,
+    /// Data holders: the nodes whose contracts and airlock they act for.
+    pub nodes: Vec<String>,
+    /// ISO 3166 code of where the member receives results; the space's own
+    /// jurisdiction when absent.
+    pub jurisdiction: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -225,6 +250,24 @@ pub struct Space {
     pub limits: Limits,
     /// SHA-256 of the policy file bytes; recorded in every audit entry.
     pub policy_digest: [u8; 32],
+    /// The operator's ed25519 public key: the trust root for member
+    /// certificates. Without it no signed request can be checked.
+    pub operator_key: Option<ed25519_dalek::VerifyingKey>,
+    /// ISO 3166 code of the space (default `CN`).
+    pub jurisdiction: String,
+    /// Datasets whose results may not go to a requester outside the space's
+    /// jurisdiction (the cross-border negative list).
+    pub export_negative_list: Vec<String>,
+}
+
+impl Space {
+    /// Where `member` receives results.
+    pub fn jurisdiction_of(&self, member: &str) -> &str {
+        self.members
+            .get(member)
+            .and_then(|m| m.jurisdiction.as_deref())
+            .unwrap_or(&self.jurisdiction)
+    }
 }
 
 // ---------------------------------------------------------------- raw shapes
@@ -248,6 +291,10 @@ struct RawSpaceFile {
 struct RawSpace {
     name: String,
     nodes: Vec<String>,
+    operator_key: Option<String>,
+    jurisdiction: Option<String>,
+    #[serde(default)]
+    export_negative_list: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +311,9 @@ struct RawLimits {
 struct RawMember {
     role: String,
     org: String,
+    #[serde(default)]
+    nodes: Vec<String>,
+    jurisdiction: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -289,12 +339,18 @@ struct RawColumn {
 struct RawScene {
     purpose: String,
     disease: Option<String>,
+    purpose_zh: Option<String>,
+    #[serde(default)]
+    non_profit: bool,
+    irb: Option<String>,
     requester: String,
     datasets: Vec<String>,
     columns: Option<Vec<String>>,
     consent: Option<String>,
     valid: [String; 2],
     release: Option<String>,
+    approvers: Option<u8>,
+    contract: Option<String>,
     output: Option<RawOutput>,
     privacy: Option<RawPrivacy>,
     #[serde(default)]
@@ -419,12 +475,30 @@ impl Space {
                     ),
                 ));
             }
+            for n in &m.nodes {
+                if !raw.space.nodes.contains(n) {
+                    return Err(err(
+                        format!("member.{mname}.nodes"),
+                        format!("{n:?} is not a node of the space"),
+                    ));
+                }
+            }
+            if let Some(j) = &m.jurisdiction
+                && !iso3166(j)
+            {
+                return Err(err(
+                    format!("member.{mname}.jurisdiction"),
+                    "expected a two-letter ISO 3166 code such as CN or HK".into(),
+                ));
+            }
             members.insert(
                 mname.clone(),
                 Member {
                     name: mname,
                     role: m.role,
                     org: m.org,
+                    nodes: m.nodes,
+                    jurisdiction: m.jurisdiction,
                 },
             );
         }
@@ -627,6 +701,22 @@ impl Space {
                     ));
                 }
             };
+            let purpose_code = crate::consent::Purpose::parse(&s.purpose, s.disease.as_deref())
+                .map_err(|e| err(at("purpose"), e))?;
+            let approvers = s.approvers.unwrap_or(1);
+            if !(1..=2).contains(&approvers) {
+                return Err(err(at("approvers"), "must be 1 or 2".into()));
+            }
+            let contract = match s.contract.as_deref() {
+                None | Some("required") => ContractMode::Required,
+                Some("none") => ContractMode::None,
+                Some(other) => {
+                    return Err(err(
+                        at("contract"),
+                        format!("{other:?}: expected \"required\" or \"none\""),
+                    ));
+                }
+            };
             let [from, to] = s.valid;
             for (f, v) in [("valid[0]", &from), ("valid[1]", &to)] {
                 if !valid_date(v) {
@@ -732,6 +822,10 @@ impl Space {
                     name: sname,
                     purpose: s.purpose,
                     disease: s.disease,
+                    purpose_code,
+                    purpose_zh: s.purpose_zh,
+                    non_profit: s.non_profit,
+                    irb: s.irb,
                     requester: s.requester,
                     datasets: s.datasets,
                     columns,
@@ -739,6 +833,8 @@ impl Space {
                     valid_from: from,
                     valid_to: to,
                     release,
+                    approvers,
+                    contract,
                     output: OutputRules {
                         min_persons,
                         round_to,
@@ -752,9 +848,36 @@ impl Space {
             );
         }
 
+        let operator_key = match &raw.space.operator_key {
+            None => None,
+            Some(k) => Some(crate::identity::parse_public_key(k).ok_or_else(|| {
+                err(
+                    "space.operator_key".into(),
+                    "expected a hex-encoded ed25519 public key".into(),
+                )
+            })?),
+        };
+        let jurisdiction = raw.space.jurisdiction.unwrap_or_else(|| "CN".into());
+        if !iso3166(&jurisdiction) {
+            return Err(err(
+                "space.jurisdiction".into(),
+                "expected a two-letter ISO 3166 code such as CN".into(),
+            ));
+        }
+        for d in &raw.space.export_negative_list {
+            if !datasets.contains_key(d) {
+                return Err(err(
+                    "space.export_negative_list".into(),
+                    format!("{d:?} is not a dataset"),
+                ));
+            }
+        }
         Ok(Space {
             dir: dir.to_path_buf(),
             name,
+            operator_key,
+            jurisdiction,
+            export_negative_list: raw.space.export_negative_list,
             nodes: raw.space.nodes,
             datasets,
             scenes,
@@ -777,6 +900,10 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+fn iso3166(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 fn valid_date(s: &str) -> bool {
     let b = s.as_bytes();
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
@@ -787,10 +914,10 @@ fn valid_date(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(crate) const GOOD: &str = r#"
 [space]
 name = "t"
 nodes = ["h1"]
@@ -810,6 +937,7 @@ cost    = { grade = 3, bounds = [0, 1000] }
 
 [scene.s1]
 purpose = "DUO:0000007"
+disease = "E11"
 requester = "org:a"
 datasets = ["patients"]
 valid = ["2026-01-01", "2030-12-31"]

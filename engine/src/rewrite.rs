@@ -30,8 +30,8 @@ use datafusion::common::{Column, Result as DfResult, TableReference, plan_err};
 use datafusion::logical_expr::expr::{ScalarFunction, TryCast};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
-    BinaryExpr, Expr, LogicalPlan, Operator, Projection, ScalarUDF, SubqueryAlias, TableScan,
-    TableScanBuilder, lit, when,
+    BinaryExpr, Expr, Filter, LogicalPlan, Operator, Projection, ScalarUDF, SubqueryAlias,
+    TableScan, TableScanBuilder, lit, when,
 };
 use datafusion::optimizer::AnalyzerRule;
 
@@ -46,6 +46,9 @@ pub struct TableRewrite {
     pub person_key: String,
     /// Column name → mask function (absent: passed through as stored).
     pub masks: HashMap<String, Arc<ScalarUDF>>,
+    /// Consent scenes: `kexin_consent(person key)`, true for persons whose
+    /// grant covers the scene. Rows of anyone else never leave the scan.
+    pub consent: Option<Arc<ScalarUDF>>,
 }
 
 /// The scan rewrite for one scene.
@@ -97,7 +100,14 @@ impl PolicyRewrite {
         if !has_pk {
             return plan_err!("kexin: the person key is not visible at the scan");
         }
-        let projection = Projection::try_new(exprs, Arc::new(LogicalPlan::TableScan(raw_scan)))?;
+        let pk_column = Expr::Column(Column::new(Some(raw_name.clone()), rw.person_key.clone()));
+        let mut input = LogicalPlan::TableScan(raw_scan);
+        if let Some(udf) = &rw.consent {
+            let keep =
+                Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(udf), vec![pk_column]));
+            input = LogicalPlan::Filter(Filter::try_new(keep, Arc::new(input))?);
+        }
+        let projection = Projection::try_new(exprs, Arc::new(input))?;
         let alias =
             SubqueryAlias::try_new(Arc::new(LogicalPlan::Projection(projection)), original)?;
         Ok(Transformed::yes(LogicalPlan::SubqueryAlias(alias)))

@@ -3,8 +3,9 @@
 //!
 //! Layout of a node directory (`<space>/<node>/`):
 //! - `kexin.db`   — SQLite: `audit` (seq, entry, leaf), `checkpoint` (size, note),
-//!   `udf_approval`, the DP budget ledger `dp_budget` and the DP release cache
-//!   `dp_release`
+//!   `udf_approval`, the DP budget ledger `dp_budget`, the DP release cache
+//!   `dp_release`, signed requests' nonces `request_nonce`, contracts
+//!   `contract` and held results `airlock`
 //! - `audit.head` — the latest signed checkpoint, the rollback witness
 //! - `node.key`   — signing seed and master key (mode 0600)
 //! - `node.pub`   — the signed-note verifier key of the node
@@ -131,7 +132,7 @@ fn unique_sibling(path: &Path, tag: &str) -> PathBuf {
 /// Create `path` (mode 0600) with `bytes` unless it exists. Written to a
 /// private temp file first and linked into place, so a concurrent opener
 /// either wins the race or reads the winner's complete file.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = unique_sibling(path, "new");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -221,7 +222,7 @@ pub const NANO: f64 = 1e9;
 /// The node's state database and audit log.
 #[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    pub(crate) conn: Connection,
     head_path: PathBuf,
     origin: String,
 }
@@ -264,6 +265,33 @@ impl Store {
                      delta_spent REAL NOT NULL,
                      queries     INTEGER NOT NULL,
                      PRIMARY KEY (actor, scene)
+                 );
+                 CREATE TABLE IF NOT EXISTS request_nonce (
+                     member TEXT NOT NULL,
+                     nonce  TEXT NOT NULL,
+                     time   INTEGER NOT NULL,
+                     PRIMARY KEY (member, nonce)
+                 );
+                 CREATE TABLE IF NOT EXISTS contract (
+                     id           TEXT PRIMARY KEY,
+                     terms        TEXT NOT NULL,
+                     state        TEXT NOT NULL,
+                     actions      TEXT NOT NULL,
+                     queries_used INTEGER NOT NULL,
+                     updated_at   TEXT NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS airlock (
+                     id         INTEGER PRIMARY KEY,
+                     scene      TEXT NOT NULL,
+                     actor      TEXT NOT NULL,
+                     contract   TEXT,
+                     result     TEXT NOT NULL,
+                     digest     TEXT NOT NULL,
+                     state      TEXT NOT NULL,
+                     approvals  TEXT NOT NULL,
+                     held_seq   INTEGER NOT NULL,
+                     created_at TEXT NOT NULL,
+                     decided_at TEXT
                  );
                  CREATE TABLE IF NOT EXISTS dp_release (
                      actor     TEXT NOT NULL,
@@ -346,6 +374,102 @@ impl Store {
             write_atomic(&self.head_path, note.as_bytes())?;
         }
         Ok((seq, note))
+    }
+
+    /// Record a signed request's nonce, durably; a nonce seen before is a
+    /// replay. Nonces older than twice the freshness window are dropped:
+    /// requests that old are refused as stale anyway.
+    pub fn take_nonce(&mut self, member: &str, nonce: &str, time: &str) -> Result<()> {
+        let t = crate::identity::parse_time(time).ok_or_else(|| {
+            Error::refused(crate::Code::Auth, "the request's timestamp is malformed")
+        })?;
+        if nonce.len() < 16 || nonce.len() > 128 {
+            return Err(Error::refused(
+                crate::Code::Auth,
+                "the request's nonce is malformed",
+            ));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM request_nonce WHERE time < ?1",
+            params![t - 2 * crate::identity::FRESHNESS_SECONDS],
+        )?;
+        let fresh = tx.execute(
+            "INSERT OR IGNORE INTO request_nonce (member, nonce, time) VALUES (?1, ?2, ?3)",
+            params![member, nonce, t],
+        )?;
+        tx.commit()?;
+        if fresh == 0 {
+            return Err(Error::refused(
+                crate::Code::Auth,
+                "the request was already used (replay)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Append several entries in one durable transaction with one signed
+    /// checkpoint at the end (bulk imports). `also` gets the transaction and
+    /// the entries' sequence numbers, in order.
+    pub fn append_many(
+        &mut self,
+        entries: Vec<AuditEntry>,
+        keys: &NodeKeys,
+        also: impl FnOnce(&rusqlite::Transaction<'_>, &[u64]) -> Result<()>,
+    ) -> Result<Vec<u64>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut leaves: Vec<Hash> = {
+            let mut stmt = tx.prepare("SELECT leaf FROM audit ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(
+                    r?.try_into()
+                        .map_err(|_| Error::internal("stored leaf hash has the wrong length"))?,
+                );
+            }
+            out
+        };
+        let mut seqs = Vec::with_capacity(entries.len());
+        for mut entry in entries {
+            let seq = leaves.len() as u64 + 1;
+            entry.seq = seq;
+            let bytes = serde_json::to_vec(&entry).map_err(Error::internal)?;
+            let leaf = leaf_hash(&bytes);
+            leaves.push(leaf);
+            tx.execute(
+                "INSERT INTO audit (seq, entry, leaf) VALUES (?1, ?2, ?3)",
+                params![seq as i64, bytes, leaf.to_vec()],
+            )?;
+            seqs.push(seq);
+        }
+        let Some(&last) = seqs.last() else {
+            return Ok(seqs);
+        };
+        let note = Checkpoint {
+            origin: self.origin.clone(),
+            size: last,
+            root: tree_root(&leaves),
+        }
+        .sign(&keys.note.name, &keys.signing);
+        tx.execute(
+            "INSERT INTO checkpoint (size, note) VALUES (?1, ?2)",
+            params![last as i64, note],
+        )?;
+        also(&tx, &seqs)?;
+        tx.commit()?;
+        let current = std::fs::read_to_string(&self.head_path)
+            .ok()
+            .and_then(|h| h.lines().nth(1).and_then(|l| l.parse::<u64>().ok()))
+            .unwrap_or(0);
+        if last > current {
+            write_atomic(&self.head_path, note.as_bytes())?;
+        }
+        Ok(seqs)
     }
 
     /// UDF modules this node's data holder approved, optionally for one

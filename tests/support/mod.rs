@@ -36,6 +36,7 @@ pub async fn ask(node: &Node, scene: &str, actor: &str, sql: &str) -> Outcome {
         scene: scene.into(),
         actor: actor.into(),
         sql: sql.into(),
+        contract: None,
     })
     .await
 }

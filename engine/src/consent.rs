@@ -1,0 +1,400 @@
+//! Scene-based consent: purposes, signed consent receipts, and the consent
+//! filter applied at every base-table scan.
+//!
+//! **Purposes** follow the GA4GH Data Use Ontology (DUO). A scene declares
+//! one primary purpose; a grant records the purpose the person agreed to and
+//! covers a scene only when [`Purpose::covers`] says so:
+//!
+//! | grant | covers a scene whose purpose is |
+//! |---|---|
+//! | GRU (DUO:0000042, general research use) | GRU, HMB, any DS |
+//! | HMB (DUO:0000006, health/medical/biomedical) | HMB, any DS |
+//! | DS:X (DUO:0000007 with ICD-10 code X) | DS:X and DS:X.y (sub-codes of X) only |
+//!
+//! so a DS:E11 (type 2 diabetes) grant does not cover an oncology scene, nor
+//! a scene whose purpose is later widened to HMB. Modifiers on a grant
+//! restrict it further: NPU (DUO:0000018) needs a scene marked `non_profit`,
+//! IRB (DUO:0000021) needs a scene with an ethics approval reference (`irb`),
+//! and TS (DUO:0000025, time limit) is the grant's `until` date.
+//!
+//! **Boundaries.** All dates are UTC calendar days, inclusive at both ends.
+//! A receipt takes effect when the registry commits it; a query reads the
+//! consent registry once, at its start, and uses exactly the receipts
+//! committed by then (the registry's consent sequence number at that read is
+//! recorded in the query's audit entry). A grant whose `until` is before the
+//! query's start date does not count.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, StringArray, StringViewArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result as DfResult;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::mask::SecretKey;
+use crate::policy::Scene;
+
+/// A DUO primary purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// DUO:0000042 general research use.
+    Gru,
+    /// DUO:0000006 health/medical/biomedical research.
+    Hmb,
+    /// DUO:0000007 disease-specific research, with an ICD-10 code.
+    Disease(String),
+}
+
+impl Purpose {
+    /// Parse `GRU`, `HMB`, `DS:<ICD-10>` or the DUO identifiers (DS then
+    /// takes its code from `disease`).
+    pub fn parse(code: &str, disease: Option<&str>) -> Result<Purpose, String> {
+        let code = code.trim();
+        let ds = |d: &str| {
+            let d = d.trim().to_ascii_uppercase();
+            if icd10(&d) {
+                Ok(Purpose::Disease(d))
+            } else {
+                Err(format!("{d:?} is not an ICD-10 code such as E11 or E11.9"))
+            }
+        };
+        match (code.to_ascii_uppercase().as_str(), disease) {
+            ("GRU" | "DUO:0000042", None) => Ok(Purpose::Gru),
+            ("HMB" | "DUO:0000006", None) => Ok(Purpose::Hmb),
+            ("DS" | "DUO:0000007", Some(d)) => ds(d),
+            ("DS" | "DUO:0000007", None) => {
+                Err("disease-specific research (DS) needs a disease code".into())
+            }
+            (c, None) if c.starts_with("DS:") => ds(&c[3..]),
+            (_, Some(_)) => Err("only DS (DUO:0000007) takes a disease code".into()),
+            _ => Err(format!(
+                "{code:?}: expected GRU, HMB or DS:<ICD-10> (or DUO:0000042, DUO:0000006, DUO:0000007)"
+            )),
+        }
+    }
+
+    /// The short code: `GRU`, `HMB` or `DS:E11`.
+    pub fn code(&self) -> String {
+        match self {
+            Purpose::Gru => "GRU".into(),
+            Purpose::Hmb => "HMB".into(),
+            Purpose::Disease(d) => format!("DS:{d}"),
+        }
+    }
+
+    /// Does a grant for `self` cover use for `scene`'s purpose?
+    pub fn covers(&self, scene: &Purpose) -> bool {
+        match (self, scene) {
+            (Purpose::Gru, _) => true,
+            (Purpose::Hmb, Purpose::Hmb | Purpose::Disease(_)) => true,
+            (Purpose::Disease(g), Purpose::Disease(s)) => {
+                s == g
+                    || s.strip_prefix(g.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `A00`–`Z99`, optionally `.` and one or two more characters.
+fn icd10(d: &str) -> bool {
+    let b = d.as_bytes();
+    let head = b.len() >= 3
+        && b[0].is_ascii_uppercase()
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_alphanumeric();
+    head && match &b[3..] {
+        [] => true,
+        [b'.', rest @ ..] => {
+            (1..=2).contains(&rest.len()) && rest.iter().all(u8::is_ascii_alphanumeric)
+        }
+        _ => false,
+    }
+}
+
+/// DUO modifiers a grant may carry.
+pub const MODIFIERS: [&str; 2] = ["NPU", "IRB"];
+
+/// What a person signs to grant or revoke a scene.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentReceipt {
+    pub space: String,
+    pub person: String,
+    pub scene: String,
+    /// `grant` or `revoke`.
+    pub action: String,
+    /// The purpose agreed to (`GRU`, `HMB`, `DS:E11`).
+    pub purpose: String,
+    /// DUO modifiers: `NPU`, `IRB`.
+    pub modifiers: Vec<String>,
+    /// The organisation the grant is limited to (the scene's requester).
+    pub requester: String,
+    /// Last day the grant covers (UTC, inclusive); none: until revoked.
+    pub until: Option<String>,
+    pub nonce: String,
+    pub time: String,
+}
+
+/// One receipt as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    /// The registry's consent sequence number: commit order.
+    pub seq: u64,
+    pub person: String,
+    pub scene: String,
+    pub action: String,
+    pub purpose: String,
+    pub modifiers: Vec<String>,
+    pub requester: String,
+    pub until: Option<String>,
+    /// When the registry committed it (UTC).
+    pub recorded_at: String,
+    /// The receipt's entry in the registry's audit log.
+    pub audit_seq: u64,
+    /// The signed receipt, as the person signed it.
+    pub receipt: String,
+}
+
+impl ConsentRecord {
+    /// Does this (grant) record cover a query under `scene` on `date`?
+    pub fn covers(&self, scene: &Scene, date: &str) -> bool {
+        self.action == "grant"
+            && self.scene == scene.name
+            && self.requester == scene.requester
+            && self.until.as_deref().is_none_or(|u| date <= u)
+            && Purpose::parse(&self.purpose, None).is_ok_and(|p| p.covers(&scene.purpose_code))
+            && self.modifiers.iter().all(|m| match m.as_str() {
+                "NPU" => scene.non_profit,
+                "IRB" => scene.irb.is_some(),
+                _ => false,
+            })
+    }
+}
+
+/// The persons whose grants cover `scene` on `date`, given every receipt
+/// committed up to the snapshot (in commit order): each person's latest
+/// receipt for the scene decides.
+pub fn covered<'a>(
+    records: impl IntoIterator<Item = &'a ConsentRecord>,
+    scene: &Scene,
+    date: &str,
+) -> Vec<&'a str> {
+    let mut latest: BTreeMap<&str, &ConsentRecord> = BTreeMap::new();
+    for r in records {
+        if r.scene == scene.name {
+            latest.insert(r.person.as_str(), r);
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(_, r)| r.covers(scene, date))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// HMAC-SHA256 of a normalised ID number under the space's ID key.
+pub fn id_digest(key: &SecretKey, id: &str) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(id.trim().to_ascii_uppercase().as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// The persons who may contribute to one query: keyed digests of their ID
+/// numbers, read once at the query's start.
+#[derive(Clone)]
+pub struct ConsentSet {
+    pub digests: Arc<HashSet<[u8; 32]>>,
+    key: SecretKey,
+    /// The registry's consent sequence number the set was read at.
+    pub seq: u64,
+}
+
+impl std::fmt::Debug for ConsentSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsentSet")
+            .field("persons", &self.digests.len())
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsentSet {
+    pub fn new(digests: HashSet<[u8; 32]>, key: SecretKey, seq: u64) -> Self {
+        ConsentSet {
+            digests: Arc::new(digests),
+            key,
+            seq,
+        }
+    }
+
+    /// SHA-256 over the sorted digests: which persons the query could use,
+    /// recorded in the audit log without naming them.
+    pub fn digest(&self) -> String {
+        let mut v: Vec<&[u8; 32]> = self.digests.iter().collect();
+        v.sort();
+        let mut h = Sha256::new();
+        for d in v {
+            h.update(d);
+        }
+        hex::encode(h.finalize())
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.digests.contains(&id_digest(&self.key, id))
+    }
+
+    /// The scan filter `kexin_consent(person_key)`: true for persons in the set.
+    pub fn into_udf(self) -> Arc<ScalarUDF> {
+        Arc::new(ScalarUDF::new_from_impl(ConsentFilter {
+            signature: Signature::new(
+                TypeSignature::Uniform(
+                    1,
+                    vec![DataType::Utf8, DataType::Utf8View, DataType::LargeUtf8],
+                ),
+                Volatility::Immutable,
+            ),
+            set: self,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct ConsentFilter {
+    signature: Signature,
+    set: ConsentSet,
+}
+
+impl PartialEq for ConsentFilter {
+    fn eq(&self, o: &Self) -> bool {
+        self.set.seq == o.set.seq && Arc::ptr_eq(&self.set.digests, &o.set.digests)
+    }
+}
+impl Eq for ConsentFilter {}
+impl std::hash::Hash for ConsentFilter {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.set.seq.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ConsentFilter {
+    fn name(&self) -> &str {
+        "kexin_consent"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return datafusion::common::exec_err!("kexin_consent takes one argument");
+        };
+        let arr: ArrayRef = arg.to_array(args.number_rows)?;
+        let test = |v: Option<&str>| Some(v.is_some_and(|s| self.set.contains(s)));
+        let out: BooleanArray = if let Some(a) = arr.as_any().downcast_ref::<StringViewArray>() {
+            a.iter().map(test).collect()
+        } else if let Some(a) = arr.as_any().downcast_ref::<StringArray>() {
+            a.iter().map(test).collect()
+        } else {
+            let a = datafusion::arrow::compute::cast(&arr, &DataType::Utf8)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| datafusion::common::DataFusionError::Internal("cast".into()))?;
+            a.iter().map(test).collect()
+        };
+        debug_assert_eq!(out.len(), arr.len());
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Purpose {
+        Purpose::parse(s, None).unwrap()
+    }
+
+    #[test]
+    fn duo_matching() {
+        assert_eq!(
+            Purpose::parse("DUO:0000007", Some("e11")).unwrap(),
+            p("DS:E11")
+        );
+        assert!(p("DS:E11").covers(&p("DS:E11")));
+        assert!(p("DS:E11").covers(&p("DS:E11.9")));
+        assert!(!p("DS:E11.9").covers(&p("DS:E11")));
+        assert!(
+            !p("DS:E11.1").covers(&p("DS:E11.11")),
+            "no bare prefix match"
+        );
+        assert!(
+            !p("DS:E11").covers(&p("DS:C50")),
+            "diabetes grant, oncology scene"
+        );
+        assert!(!p("DS:E11").covers(&p("HMB")));
+        assert!(p("HMB").covers(&p("DS:C50")) && !p("HMB").covers(&p("GRU")));
+        assert!(p("GRU").covers(&p("HMB")));
+        assert!(Purpose::parse("DS", None).is_err());
+        assert!(Purpose::parse("DS:diabetes", None).is_err());
+        assert!(Purpose::parse("NPU", None).is_err());
+    }
+
+    #[test]
+    fn latest_receipt_decides() {
+        let space = crate::policy::Space::parse(
+            std::path::Path::new("."),
+            "t",
+            crate::policy::tests::GOOD,
+            [0; 32],
+        )
+        .unwrap();
+        let scene = space.scenes.values().next().unwrap().clone();
+        let rec =
+            |seq, person: &str, action: &str, until: Option<&str>, purpose: &str| ConsentRecord {
+                seq,
+                person: person.into(),
+                scene: scene.name.clone(),
+                action: action.into(),
+                purpose: purpose.into(),
+                modifiers: vec![],
+                requester: scene.requester.clone(),
+                until: until.map(str::to_string),
+                recorded_at: String::new(),
+                audit_seq: 0,
+                receipt: String::new(),
+            };
+        let all = [
+            rec(1, "p1", "grant", None, "GRU"),
+            rec(2, "p2", "grant", Some("2027-06-30"), "GRU"),
+            rec(3, "p3", "grant", None, "GRU"),
+            rec(4, "p3", "revoke", None, "GRU"),
+            rec(5, "p4", "grant", None, "DS:C50"),
+        ];
+        assert_eq!(covered(&all, &scene, "2027-06-30"), ["p1", "p2"]);
+        assert_eq!(covered(&all, &scene, "2027-07-01"), ["p1"]);
+        assert_eq!(covered(&all[..3], &scene, "2027-01-01"), ["p1", "p2", "p3"]);
+    }
+
+    #[test]
+    fn the_filter_keeps_only_consenting_persons() {
+        let key = SecretKey::from_bytes([3; 32]);
+        let set: HashSet<_> = [id_digest(&key, "11010519491231002x")].into();
+        let s = ConsentSet::new(set, key, 7);
+        assert!(s.contains("11010519491231002X"));
+        assert!(!s.contains("110105194912310029"));
+        assert_eq!(s.digest().len(), 64);
+    }
+}

@@ -1,0 +1,651 @@
+//! `kexin id | consent | contract | airlock`: the members' commands.
+//!
+//! Every command that changes state signs what it sends with the acting
+//! member's key file (`--key`, default `<space>/keys/<member>.key`) and
+//! prints what was recorded only after it committed. Refusals print their
+//! fixed code and rule and exit with the code's status.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use kexin::Format;
+use kexin::members::{self, Issue};
+use kexin_engine::identity::{self, Certificate, IdCardNumber, Signed};
+use kexin_engine::node::Node;
+use kexin_engine::policy::Space;
+use kexin_engine::registry::{Registry, View};
+
+#[derive(Subcommand, Debug)]
+pub enum IdAction {
+    /// Create a new ed25519 key file (mode 0600) and print its public key.
+    New {
+        /// The key file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// The member name the key is for.
+        #[arg(long)]
+        member: String,
+    },
+    /// The operator certifies a member's public key and attributes.
+    Issue {
+        #[arg(long)]
+        space: PathBuf,
+        /// The operator's key file (default <space>/keys/operator.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        member: String,
+        /// researcher, holder, operator or individual.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "")]
+        org: String,
+        /// The member's public key (hex), as `kexin id new` printed it.
+        #[arg(long)]
+        public_key: String,
+        /// Individuals: the verified GB 11643 ID number to bind (stored only
+        /// as a keyed digest).
+        #[arg(long)]
+        id_number: Option<String>,
+        /// Last valid day of the certificate.
+        #[arg(long, default_value = "2030-12-31")]
+        valid_to: String,
+        /// Also write the certificate here (it verifies offline).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a certificate offline against the space's operator key.
+    Verify {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// List the members the registry holds certificates for.
+    List {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConsentAction {
+    /// Grant a scene: a signed consent receipt, effective when recorded.
+    Grant {
+        #[command(flatten)]
+        who: Person,
+        #[arg(long)]
+        scene: String,
+        /// The DUO purpose agreed to (GRU, HMB, DS:<ICD-10>); default the
+        /// scene's own. It must cover the scene's purpose.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// DUO modifiers: NPU (not-for-profit only), IRB (ethics approval).
+        #[arg(long)]
+        modifier: Vec<String>,
+        /// Last day the grant covers (UTC, inclusive).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Revoke a scene: every query that starts after this commits excludes
+    /// the person.
+    Revoke {
+        #[command(flatten)]
+        who: Person,
+        #[arg(long)]
+        scene: String,
+    },
+    /// The receipts on record (a person's, or everyone's for a scene).
+    List {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long = "as")]
+        person: Option<String>,
+        #[arg(long)]
+        scene: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Every audited use of the person's records.
+    History {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long = "as")]
+        person: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Person {
+    #[arg(long)]
+    space: PathBuf,
+    #[arg(long = "as")]
+    person: String,
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OnNode {
+    #[arg(long)]
+    space: PathBuf,
+    #[arg(long)]
+    node: Option<String>,
+    /// The acting member.
+    #[arg(long = "as")]
+    member: String,
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContractAction {
+    /// A data holder of the node offers a contract to a researcher.
+    Offer {
+        #[command(flatten)]
+        on: OnNode,
+        #[arg(long)]
+        requester: String,
+        #[arg(long)]
+        scene: String,
+        /// Comma-separated datasets (default: the scene's).
+        #[arg(long, value_delimiter = ',')]
+        datasets: Option<Vec<String>>,
+        /// auto or review (default: the scene's).
+        #[arg(long)]
+        release: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        max_queries: u64,
+        /// DP scenes: cap on the requester's ε under this contract.
+        #[arg(long)]
+        epsilon: Option<f64>,
+        /// Last valid day (default: the scene's).
+        #[arg(long)]
+        valid_to: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// The requester agrees (OFFERED -> AGREED) or a holder finalizes
+    /// (AGREED -> FINALIZED).
+    Sign {
+        #[command(flatten)]
+        on: OnNode,
+        #[arg(long)]
+        id: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Either party ends the contract; queries under it are refused.
+    Terminate {
+        #[command(flatten)]
+        on: OnNode,
+        #[arg(long)]
+        id: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// The node's contracts (or one).
+    Show {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AirlockAction {
+    /// Held, released and rejected results on the node.
+    List {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Print a held result: to the node's data holders for review, to the
+    /// requester once released.
+    Show {
+        #[command(flatten)]
+        on: OnNode,
+        #[arg(long)]
+        id: u64,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// A data holder (never the requester) approves the held result.
+    Approve {
+        #[command(flatten)]
+        on: OnNode,
+        #[arg(long)]
+        id: u64,
+    },
+    /// A data holder rejects the held result; it is never released.
+    Reject {
+        #[command(flatten)]
+        on: OnNode,
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+/// Print a refusal (fixed code and rule) and return its exit status; other
+/// errors propagate.
+fn refused(e: kexin_engine::Error, format: Format) -> Result<u8> {
+    match e {
+        kexin_engine::Error::Refused(r) => {
+            if format == Format::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({"status": "refused", "code": r.code, "rule": r.rule})
+                );
+            } else {
+                println!("refused {}: {}", r.code, r.rule);
+            }
+            Ok(u8::try_from(r.code.exit_status()).unwrap_or(1))
+        }
+        e => Err(e.into()),
+    }
+}
+
+fn load(space: &std::path::Path) -> Result<Arc<Space>> {
+    Ok(Arc::new(Space::load(space)?))
+}
+
+fn open_node(space: &Arc<Space>, node: Option<String>) -> Result<(tokio::runtime::Runtime, Node)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let name = node.unwrap_or_else(|| space.default_node().to_string());
+    let n = rt.block_on(Node::open(Arc::clone(space), &name))?;
+    Ok((rt, n))
+}
+
+pub fn id(action: IdAction) -> Result<u8> {
+    match action {
+        IdAction::New { out, member } => {
+            let pk = identity::new_key_file(&out, &member)?;
+            println!("{}", hex::encode(pk.as_bytes()));
+            Ok(0)
+        }
+        IdAction::Issue {
+            space,
+            key,
+            member,
+            role,
+            org,
+            public_key,
+            id_number,
+            valid_to,
+            out,
+        } => {
+            let space = load(&space)?;
+            let operator = members::load_key(&space.dir, "operator", key.as_deref())?;
+            let public = identity::parse_public_key(&public_key)
+                .context("--public-key is not a hex ed25519 public key")?;
+            let id = match id_number.as_deref() {
+                None => None,
+                Some(n) => Some(IdCardNumber::parse(n).context(
+                    "--id-number is not a valid GB 11643 number (18 characters, valid birth date and check digit)",
+                )?),
+            };
+            anyhow::ensure!(
+                identity::valid_date(&valid_to),
+                "--valid-to is not YYYY-MM-DD"
+            );
+            let mut registry = Registry::open(Arc::clone(&space))?;
+            let cert = members::certificate(
+                &space,
+                &registry,
+                &operator,
+                &Issue {
+                    member: &member,
+                    role: &role,
+                    org: &org,
+                    public_key: public,
+                    id_number: id.as_ref(),
+                    real_name_verified: id.is_some(),
+                    valid_to: &valid_to,
+                },
+            )?;
+            match registry.issue(cert.clone()) {
+                Ok(seq) => {
+                    if let Some(out) = out {
+                        std::fs::write(&out, serde_json::to_string_pretty(&cert)?)?;
+                    }
+                    println!("issued a certificate to {member} ({role}); registry audit seq {seq}");
+                    Ok(0)
+                }
+                Err(e) => refused(e, Format::Table),
+            }
+        }
+        IdAction::Verify { space, cert } => {
+            let space = load(&space)?;
+            let text = std::fs::read_to_string(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?;
+            let c: Signed<Certificate> = Signed::from_json(&text, kexin_engine::Code::Auth)?;
+            let op = space
+                .operator_key
+                .context("space.toml has no space.operator_key")?;
+            match c.check(&space.name, &op, &kexin_engine::store::now_utc().0) {
+                Ok(_) => {
+                    println!(
+                        "valid: {} ({}, {}) until {}",
+                        c.body.member, c.body.role, c.body.org, c.body.valid_to
+                    );
+                    Ok(0)
+                }
+                Err(e) => refused(e, Format::Table),
+            }
+        }
+        IdAction::List { space, format } => {
+            let space = load(&space)?;
+            let registry = Registry::open(space)?;
+            for m in registry.members()? {
+                if format == Format::Json {
+                    println!("{}", serde_json::to_string(&m)?);
+                } else {
+                    println!(
+                        "{} {} {} {}{}",
+                        m.member,
+                        m.role,
+                        m.org,
+                        m.public_key,
+                        if m.id_bound { " (ID bound)" } else { "" }
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+pub fn consent(action: ConsentAction) -> Result<u8> {
+    let (who, scene, act, purpose, modifiers, until) = match action {
+        ConsentAction::Grant {
+            who,
+            scene,
+            purpose,
+            modifier,
+            until,
+        } => (who, scene, "grant", purpose, modifier, until),
+        ConsentAction::Revoke { who, scene } => (who, scene, "revoke", None, vec![], None),
+        ConsentAction::List {
+            space,
+            person,
+            scene,
+            format,
+        } => {
+            let space = load(&space)?;
+            let view = View::open(&space)?;
+            for r in view.consents(person.as_deref(), scene.as_deref())? {
+                if format == Format::Json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "#{} {} {} {} {} {}{} (recorded {})",
+                        r.seq,
+                        r.person,
+                        r.action,
+                        r.scene,
+                        r.purpose,
+                        r.requester,
+                        r.until
+                            .as_deref()
+                            .map(|u| format!(" until {u}"))
+                            .unwrap_or_default(),
+                        r.recorded_at
+                    );
+                }
+            }
+            return Ok(0);
+        }
+        ConsentAction::History {
+            space,
+            person,
+            format,
+        } => {
+            let space = load(&space)?;
+            let registry = Registry::open(space)?;
+            let uses = registry.history(&person)?;
+            for u in &uses {
+                if format == Format::Json {
+                    println!("{}", serde_json::to_string(u)?);
+                } else {
+                    println!(
+                        "{} node {} #{}: {} {} by {} under {} ({})",
+                        u.time,
+                        u.node,
+                        u.audit_seq,
+                        u.decision,
+                        u.scene,
+                        u.requester,
+                        u.contract.as_deref().unwrap_or("no contract"),
+                        u.purpose
+                    );
+                }
+            }
+            if format != Format::Json && uses.is_empty() {
+                println!("no recorded use of {person}'s records");
+            }
+            return Ok(0);
+        }
+    };
+    let space = load(&who.space)?;
+    let key = members::load_key(&space.dir, &who.person, who.key.as_deref())?;
+    if let Some(u) = &until {
+        anyhow::ensure!(identity::valid_date(u), "--until is not YYYY-MM-DD");
+    }
+    let r = members::receipt(
+        &space,
+        &who.person,
+        &key,
+        &scene,
+        act,
+        purpose.as_deref(),
+        modifiers,
+        until,
+    )?;
+    let mut registry = Registry::open(Arc::clone(&space))?;
+    match registry.record_consent(r) {
+        Ok(rec) => {
+            println!(
+                "recorded {} of {} by {} as consent #{} (registry audit seq {})",
+                rec.action, rec.scene, rec.person, rec.seq, rec.audit_seq
+            );
+            Ok(0)
+        }
+        Err(e) => refused(e, Format::Table),
+    }
+}
+
+fn print_contract(c: &kexin_engine::contract::Contract, format: Format) -> Result<()> {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string(c)?);
+    } else {
+        println!(
+            "{} {} node {} {} -> {} scene {} datasets {} release {} queries {}/{} until {}{}",
+            c.id,
+            c.state.as_str(),
+            c.terms.node,
+            c.terms.holder,
+            c.terms.requester,
+            c.terms.scene,
+            c.terms.datasets.join(","),
+            c.terms.release,
+            c.queries_used,
+            c.terms.max_queries,
+            c.terms.valid_to,
+            c.terms
+                .epsilon
+                .map(|e| format!(" ε cap {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub fn contract(action: ContractAction) -> Result<u8> {
+    match action {
+        ContractAction::Offer {
+            on,
+            requester,
+            scene,
+            datasets,
+            release,
+            max_queries,
+            epsilon,
+            valid_to,
+            format,
+        } => {
+            let space = load(&on.space)?;
+            let key = members::load_key(&space.dir, &on.member, on.key.as_deref())?;
+            let (_rt, node) = open_node(&space, on.node)?;
+            let terms = members::offer(
+                &space,
+                node.name(),
+                &on.member,
+                &key,
+                &requester,
+                &scene,
+                datasets,
+                release.as_deref(),
+                max_queries,
+                epsilon,
+                valid_to,
+            )?;
+            match node.contract_offer(&terms) {
+                Ok(c) => print_contract(&c, format).map(|()| 0),
+                Err(e) => refused(e, format),
+            }
+        }
+        ContractAction::Sign { on, id, format } => contract_step(on, id, false, format),
+        ContractAction::Terminate { on, id, format } => contract_step(on, id, true, format),
+        ContractAction::Show {
+            space,
+            node,
+            id,
+            format,
+        } => {
+            let space = load(&space)?;
+            let (_rt, node) = open_node(&space, node)?;
+            for c in node.contracts()? {
+                if id.as_ref().is_none_or(|i| *i == c.id) {
+                    print_contract(&c, format)?;
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// `sign` (the signer's next step: agree or finalize) or `terminate`.
+fn contract_step(on: OnNode, id: String, terminate: bool, format: Format) -> Result<u8> {
+    let space = load(&on.space)?;
+    let key = members::load_key(&space.dir, &on.member, on.key.as_deref())?;
+    let (_rt, node) = open_node(&space, on.node)?;
+    let act = if terminate {
+        "terminate"
+    } else {
+        match node.contract(&id) {
+            Ok(c) if c.terms.requester == on.member => "agree",
+            Ok(_) => "finalize",
+            Err(e) => return refused(e, format),
+        }
+    };
+    let env = members::contract_action(&space, node.name(), &on.member, &key, &id, act)?;
+    match node.contract_act(&env) {
+        Ok(c) => print_contract(&c, format).map(|()| 0),
+        Err(e) => refused(e, format),
+    }
+}
+
+pub fn airlock(action: AirlockAction) -> Result<u8> {
+    let (on, id, act, format) = match action {
+        AirlockAction::List {
+            space,
+            node,
+            format,
+        } => {
+            let space = load(&space)?;
+            let (_rt, node) = open_node(&space, node)?;
+            for h in node.airlock()? {
+                if format == Format::Json {
+                    println!("{}", serde_json::to_string(&h)?);
+                } else {
+                    println!(
+                        "#{} {} scene {} requester {} approvals {}/{} sha256 {}",
+                        h.id,
+                        h.state,
+                        h.scene,
+                        h.requester,
+                        h.approvals.len(),
+                        h.approvers_needed,
+                        h.output_sha256
+                    );
+                }
+            }
+            return Ok(0);
+        }
+        AirlockAction::Show { on, id, format } => (on, id, "fetch", format),
+        AirlockAction::Approve { on, id } => (on, id, "approve", Format::Table),
+        AirlockAction::Reject { on, id } => (on, id, "reject", Format::Table),
+    };
+    let space = load(&on.space)?;
+    let key = members::load_key(&space.dir, &on.member, on.key.as_deref())?;
+    let (_rt, node) = open_node(&space, on.node)?;
+    let Some(h) = node.airlock()?.into_iter().find(|h| h.id == id) else {
+        return refused(
+            kexin_engine::Error::refused(
+                kexin_engine::Code::Review,
+                "no such held result on this node",
+            ),
+            format,
+        );
+    };
+    let env = members::decision(
+        &space,
+        node.name(),
+        &on.member,
+        &key,
+        id,
+        act,
+        &h.output_sha256,
+    )?;
+    match node.airlock_act(&env) {
+        Ok((h, bytes)) => {
+            match (act, bytes) {
+                ("fetch", Some(b)) => {
+                    if format == Format::Json {
+                        // The exact bytes that were reviewed.
+                        println!("{b}");
+                    } else {
+                        let v: serde_json::Value = serde_json::from_str(&b)?;
+                        println!("result #{} ({}), sha256 {}", h.id, h.state, h.output_sha256);
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    }
+                }
+                _ => println!(
+                    "#{} is {} ({} of {} approvals)",
+                    h.id,
+                    h.state,
+                    h.approvals.len(),
+                    h.approvers_needed
+                ),
+            }
+            Ok(0)
+        }
+        Err(e) => refused(e, format),
+    }
+}

@@ -1,0 +1,427 @@
+//! The members' side: key files, and building and signing what members send
+//! (queries, certificates, consent receipts, contract actions, airlock
+//! decisions). Also the example space's identities, grants and contracts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ed25519_dalek::SigningKey;
+use kexin_engine::airlock::Decision;
+use kexin_engine::consent::ConsentReceipt;
+use kexin_engine::contract::{Action, Terms};
+use kexin_engine::identity::{
+    self, Certificate, IdCardNumber, QueryBody, Signed, load_key_file, nonce, tag,
+};
+use kexin_engine::node::Node;
+use kexin_engine::policy::{ContractMode, Space};
+use kexin_engine::registry::Registry;
+use kexin_engine::store::now_utc;
+
+/// Where the example space keeps a member's key file.
+pub fn key_path(space_dir: &Path, member: &str) -> PathBuf {
+    space_dir.join("keys").join(format!("{member}.key"))
+}
+
+/// Load `member`'s signing key from `key` (default `<space>/keys/<member>.key`);
+/// the file must be the member's.
+pub fn load_key(space_dir: &Path, member: &str, key: Option<&Path>) -> Result<SigningKey> {
+    let path = key.map_or_else(|| key_path(space_dir, member), Path::to_path_buf);
+    let (owner, k) = load_key_file(&path)?;
+    anyhow::ensure!(
+        owner == member,
+        "{} is {owner}'s key, not {member}'s",
+        path.display()
+    );
+    Ok(k)
+}
+
+/// A researcher's signed query.
+pub fn query(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    scene: &str,
+    contract: Option<String>,
+    sql: &str,
+) -> Result<Signed<QueryBody>> {
+    Ok(Signed::sign(
+        tag::QUERY,
+        QueryBody {
+            space: space.name.clone(),
+            node: node.into(),
+            member: member.into(),
+            scene: scene.into(),
+            contract,
+            sql: sql.into(),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
+/// What the operator certifies about one member.
+#[derive(Debug, Clone)]
+pub struct Issue<'a> {
+    pub member: &'a str,
+    pub role: &'a str,
+    pub org: &'a str,
+    pub public_key: ed25519_dalek::VerifyingKey,
+    pub id_number: Option<&'a IdCardNumber>,
+    pub real_name_verified: bool,
+    pub valid_to: &'a str,
+}
+
+/// A certificate signed with the operator's key.
+pub fn certificate(
+    space: &Space,
+    registry: &Registry,
+    operator: &SigningKey,
+    i: &Issue<'_>,
+) -> Result<Signed<Certificate>> {
+    Ok(Signed::sign(
+        tag::CERTIFICATE,
+        Certificate {
+            space: space.name.clone(),
+            member: i.member.into(),
+            role: i.role.into(),
+            org: i.org.into(),
+            public_key: hex::encode(i.public_key.as_bytes()),
+            real_name_verified: i.real_name_verified || i.id_number.is_some(),
+            id_digest: i.id_number.map(|n| registry.id_digest(n)),
+            issued_at: now_utc().1,
+            valid_to: i.valid_to.into(),
+        },
+        operator,
+    )?)
+}
+
+/// A person's signed grant or revocation for a scene. The purpose defaults
+/// to the scene's.
+#[allow(clippy::too_many_arguments)]
+pub fn receipt(
+    space: &Space,
+    person: &str,
+    key: &SigningKey,
+    scene: &str,
+    action: &str,
+    purpose: Option<&str>,
+    modifiers: Vec<String>,
+    until: Option<String>,
+) -> Result<Signed<ConsentReceipt>> {
+    let sc = space
+        .scenes
+        .get(scene)
+        .with_context(|| format!("no scene {scene:?} in space.toml"))?;
+    Ok(Signed::sign(
+        tag::CONSENT,
+        ConsentReceipt {
+            space: space.name.clone(),
+            person: person.into(),
+            scene: scene.into(),
+            action: action.into(),
+            purpose: purpose.map_or_else(|| sc.purpose_code.code(), str::to_string),
+            modifiers,
+            requester: sc.requester.clone(),
+            until,
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
+/// Contract terms offered by `holder` for `node`, signed.
+#[allow(clippy::too_many_arguments)]
+pub fn offer(
+    space: &Space,
+    node: &str,
+    holder: &str,
+    key: &SigningKey,
+    requester: &str,
+    scene: &str,
+    datasets: Option<Vec<String>>,
+    release: Option<&str>,
+    max_queries: u64,
+    epsilon: Option<f64>,
+    valid_to: Option<String>,
+) -> Result<Signed<Terms>> {
+    let sc = space
+        .scenes
+        .get(scene)
+        .with_context(|| format!("no scene {scene:?} in space.toml"))?;
+    let release = release.map_or_else(
+        || {
+            if sc.release == kexin_engine::policy::Release::Review {
+                "review".to_string()
+            } else {
+                "auto".to_string()
+            }
+        },
+        str::to_string,
+    );
+    Ok(Signed::sign(
+        tag::CONTRACT,
+        Terms {
+            space: space.name.clone(),
+            node: node.into(),
+            holder: holder.into(),
+            requester: requester.into(),
+            scene: scene.into(),
+            datasets: datasets.unwrap_or_else(|| sc.datasets.clone()),
+            release,
+            max_queries,
+            epsilon,
+            valid_to: valid_to.unwrap_or_else(|| sc.valid_to.clone()),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
+/// A signed contract action (`agree`, `finalize`, `terminate`).
+pub fn contract_action(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    contract: &str,
+    action: &str,
+) -> Result<Signed<Action>> {
+    Ok(Signed::sign(
+        tag::CONTRACT,
+        Action {
+            space: space.name.clone(),
+            node: node.into(),
+            contract: contract.into(),
+            action: action.into(),
+            member: member.into(),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
+/// A signed airlock decision over the held result's digest.
+pub fn decision(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    id: u64,
+    action: &str,
+    output_sha256: &str,
+) -> Result<Signed<Decision>> {
+    Ok(Signed::sign(
+        tag::REVIEW,
+        Decision {
+            space: space.name.clone(),
+            node: node.into(),
+            id,
+            action: action.into(),
+            member: member.into(),
+            output_sha256: output_sha256.into(),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
+/// Certificates for every space.toml member, with key files under
+/// `<space>/keys/` (members that already have a key file keep it).
+pub fn issue_members(space: &Space, registry: &mut Registry, operator: &SigningKey) -> Result<()> {
+    let mut certs = Vec::new();
+    for m in space.members.values() {
+        let path = key_path(&space.dir, &m.name);
+        let public = if path.exists() {
+            load_key(&space.dir, &m.name, None)?.verifying_key()
+        } else {
+            identity::new_key_file(&path, &m.name)?
+        };
+        certs.push(certificate(
+            space,
+            registry,
+            operator,
+            &Issue {
+                member: &m.name,
+                role: &m.role,
+                org: &m.org,
+                public_key: public,
+                id_number: None,
+                real_name_verified: true,
+                valid_to: "2030-12-31",
+            },
+        )?);
+    }
+    registry.issue_many(certs)?;
+    Ok(())
+}
+
+/// What the example space's governance holds, for the generator's summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExampleCounts {
+    pub individuals: usize,
+    pub grants: usize,
+    pub revoked: usize,
+    pub expired: usize,
+    pub contracts: usize,
+}
+
+/// The example space's governance: the operator key (its public half goes
+/// into space.toml before this runs), member certificates, individuals
+/// bound to their ID numbers with grants for a realistic share of persons
+/// (some later revoked, some expired), and an agreed contract per scene,
+/// node and researcher.
+///
+/// `persons` are (ID number) of the generated patients. Individuals'
+/// keys are random and discarded, except for the first three (`p00000` …
+/// `p00002`), whose key files are written for the README's walk-through.
+pub async fn example_governance(
+    space: Arc<Space>,
+    operator: &SigningKey,
+    persons: &[String],
+    seed: u64,
+) -> Result<ExampleCounts> {
+    use rand::{Rng, SeedableRng};
+    let mut counts = ExampleCounts::default();
+    let mut registry = Registry::open(Arc::clone(&space))?;
+    issue_members(&space, &mut registry, operator)?;
+
+    // Individuals: every person gets an identity; ~60% grant the consent
+    // scenes, 1 in 12 of those later revokes and 1 in 12 granted only until
+    // a day already past.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xC0_75E7);
+    let consent_scenes: Vec<&str> = space
+        .scenes
+        .values()
+        .filter(|s| s.consent == kexin_engine::policy::ConsentMode::Required)
+        .map(|s| s.name.as_str())
+        .collect();
+    let mut certs = Vec::new();
+    let mut grants = Vec::new();
+    let mut revokes = Vec::new();
+    for (i, id) in persons.iter().enumerate() {
+        let Some(id) = IdCardNumber::parse(id) else {
+            continue;
+        };
+        let name = format!("p{i:05}");
+        let key = if i < 3 {
+            let path = key_path(&space.dir, &name);
+            if !path.exists() {
+                identity::new_key_file(&path, &name)?;
+            }
+            load_key(&space.dir, &name, None)?
+        } else {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("{e}"))?;
+            SigningKey::from_bytes(&seed)
+        };
+        certs.push(certificate(
+            &space,
+            &registry,
+            operator,
+            &Issue {
+                member: &name,
+                role: "individual",
+                org: "",
+                public_key: key.verifying_key(),
+                id_number: Some(&id),
+                real_name_verified: true,
+                valid_to: "2030-12-31",
+            },
+        )?);
+        counts.individuals += 1;
+        // The walk-through persons start without grants.
+        if i < 3 || rng.random::<f64>() >= 0.6 {
+            continue;
+        }
+        let roll: f64 = rng.random();
+        let until = (roll < 1.0 / 12.0).then(|| "2025-12-31".to_string());
+        for scene in &consent_scenes {
+            grants.push(receipt(
+                &space,
+                &name,
+                &key,
+                scene,
+                "grant",
+                None,
+                vec![],
+                until.clone(),
+            )?);
+            if (1.0 / 12.0..2.0 / 12.0).contains(&roll) {
+                revokes.push(receipt(
+                    &space,
+                    &name,
+                    &key,
+                    scene,
+                    "revoke",
+                    None,
+                    vec![],
+                    None,
+                )?);
+            }
+        }
+        counts.grants += 1;
+        counts.expired += usize::from(until.is_some());
+        counts.revoked += usize::from((1.0 / 12.0..2.0 / 12.0).contains(&roll));
+    }
+    registry.issue_many(certs)?;
+    registry.record_many(grants)?;
+    registry.record_many(revokes)?;
+
+    // Contracts: the node's first holder offers each researcher of the
+    // scene's requester an agreed contract; the holder finalizes it.
+    for n in &space.nodes {
+        let Some(holder) = space
+            .members
+            .values()
+            .find(|m| m.role == "holder" && m.nodes.contains(n))
+        else {
+            continue;
+        };
+        let hkey = load_key(&space.dir, &holder.name, None)?;
+        let node = Node::open(Arc::clone(&space), n).await?;
+        for sc in space.scenes.values() {
+            if sc.contract == ContractMode::None {
+                continue;
+            }
+            for r in space
+                .members
+                .values()
+                .filter(|m| m.role == "researcher" && m.org == sc.requester)
+            {
+                let terms = offer(
+                    &space,
+                    n,
+                    &holder.name,
+                    &hkey,
+                    &r.name,
+                    &sc.name,
+                    None,
+                    None,
+                    100_000,
+                    None,
+                    None,
+                )?;
+                let c = node.contract_offer(&terms)?;
+                let rkey = load_key(&space.dir, &r.name, None)?;
+                node.contract_act(&contract_action(&space, n, &r.name, &rkey, &c.id, "agree")?)?;
+                node.contract_act(&contract_action(
+                    &space,
+                    n,
+                    &holder.name,
+                    &hkey,
+                    &c.id,
+                    "finalize",
+                )?)?;
+                counts.contracts += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
