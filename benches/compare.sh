@@ -14,7 +14,8 @@ PATIENTS="${PATIENTS:-3300000}"
 DIR="${BENCH_SPACE:-$CARGO_TARGET_DIR/bench-space-$PATIENTS}"
 
 cargo build --release --bin kexin
-if [ ! -f "$DIR/h1/admissions.parquet" ]; then
+# A space from before the registry existed has no contracts: regenerate.
+if [ ! -f "$DIR/h1/admissions.parquet" ] || [ ! -f "$DIR/registry/kexin.db" ]; then
     "$CARGO_TARGET_DIR/release/kexin" gen --out "$DIR" --hospitals 1 --patients "$PATIENTS" --seed 1
 fi
 echo "space: $DIR"

@@ -424,7 +424,7 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
                     println!("{}", serde_json::to_string(u)?);
                 } else {
                     println!(
-                        "{} node {} #{}: {} {} by {} under {} ({})",
+                        "{} node {} #{}: {} {} by {} under {} ({}{})",
                         u.time,
                         u.node,
                         u.audit_seq,
@@ -432,7 +432,11 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
                         u.scene,
                         u.requester,
                         u.contract.as_deref().unwrap_or("no contract"),
-                        u.purpose
+                        u.purpose,
+                        u.purpose_zh
+                            .as_deref()
+                            .map(|z| format!(", {z}"))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -464,6 +468,13 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
                 "recorded {} of {} by {} as consent #{} (registry audit seq {})",
                 rec.action, rec.scene, rec.person, rec.seq, rec.audit_seq
             );
+            if let Some(zh) = space
+                .scenes
+                .get(&rec.scene)
+                .and_then(|s| s.purpose_zh.as_ref())
+            {
+                println!("purpose (处理目的): {zh}");
+            }
             Ok(0)
         }
         Err(e) => refused(e, Format::Table),

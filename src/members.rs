@@ -305,10 +305,16 @@ pub async fn example_governance(
     let mut certs = Vec::new();
     let mut grants = Vec::new();
     let mut revokes = Vec::new();
+    // The generator draws ID numbers at random, so two synthetic persons
+    // can share one: the first keeps it (an ID binds to one member only).
+    let mut seen = std::collections::HashSet::new();
     for (i, id) in persons.iter().enumerate() {
         let Some(id) = IdCardNumber::parse(id) else {
             continue;
         };
+        if !seen.insert(id.as_str().to_string()) {
+            continue;
+        }
         let name = format!("p{i:05}");
         let key = if i < 3 {
             let path = key_path(&space.dir, &name);
@@ -395,6 +401,14 @@ pub async fn example_governance(
                 .values()
                 .filter(|m| m.role == "researcher" && m.org == sc.requester)
             {
+                // Generating into an existing space keeps its contracts:
+                // one active contract per researcher and scene.
+                let exists = node.contracts()?.iter().any(|c| {
+                    c.state.active() && c.terms.requester == r.name && c.terms.scene == sc.name
+                });
+                if exists {
+                    continue;
+                }
                 let terms = offer(
                     &space,
                     n,

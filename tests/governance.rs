@@ -159,6 +159,17 @@ async fn purpose_mismatch_and_missing_registry_fail_closed() {
             .record_consent(forged)
             .is_err()
     );
+    let refused = kexin_engine::store::Store::open(&kexin_engine::registry::dir(&dir), "x")
+        .unwrap()
+        .entries()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "consent-grant" && e.decision == "refused")
+        .count();
+    assert_eq!(
+        refused, 2,
+        "both refused receipts are in the registry's log"
+    );
 
     // Without the registry a consent scene refuses; others still run.
     let node = support::open_h1(&dir).await;
@@ -333,6 +344,41 @@ async fn contracts_gate_every_query() {
         .await;
     assert_eq!(code(&o), "KX-SQL-UNKNOWN");
 
+    // A contract's ε cap lowers the researcher's DP budget under the scene.
+    let alice_key = members::load_key(&dir, "alice", None).unwrap();
+    let terms = members::offer(
+        &sp,
+        "h1",
+        "carol",
+        &carol,
+        "alice",
+        "diabetes-dp",
+        None,
+        None,
+        100,
+        Some(0.2),
+        None,
+    )
+    .unwrap();
+    let capped = node.contract_offer(&terms).unwrap();
+    node.contract_act(
+        &members::contract_action(&sp, "h1", "alice", &alice_key, &capped.id, "agree").unwrap(),
+    )
+    .unwrap();
+    let mut codes = Vec::new();
+    for i in 0..3 {
+        let req = QueryRequest {
+            contract: Some(capped.id.clone()),
+            ..QueryRequest::new(
+                "diabetes-dp",
+                "alice",
+                &format!("SELECT sex, count(*) FROM patients WHERE age > {i} GROUP BY sex"),
+            )
+        };
+        codes.push(code(&node.query(&req).await));
+    }
+    assert_eq!(codes, ["", "", "KX-DP-BUDGET"]);
+
     // Every state change is in the audit log.
     let kinds: Vec<String> = kexin_engine::store::Store::open(node.dir(), "x")
         .unwrap()
@@ -407,6 +453,11 @@ async fn the_airlock_releases_only_what_holders_approved() {
             .is_some()
     };
     assert!(with("query") && with("airlock-release"));
+    // The requester's attempt to approve their own result is audited too.
+    assert!(entries.iter().any(|e| e.kind == "airlock-approve"
+        && e.actor == "alice"
+        && e.decision == "refused"
+        && e.code.as_deref() == Some("KX-REVIEW")));
 
     // A rejected result is never released.
     let held = signed(&node, &sp, "alice", "diabetes-review", COUNT).await;

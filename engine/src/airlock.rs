@@ -116,8 +116,15 @@ impl Node {
 
     /// Apply a signed airlock action. `fetch` returns the held bytes (to a
     /// holder of this node at any time, to the requester once released);
-    /// `approve` and `reject` return them once decided.
+    /// `approve` and `reject` return them once decided. Refusals are audited.
     pub fn airlock_act(&self, env: &Signed<Decision>) -> Result<(Held, Option<String>)> {
+        let d = &env.body;
+        let scene = self.held(d.id).map(|(h, _)| h.scene).unwrap_or_default();
+        let r = self.act_on_held(env);
+        self.audit_refusal(r, &d.member, &scene, &format!("airlock-{}", d.action), None)
+    }
+
+    fn act_on_held(&self, env: &Signed<Decision>) -> Result<(Held, Option<String>)> {
         let d = &env.body;
         if d.space != self.space.name || d.node != self.name {
             return refuse(Code::Review, "the decision is for another space or node");

@@ -203,10 +203,25 @@ pub fn covered<'a>(
 
 /// HMAC-SHA256 of a normalised ID number under the space's ID key.
 pub fn id_digest(key: &SecretKey, id: &str) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(id.trim().to_ascii_uppercase().as_bytes());
-    mac.finalize().into_bytes().into()
+    digest_with(&keyed(key), id)
+}
+
+fn keyed(key: &SecretKey) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
+}
+
+/// [`id_digest`] from a keyed HMAC state (cloned, so the key schedule is
+/// computed once per batch rather than once per row).
+fn digest_with(mac: &Hmac<Sha256>, id: &str) -> [u8; 32] {
+    let mut m = mac.clone();
+    let t = id.trim();
+    if t.bytes().any(|b| b.is_ascii_lowercase()) {
+        m.update(t.to_ascii_uppercase().as_bytes());
+    } else {
+        m.update(t.as_bytes());
+    }
+    m.finalize().into_bytes().into()
 }
 
 /// The persons who may contribute to one query: keyed digests of their ID
@@ -249,6 +264,8 @@ impl ConsentSet {
         hex::encode(h.finalize())
     }
 
+    /// Is the person with this ID number in the set? (The scan filter does
+    /// the same per batch.)
     pub fn contains(&self, id: &str) -> bool {
         self.digests.contains(&id_digest(&self.key, id))
     }
@@ -301,18 +318,30 @@ impl ScalarUDFImpl for ConsentFilter {
             return datafusion::common::exec_err!("kexin_consent takes one argument");
         };
         let arr: ArrayRef = arg.to_array(args.number_rows)?;
-        let test = |v: Option<&str>| Some(v.is_some_and(|s| self.set.contains(s)));
+        // One HMAC per distinct person in the batch: a person's rows often
+        // sit together, and the HMAC costs ten times the lookup.
+        let mac = keyed(&self.set.key);
+        let mut seen: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        let mut test = |v: Option<&str>| {
+            let Some(v) = v else { return Some(false) };
+            if let Some(&b) = seen.get(v) {
+                return Some(b);
+            }
+            let b = self.set.digests.contains(&digest_with(&mac, v));
+            seen.insert(v.to_string(), b);
+            Some(b)
+        };
         let out: BooleanArray = if let Some(a) = arr.as_any().downcast_ref::<StringViewArray>() {
-            a.iter().map(test).collect()
+            a.iter().map(&mut test).collect()
         } else if let Some(a) = arr.as_any().downcast_ref::<StringArray>() {
-            a.iter().map(test).collect()
+            a.iter().map(&mut test).collect()
         } else {
             let a = datafusion::arrow::compute::cast(&arr, &DataType::Utf8)?;
             let a = a
                 .as_any()
                 .downcast_ref::<StringArray>()
                 .ok_or_else(|| datafusion::common::DataFusionError::Internal("cast".into()))?;
-            a.iter().map(test).collect()
+            a.iter().map(&mut test).collect()
         };
         debug_assert_eq!(out.len(), arr.len());
         Ok(ColumnarValue::Array(Arc::new(out)))

@@ -201,8 +201,40 @@ impl Node {
         }
     }
 
-    /// A data holder of this node offers a contract (signed terms).
+    /// Record a refused governance action in the node's audit log (the
+    /// refusal is returned to the caller either way).
+    pub(crate) fn audit_refusal<T>(
+        &self,
+        result: Result<T>,
+        actor: &str,
+        scene: &str,
+        kind: &str,
+        contract: Option<&str>,
+    ) -> Result<T> {
+        if let Err(Error::Refused(r)) = &result {
+            let mut e = self.governance_entry(actor, scene, kind, "refused");
+            e.code = Some(r.code.as_str().to_string());
+            e.rule = Some(r.rule.to_string());
+            e.contract = contract.map(str::to_string);
+            let appended = self
+                .store_lock()
+                .and_then(|mut s| s.append(e, &self.keys).map(|_| ()));
+            if let Err(x) = appended {
+                tracing::error!(target: "kexin::node", "audit append failed: {x}");
+            }
+        }
+        result
+    }
+
+    /// A data holder of this node offers a contract (signed terms). Refusals
+    /// are audited too.
     pub fn contract_offer(&self, env: &Signed<Terms>) -> Result<Contract> {
+        let t = &env.body;
+        let r = self.offer_checked(env);
+        self.audit_refusal(r, &t.holder, &t.scene, "contract-offer", None)
+    }
+
+    fn offer_checked(&self, env: &Signed<Terms>) -> Result<Contract> {
         let t = &env.body;
         if t.space != self.space.name || t.node != self.name {
             return refuse(Code::Contract, "the terms are for another space or node");
@@ -293,7 +325,24 @@ impl Node {
     }
 
     /// The requester agrees, a holder finalizes, or either terminates.
+    /// Refusals are audited too.
     pub fn contract_act(&self, env: &Signed<Action>) -> Result<Contract> {
+        let a = &env.body;
+        let scene = self
+            .contract(&a.contract)
+            .map(|c| c.terms.scene)
+            .unwrap_or_default();
+        let r = self.act_checked(env);
+        self.audit_refusal(
+            r,
+            &a.member,
+            &scene,
+            &format!("contract-{}", a.action),
+            Some(&a.contract),
+        )
+    }
+
+    fn act_checked(&self, env: &Signed<Action>) -> Result<Contract> {
         let a = &env.body;
         if a.space != self.space.name || a.node != self.name {
             return refuse(Code::Contract, "the action is for another space or node");

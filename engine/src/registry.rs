@@ -90,6 +90,8 @@ pub struct Use {
     pub time: String,
     pub scene: String,
     pub purpose: String,
+    /// The purpose as the scene states it to data subjects (处理目的).
+    pub purpose_zh: Option<String>,
     pub requester: String,
     pub contract: Option<String>,
     /// `released` or `held`.
@@ -166,7 +168,28 @@ impl Registry {
     /// organisation; individuals are registered here only. A new
     /// certificate for a member replaces the old one (key rotation).
     pub fn issue(&mut self, cert: Signed<Certificate>) -> Result<u64> {
-        Ok(self.issue_many(vec![cert])?[0])
+        let member = cert.body.member.clone();
+        let r = self.issue_many(vec![cert]).map(|s| s[0]);
+        self.audit_refusal(r, &member, "", "identity-issue")
+    }
+
+    /// Record a refused registry action in the registry's audit log.
+    fn audit_refusal<T>(
+        &mut self,
+        result: Result<T>,
+        actor: &str,
+        scene: &str,
+        kind: &str,
+    ) -> Result<T> {
+        if let Err(Error::Refused(r)) = &result {
+            let mut e = entry(&self.space, actor, scene, kind, "refused");
+            e.code = Some(r.code.as_str().to_string());
+            e.rule = Some(r.rule.to_string());
+            if let Err(x) = self.store.append(e, &self.keys) {
+                tracing::error!(target: "kexin::registry", "audit append failed: {x}");
+            }
+        }
+        result
     }
 
     /// [`Registry::issue`] for many certificates in one transaction.
@@ -271,9 +294,12 @@ impl Registry {
 
     /// Record a signed grant or revocation. Effective from its commit.
     pub fn record_consent(&mut self, receipt: Signed<ConsentReceipt>) -> Result<ConsentRecord> {
-        self.record_many(vec![receipt])?
-            .pop()
-            .ok_or_else(|| Error::internal("no record"))
+        let (person, scene) = (receipt.body.person.clone(), receipt.body.scene.clone());
+        let kind = format!("consent-{}", receipt.body.action);
+        let r = self
+            .record_many(vec![receipt])
+            .and_then(|mut v| v.pop().ok_or_else(|| Error::internal("no record")));
+        self.audit_refusal(r, &person, &scene, &kind)
     }
 
     fn check_receipt(&self, receipt: &Signed<ConsentReceipt>) -> Result<()> {
@@ -427,6 +453,7 @@ impl Registry {
                     time: e.time.clone(),
                     scene: e.scene.clone(),
                     purpose: scene.purpose_code.code(),
+                    purpose_zh: scene.purpose_zh.clone(),
                     requester: e.actor.clone(),
                     contract: e.contract.clone(),
                     decision: e.decision.clone(),
