@@ -599,3 +599,235 @@ fn dp_query_json_and_budget_show() {
     assert_eq!(dp_entry["epsilon"], 0.1);
     assert!(verify(t.path()).0);
 }
+
+#[test]
+fn identities_consent_contracts_and_airlock_from_the_command_line() {
+    let t = tempfile::tempdir().unwrap();
+    generate(t.path());
+    let dir = t.path().to_str().unwrap();
+    let key = t.path().join("dana.key");
+    // A new member: key file (0600), then a certificate binding an ID number.
+    let out = kexin(&[
+        "id",
+        "new",
+        "--out",
+        key.to_str().unwrap(),
+        "--member",
+        "dana",
+    ]);
+    assert!(out.status.success());
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(public.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The standard's worked example number; a wrong check digit is refused.
+    let cert = t.path().join("dana.cert.json");
+    let issue = |id: &str| {
+        kexin(&[
+            "id",
+            "issue",
+            "--space",
+            dir,
+            "--member",
+            "dana",
+            "--role",
+            "individual",
+            "--public-key",
+            &public,
+            "--id-number",
+            id,
+            "--out",
+            cert.to_str().unwrap(),
+        ])
+    };
+    assert!(!issue("110105194912310021").status.success());
+    let out = issue("11010519491231002X");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&cert).unwrap();
+    assert!(
+        !text.contains("11010519491231002X"),
+        "only a digest of the number"
+    );
+    let out = kexin(&[
+        "id",
+        "verify",
+        "--space",
+        dir,
+        "--cert",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    // A certificate edited after issue does not verify.
+    std::fs::write(&cert, text.replace("individual", "researcher")).unwrap();
+    let out = kexin(&[
+        "id",
+        "verify",
+        "--space",
+        dir,
+        "--cert",
+        cert.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+
+    // dana grants, lists, revokes; history is empty (not a patient here).
+    let grant = kexin(&[
+        "consent",
+        "grant",
+        "--space",
+        dir,
+        "--as",
+        "dana",
+        "--key",
+        key.to_str().unwrap(),
+        "--scene",
+        "diabetes-consent",
+        "--until",
+        "2027-12-31",
+    ]);
+    assert!(
+        grant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grant.stdout)
+    );
+    let listed = json_lines(&kexin(&[
+        "consent", "list", "--space", dir, "--as", "dana", "--format", "json",
+    ]));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["purpose"], "DS:E11");
+    assert_eq!(listed[0]["until"], "2027-12-31");
+    // Someone else's key cannot act for dana.
+    let out = kexin(&[
+        "consent",
+        "revoke",
+        "--space",
+        dir,
+        "--as",
+        "dana",
+        "--scene",
+        "diabetes-consent",
+        "--key",
+        t.path().join("keys").join("p00000.key").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let out = kexin(&[
+        "consent", "history", "--space", dir, "--as", "dana", "--format", "json",
+    ]);
+    assert!(out.status.success() && out.stdout.is_empty());
+
+    // Contracts: carol offers bob a second contract; bob agrees; carol finalizes.
+    let offer = json_lines(&kexin(&[
+        "contract",
+        "offer",
+        "--space",
+        dir,
+        "--node",
+        "h1",
+        "--as",
+        "carol",
+        "--requester",
+        "bob",
+        "--scene",
+        "service-planning",
+        "--max-queries",
+        "3",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(offer[0]["state"], "OFFERED");
+    let id = offer[0]["id"].as_str().unwrap().to_string();
+    let agreed = json_lines(&kexin(&[
+        "contract", "sign", "--space", dir, "--node", "h1", "--as", "bob", "--id", &id, "--format",
+        "json",
+    ]));
+    assert_eq!(agreed[0]["state"], "AGREED");
+    let done = json_lines(&kexin(&[
+        "contract", "sign", "--space", dir, "--node", "h1", "--as", "carol", "--id", &id,
+        "--format", "json",
+    ]));
+    assert_eq!(done[0]["state"], "FINALIZED");
+    // bob now has two active contracts for the scene: he must name one.
+    let q = |extra: &[&str]| {
+        let mut args = vec![
+            "query",
+            "--space",
+            dir,
+            "--scene",
+            "service-planning",
+            "--as",
+            "bob",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        args.push("SELECT sex, count(*) FROM patients GROUP BY sex");
+        let out = kexin(&args);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v)
+    };
+    let (code, v) = q(&[]);
+    assert_eq!((code, v["code"].as_str()), (Some(3), Some("KX-CONTRACT")));
+    let (code, v) = q(&["--contract", &id]);
+    assert_eq!((code, v["contract"].as_str()), (Some(0), Some(id.as_str())));
+    let out = kexin(&[
+        "contract",
+        "terminate",
+        "--space",
+        dir,
+        "--node",
+        "h1",
+        "--as",
+        "bob",
+        "--id",
+        &id,
+    ]);
+    assert!(out.status.success());
+    let (code, v) = q(&["--contract", &id]);
+    assert_eq!((code, v["code"].as_str()), (Some(3), Some("KX-CONTRACT")));
+
+    // The airlock from the command line: held (exit 1), listed, approved twice.
+    let out = kexin(&[
+        "query",
+        "--space",
+        dir,
+        "--scene",
+        "diabetes-review",
+        "--as",
+        "alice",
+        "--format",
+        "json",
+        "SELECT sex, count(*) FROM patients GROUP BY sex",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let held: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(held["status"], "held");
+    let n = held["airlock"].to_string();
+    let listed = json_lines(&kexin(&[
+        "airlock", "list", "--space", dir, "--format", "json",
+    ]));
+    assert_eq!(listed[0]["state"], "held");
+    let own = kexin(&[
+        "airlock", "approve", "--space", dir, "--as", "alice", "--id", &n,
+    ]);
+    assert_eq!(own.status.code(), Some(3));
+    for who in ["carol", "dave"] {
+        let out = kexin(&[
+            "airlock", "approve", "--space", dir, "--as", who, "--id", &n,
+        ]);
+        assert!(out.status.success());
+    }
+    let out = kexin(&[
+        "airlock", "show", "--space", dir, "--as", "alice", "--id", &n, "--format", "json",
+    ]);
+    let released: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(released["status"], "released");
+    assert_eq!(released["rows"].as_array().map(Vec::len), Some(2));
+    assert!(verify(t.path()).0);
+}

@@ -400,16 +400,23 @@ impl Node {
             }),
         };
         if held.is_some() {
+            // Nothing of the result leaves until data holders approve it.
             outcome = Outcome {
                 status: Status::Held,
+                columns: vec![],
+                rows: vec![],
+                suppressed_groups: 0,
+                code: None,
+                rule: None,
+                audit_seq: None,
                 explanation: vec![
                     "the result passed the gate and is held for review by the data holder; fetch it with `kexin airlock show` once approved".into(),
                 ],
+                checkpoint: None,
+                dp: None,
+                airlock: None,
                 contract: outcome.contract,
-                ..Outcome::refused(Refusal::new(Code::Internal, ""))
             };
-            outcome.code = None;
-            outcome.rule = None;
         }
         let entry = AuditEntry {
             seq: 0,

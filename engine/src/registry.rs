@@ -204,22 +204,26 @@ impl Registry {
         for cert in &certs {
             cert.check(&self.space.name, &operator, &today)?;
             let c = &cert.body;
-            match c.role.as_str() {
-                "individual" => {
-                    if self.space.members.contains_key(&c.member) {
-                        return refuse(Code::Auth, "individuals are not space.toml members");
-                    }
+            // Members named in space.toml are certified only with the role
+            // and organisation the policy gives them; researchers, holders
+            // and operators must be named there; individuals need not be.
+            if !["researcher", "holder", "operator", "individual"].contains(&c.role.as_str()) {
+                return refuse(Code::Auth, "unknown role");
+            }
+            match self.space.members.get(&c.member) {
+                Some(m) if m.role != c.role || m.org != c.org => {
+                    return refuse(
+                        Code::Auth,
+                        "the member's role and organisation must match space.toml",
+                    );
                 }
-                "researcher" | "holder" | "operator" => {
-                    let m = self.space.members.get(&c.member);
-                    if !m.is_some_and(|m| m.role == c.role && m.org == c.org) {
-                        return refuse(
-                            Code::Auth,
-                            "the member's role and organisation must match space.toml",
-                        );
-                    }
+                None if c.role != "individual" => {
+                    return refuse(
+                        Code::Auth,
+                        "researchers, holders and operators must be space.toml members",
+                    );
                 }
-                _ => return refuse(Code::Auth, "unknown role"),
+                _ => {}
             }
             let name_ok = !c.member.is_empty()
                 && c.member.len() <= 64
