@@ -1,0 +1,33 @@
+//! Errors of the protocol state machines. Every variant aborts the round:
+//! nothing is released from a round that saw one.
+
+/// Why a protocol step was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Fewer parties than an additive aggregate needs (see [`crate::MIN_PARTIES`]).
+    #[error("at least {min} parties are needed, got {got}")]
+    TooFewParties { min: usize, got: usize },
+    /// Share vectors or point lists of different lengths.
+    #[error("inputs of different lengths")]
+    LengthMismatch,
+    /// A byte string that is not a canonical ristretto255 encoding (RFC 9496
+    /// §4.3.1), or the identity where a blinded item is expected.
+    #[error("invalid group element encoding")]
+    InvalidPoint,
+    /// A value outside the fixed-point range.
+    #[error("value out of the fixed-point range")]
+    OutOfRange,
+    /// A message that does not decode: too large, truncated, trailing bytes.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    /// A message for another session, from an unknown sender, or replayed or
+    /// out of order.
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+    /// The operating system's random source failed.
+    #[error("no randomness available")]
+    Randomness,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
