@@ -71,7 +71,7 @@ async fn acknowledged_writes_survive_kill_9() {
         let node = Node::open(Arc::clone(&sp), "h1").await.unwrap();
         let key = kexin::members::load_key(&dir, "alice", None).unwrap();
         let mut ids = Vec::new();
-        for i in 0..12 {
+        for i in 0..20 {
             let sql = format!("SELECT sex, count(*) FROM patients WHERE age > {i} GROUP BY sex");
             let env =
                 kexin::members::query(&sp, "h1", "alice", &key, "diabetes-review", None, &sql)
@@ -98,13 +98,25 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut killed = 0;
     let mut next_held = held.iter();
     let mut grant = true;
+    // Per kind: how long an uninterrupted run took, and how many ran.
+    // Every fifth command of a kind runs to completion (so each kind is
+    // acknowledged), the others are killed at a random point within one
+    // and a half times that duration.
+    let mut took = [Duration::ZERO; 3];
+    let mut runs = [0u32; 3];
     for i in 0..60u64 {
-        let after = Duration::from_millis(rng.below(25));
+        let kind_of = (i % 3) as usize;
+        let after = if runs[kind_of] % 5 == 0 {
+            Duration::from_secs(120)
+        } else {
+            let span = (took[kind_of].as_millis() as u64 * 3 / 2).max(2);
+            Duration::from_millis(rng.below(span))
+        };
         let (kind, args) = match i % 3 {
             0 => {
                 let action = if grant { "grant" } else { "revoke" };
                 (
-                    0,
+                    0usize,
                     vec![
                         s("consent"),
                         s(action),
@@ -157,7 +169,13 @@ async fn acknowledged_writes_survive_kill_9() {
                 )
             }
         };
-        let Some(out) = run_killed(&args, after) else {
+        let started = Instant::now();
+        let result = run_killed(&args, after);
+        if runs[kind] % 5 == 0 {
+            took[kind] = started.elapsed();
+        }
+        runs[kind] += 1;
+        let Some(out) = result else {
             killed += 1;
             continue;
         };
