@@ -264,6 +264,20 @@ fn run(cli: Cli) -> Result<u8> {
             let rt = runtime()?;
             let outcome = rt.block_on(async {
                 let n = Node::open(Arc::clone(&space), &node).await?;
+                // Bind the signature to the contract: the named one, or the
+                // researcher's only active contract for the scene here.
+                let contract = match contract {
+                    Some(c) => Some(c),
+                    None => {
+                        let mut active = n.contracts()?.into_iter().filter(|c| {
+                            c.state.active() && c.terms.requester == actor && c.terms.scene == scene
+                        });
+                        match (active.next(), active.next()) {
+                            (Some(c), None) => Some(c.id),
+                            _ => None,
+                        }
+                    }
+                };
                 let env =
                     kexin::members::query(&space, &node, &actor, &signing, &scene, contract, &sql)?;
                 anyhow::Ok(n.query_signed(&env).await)
