@@ -119,17 +119,26 @@ impl Node {
     /// `approve` and `reject` return them once decided. Refusals are audited.
     pub fn airlock_act(&self, env: &Signed<Decision>) -> Result<(Held, Option<String>)> {
         let d = &env.body;
-        let scene = self.held(d.id).map(|(h, _)| h.scene).unwrap_or_default();
-        let r = self.act_on_held(env);
+        let found = self.held(d.id);
+        let scene = found
+            .as_ref()
+            .map(|(h, _)| h.scene.clone())
+            .unwrap_or_default();
+        let r = self.act_on_held(env, found);
         self.audit_refusal(r, &d.member, &scene, &format!("airlock-{}", d.action), None)
     }
 
-    fn act_on_held(&self, env: &Signed<Decision>) -> Result<(Held, Option<String>)> {
+    /// `found` is the held result the decision names, as already looked up.
+    fn act_on_held(
+        &self,
+        env: &Signed<Decision>,
+        found: Result<(Held, String)>,
+    ) -> Result<(Held, Option<String>)> {
         let d = &env.body;
         if d.space != self.space.name || d.node != self.name {
             return refuse(Code::Review, "the decision is for another space or node");
         }
-        let (h, bytes) = self.held(d.id)?;
+        let (h, bytes) = found?;
         if d.output_sha256 != h.output_sha256 {
             return refuse(Code::Review, "the signed digest is not the held result's");
         }

@@ -72,6 +72,43 @@ pub struct AuditEntry {
     pub consent_sha256: Option<String>,
 }
 
+impl AuditEntry {
+    /// An entry stamped now, with no digests, counts or optional facts:
+    /// what governance actions record. Callers set the fields that apply.
+    pub fn new(
+        node: &str,
+        actor: &str,
+        scene: &str,
+        kind: &str,
+        decision: &str,
+        policy_digest: &[u8; 32],
+    ) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            time: crate::store::now_utc().1,
+            node: node.to_string(),
+            actor: actor.to_string(),
+            scene: scene.to_string(),
+            kind: kind.to_string(),
+            decision: decision.to_string(),
+            code: None,
+            rule: None,
+            sql_sha256: None,
+            plan_sha256: None,
+            policy_sha256: hex::encode(policy_digest),
+            output_sha256: None,
+            rows_released: 0,
+            suppressed_groups: 0,
+            udfs: vec![],
+            epsilon: None,
+            repeat_of: None,
+            contract: None,
+            consent_seq: None,
+            consent_sha256: None,
+        }
+    }
+}
+
 pub fn leaf_hash(entry: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);

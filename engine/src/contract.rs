@@ -176,29 +176,14 @@ impl Node {
         kind: &str,
         decision: &str,
     ) -> AuditEntry {
-        AuditEntry {
-            seq: 0,
-            time: now_utc().1,
-            node: self.name.clone(),
-            actor: actor.to_string(),
-            scene: scene.to_string(),
-            kind: kind.into(),
-            decision: decision.into(),
-            code: None,
-            rule: None,
-            sql_sha256: None,
-            plan_sha256: None,
-            policy_sha256: hex::encode(self.space.policy_digest),
-            output_sha256: None,
-            rows_released: 0,
-            suppressed_groups: 0,
-            udfs: vec![],
-            epsilon: None,
-            repeat_of: None,
-            contract: None,
-            consent_seq: None,
-            consent_sha256: None,
-        }
+        AuditEntry::new(
+            &self.name,
+            actor,
+            scene,
+            kind,
+            decision,
+            &self.space.policy_digest,
+        )
     }
 
     /// Record a refused governance action in the node's audit log (the
@@ -328,11 +313,12 @@ impl Node {
     /// Refusals are audited too.
     pub fn contract_act(&self, env: &Signed<Action>) -> Result<Contract> {
         let a = &env.body;
-        let scene = self
-            .contract(&a.contract)
-            .map(|c| c.terms.scene)
+        let found = self.contract(&a.contract);
+        let scene = found
+            .as_ref()
+            .map(|c| c.terms.scene.clone())
             .unwrap_or_default();
-        let r = self.act_checked(env);
+        let r = self.act_checked(env, found);
         self.audit_refusal(
             r,
             &a.member,
@@ -342,12 +328,13 @@ impl Node {
         )
     }
 
-    fn act_checked(&self, env: &Signed<Action>) -> Result<Contract> {
+    /// `found` is the contract the action names, as already looked up.
+    fn act_checked(&self, env: &Signed<Action>, found: Result<Contract>) -> Result<Contract> {
         let a = &env.body;
         if a.space != self.space.name || a.node != self.name {
             return refuse(Code::Contract, "the action is for another space or node");
         }
-        let c = self.contract(&a.contract)?;
+        let c = found?;
         let allowed = match a.action.as_str() {
             "agree" => a.member == c.terms.requester,
             "finalize" => self.holder_here(&a.member),

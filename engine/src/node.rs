@@ -587,29 +587,9 @@ impl Node {
         std::fs::rename(&tmp, &path)?;
         let manifest = serde_json::to_string(module.manifest()).map_err(Error::internal)?;
         let now = now_utc().1;
-        let entry = AuditEntry {
-            seq: 0,
-            time: now.clone(),
-            node: self.name.clone(),
-            actor: by.to_string(),
-            scene: scene.to_string(),
-            kind: "udf-register".into(),
-            decision: "approved".into(),
-            code: None,
-            rule: None,
-            sql_sha256: None,
-            plan_sha256: None,
-            policy_sha256: hex::encode(self.space.policy_digest),
-            output_sha256: None,
-            rows_released: 0,
-            suppressed_groups: 0,
-            udfs: vec![digest.clone()],
-            epsilon: None,
-            repeat_of: None,
-            contract: None,
-            consent_seq: None,
-            consent_sha256: None,
-        };
+        let mut entry = self.governance_entry(by, scene, "udf-register", "approved");
+        entry.time = now.clone();
+        entry.udfs = vec![digest.clone()];
         let (seq, _) = self
             .store
             .lock()

@@ -110,29 +110,14 @@ fn load_id_key(dir: &Path) -> Result<SecretKey> {
 }
 
 fn entry(space: &Space, actor: &str, scene: &str, kind: &str, decision: &str) -> AuditEntry {
-    AuditEntry {
-        seq: 0,
-        time: now_utc().1,
-        node: "registry".into(),
-        actor: actor.to_string(),
-        scene: scene.to_string(),
-        kind: kind.into(),
-        decision: decision.into(),
-        code: None,
-        rule: None,
-        sql_sha256: None,
-        plan_sha256: None,
-        policy_sha256: hex::encode(space.policy_digest),
-        output_sha256: None,
-        rows_released: 0,
-        suppressed_groups: 0,
-        udfs: vec![],
-        epsilon: None,
-        repeat_of: None,
-        contract: None,
-        consent_seq: None,
-        consent_sha256: None,
-    }
+    AuditEntry::new(
+        "registry",
+        actor,
+        scene,
+        kind,
+        decision,
+        &space.policy_digest,
+    )
 }
 
 impl Registry {

@@ -323,57 +323,12 @@ impl Store {
     /// audit record commit together or not at all.
     pub fn append_with(
         &mut self,
-        mut entry: AuditEntry,
+        entry: AuditEntry,
         keys: &NodeKeys,
         also: impl FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<()>,
     ) -> Result<(u64, String)> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut leaves: Vec<Hash> = {
-            let mut stmt = tx.prepare("SELECT leaf FROM audit ORDER BY seq")?;
-            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.push(
-                    r?.try_into()
-                        .map_err(|_| Error::internal("stored leaf hash has the wrong length"))?,
-                );
-            }
-            out
-        };
-        let seq = leaves.len() as u64 + 1;
-        entry.seq = seq;
-        let bytes = serde_json::to_vec(&entry).map_err(Error::internal)?;
-        let leaf = leaf_hash(&bytes);
-        leaves.push(leaf);
-        tx.execute(
-            "INSERT INTO audit (seq, entry, leaf) VALUES (?1, ?2, ?3)",
-            params![seq as i64, bytes, leaf.to_vec()],
-        )?;
-        let cp = Checkpoint {
-            origin: self.origin.clone(),
-            size: seq,
-            root: tree_root(&leaves),
-        };
-        let note = cp.sign(&keys.note.name, &keys.signing);
-        tx.execute(
-            "INSERT INTO checkpoint (size, note) VALUES (?1, ?2)",
-            params![seq as i64, note],
-        )?;
-        also(&tx, seq)?;
-        tx.commit()?;
-        // The head file only moves forward. Appenders in other processes may
-        // race here; a head that is briefly behind the log is still a valid
-        // witness (verification needs head size <= log size).
-        let current = std::fs::read_to_string(&self.head_path)
-            .ok()
-            .and_then(|h| h.lines().nth(1).and_then(|l| l.parse::<u64>().ok()))
-            .unwrap_or(0);
-        if seq > current {
-            write_atomic(&self.head_path, note.as_bytes())?;
-        }
-        Ok((seq, note))
+        let (seqs, note) = self.commit_entries(vec![entry], keys, |tx, seqs| also(tx, seqs[0]))?;
+        Ok((seqs[0], note))
     }
 
     /// Record a signed request's nonce, durably; a nonce seen before is a
@@ -419,6 +374,22 @@ impl Store {
         keys: &NodeKeys,
         also: impl FnOnce(&rusqlite::Transaction<'_>, &[u64]) -> Result<()>,
     ) -> Result<Vec<u64>> {
+        if entries.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(self.commit_entries(entries, keys, also)?.0)
+    }
+
+    /// The one append path: assign sequence numbers to (non-empty)
+    /// `entries`, insert them, sign a checkpoint over the new tree head, run
+    /// `also`, commit durably, then move the head file forward. Returns the
+    /// sequence numbers and the signed checkpoint.
+    fn commit_entries(
+        &mut self,
+        entries: Vec<AuditEntry>,
+        keys: &NodeKeys,
+        also: impl FnOnce(&rusqlite::Transaction<'_>, &[u64]) -> Result<()>,
+    ) -> Result<(Vec<u64>, String)> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -447,9 +418,9 @@ impl Store {
             )?;
             seqs.push(seq);
         }
-        let Some(&last) = seqs.last() else {
-            return Ok(seqs);
-        };
+        let last = *seqs
+            .last()
+            .ok_or_else(|| Error::internal("no audit entries to append"))?;
         let note = Checkpoint {
             origin: self.origin.clone(),
             size: last,
@@ -462,6 +433,9 @@ impl Store {
         )?;
         also(&tx, &seqs)?;
         tx.commit()?;
+        // The head file only moves forward. Appenders in other processes may
+        // race here; a head that is briefly behind the log is still a valid
+        // witness (verification needs head size <= log size).
         let current = std::fs::read_to_string(&self.head_path)
             .ok()
             .and_then(|h| h.lines().nth(1).and_then(|l| l.parse::<u64>().ok()))
@@ -469,7 +443,7 @@ impl Store {
         if last > current {
             write_atomic(&self.head_path, note.as_bytes())?;
         }
-        Ok(seqs)
+        Ok((seqs, note))
     }
 
     /// UDF modules this node's data holder approved, optionally for one
