@@ -323,6 +323,73 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
     Ok(consent_ok && own.is_err() && released.is_some() && fetched == released)
 }
 
+/// Three hospitals as node servers (on loopback ports picked now), one
+/// federated query exact and one under DP, a two-node attempt, and a PSI.
+fn federation_step(space: &Arc<Space>, dir: &Path, number: usize) -> Result<bool> {
+    use crate::federation::{self, NodeServer};
+    let d = dir.display();
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    let mut toml = String::from("round_timeout_seconds = 30\n");
+    for (i, l) in listeners.iter().enumerate() {
+        toml.push_str(&format!(
+            "[node.h{n}]\naddress = \"{}\"\nmember = \"node-h{n}\"\n",
+            l.local_addr()?,
+            n = i + 1
+        ));
+    }
+    std::fs::write(federation::FedConfig::path(dir), toml)?;
+    println!(
+        "-- {number}. Federation: three hospitals run `kexin node`; a researcher asks all three at once"
+    );
+    for (i, l) in listeners.into_iter().enumerate() {
+        let name = format!("h{}", i + 1);
+        println!(
+            "   kexin node --space {d} --node {name}   # listening on {}",
+            l.local_addr()?
+        );
+        let server = Arc::new(NodeServer::open(Arc::clone(space), &name, None)?);
+        std::thread::spawn(move || server.serve(l));
+    }
+    let alice = members::load_key(dir, "alice", None)?;
+    let nodes: Vec<String> = ["h1", "h2", "h3"].iter().map(|s| s.to_string()).collect();
+    let exact = "SELECT department, COUNT(DISTINCT id_card) AS patients, AVG(cost) AS mean_cost, STDDEV(length_of_stay) AS sd_stay FROM admissions GROUP BY department";
+    let noisy = "SELECT department, COUNT(DISTINCT id_card) AS patients, AVG(length_of_stay) AS mean_stay FROM admissions GROUP BY department";
+    let mut ok = true;
+    for (scene, sql) in [("joint-diabetes", exact), ("joint-diabetes-dp", noisy)] {
+        println!(
+            "   kexin federate --space {d} --scene {scene} --as alice --nodes h1,h2,h3 \"{sql}\""
+        );
+        let out = federation::federate(space, "alice", &alice, scene, &nodes, sql)?;
+        print!("{}", crate::render::federated(&out, crate::Format::Table)?);
+        ok &= out.status == "released" && out.rows.len() == 10;
+    }
+    println!(
+        "   kexin federate ... --nodes h1,h2   # two parties: each would learn the other's input"
+    );
+    let two = federation::federate(space, "alice", &alice, "joint-diabetes", &nodes[..2], exact)?;
+    print!("{}", crate::render::federated(&two, crate::Format::Table)?);
+    ok &= two.code.as_deref() == Some("KX-FED");
+    println!("   kexin psi --space {d} --scene joint-diabetes-dp --as alice --nodes h1,h2");
+    let psi = federation::psi(
+        space,
+        "alice",
+        &alice,
+        "joint-diabetes-dp",
+        &nodes[..2],
+        "cardinality",
+    )?;
+    print!("{}", crate::render::psi(&psi, crate::Format::Table)?);
+    // h1 and h2 share 15% of 2000 patients.
+    ok &= psi
+        .result
+        .as_ref()
+        .is_some_and(|r| r.interval[0] - 20.0 <= 300.0 && 300.0 <= r.interval[1] + 20.0);
+    println!();
+    Ok(ok)
+}
+
 pub fn run(keep: Option<PathBuf>) -> Result<u8> {
     let tmp;
     let dir = match keep {
@@ -352,7 +419,7 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
         .enable_all()
         .build()?;
     let mut surprises = 0;
-    rt.block_on(async {
+    let last = rt.block_on(async {
         let node = Node::open(Arc::clone(&space), "h1").await?;
         for (i, step) in STEPS.iter().enumerate() {
             if !show_step(&node, &dir, i + 1, step).await? {
@@ -382,7 +449,7 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
                 "-- WebAssembly UDF steps skipped: no modules in {} (build them with `bash udfs/build.sh`)\n",
                 modules.display()
             );
-            return anyhow::Ok(());
+            return anyhow::Ok(number);
         }
         println!("-- A data holder approves example WebAssembly UDFs for diabetes-2027");
         for m in ["egfr", "age_band", "geomean", "eag"] {
@@ -402,8 +469,11 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
                 surprises += 1;
             }
         }
-        anyhow::Ok(())
+        anyhow::Ok(number + UDF_STEPS.len())
     })?;
+    if !federation_step(&space, &dir, last + 1)? {
+        surprises += 1;
+    }
     let report = kexin_engine::store::verify(&dir.join("h1"), None)?;
     println!(
         "== kexin audit verify: {} entries, {} signed checkpoints, root {}",

@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod federation;
 pub mod members;
+pub mod net;
 pub mod render;
 pub mod synth;
 

@@ -23,6 +23,13 @@ struct Cli {
     command: Command,
 }
 
+/// What a PSI releases.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PsiMode {
+    /// The size of the intersection, with DP noise.
+    Cardinality,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate a deterministic synthetic multi-hospital data space.
@@ -70,6 +77,67 @@ enum Command {
         format: Format,
         /// The SQL query.
         sql: String,
+    },
+    /// Run a node server: peers and researchers connect over TLS 1.3 with
+    /// their certified member keys (federated queries, PSI).
+    Node {
+        /// The space directory (holds space.toml and federation.toml).
+        #[arg(long)]
+        space: PathBuf,
+        /// The node (hospital) to serve.
+        #[arg(long)]
+        node: String,
+        /// Address to listen on (default: the node's address in
+        /// federation.toml).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The node identity's key file (default <space>/keys/<member>.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// A federated query: every node computes its partial under its own
+    /// policy, the partials are secret-shared, only the gated joint result
+    /// is opened.
+    Federate {
+        #[arg(long)]
+        space: PathBuf,
+        /// A federated scene (federated = true).
+        #[arg(long)]
+        scene: String,
+        /// The researcher.
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Comma-separated nodes (at least three).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The SQL query.
+        sql: String,
+    },
+    /// Private set intersection of two nodes' cohorts (ECDH-PSI): a noisy
+    /// count of the persons both hold, and nothing else.
+    Psi {
+        #[arg(long)]
+        space: PathBuf,
+        /// A scene with a privacy budget; its first dataset's persons are
+        /// the cohort.
+        #[arg(long)]
+        scene: String,
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Exactly two comma-separated nodes; the first releases.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// What is released.
+        #[arg(long, value_enum, default_value_t = PsiMode::Cardinality)]
+        mode: PsiMode,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Member identities: key files and operator-issued certificates.
     Id {
@@ -247,6 +315,68 @@ fn run(cli: Cli) -> Result<u8> {
             );
             println!("policy: {}", out.join("space.toml").display());
             Ok(0)
+        }
+        Command::Node {
+            space,
+            node,
+            listen,
+            key,
+        } => {
+            let space = Arc::new(Space::load(&space)?);
+            let server =
+                kexin::federation::NodeServer::open(Arc::clone(&space), &node, key.as_deref())?;
+            let addr = match listen {
+                Some(a) => a,
+                None => kexin::federation::FedConfig::load(&space.dir)?
+                    .node
+                    .get(&node)
+                    .map(|a| a.address.clone())
+                    .context("no address for the node in federation.toml; pass --listen")?,
+            };
+            let listener = std::net::TcpListener::bind(&addr)
+                .with_context(|| format!("listening on {addr}"))?;
+            // Scripts and tests wait for this line.
+            println!("kexin node {node} listening on {}", listener.local_addr()?);
+            std::io::Write::flush(&mut std::io::stdout())?;
+            Arc::new(server).serve(listener)?;
+            Ok(0)
+        }
+        Command::Federate {
+            space,
+            scene,
+            actor,
+            key,
+            nodes,
+            format,
+            sql,
+        } => {
+            let space = Space::load(&space)?;
+            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
+            let out = kexin::federation::federate(&space, &actor, &signing, &scene, &nodes, &sql)?;
+            print!("{}", render::federated(&out, format)?);
+            Ok(u8::try_from(out.exit_status()).unwrap_or(1))
+        }
+        Command::Psi {
+            space,
+            scene,
+            actor,
+            key,
+            nodes,
+            mode,
+            format,
+        } => {
+            let space = Space::load(&space)?;
+            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
+            let mode = match mode {
+                PsiMode::Cardinality => "cardinality",
+            };
+            let out = kexin::federation::psi(&space, &actor, &signing, &scene, &nodes, mode)?;
+            print!("{}", render::psi(&out, format)?);
+            Ok(match out.status.as_str() {
+                "released" => 0,
+                "refused" => 3,
+                _ => 4,
+            })
         }
         Command::Query {
             space,

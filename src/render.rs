@@ -61,64 +61,11 @@ pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
             let mut out = String::new();
             match o.status {
                 Status::Released => {
-                    // DP answers show each value with its 95% interval.
-                    let accuracy = o.dp.as_ref().map(|d| &d.accuracy);
-                    let cells: Vec<Vec<String>> = o
-                        .rows
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| {
-                            r.iter()
-                                .enumerate()
-                                .map(|(j, c)| {
-                                    match accuracy.and_then(|a| a.get(i)?.get(j).copied().flatten())
-                                    {
-                                        Some(a) => format!(
-                                            "{} [{}, {}]",
-                                            text(c),
-                                            a.interval[0],
-                                            a.interval[1]
-                                        ),
-                                        None => text(c),
-                                    }
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    let widths: Vec<usize> = o
-                        .columns
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            cells
-                                .iter()
-                                .map(|r| r.get(i).map_or(0, |s| s.chars().count()))
-                                .chain([c.chars().count()])
-                                .max()
-                                .unwrap_or(0)
-                        })
-                        .collect();
-                    let line = |vals: Vec<&str>| {
-                        vals.iter()
-                            .zip(&widths)
-                            .map(|(v, w)| format!("{v:<w$}", w = *w))
-                            .collect::<Vec<_>>()
-                            .join(" | ")
-                    };
-                    out.push_str(&line(o.columns.iter().map(String::as_str).collect()));
-                    out.push('\n');
-                    out.push_str(
-                        &widths
-                            .iter()
-                            .map(|w| "-".repeat(*w))
-                            .collect::<Vec<_>>()
-                            .join("-+-"),
-                    );
-                    out.push('\n');
-                    for r in &cells {
-                        out.push_str(&line(r.iter().map(String::as_str).collect()));
-                        out.push('\n');
-                    }
+                    out.push_str(&grid(
+                        &o.columns,
+                        &o.rows,
+                        o.dp.as_ref().map(|d| &d.accuracy),
+                    ));
                     out.push_str(&format!(
                         "released: {} row(s), {} group(s) suppressed\n",
                         o.rows.len(),
@@ -139,6 +86,183 @@ pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
             }
             if let Some(seq) = o.audit_seq {
                 out.push_str(&format!("audit entry #{seq}\n"));
+            }
+            out
+        }
+    })
+}
+
+type AccuracyRows = Vec<Vec<Option<kexin_engine::dp::Accuracy>>>;
+
+/// Rows as an aligned text table; DP values show their 95% interval.
+fn grid(columns: &[String], rows: &[Vec<Cell>], accuracy: Option<&AccuracyRows>) -> String {
+    let mut out = String::new();
+    let o = Grid { columns, rows };
+    let cells: Vec<Vec<String>> = o
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.iter()
+                .enumerate()
+                .map(
+                    |(j, c)| match accuracy.and_then(|a| a.get(i)?.get(j).copied().flatten()) {
+                        Some(a) => format!("{} [{}, {}]", text(c), a.interval[0], a.interval[1]),
+                        None => text(c),
+                    },
+                )
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = o
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r.get(i).map_or(0, |s| s.chars().count()))
+                .chain([c.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |vals: Vec<&str>| {
+        vals.iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}", w = *w))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    out.push_str(&line(o.columns.iter().map(String::as_str).collect()));
+    out.push('\n');
+    out.push_str(
+        &widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-"),
+    );
+    out.push('\n');
+    for r in &cells {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+struct Grid<'a> {
+    columns: &'a [String],
+    rows: &'a [Vec<Cell>],
+}
+
+/// A federated outcome.
+pub fn federated(o: &crate::federation::FederatedOutcome, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string(o)?),
+        Format::Csv => {
+            let mut out = String::new();
+            if o.status == "released" {
+                out.push_str(
+                    &o.columns
+                        .iter()
+                        .map(|c| csv_field(c))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                out.push('\n');
+                for r in &o.rows {
+                    out.push_str(
+                        &r.iter()
+                            .map(|c| csv_field(&text(c)))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
+                    out.push('\n');
+                }
+            } else {
+                eprintln!(
+                    "{}: {}",
+                    o.code.as_deref().unwrap_or(""),
+                    o.rule.as_deref().unwrap_or("")
+                );
+            }
+            out
+        }
+        Format::Table => {
+            let mut out = String::new();
+            if o.status == "released" {
+                let acc = (!o.accuracy.is_empty()).then_some(&o.accuracy);
+                out.push_str(&grid(&o.columns, &o.rows, acc));
+                out.push_str(&format!(
+                    "released: {} row(s), {} cell(s) suppressed\n",
+                    o.rows.len(),
+                    o.suppressed_groups
+                ));
+            } else {
+                out.push_str(&format!(
+                    "{}: {} — {}\n",
+                    o.status,
+                    o.code.as_deref().unwrap_or(""),
+                    o.rule.as_deref().unwrap_or("")
+                ));
+            }
+            for e in &o.explanation {
+                out.push_str(&format!("  · {e}\n"));
+            }
+            out.push_str(&format!("session {}\n", o.session));
+            for n in &o.nodes {
+                out.push_str(&format!(
+                    "  {}: {}{}{}\n",
+                    n.node,
+                    n.decision,
+                    n.audit_seq
+                        .map(|s| format!(", audit entry #{s}"))
+                        .unwrap_or_default(),
+                    n.rule
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                ));
+            }
+            out
+        }
+    })
+}
+
+/// A PSI outcome.
+pub fn psi(o: &crate::federation::PsiOutcome, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string(o)?),
+        Format::Csv | Format::Table => {
+            let mut out = String::new();
+            match &o.result {
+                Some(r) => {
+                    out.push_str(&format!(
+                        "intersection size ≈ {} [{}, {}]\n",
+                        r.value, r.interval[0], r.interval[1]
+                    ));
+                    for e in &r.explanation {
+                        out.push_str(&format!("  · {e}\n"));
+                    }
+                }
+                None => out.push_str(&format!(
+                    "{}: {} — {}\n",
+                    o.status,
+                    o.code.as_deref().unwrap_or(""),
+                    o.rule.as_deref().unwrap_or("")
+                )),
+            }
+            out.push_str(&format!("session {}\n", o.session));
+            for n in &o.nodes {
+                out.push_str(&format!(
+                    "  {}: {}{}\n",
+                    n.node,
+                    n.decision,
+                    n.audit_seq
+                        .map(|s| format!(", audit entry #{s}"))
+                        .unwrap_or_default()
+                ));
             }
             out
         }

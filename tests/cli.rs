@@ -550,10 +550,16 @@ fn dp_query_json_and_budget_show() {
     let t = tempfile::tempdir().expect("tempdir");
     generate(t.path());
     let dir = t.path().to_str().expect("utf8");
+    // alice's DP scenes are diabetes-dp and the federated joint-diabetes-dp;
+    // this test charges the first.
     let budget = || {
-        json_lines(&kexin(&[
+        let all = json_lines(&kexin(&[
             "budget", "show", "--space", dir, "--as", "alice", "--format", "json",
-        ]))
+        ]));
+        assert_eq!(all.len(), 2);
+        all.into_iter()
+            .filter(|b| b["scene"] == "diabetes-dp")
+            .collect::<Vec<_>>()
     };
     // Before any charge the researcher's DP scene is listed, untouched.
     let before = budget();

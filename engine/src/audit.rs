@@ -36,9 +36,11 @@ pub struct AuditEntry {
     pub actor: String,
     pub scene: String,
     /// `query`, `udf-register`, `identity-issue`, `consent-grant`,
-    /// `consent-revoke`, `contract-<action>`, `airlock-<action>`.
+    /// `consent-revoke`, `contract-<action>`, `airlock-<action>`, `federated`,
+    /// `psi`.
     pub kind: String,
-    /// `released`, `refused` or `held`.
+    /// `released`, `refused`, `held`, or `aborted` (a federated round that
+    /// ended with no release).
     pub decision: String,
     pub code: Option<String>,
     pub rule: Option<String>,
@@ -70,6 +72,10 @@ pub struct AuditEntry {
     /// query could use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent_sha256: Option<String>,
+    /// Federated computations: the session digest, the same in every
+    /// participating node's log (SHA-256 of the researcher's signed request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl AuditEntry {
@@ -105,6 +111,7 @@ impl AuditEntry {
             contract: None,
             consent_seq: None,
             consent_sha256: None,
+            session: None,
         }
     }
 }

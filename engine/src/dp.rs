@@ -133,7 +133,7 @@ impl ArgSpec {
         self.qlo().unsigned_abs().max(self.qhi().unsigned_abs())
     }
     /// The midpoint of the bounds, in quanta.
-    fn qmid(&self) -> i64 {
+    pub(crate) fn qmid(&self) -> i64 {
         self.qlo() + (self.qhi() - self.qlo()) / 2
     }
     /// max |q − midpoint| over the bounds, in quanta: centring halves the
@@ -481,6 +481,38 @@ impl PersonTable {
     }
 }
 
+/// One numbering of the group keys across partitions: the groups, each
+/// partition's local-to-global ids, and the keys as cells.
+#[allow(clippy::type_complexity)]
+fn merge_groups(scans: &[Scan]) -> Result<(Groups, Vec<Vec<u32>>, Vec<Vec<Cell>>)> {
+    let mut groups = Groups::default();
+    let ids: Vec<Vec<u32>> = scans
+        .iter()
+        .map(|s| s.groups.keys.iter().map(|k| groups.id(k)).collect())
+        .collect();
+    let key_fields = scans
+        .first()
+        .map(|s| s.key_fields.clone())
+        .unwrap_or_default();
+    let keys: Vec<Vec<Cell>> = if key_fields.is_empty() {
+        vec![vec![]; groups.keys.len()]
+    } else {
+        let conv = RowConverter::new(key_fields).map_err(internal)?;
+        let parser = conv.parser();
+        let arrays = conv
+            .convert_rows(groups.keys.iter().map(|k| parser.parse(k)))
+            .map_err(internal)?;
+        let cols: Vec<Vec<Cell>> = arrays
+            .iter()
+            .map(gate::column_cells)
+            .collect::<Result<_>>()?;
+        (0..groups.keys.len())
+            .map(|g| cols.iter().map(|c| c[g].clone()).collect())
+            .collect()
+    };
+    Ok((groups, ids, keys))
+}
+
 // ---------------------------------------------------------------- the mechanism
 
 /// A measured total per group.
@@ -632,32 +664,7 @@ impl Mechanism {
     /// bucket (in parallel), go through the per-person bounding, and the
     /// kept contributions are summed on integers.
     pub fn totals(&self, b: &Bounding, scans: &[Scan]) -> Result<Vec<(Vec<Cell>, Vec<i128>)>> {
-        // One numbering of the group keys across partitions.
-        let mut groups = Groups::default();
-        let ids: Vec<Vec<u32>> = scans
-            .iter()
-            .map(|s| s.groups.keys.iter().map(|k| groups.id(k)).collect())
-            .collect();
-        let key_fields = scans
-            .first()
-            .map(|s| s.key_fields.clone())
-            .unwrap_or_default();
-        let keys: Vec<Vec<Cell>> = if key_fields.is_empty() {
-            vec![vec![]; groups.keys.len()]
-        } else {
-            let conv = RowConverter::new(key_fields).map_err(internal)?;
-            let parser = conv.parser();
-            let arrays = conv
-                .convert_rows(groups.keys.iter().map(|k| parser.parse(k)))
-                .map_err(internal)?;
-            let cols: Vec<Vec<Cell>> = arrays
-                .iter()
-                .map(gate::column_cells)
-                .collect::<Result<_>>()?;
-            (0..groups.keys.len())
-                .map(|g| cols.iter().map(|c| c[g].clone()).collect())
-                .collect()
-        };
+        let (groups, ids, keys) = merge_groups(scans)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let parts: Vec<Vec<Vec<i128>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
@@ -689,6 +696,48 @@ impl Mechanism {
             }
         }
         Ok(keys.into_iter().zip(totals).collect())
+    }
+
+    /// Exact totals per group with no per-person bounding: every kept row
+    /// counts, persons are counted once per group. For federated scenes
+    /// without DP, whose joint result must equal the pooled computation.
+    pub fn exact_totals(&self, scans: &[Scan]) -> Result<Vec<(Vec<Cell>, Vec<i128>)>> {
+        let (groups, ids, keys) = merge_groups(scans)?;
+        let m = self.args.len();
+        let mids: Vec<i64> = self.args.iter().map(ArgSpec::qmid).collect();
+        let mut totals = vec![vec![0i128; self.stats.len()]; groups.keys.len()];
+        let mut seen: std::collections::HashSet<(u32, u64)> = std::collections::HashSet::new();
+        for (scan, ids) in scans.iter().zip(&ids) {
+            for rows in &scan.buckets {
+                for (r, (person, gid, nulls)) in rows.rows.iter().copied().enumerate() {
+                    let g = ids[gid as usize];
+                    let vals = &rows.vals[r * m..(r + 1) * m];
+                    let first = seen.insert((g, person));
+                    let t = &mut totals[g as usize];
+                    for (si, st) in self.stats.iter().enumerate() {
+                        let present = |i: usize| nulls & (1 << i) == 0;
+                        match *st {
+                            Stat::Persons if first => t[si] += 1,
+                            Stat::Rows => t[si] += 1,
+                            Stat::Count(i) if present(i) => t[si] += 1,
+                            Stat::Sum(i) if present(i) => t[si] += i128::from(vals[i]),
+                            Stat::CSum(i) if present(i) => t[si] += i128::from(vals[i] - mids[i]),
+                            Stat::CSumSq(i) if present(i) => {
+                                let c = i128::from(vals[i] - mids[i]);
+                                t[si] += c * c
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(keys.into_iter().zip(totals).collect())
+    }
+
+    /// The discrete Laplace scale of stat `i`, in grid units.
+    pub fn scale(&self, i: usize) -> f64 {
+        self.scales.get(i).map_or(0.0, |r| as_f64(*r))
     }
 
     /// Run one bucket's rows of every partition through the bounding.
@@ -832,7 +881,12 @@ impl Mechanism {
         laplace_half_width(as_f64(self.scales[self.stat(s)]), alpha)
     }
 
-    fn value(&self, o: Output, key: &[Cell], noisy: &[i128]) -> (Cell, Option<Accuracy>) {
+    pub(crate) fn value(
+        &self,
+        o: Output,
+        key: &[Cell],
+        noisy: &[i128],
+    ) -> (Cell, Option<Accuracy>) {
         let get = |s: Stat| noisy[self.stat(s)] as f64;
         match o {
             Output::Key(i) => (key.get(i).cloned().unwrap_or(Cell::Null), None),

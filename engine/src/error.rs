@@ -104,6 +104,12 @@ pub enum Code {
     ExecLimit,
     /// Kexin failed; the details are in the operator's log.
     Internal,
+    /// A federated request the federation cannot run: fewer than three
+    /// parties, an unknown node, group keys without a public domain.
+    Federation,
+    /// A federated round ended with no release: a party dropped out, timed
+    /// out, or sent a malformed, replayed or invalid message.
+    FedAbort,
 }
 
 impl Code {
@@ -153,6 +159,8 @@ impl Code {
             Code::Exec => "KX-EXEC",
             Code::ExecLimit => "KX-EXEC-LIMIT",
             Code::Internal => "KX-INTERNAL",
+            Code::Federation => "KX-FED",
+            Code::FedAbort => "KX-FED-ABORT",
         }
     }
 
@@ -161,6 +169,7 @@ impl Code {
         match self {
             Code::Internal => 70,
             Code::Exec
+            | Code::FedAbort
             | Code::ExecLimit
             | Code::UdfFuel
             | Code::UdfMemory
@@ -168,6 +177,7 @@ impl Code {
             | Code::UdfTrap
             | Code::UdfOutput => 4,
             Code::Scene
+            | Code::Federation
             | Code::DpBudget
             | Code::Auth
             | Code::Consent

@@ -122,6 +122,8 @@ pub mod tag {
     pub const CONSENT: &str = "kexin/consent-receipt/v1";
     pub const CONTRACT: &str = "kexin/contract/v1";
     pub const REVIEW: &str = "kexin/airlock-decision/v1";
+    pub const FEDERATE: &str = "kexin/federate-request/v1";
+    pub const PSI: &str = "kexin/psi-request/v1";
 }
 
 fn message<T: Serialize>(tag: &str, body: &T) -> Result<Vec<u8>> {

@@ -52,6 +52,7 @@ pub mod contract;
 pub mod disclosure;
 pub mod dp;
 pub mod error;
+pub mod federated;
 pub mod gate;
 pub mod identity;
 pub mod mask;

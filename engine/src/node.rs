@@ -114,19 +114,30 @@ pub struct DpReport {
 
 /// What a query run leaves for its audit record.
 #[derive(Debug, Default)]
-struct Trace {
+pub(crate) struct Trace {
     /// Digests of the UDF modules the query calls.
-    called: Vec<String>,
+    pub(crate) called: Vec<String>,
     /// DP: ε charged, the answer this repeats, the answer to cache.
-    epsilon: Option<f64>,
-    repeat_of: Option<u64>,
-    cache: Option<(String, String)>,
+    pub(crate) epsilon: Option<f64>,
+    pub(crate) repeat_of: Option<u64>,
+    pub(crate) cache: Option<(String, String)>,
     /// The contract taken for this query.
-    contract: Option<String>,
+    pub(crate) contract: Option<String>,
     /// Consent scenes: the snapshot the query used (sequence, set digest).
-    consent: Option<(u64, String)>,
+    pub(crate) consent: Option<(u64, String)>,
     /// The result goes to the airlock instead of the researcher.
-    hold: bool,
+    pub(crate) hold: bool,
+}
+
+/// What [`Node::admit`] hands to execution.
+pub(crate) struct Admitted<'a> {
+    pub scene: &'a Scene,
+    pub contract: Option<crate::contract::Contract>,
+    pub udfs: QueryUdfs,
+    pub state: datafusion::execution::SessionState,
+    /// The checked, hardened and policy-rewritten plan.
+    pub plan: datafusion::logical_expr::LogicalPlan,
+    pub analysis: crate::disclosure::Analysis,
 }
 
 /// One researcher's budget under one DP scene, as `kexin budget show` lists it.
@@ -445,6 +456,7 @@ impl Node {
             contract: trace.contract.clone(),
             consent_seq: trace.consent.as_ref().map(|c| c.0),
             consent_sha256: trace.consent.as_ref().map(|c| c.1.clone()),
+            session: None,
         };
         // A new DP answer is cached in the same transaction as its audit
         // record, so a repeat finds it as soon as it is released.
@@ -679,6 +691,104 @@ impl Node {
     }
 
     async fn run(&self, req: &QueryRequest, trace: &mut Trace) -> Result<(Outcome, String)> {
+        if self.scene_for(req)?.federated {
+            return Err(refusal(
+                Code::Scene,
+                "the scene is answered only jointly, with `kexin federate`",
+            ));
+        }
+        let Admitted {
+            scene,
+            contract,
+            udfs,
+            state,
+            plan: plan1,
+            analysis,
+        } = self.admit(req, trace).await?;
+        if let Some(privacy) = &scene.privacy {
+            let mut privacy = privacy.clone();
+            if let Some(cap) = contract.as_ref().and_then(|c| c.terms.epsilon) {
+                privacy.epsilon_total = privacy.epsilon_total.min(cap);
+            }
+            let consent_digest = trace.consent.as_ref().map(|c| c.1.clone());
+            return self
+                .run_dp(
+                    req,
+                    scene,
+                    &privacy,
+                    &udfs,
+                    &state,
+                    plan1,
+                    consent_digest,
+                    trace,
+                )
+                .await;
+        }
+        let (plan2, hidden) = gate::instrument(plan1, &scene.output)?;
+        let plan_digest = hex::encode(Sha256::digest(
+            format!("{}", plan2.display_indent()).as_bytes(),
+        ));
+
+        // Step 6: execute with a memory pool and a deadline.
+        let physical = state
+            .create_physical_plan(&plan2)
+            .await
+            .map_err(plan_refusal)?;
+        let batches = self.execute(&state, physical).await?;
+
+        // Step 7: the gate.
+        let threshold_key = self
+            .keys
+            .master
+            .derive(format!("kexin/threshold/v1/{}", scene.name).as_bytes());
+        let released = gate::apply(&batches, hidden, &analysis, &scene.output, &threshold_key)?;
+        let mut explanation = vec![format!(
+            "each released group counts at least {} distinct persons (noisy threshold); integer results rounded to {}, decimals to {} places",
+            scene.output.min_persons, scene.output.round_to, scene.output.decimals
+        )];
+        if let Some((seq, _)) = &trace.consent {
+            explanation.push(format!(
+                "consent: only persons whose grant covered the scene when the query started contribute (consent registry at #{seq})"
+            ));
+        }
+        if let Some(d) = scene.output.dominance {
+            explanation.push(format!(
+                "dominance rule: groups where the top {} persons hold more than {:.0}% of a sum are suppressed",
+                d.n,
+                d.k * 100.0
+            ));
+        }
+        for (why, n) in &released.reasons {
+            explanation.push(format!("{n} group(s) suppressed: {why}"));
+        }
+        Ok((
+            Outcome {
+                status: Status::Released,
+                columns: released.columns,
+                rows: released.rows,
+                suppressed_groups: released.suppressed_groups,
+                code: None,
+                rule: None,
+                audit_seq: None,
+                explanation,
+                checkpoint: None,
+                dp: None,
+                airlock: None,
+                contract: None,
+            },
+            plan_digest,
+        ))
+    }
+
+    /// Steps 1–4 and the rewrite of step 3, shared by local and federated
+    /// queries: the contract and consent snapshot, parsing, the session
+    /// with only the scene's datasets, the export rule, the disclosure
+    /// checks, then masks, clamps and consent at every scan.
+    pub(crate) async fn admit(
+        &self,
+        req: &QueryRequest,
+        trace: &mut Trace,
+    ) -> Result<Admitted<'_>> {
         let scene = self.scene_for(req)?;
         // Step 1: the contract (taken durably, before anything runs) and the
         // consent set, both read once at the query's start.
@@ -790,83 +900,18 @@ impl Node {
                 "the query does not plan against the scene's schema",
             )
         })?;
-        if let Some(privacy) = &scene.privacy {
-            let mut privacy = privacy.clone();
-            if let Some(cap) = contract.as_ref().and_then(|c| c.terms.epsilon) {
-                privacy.epsilon_total = privacy.epsilon_total.min(cap);
-            }
-            let consent_digest = trace.consent.as_ref().map(|c| c.1.clone());
-            return self
-                .run_dp(
-                    req,
-                    scene,
-                    &privacy,
-                    &udfs,
-                    &state,
-                    plan1,
-                    consent_digest,
-                    trace,
-                )
-                .await;
-        }
-        let (plan2, hidden) = gate::instrument(plan1, &scene.output)?;
-        let plan_digest = hex::encode(Sha256::digest(
-            format!("{}", plan2.display_indent()).as_bytes(),
-        ));
-
-        // Step 6: execute with a memory pool and a deadline.
-        let physical = state
-            .create_physical_plan(&plan2)
-            .await
-            .map_err(plan_refusal)?;
-        let batches = self.execute(&state, physical).await?;
-
-        // Step 7: the gate.
-        let threshold_key = self
-            .keys
-            .master
-            .derive(format!("kexin/threshold/v1/{}", scene.name).as_bytes());
-        let released = gate::apply(&batches, hidden, &analysis, &scene.output, &threshold_key)?;
-        let mut explanation = vec![format!(
-            "each released group counts at least {} distinct persons (noisy threshold); integer results rounded to {}, decimals to {} places",
-            scene.output.min_persons, scene.output.round_to, scene.output.decimals
-        )];
-        if let Some((seq, _)) = &trace.consent {
-            explanation.push(format!(
-                "consent: only persons whose grant covered the scene when the query started contribute (consent registry at #{seq})"
-            ));
-        }
-        if let Some(d) = scene.output.dominance {
-            explanation.push(format!(
-                "dominance rule: groups where the top {} persons hold more than {:.0}% of a sum are suppressed",
-                d.n,
-                d.k * 100.0
-            ));
-        }
-        for (why, n) in &released.reasons {
-            explanation.push(format!("{n} group(s) suppressed: {why}"));
-        }
-        Ok((
-            Outcome {
-                status: Status::Released,
-                columns: released.columns,
-                rows: released.rows,
-                suppressed_groups: released.suppressed_groups,
-                code: None,
-                rule: None,
-                audit_seq: None,
-                explanation,
-                checkpoint: None,
-                dp: None,
-                airlock: None,
-                contract: None,
-            },
-            plan_digest,
-        ))
+        Ok(Admitted {
+            scene,
+            contract,
+            udfs,
+            state,
+            plan: plan1,
+            analysis,
+        })
     }
 
     /// Step 6 for both modes: run under the node's deadline and memory pool.
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         state: &datafusion::execution::SessionState,
         physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
@@ -1053,7 +1098,7 @@ impl Node {
     /// Step 6 in DP mode: every partition of the scan streams into its own
     /// [`dp::Scan`] (in parallel, under the node's deadline and memory
     /// limit).
-    async fn scan_partitions(
+    pub(crate) async fn scan_partitions(
         &self,
         state: &datafusion::execution::SessionState,
         physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,

@@ -181,6 +181,9 @@ pub struct Scene {
     /// Held results need this many distinct data-holder approvals (1 or 2).
     pub approvers: u8,
     pub contract: ContractMode,
+    /// Answered only jointly by several nodes (`kexin federate`): no node
+    /// releases its own part. Group keys need public domains.
+    pub federated: bool,
     pub output: OutputRules,
     pub privacy: Option<PrivacyRules>,
     /// Module digests approved in the policy file (`sha256:<hex>`, lower
@@ -351,6 +354,8 @@ struct RawScene {
     release: Option<String>,
     approvers: Option<u8>,
     contract: Option<String>,
+    #[serde(default)]
+    federated: bool,
     output: Option<RawOutput>,
     privacy: Option<RawPrivacy>,
     #[serde(default)]
@@ -466,11 +471,13 @@ impl Space {
                     "member name must be 1-32 of [a-z0-9_-]".into(),
                 ));
             }
-            if !["researcher", "holder", "operator", "individual"].contains(&m.role.as_str()) {
+            if !["researcher", "holder", "operator", "individual", "node"]
+                .contains(&m.role.as_str())
+            {
                 return Err(err(
                     format!("member.{mname}.role"),
                     format!(
-                        "unknown role {:?} (expected researcher, holder, operator or individual)",
+                        "unknown role {:?} (expected researcher, holder, operator, individual or node)",
                         m.role
                     ),
                 ));
@@ -835,6 +842,7 @@ impl Space {
                     release,
                     approvers,
                     contract,
+                    federated: s.federated,
                     output: OutputRules {
                         min_persons,
                         round_to,

@@ -192,7 +192,9 @@ impl Registry {
             // Members named in space.toml are certified only with the role
             // and organisation the policy gives them; researchers, holders
             // and operators must be named there; individuals need not be.
-            if !["researcher", "holder", "operator", "individual"].contains(&c.role.as_str()) {
+            if !["researcher", "holder", "operator", "individual", "node"]
+                .contains(&c.role.as_str())
+            {
                 return refuse(Code::Auth, "unknown role");
             }
             match self.space.members.get(&c.member) {

@@ -15,6 +15,10 @@ pub enum Error {
     /// §4.3.1), or the identity where a blinded item is expected.
     #[error("invalid group element encoding")]
     InvalidPoint,
+    /// A byte string that is not the canonical encoding of a scalar (a share
+    /// must be reduced modulo ℓ).
+    #[error("invalid share encoding")]
+    InvalidScalar,
     /// A value outside the fixed-point range.
     #[error("value out of the fixed-point range")]
     OutOfRange,
@@ -25,6 +29,12 @@ pub enum Error {
     /// out of order.
     #[error("unexpected message: {0}")]
     Unexpected(&'static str),
+    /// A peer did not answer within the round's deadline, or went away.
+    #[error("a party timed out or disconnected")]
+    Timeout,
+    /// A protocol step out of order on this side (a bug or a misuse).
+    #[error("protocol step out of order: {0}")]
+    State(&'static str),
     /// The operating system's random source failed.
     #[error("no randomness available")]
     Randomness,

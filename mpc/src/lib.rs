@@ -6,10 +6,13 @@
 //! | [`share`] | additive secret sharing over the ristretto255 scalar field, fixed-point encoding |
 //! | [`psi`] | ECDH-PSI cardinality over ristretto255 (RFC 9496 encodings and element derivation) |
 //! | [`message`] | the size-limited peer message codec; (session, round, sender) binding |
+//! | [`aggregate`] | one party's side of secure aggregation: share, sum, open chosen positions |
+//! | [`noise`] | each party's share of distributed discrete Laplace noise |
 //! | [`error`] | why a step was rejected (every error aborts the round) |
 //!
-//! The node server, peer transport and federated query planning that use
-//! these arrive with the federation work; see the README.
+//! The node server, the TLS peer transport and the federated query
+//! planning that drive these live in the root crate (`kexin node`,
+//! `kexin federate`, `kexin psi`); see the README.
 //!
 //! ```
 //! use kexin_mpc::share::{decode_fixed, encode_fixed, reconstruct, split};
@@ -28,8 +31,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod error;
 pub mod message;
+pub mod noise;
 pub mod psi;
 pub mod share;
 

@@ -62,6 +62,49 @@ fn small(s: &Scalar) -> Option<u128> {
     (v < RANGE).then_some(v)
 }
 
+/// Encode a signed integer (a count or a fixed-point total) as a field element.
+pub fn encode_int(v: i128) -> Result<Scalar> {
+    let m = v.unsigned_abs();
+    if m >= RANGE {
+        return Err(Error::OutOfRange);
+    }
+    let s = Scalar::from(m);
+    Ok(if v < 0 { -s } else { s })
+}
+
+/// Decode a sum of [`encode_int`] values; anything outside ±2^120 (a
+/// corrupted or incomplete opening) is refused.
+pub fn decode_int(s: &Scalar) -> Result<i128> {
+    if let Some(m) = small(s) {
+        return Ok(m as i128);
+    }
+    if let Some(m) = small(&-s) {
+        return Ok(-(m as i128));
+    }
+    Err(Error::OutOfRange)
+}
+
+/// A share vector on the wire: 32 bytes per element.
+pub fn to_bytes(v: &[Scalar]) -> Vec<u8> {
+    v.iter().flat_map(|s| s.to_bytes()).collect()
+}
+
+/// Parse a share vector of exactly `len` elements; every element must be
+/// the canonical encoding of a field element (a reduced 32-byte integer).
+pub fn from_bytes(bytes: &[u8], len: usize) -> Result<Vec<Scalar>> {
+    if bytes.len() != len * 32 {
+        return Err(Error::LengthMismatch);
+    }
+    bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(c);
+            Option::<Scalar>::from(Scalar::from_canonical_bytes(b)).ok_or(Error::InvalidScalar)
+        })
+        .collect()
+}
+
 /// Split `secret` into `parties` additive share vectors.
 pub fn split(secret: &[Scalar], parties: usize) -> Result<Vec<Vec<Scalar>>> {
     if parties < MIN_PARTIES {
@@ -168,6 +211,29 @@ mod tests {
             assert_ne!(partial, s.to_vec());
             assert!(decode_fixed(&partial[0], 0).is_err(), "out of range w.h.p.");
         }
+    }
+
+    #[test]
+    fn integers_and_the_wire_format_round_trip() {
+        for v in [0i128, 1, -1, 123_456_789_012, -(1 << 100)] {
+            assert_eq!(decode_int(&encode_int(v).unwrap()).unwrap(), v);
+        }
+        assert!(encode_int(1 << 120).is_err());
+        let v: Vec<Scalar> = [5i128, -7]
+            .iter()
+            .map(|x| encode_int(*x).unwrap())
+            .collect();
+        assert_eq!(from_bytes(&to_bytes(&v), 2).unwrap(), v);
+        assert_eq!(from_bytes(&to_bytes(&v), 3), Err(Error::LengthMismatch));
+        // ℓ itself and 2^256 − 1 are not canonical scalars.
+        let mut bad = to_bytes(&v);
+        bad[..32].copy_from_slice(&[0xff; 32]);
+        assert_eq!(from_bytes(&bad, 2), Err(Error::InvalidScalar));
+        let ell = (-Scalar::ONE).to_bytes();
+        let mut ell_plus = ell;
+        ell_plus[0] += 1; // ℓ − 1 + 1 = ℓ
+        bad[..32].copy_from_slice(&ell_plus);
+        assert_eq!(from_bytes(&bad, 2), Err(Error::InvalidScalar));
     }
 
     #[test]

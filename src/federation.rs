@@ -1,0 +1,1113 @@
+//! Federation: the node server (`kexin node`), the researcher's side of a
+//! federated query (`kexin federate`) and of a private set intersection
+//! (`kexin psi`).
+//!
+//! ```text
+//! researcher ──Federate(signed)──▶ every node     each: authenticate, compute
+//!            ◀──Ready(plan digest)──               its partial under its policy
+//! researcher ──Go──▶ every node
+//!   nodes:  round 0  shares of the partial vector to every other node
+//!           round 1  open the person count of every cell (among nodes)
+//!           round 2  open the totals of the cells that pass the threshold
+//! researcher ◀──Released(rows) or Aborted── every node (all must agree)
+//! ```
+//!
+//! Each node audits the outcome under the same session digest. Any missing,
+//! late, malformed, replayed or misattributed message aborts the round at
+//! the node that sees it; the researcher gets rows only when every node
+//! released the same rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use kexin_engine::federated::{
+    FederateBody, JointDecision, JointRows, JointTrace, PsiBody, session_id,
+};
+use kexin_engine::identity::{Signed, tag};
+use kexin_engine::node::{Node, QueryRequest};
+use kexin_engine::policy::Space;
+use kexin_engine::{Code, Refusal};
+use kexin_mpc::aggregate::Aggregation;
+use kexin_mpc::message::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::net::{Link, MPC, Pins};
+
+/// `<space>/federation.toml`: where each node listens and which member
+/// identity it presents.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedConfig {
+    /// How long a node waits for any one protocol step.
+    #[serde(default = "default_round_timeout")]
+    pub round_timeout_seconds: u64,
+    pub node: BTreeMap<String, NodeAddr>,
+}
+
+fn default_round_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddr {
+    pub address: String,
+    /// The member (role `node`) whose key the node presents on TLS.
+    pub member: String,
+}
+
+impl FedConfig {
+    pub fn path(space_dir: &Path) -> PathBuf {
+        space_dir.join("federation.toml")
+    }
+
+    pub fn load(space_dir: &Path) -> Result<FedConfig> {
+        let p = Self::path(space_dir);
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "reading {} (written by `kexin gen`; lists each node's address)",
+                p.display()
+            )
+        })?;
+        let cfg: FedConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        anyhow::ensure!(
+            (1..=600).contains(&cfg.round_timeout_seconds),
+            "round_timeout_seconds must be 1..=600"
+        );
+        Ok(cfg)
+    }
+
+    fn round_timeout(&self) -> Duration {
+        Duration::from_secs(self.round_timeout_seconds)
+    }
+
+    fn addr(&self, node: &str) -> Result<&NodeAddr> {
+        self.node
+            .get(node)
+            .ok_or_else(|| anyhow!("federation.toml has no node {node:?}"))
+    }
+}
+
+/// Every member with a valid certificate in the registry, by key.
+pub fn pins(space: &Space) -> Result<Pins> {
+    let view = kexin_engine::registry::View::open(space)?;
+    let mut pins = Pins::default();
+    for m in space.members.values() {
+        if let Ok((key, cert)) = view.member_key(&m.name) {
+            pins.insert(&m.name, &cert.body.role, &key);
+        }
+    }
+    Ok(pins)
+}
+
+/// The certified key of a node's member identity.
+fn node_key(space: &Space, cfg: &FedConfig, node: &str) -> Result<VerifyingKey> {
+    let a = cfg.addr(node)?;
+    let view = kexin_engine::registry::View::open(space)?;
+    let (key, cert) = view
+        .member_key(&a.member)
+        .map_err(|e| anyhow!("node {node}: member {}: {e}", a.member))?;
+    anyhow::ensure!(
+        cert.body.role == "node"
+            && space
+                .members
+                .get(&a.member)
+                .is_some_and(|m| m.nodes.iter().any(|n| n == node)),
+        "member {} is not certified as node {node}",
+        a.member
+    );
+    Ok(key)
+}
+
+// ---------------------------------------------------------------- messages
+
+/// Researcher → node.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToNode {
+    Federate(Signed<FederateBody>),
+    Go,
+    Cancel,
+    Psi(Signed<PsiBody>),
+}
+
+/// Node → researcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromNode {
+    Ready {
+        plan: String,
+        len: usize,
+    },
+    Refused {
+        code: String,
+        rule: String,
+        audit_seq: Option<u64>,
+    },
+    Released {
+        result: JointRows,
+        audit_seq: u64,
+    },
+    Aborted {
+        rule: String,
+        audit_seq: Option<u64>,
+    },
+    PsiResult {
+        result: PsiResult,
+        audit_seq: u64,
+    },
+    /// The PSI party that supplied its blinded set and releases nothing.
+    Done {
+        audit_seq: u64,
+    },
+}
+
+/// What `kexin psi` releases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PsiResult {
+    pub mode: String,
+    pub column: Option<String>,
+    /// The noisy value (cardinality, or the sum over the intersection).
+    pub value: f64,
+    /// 95% interval of the noise.
+    pub interval: [f64; 2],
+    pub epsilon: f64,
+    pub explanation: Vec<String>,
+}
+
+// ---------------------------------------------------------------- the node
+
+/// A running node: its engine, identity, peers and open sessions.
+#[derive(Debug)]
+pub struct NodeServer {
+    node: Node,
+    space: Arc<Space>,
+    cfg: FedConfig,
+    me: SigningKey,
+    pins: Pins,
+    rt: tokio::runtime::Runtime,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+#[derive(Debug)]
+struct Session {
+    /// The member identity of each party, by party index.
+    members: Vec<String>,
+    tx: Sender<Inbound>,
+}
+
+#[derive(Debug)]
+enum Inbound {
+    Message(Vec<u8>),
+    /// A peer broke the transport rules (wrong identity for its index).
+    Violation(&'static str),
+}
+
+impl NodeServer {
+    /// Open node `name` of the space with its member key.
+    pub fn open(space: Arc<Space>, name: &str, key: Option<&Path>) -> Result<NodeServer> {
+        let cfg = FedConfig::load(&space.dir)?;
+        let member = cfg.addr(name)?.member.clone();
+        let me = crate::members::load_key(&space.dir, &member, key)?;
+        let pins = pins(&space)?;
+        anyhow::ensure!(
+            node_key(&space, &cfg, name)? == me.verifying_key(),
+            "the key is not the one certified for node {name}"
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let node = rt.block_on(Node::open(Arc::clone(&space), name))?;
+        Ok(NodeServer {
+            node,
+            space,
+            cfg,
+            me,
+            pins,
+            rt,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Serve forever on `listen` (one thread per connection).
+    pub fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
+        let tls = crate::net::server_config(&self.me, Arc::new(self.pins.clone()))?;
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            let this = Arc::clone(&self);
+            let tls = Arc::clone(&tls);
+            std::thread::spawn(move || {
+                if let Err(e) = this.connection(tcp, tls) {
+                    tracing::info!(target: "kexin::node", "connection closed: {e:#}");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn connection(&self, tcp: TcpStream, tls: Arc<rustls::ServerConfig>) -> Result<()> {
+        let t = self.cfg.round_timeout();
+        let (mut link, (member, role)) = Link::accept(tcp, tls, &self.pins, t)?;
+        let (kind, first) = link.recv()?;
+        if kind == MPC {
+            anyhow::ensure!(role == "node", "MPC messages come from nodes only");
+            return self.peer_messages(link, &member, first);
+        }
+        let msg: ToNode = serde_json::from_slice(&first).context("control message")?;
+        match msg {
+            ToNode::Federate(env) => self.federate(link, &member, env),
+            ToNode::Psi(env) => self.psi(link, &member, env),
+            _ => bail!("unexpected control message"),
+        }
+    }
+
+    /// Route a peer's MPC messages to their session, checking that the TLS
+    /// identity is the party the message claims to come from.
+    fn peer_messages(&self, mut link: Link, member: &str, mut bytes: Vec<u8>) -> Result<()> {
+        loop {
+            let m = Message::decode(&bytes, crate::net::MAX_FRAME)
+                .map_err(|e| anyhow!("peer message: {e}"))?;
+            let tx = {
+                let sessions = self.sessions.lock().map_err(|_| anyhow!("lock"))?;
+                let Some(s) = sessions.get(&m.session) else {
+                    bail!("a message for no open session (late or replayed)");
+                };
+                let claimed = s.members.get(m.sender as usize);
+                if claimed.map(String::as_str) != Some(member) {
+                    let _ = s.tx.send(Inbound::Violation(
+                        "a peer sent a message under another party's index",
+                    ));
+                    bail!("sender index does not match the TLS identity");
+                }
+                s.tx.clone()
+            };
+            if tx.send(Inbound::Message(bytes)).is_err() {
+                bail!("session closed");
+            }
+            // Peers keep the link for the session's rounds; it idles out.
+            link.set_timeout(self.cfg.round_timeout() * 4)?;
+            let (kind, next) = link.recv()?;
+            anyhow::ensure!(kind == MPC, "control message on a peer link");
+            bytes = next;
+        }
+    }
+
+    fn refuse(
+        &self,
+        link: &mut Link,
+        req: &QueryRequest,
+        kind: &str,
+        session: &[u8; 32],
+        trace: &JointTrace,
+        r: Refusal,
+    ) -> Result<()> {
+        let seq = self
+            .node
+            .audit_joint(req, kind, session, trace, JointDecision::Refused(r))
+            .ok();
+        link.send_json(&FromNode::Refused {
+            code: r.code.as_str().into(),
+            rule: r.rule.into(),
+            audit_seq: seq,
+        })
+    }
+
+    fn federate(&self, mut link: Link, member: &str, env: Signed<FederateBody>) -> Result<()> {
+        let session = session_id(tag::FEDERATE, &env)?;
+        let b = env.body.clone();
+        let req = QueryRequest::new(&b.scene, &b.member, &b.sql);
+        let none = JointTrace::default();
+        if member != b.member {
+            let r = Refusal::new(
+                Code::Auth,
+                "the request is signed by another member than the link's",
+            );
+            return self.refuse(&mut link, &req, "federated", &session, &none, r);
+        }
+        let me = match self.node.authenticate_federate(&env) {
+            Ok(i) => i,
+            Err(e) => {
+                return self.refuse(
+                    &mut link,
+                    &req,
+                    "federated",
+                    &session,
+                    &none,
+                    e.as_refusal(),
+                );
+            }
+        };
+        let parties = b.nodes.len();
+        let (partial, trace) = self.rt.block_on(self.node.joint_partial(&req, parties));
+        let (plan, input) = match partial {
+            Ok(p) => p,
+            Err(e) => {
+                return self.refuse(
+                    &mut link,
+                    &req,
+                    "federated",
+                    &session,
+                    &trace,
+                    e.as_refusal(),
+                );
+            }
+        };
+        let members: Vec<String> = b
+            .nodes
+            .iter()
+            .map(|n| self.cfg.addr(n).map(|a| a.member.clone()))
+            .collect::<Result<_>>()?;
+        let (tx, rx) = channel();
+        self.sessions
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .insert(session, Session { members, tx });
+        let outcome = self.rounds(&mut link, &b.nodes, me, session, &plan, &input, rx);
+        self.sessions
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .remove(&session);
+        match outcome {
+            Ok(rows) => {
+                let seq = self.node.audit_joint(
+                    &req,
+                    "federated",
+                    &session,
+                    &trace,
+                    JointDecision::Released(&rows),
+                )?;
+                link.send_json(&FromNode::Released {
+                    result: rows,
+                    audit_seq: seq,
+                })
+            }
+            Err(why) => {
+                tracing::warn!(target: "kexin::node", "federated round aborted: {why}");
+                let seq = self
+                    .node
+                    .audit_joint(
+                        &req,
+                        "federated",
+                        &session,
+                        &trace,
+                        JointDecision::Aborted(why),
+                    )
+                    .ok();
+                link.send_json(&FromNode::Aborted {
+                    rule: why.into(),
+                    audit_seq: seq,
+                })
+            }
+        }
+    }
+
+    /// Ready, wait for Go, then the three rounds. Errors are the abort
+    /// rule (fixed text: never data).
+    #[allow(clippy::too_many_arguments)]
+    fn rounds(
+        &self,
+        link: &mut Link,
+        nodes: &[String],
+        me: usize,
+        session: [u8; 32],
+        plan: &kexin_engine::federated::JointPlan,
+        input: &[i128],
+        rx: Receiver<Inbound>,
+    ) -> std::result::Result<JointRows, &'static str> {
+        let t = self.cfg.round_timeout();
+        link.send_json(&FromNode::Ready {
+            plan: plan.digest.clone(),
+            len: plan.len(),
+        })
+        .map_err(|_| "the researcher went away")?;
+        link.set_timeout(t).map_err(|_| "transport")?;
+        match link.recv_json::<ToNode>() {
+            Ok(ToNode::Go) => {}
+            Ok(ToNode::Cancel) => return Err("the researcher cancelled (another node refused)"),
+            _ => return Err("no start signal from the researcher"),
+        }
+        let parties = nodes.len();
+        let mut agg = Aggregation::new(session, me as u16, parties, plan.len())
+            .map_err(|_| "fewer than three parties")?;
+        let scalars: Vec<_> = input
+            .iter()
+            .map(|v| kexin_mpc::share::encode_int(*v))
+            .collect::<Result<_, _>>()
+            .map_err(|_| "a partial total is out of range")?;
+        // One link per peer for the whole session: rounds arrive in order.
+        let mut links: BTreeMap<u16, Link> = BTreeMap::new();
+        for (j, n) in nodes.iter().enumerate() {
+            if j == me {
+                continue;
+            }
+            let addr = self.cfg.addr(n).map_err(|_| "a peer has no address")?;
+            let key =
+                node_key(&self.space, &self.cfg, n).map_err(|_| "a peer has no certified key")?;
+            let l = Link::connect(&addr.address, &self.me, &key, t)
+                .map_err(|_| "a peer node is unreachable")?;
+            links.insert(j as u16, l);
+        }
+        let deadline = |t: Duration| Instant::now() + t;
+        for (to, m) in agg.share(&scalars).map_err(|_| "sharing failed")? {
+            send(&mut links, to, &m)?;
+        }
+        wait(&mut agg, &rx, 0, deadline(t))?;
+        agg.sum_shares().map_err(mpc_rule)?;
+        let persons_at = plan.person_positions();
+        let m = agg.open(1, &persons_at).map_err(mpc_rule)?;
+        broadcast(&mut links, &m)?;
+        wait(&mut agg, &rx, 1, deadline(t))?;
+        let persons = agg.opened(1, &persons_at).map_err(mpc_rule)?;
+        let passing = plan.passing(&persons);
+        let values_at = plan.value_positions(&passing);
+        let m = agg.open(2, &values_at).map_err(mpc_rule)?;
+        broadcast(&mut links, &m)?;
+        wait(&mut agg, &rx, 2, deadline(t))?;
+        let values = agg.opened(2, &values_at).map_err(mpc_rule)?;
+        plan.release(&passing, &values, parties)
+            .map_err(|_| "the opened totals do not form a result")
+    }
+}
+
+impl NodeServer {
+    fn psi(&self, mut link: Link, member: &str, env: Signed<PsiBody>) -> Result<()> {
+        let session = session_id(tag::PSI, &env)?;
+        let b = env.body.clone();
+        let dataset = self
+            .space
+            .scenes
+            .get(&b.scene)
+            .and_then(|s| s.datasets.first().cloned())
+            .unwrap_or_default();
+        let req = QueryRequest::new(
+            &b.scene,
+            &b.member,
+            &format!("SELECT COUNT(*) FROM {dataset}"),
+        );
+        let mut trace = JointTrace::default();
+        if member != b.member {
+            let r = Refusal::new(
+                Code::Auth,
+                "the request is signed by another member than the link's",
+            );
+            return self.refuse(&mut link, &req, "psi", &session, &trace, r);
+        }
+        let me = match self.node.authenticate_psi(&env) {
+            Ok(i) => i,
+            Err(e) => return self.refuse(&mut link, &req, "psi", &session, &trace, e.as_refusal()),
+        };
+        if b.mode != "cardinality" || b.column.is_some() {
+            let r = Refusal::new(Code::Federation, "only --mode cardinality is supported");
+            return self.refuse(&mut link, &req, "psi", &session, &trace, r);
+        }
+        let (items, t) = self.rt.block_on(self.node.psi_items(&req));
+        trace = t;
+        let items = match items {
+            Ok(i) => i,
+            Err(e) => return self.refuse(&mut link, &req, "psi", &session, &trace, e.as_refusal()),
+        };
+        let members: Vec<String> = b
+            .nodes
+            .iter()
+            .map(|n| self.cfg.addr(n).map(|a| a.member.clone()))
+            .collect::<Result<_>>()?;
+        let (tx, rx) = channel();
+        self.sessions
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .insert(session, Session { members, tx });
+        let outcome = self.psi_rounds(&mut link, &b.nodes, me, session, &items, rx);
+        self.sessions
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .remove(&session);
+        let size = match outcome {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::warn!(target: "kexin::node", "PSI aborted: {why}");
+                let seq = self
+                    .node
+                    .audit_joint(&req, "psi", &session, &trace, JointDecision::Aborted(why))
+                    .ok();
+                return link.send_json(&FromNode::Aborted {
+                    rule: why.into(),
+                    audit_seq: seq,
+                });
+            }
+        };
+        if me != 0 {
+            let rows = JointRows {
+                columns: vec![],
+                rows: vec![],
+                accuracy: vec![],
+                suppressed_groups: 0,
+                explanation: vec!["supplied the blinded set; the first node releases".into()],
+            };
+            let seq = self.node.audit_joint(
+                &req,
+                "psi",
+                &session,
+                &trace,
+                JointDecision::Released(&rows),
+            )?;
+            return link.send_json(&FromNode::Done { audit_seq: seq });
+        }
+        let (value, interval, epsilon) = match self.node.psi_release(&req, size, &mut trace) {
+            Ok(v) => v,
+            Err(e) => return self.refuse(&mut link, &req, "psi", &session, &trace, e.as_refusal()),
+        };
+        let result = PsiResult {
+            mode: b.mode.clone(),
+            column: None,
+            value,
+            interval,
+            epsilon,
+            explanation: vec![
+                format!(
+                    "ECDH-PSI over ristretto255 between {} and {}: neither node saw the other's list, only blinded, shuffled points",
+                    b.nodes[0], b.nodes[1]
+                ),
+                format!(
+                    "the cardinality has discrete Laplace noise (sensitivity 1, ε = {epsilon} charged on {}); the interval holds the exact overlap with 95% probability",
+                    b.nodes[0]
+                ),
+            ],
+        };
+        let rows = JointRows {
+            columns: vec!["intersection_size".into()],
+            rows: vec![vec![kexin_engine::gate::Cell::Float(value)]],
+            accuracy: vec![],
+            suppressed_groups: 0,
+            explanation: result.explanation.clone(),
+        };
+        let seq = self.node.audit_joint(
+            &req,
+            "psi",
+            &session,
+            &trace,
+            JointDecision::Released(&rows),
+        )?;
+        link.send_json(&FromNode::PsiResult {
+            result,
+            audit_seq: seq,
+        })
+    }
+
+    /// Ready, Go, then: round 0 each sends its blinded set; round 1 each
+    /// returns the other's set raised to its own scalar. Both learn the
+    /// overlap size, nothing else.
+    fn psi_rounds(
+        &self,
+        link: &mut Link,
+        nodes: &[String],
+        me: usize,
+        session: [u8; 32],
+        items: &[Vec<u8>],
+        rx: Receiver<Inbound>,
+    ) -> std::result::Result<usize, &'static str> {
+        use kexin_mpc::message::Inbox;
+        use kexin_mpc::psi::{Party, intersection_size};
+        let t = self.cfg.round_timeout();
+        link.send_json(&FromNode::Ready {
+            plan: "psi".into(),
+            len: 0,
+        })
+        .map_err(|_| "the researcher went away")?;
+        link.set_timeout(t).map_err(|_| "transport")?;
+        match link.recv_json::<ToNode>() {
+            Ok(ToNode::Go) => {}
+            Ok(ToNode::Cancel) => return Err("the researcher cancelled (the other node refused)"),
+            _ => return Err("no start signal from the researcher"),
+        }
+        let other = 1 - me;
+        let addr = self
+            .cfg
+            .addr(&nodes[other])
+            .map_err(|_| "the peer has no address")?;
+        let key = node_key(&self.space, &self.cfg, &nodes[other])
+            .map_err(|_| "the peer has no certified key")?;
+        let mut peer = Link::connect(&addr.address, &self.me, &key, t)
+            .map_err(|_| "the peer node is unreachable")?;
+        let party = Party::new(session).map_err(mpc_rule)?;
+        let mine = party.blind(items).map_err(mpc_rule)?;
+        let msg = |round: u32, pts: &[[u8; 32]]| Message {
+            session,
+            round,
+            sender: me as u16,
+            payload: pts.iter().flatten().copied().collect(),
+        };
+        peer.send(MPC, &msg(0, &mine).encode())
+            .map_err(|_| "the peer node went away")?;
+        let mut inbox = Inbox::new(session, &[other as u16], crate::net::MAX_FRAME);
+        let next = |inbox: &mut Inbox| -> std::result::Result<Vec<[u8; 32]>, &'static str> {
+            let bytes = match rx.recv_timeout(t) {
+                Ok(Inbound::Message(b)) => b,
+                Ok(Inbound::Violation(why)) => return Err(why),
+                Err(_) => return Err("a party timed out or disconnected"),
+            };
+            let m = inbox.accept(&bytes).map_err(mpc_rule)?;
+            if m.payload.len() % 32 != 0 {
+                return Err("a party sent a malformed message");
+            }
+            Ok(m.payload
+                .chunks_exact(32)
+                .map(|c| {
+                    let mut b = [0u8; 32];
+                    b.copy_from_slice(c);
+                    b
+                })
+                .collect())
+        };
+        let theirs = next(&mut inbox)?;
+        let reblinded = party.reblind(&theirs).map_err(mpc_rule)?;
+        peer.send(MPC, &msg(1, &reblinded).encode())
+            .map_err(|_| "the peer node went away")?;
+        let mine_double = next(&mut inbox)?;
+        if mine_double.len() != mine.len() {
+            return Err("a party sent a share vector of the wrong length");
+        }
+        Ok(intersection_size(&mine_double, &reblinded))
+    }
+}
+
+fn mpc_rule(e: kexin_mpc::Error) -> &'static str {
+    use kexin_mpc::Error as E;
+    match e {
+        E::InvalidScalar => "a party sent an invalid share encoding",
+        E::InvalidPoint => "a party sent an invalid group element",
+        E::LengthMismatch => "a party sent a share vector of the wrong length",
+        E::OutOfRange => "the opened total is out of range (a corrupted share)",
+        E::Malformed(_) => "a party sent a malformed message",
+        E::Unexpected(_) => "a party sent a replayed, reordered or foreign message",
+        E::Timeout => "a party timed out or disconnected",
+        _ => "the protocol failed",
+    }
+}
+
+fn send(
+    links: &mut BTreeMap<u16, Link>,
+    to: u16,
+    m: &Message,
+) -> std::result::Result<(), &'static str> {
+    links
+        .get_mut(&to)
+        .ok_or("no link to a peer")?
+        .send(MPC, &m.encode())
+        .map_err(|_| "a peer node went away")
+}
+
+fn broadcast(
+    links: &mut BTreeMap<u16, Link>,
+    m: &Message,
+) -> std::result::Result<(), &'static str> {
+    let bytes = m.encode();
+    for l in links.values_mut() {
+        l.send(MPC, &bytes).map_err(|_| "a peer node went away")?;
+    }
+    Ok(())
+}
+
+/// Take messages until every peer's `round` has arrived, or abort.
+fn wait(
+    agg: &mut Aggregation,
+    rx: &Receiver<Inbound>,
+    round: u32,
+    until: Instant,
+) -> std::result::Result<(), &'static str> {
+    while !agg.complete(round) {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Inbound::Message(bytes)) => agg.receive(&bytes).map_err(mpc_rule)?,
+            Ok(Inbound::Violation(why)) => return Err(why),
+            Err(_) => return Err("a party timed out or disconnected"),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- researcher
+
+/// How one node ended a federated query, as the researcher saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub decision: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// The researcher's result of `kexin federate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FederatedOutcome {
+    /// `released`, `refused` or `aborted`.
+    pub status: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<kexin_engine::gate::Cell>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accuracy: Vec<Vec<Option<kexin_engine::dp::Accuracy>>>,
+    pub suppressed_groups: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub explanation: Vec<String>,
+    /// The session digest every node's audit entry carries.
+    pub session: String,
+    pub nodes: Vec<NodeReport>,
+}
+
+impl FederatedOutcome {
+    pub fn exit_status(&self) -> i32 {
+        match self.status.as_str() {
+            "released" => 0,
+            "aborted" => Code::FedAbort.exit_status(),
+            _ => 3,
+        }
+    }
+}
+
+/// A researcher's connection to each node, opened in parallel.
+fn connect_all(
+    space: &Space,
+    cfg: &FedConfig,
+    me: &SigningKey,
+    nodes: &[String],
+) -> Vec<Result<Link>> {
+    let t = cfg.round_timeout();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                s.spawn(move || {
+                    let key = node_key(space, cfg, n)?;
+                    Link::connect(&cfg.addr(n)?.address, me, &key, t)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("connect thread panicked")))
+            })
+            .collect()
+    })
+}
+
+/// Send `msg` on every link and read one reply from each (in parallel),
+/// waiting at most `wait`.
+fn exchange(links: &mut [Option<Link>], msg: &ToNode, wait: Duration) -> Vec<Result<FromNode>> {
+    let bytes = match serde_json::to_vec(msg) {
+        Ok(b) => b,
+        Err(e) => return links.iter().map(|_| Err(anyhow!("{e}"))).collect(),
+    };
+    std::thread::scope(|s| {
+        let hs: Vec<_> = links
+            .iter_mut()
+            .map(|l| {
+                let bytes = &bytes;
+                s.spawn(move || {
+                    let l = l.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+                    l.set_timeout(wait)?;
+                    l.send(crate::net::CONTROL, bytes)?;
+                    l.recv_json::<FromNode>()
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("thread panicked"))))
+            .collect()
+    })
+}
+
+/// Run a federated query as `member` over `nodes`.
+pub fn federate(
+    space: &Space,
+    member: &str,
+    key: &SigningKey,
+    scene: &str,
+    nodes: &[String],
+    sql: &str,
+) -> Result<FederatedOutcome> {
+    let cfg = FedConfig::load(&space.dir)?;
+    let body = FederateBody {
+        space: space.name.clone(),
+        scene: scene.into(),
+        member: member.into(),
+        nodes: nodes.to_vec(),
+        sql: sql.into(),
+        nonce: kexin_engine::identity::nonce()?,
+        time: kexin_engine::store::now_utc().1,
+    };
+    let env = Signed::sign(tag::FEDERATE, body, key)?;
+    let session = hex::encode(session_id(tag::FEDERATE, &env)?);
+    let mut out = FederatedOutcome {
+        status: "aborted".into(),
+        columns: vec![],
+        rows: vec![],
+        accuracy: vec![],
+        suppressed_groups: 0,
+        code: None,
+        rule: None,
+        explanation: vec![],
+        session,
+        nodes: nodes
+            .iter()
+            .map(|n| NodeReport {
+                node: n.clone(),
+                decision: "unreachable".into(),
+                audit_seq: None,
+                rule: None,
+            })
+            .collect(),
+    };
+    let mut links: Vec<Option<Link>> = connect_all(space, &cfg, key, nodes)
+        .into_iter()
+        .map(Result::ok)
+        .collect();
+    // The partials run the query: allow the node's execution deadline.
+    let compute = Duration::from_secs(space.limits.timeout_seconds) + cfg.round_timeout();
+    let ready = exchange(&mut links, &ToNode::Federate(env), compute);
+    let mut plans = Vec::new();
+    let mut refused: Option<(String, String)> = None;
+    for (i, r) in ready.iter().enumerate() {
+        let rep = &mut out.nodes[i];
+        match r {
+            Ok(FromNode::Ready { plan, len }) => {
+                rep.decision = "ready".into();
+                plans.push((plan.clone(), *len));
+            }
+            Ok(FromNode::Refused {
+                code,
+                rule,
+                audit_seq,
+            }) => {
+                rep.decision = "refused".into();
+                rep.audit_seq = *audit_seq;
+                rep.rule = Some(rule.clone());
+                refused.get_or_insert((code.clone(), rule.clone()));
+            }
+            _ => links[i] = None,
+        }
+    }
+    let all_ready = plans.len() == nodes.len();
+    let agree = plans.windows(2).all(|w| w[0] == w[1]);
+    if !all_ready || !agree {
+        for l in links.iter_mut().flatten() {
+            let _ = l.send_json(&ToNode::Cancel);
+        }
+        // The nodes that were ready audit the cancellation; collect it.
+        let done = exchange_replies(&mut links, cfg.round_timeout());
+        record(&mut out.nodes, &done);
+        match refused {
+            Some((code, rule)) => {
+                out.status = "refused".into();
+                out.code = Some(code);
+                out.rule = Some(rule);
+            }
+            None => {
+                out.code = Some(Code::FedAbort.as_str().into());
+                out.rule = Some(if all_ready {
+                    "the nodes computed different plans (their policies differ)".into()
+                } else {
+                    "a node is unreachable or did not answer".into()
+                });
+            }
+        }
+        return Ok(out);
+    }
+    let done = exchange(&mut links, &ToNode::Go, cfg.round_timeout() * 4);
+    record(&mut out.nodes, &done);
+    let released: Vec<&JointRows> = done
+        .iter()
+        .filter_map(|r| match r {
+            Ok(FromNode::Released { result, .. }) => Some(result),
+            _ => None,
+        })
+        .collect();
+    let consistent = released.windows(2).all(|w| w[0].digest() == w[1].digest());
+    if released.len() == nodes.len() && consistent {
+        let r = released[0].clone();
+        out.status = "released".into();
+        out.columns = r.columns;
+        out.rows = r.rows;
+        out.accuracy = r.accuracy;
+        out.suppressed_groups = r.suppressed_groups;
+        out.explanation = r.explanation;
+    } else {
+        out.code = Some(Code::FedAbort.as_str().into());
+        out.rule = Some(
+            out.nodes
+                .iter()
+                .find_map(|n| n.rule.clone())
+                .unwrap_or_else(|| "a node went away before releasing".into()),
+        );
+    }
+    Ok(out)
+}
+
+/// Read one reply from every still-open link.
+fn exchange_replies(links: &mut [Option<Link>], wait: Duration) -> Vec<Result<FromNode>> {
+    links
+        .iter_mut()
+        .map(|l| {
+            let l = l.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+            l.set_timeout(wait)?;
+            l.recv_json::<FromNode>()
+        })
+        .collect()
+}
+
+fn record(nodes: &mut [NodeReport], replies: &[Result<FromNode>]) {
+    for (rep, r) in nodes.iter_mut().zip(replies) {
+        match r {
+            Ok(
+                FromNode::Released { audit_seq, .. }
+                | FromNode::PsiResult { audit_seq, .. }
+                | FromNode::Done { audit_seq },
+            ) => {
+                rep.decision = "released".into();
+                rep.audit_seq = Some(*audit_seq);
+            }
+            Ok(FromNode::Aborted { rule, audit_seq }) => {
+                rep.decision = "aborted".into();
+                rep.audit_seq = *audit_seq;
+                rep.rule = Some(rule.clone());
+            }
+            Ok(_) => {}
+            Err(_) => {
+                if rep.decision == "ready" {
+                    rep.decision = "no answer".into();
+                }
+            }
+        }
+    }
+}
+
+/// The researcher's result of `kexin psi`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PsiOutcome {
+    pub status: String,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub result: Option<PsiResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub session: String,
+    pub nodes: Vec<NodeReport>,
+}
+
+/// Run a PSI cardinality between two nodes as `member`.
+pub fn psi(
+    space: &Space,
+    member: &str,
+    key: &SigningKey,
+    scene: &str,
+    nodes: &[String],
+    mode: &str,
+) -> Result<PsiOutcome> {
+    anyhow::ensure!(nodes.len() == 2, "--nodes names exactly two nodes for PSI");
+    let cfg = FedConfig::load(&space.dir)?;
+    let body = PsiBody {
+        space: space.name.clone(),
+        scene: scene.into(),
+        member: member.into(),
+        nodes: nodes.to_vec(),
+        mode: mode.into(),
+        column: None,
+        nonce: kexin_engine::identity::nonce()?,
+        time: kexin_engine::store::now_utc().1,
+    };
+    let env = Signed::sign(tag::PSI, body, key)?;
+    let mut out = PsiOutcome {
+        status: "aborted".into(),
+        result: None,
+        code: None,
+        rule: None,
+        session: hex::encode(session_id(tag::PSI, &env)?),
+        nodes: nodes
+            .iter()
+            .map(|n| NodeReport {
+                node: n.clone(),
+                decision: "unreachable".into(),
+                audit_seq: None,
+                rule: None,
+            })
+            .collect(),
+    };
+    let mut links: Vec<Option<Link>> = connect_all(space, &cfg, key, nodes)
+        .into_iter()
+        .map(Result::ok)
+        .collect();
+    let compute = Duration::from_secs(space.limits.timeout_seconds) + cfg.round_timeout();
+    let ready = exchange(&mut links, &ToNode::Psi(env), compute);
+    let mut all_ready = true;
+    for (i, r) in ready.iter().enumerate() {
+        match r {
+            Ok(FromNode::Ready { .. }) => out.nodes[i].decision = "ready".into(),
+            Ok(FromNode::Refused {
+                code,
+                rule,
+                audit_seq,
+            }) => {
+                all_ready = false;
+                out.nodes[i].decision = "refused".into();
+                out.nodes[i].audit_seq = *audit_seq;
+                out.nodes[i].rule = Some(rule.clone());
+                if out.code.is_none() {
+                    out.status = "refused".into();
+                    out.code = Some(code.clone());
+                    out.rule = Some(rule.clone());
+                }
+            }
+            _ => {
+                all_ready = false;
+                links[i] = None;
+            }
+        }
+    }
+    if !all_ready {
+        for l in links.iter_mut().flatten() {
+            let _ = l.send_json(&ToNode::Cancel);
+        }
+        let done = exchange_replies(&mut links, cfg.round_timeout());
+        record(&mut out.nodes, &done);
+        if out.code.is_none() {
+            out.code = Some(Code::FedAbort.as_str().into());
+            out.rule = Some("a node is unreachable or did not answer".into());
+        }
+        return Ok(out);
+    }
+    let done = exchange(&mut links, &ToNode::Go, cfg.round_timeout() * 4);
+    record(&mut out.nodes, &done);
+    let result = done.iter().find_map(|r| match r {
+        Ok(FromNode::PsiResult { result, .. }) => Some(result.clone()),
+        _ => None,
+    });
+    let other_done = done.iter().any(|r| matches!(r, Ok(FromNode::Done { .. })));
+    match (result, other_done) {
+        (Some(r), true) => {
+            out.status = "released".into();
+            out.result = Some(r);
+        }
+        _ => {
+            out.code = Some(Code::FedAbort.as_str().into());
+            out.rule = Some(
+                out.nodes
+                    .iter()
+                    .find_map(|n| n.rule.clone())
+                    .unwrap_or_else(|| "a node went away before releasing".into()),
+            );
+        }
+    }
+    Ok(out)
+}

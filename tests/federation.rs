@@ -1,0 +1,681 @@
+//! Federation with real processes: three `kexin node` servers on loopback,
+//! the researcher's `kexin federate` and `kexin psi`, and a misbehaving
+//! party (an in-test impostor holding node h3's key) that crashes, sends
+//! garbage, replays, forges its sender index or sends invalid encodings.
+//!
+//! Every fault must end with no release anywhere and an `aborted` audit
+//! entry, under the same session digest, at the honest nodes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use kexin::federation::{FromNode, ToNode};
+use kexin::net::{Link, MPC};
+use kexin_engine::federated::session_id;
+use kexin_engine::identity::tag;
+use kexin_engine::policy::Space;
+use serde_json::Value;
+
+#[allow(dead_code)]
+mod support;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kexin");
+
+/// A generated space with its own loopback ports, and the node processes
+/// started on it (killed on drop).
+struct Federation {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    children: Vec<(String, Child)>,
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+impl Federation {
+    /// A space with `hospitals` nodes, a `timeout`-second round deadline,
+    /// and the nodes in `start` running.
+    fn new(hospitals: usize, timeout: u64, start: &[&str]) -> Federation {
+        let dir = support::generated_space(hospitals, 600, 11);
+        let ports = free_ports(hospitals + 1);
+        let mut toml = format!("round_timeout_seconds = {timeout}\n");
+        for h in 1..=hospitals {
+            toml.push_str(&format!(
+                "[node.h{h}]\naddress = \"127.0.0.1:{}\"\nmember = \"node-h{h}\"\n",
+                ports[h - 1]
+            ));
+        }
+        std::fs::write(dir.join("federation.toml"), toml).expect("write federation.toml");
+        let mut f = Federation {
+            dir,
+            ports,
+            children: vec![],
+        };
+        for n in start {
+            f.start(n, None);
+        }
+        f
+    }
+
+    fn addr(&self, node: &str) -> String {
+        let h: usize = node[1..].parse().expect("node number");
+        format!("127.0.0.1:{}", self.ports[h - 1])
+    }
+
+    /// Start node `name` (on `listen`, default its federation address) and
+    /// wait until it listens.
+    fn start(&mut self, name: &str, listen: Option<&str>) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["node", "--space", path(&self.dir), "--node", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(l) = listen {
+            cmd.args(["--listen", l]);
+        }
+        let mut child = cmd.spawn().expect("start node");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).expect("read");
+        assert!(
+            line.contains("listening on"),
+            "node {name} did not start: {line}"
+        );
+        self.children.push((name.to_string(), child));
+    }
+
+    fn kill(&mut self, name: &str) {
+        for (n, c) in &mut self.children {
+            if n == name {
+                c.kill().expect("kill");
+                c.wait().expect("wait");
+            }
+        }
+    }
+
+    fn federate(&self, scene: &str, nodes: &str, sql: &str) -> (i32, Value) {
+        let out = Command::new(BIN)
+            .args([
+                "federate",
+                "--space",
+                path(&self.dir),
+                "--scene",
+                scene,
+                "--as",
+                "alice",
+                "--nodes",
+                nodes,
+                "--format",
+                "json",
+                sql,
+            ])
+            .output()
+            .expect("run federate");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "federate printed no JSON: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    /// The node's audit entries (as JSON).
+    fn audit(&self, node: &str) -> Vec<Value> {
+        let out = Command::new(BIN)
+            .args(["audit", "list", "--space", path(&self.dir), "--node", node])
+            .output()
+            .expect("audit list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The entry of `session` in node's audit log.
+    fn entry(&self, node: &str, session: &str) -> Value {
+        self.audit(node)
+            .into_iter()
+            .find(|e| e["session"] == session)
+            .unwrap_or_else(|| panic!("{node} has no audit entry for session {session}"))
+    }
+
+    fn verify_logs(&self, nodes: &[&str]) {
+        for n in nodes {
+            let ok = Command::new(BIN)
+                .args(["audit", "verify", "--space", path(&self.dir), "--node", n])
+                .status()
+                .expect("verify");
+            assert!(ok.success(), "audit log of {n} verifies");
+        }
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Pooled plaintext reference: the same SQL shape run by plain DataFusion
+/// over every node's file, each node's part computed separately (persons
+/// are counted per node) and summed. The independent reference, so plain
+/// DataFusion on purpose.
+#[allow(clippy::disallowed_methods)]
+async fn pooled(dir: &Path, nodes: &[&str], per_node: &str, combine: &str) -> Vec<Vec<String>> {
+    let ctx = SessionContext::new();
+    let mut parts = Vec::new();
+    for n in nodes {
+        for t in ["admissions", "patients"] {
+            let file = dir.join(n).join(format!("{t}.parquet"));
+            ctx.register_parquet(
+                format!("{t}_{n}"),
+                path(&file),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .expect("register");
+        }
+        parts.push(per_node.replace("{n}", n));
+    }
+    let sql = combine.replace("{parts}", &parts.join(" UNION ALL "));
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let mut rows = Vec::new();
+    for b in &batches {
+        for r in 0..b.num_rows() {
+            rows.push(
+                (0..b.num_columns())
+                    .map(|c| {
+                        datafusion::arrow::util::display::array_value_to_string(b.column(c), r)
+                            .expect("display")
+                    })
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+#[test]
+fn joint_result_equals_the_pooled_computation_and_is_audited_alike() {
+    let f = Federation::new(3, 10, &["h1", "h2", "h3"]);
+    let sql = "SELECT department, COUNT(*) AS n, COUNT(DISTINCT id_card) AS persons, \
+               SUM(length_of_stay) AS days, AVG(cost) AS mean_cost, VAR(length_of_stay) AS var_los \
+               FROM admissions GROUP BY department";
+    let (code, out) = f.federate("joint-diabetes", "h1,h2,h3", sql);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["status"], "released");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Per node: counts, distinct persons, the sums the statistics need
+    // (cost clamped to its bounds, as the policy does at the scan).
+    let reference = rt.block_on(pooled(
+        &f.dir,
+        &["h1", "h2", "h3"],
+        "SELECT department, COUNT(*) AS n, COUNT(DISTINCT id_card) AS p, \
+         SUM(CAST(length_of_stay AS DOUBLE)) AS s, SUM(CAST(length_of_stay AS DOUBLE) * CAST(length_of_stay AS DOUBLE)) AS s2, \
+         SUM(LEAST(GREATEST(CAST(cost AS DOUBLE), 0.0), 200000.0)) AS c, COUNT(cost) AS cn \
+         FROM admissions_{n} GROUP BY department",
+        "SELECT department, SUM(n), SUM(p), SUM(s), SUM(c) / SUM(cn), \
+         (SUM(s2) - SUM(s) * SUM(s) / SUM(n)) / (SUM(n) - 1) \
+         FROM ({parts}) GROUP BY department HAVING SUM(p) >= 10 ORDER BY department",
+    ));
+    let rows = out["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), reference.len(), "same released cells");
+    for (got, want) in rows.iter().zip(&reference) {
+        assert_eq!(got[0].as_str().unwrap(), want[0], "department");
+        assert_eq!(
+            got[1].as_i64().unwrap().to_string(),
+            want[1],
+            "COUNT(*) exact"
+        );
+        assert_eq!(
+            got[2].as_i64().unwrap().to_string(),
+            want[2],
+            "persons exact"
+        );
+        let f64_of = |s: &str| s.parse::<f64>().expect("number");
+        assert_eq!(got[3].as_f64().unwrap(), f64_of(&want[3]), "SUM exact");
+        let mean = f64_of(&want[4]);
+        assert!(
+            (got[4].as_f64().unwrap() - mean).abs() <= 0.0051,
+            "AVG {} vs {mean}",
+            got[4]
+        );
+        let var = f64_of(&want[5]);
+        assert!(
+            (got[5].as_f64().unwrap() - var).abs() <= 0.0051,
+            "VAR {} vs {var}",
+            got[5]
+        );
+    }
+    // Every node logged the release under the same session digest and
+    // the same output digest.
+    let session = out["session"].as_str().expect("session");
+    let digests: Vec<Value> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|n| {
+            let e = f.entry(n, session);
+            assert_eq!(e["kind"], "federated");
+            assert_eq!(e["decision"], "released");
+            e["output_sha256"].clone()
+        })
+        .collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]) && digests[0].is_string());
+    // A local query on the federated scene is refused: no node answers
+    // its own part.
+    let local = Command::new(BIN)
+        .args([
+            "query",
+            "--space",
+            path(&f.dir),
+            "--node",
+            "h1",
+            "--scene",
+            "joint-diabetes",
+            "--as",
+            "alice",
+            "--format",
+            "json",
+            "SELECT department, COUNT(*) FROM admissions GROUP BY department",
+        ])
+        .output()
+        .expect("query");
+    let v: Value = serde_json::from_slice(&local.stdout).expect("json");
+    assert_eq!(v["code"], "KX-SCENE");
+    f.verify_logs(&["h1", "h2", "h3"]);
+}
+
+#[test]
+fn dp_joint_result_lies_within_its_stated_interval() {
+    let f = Federation::new(3, 10, &["h1", "h2", "h3"]);
+    let (code, out) = f.federate(
+        "joint-diabetes-dp",
+        "h1,h2,h3",
+        "SELECT sex, COUNT(DISTINCT id_card) AS persons, AVG(height_cm) AS height FROM patients GROUP BY sex",
+    );
+    assert_eq!(code, 0, "{out}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let reference = rt.block_on(pooled(
+        &f.dir,
+        &["h1", "h2", "h3"],
+        "SELECT sex, COUNT(DISTINCT id_card) AS p, SUM(LEAST(GREATEST(CAST(height_cm AS DOUBLE), 40.0), 230.0)) AS s, COUNT(height_cm) AS c FROM patients_{n} GROUP BY sex",
+        "SELECT sex, SUM(p), SUM(s) / SUM(c) FROM ({parts}) GROUP BY sex ORDER BY sex",
+    ));
+    let rows = out["rows"].as_array().expect("rows");
+    let acc = out["accuracy"].as_array().expect("accuracy");
+    assert_eq!(rows.len(), 2);
+    for ((row, a), want) in rows.iter().zip(acc).zip(&reference) {
+        assert_eq!(row[0].as_str().unwrap(), want[0]);
+        for col in [1, 2] {
+            let exact: f64 = want[col].parse().expect("number");
+            let [lo, hi] = [
+                a[col]["interval"][0].as_f64().unwrap(),
+                a[col]["interval"][1].as_f64().unwrap(),
+            ];
+            // The 95% interval, widened threefold: a miss is a ~1e-4 event.
+            let (mid, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0);
+            assert!(
+                (exact - mid).abs() <= 3.0 * half + 1e-9,
+                "{}: exact {exact} vs [{lo}, {hi}]",
+                want[0]
+            );
+        }
+    }
+    assert!(rows.iter().all(|r| r[1].as_i64().unwrap() != 0));
+    // ε was charged at every node.
+    let session = out["session"].as_str().expect("session");
+    for n in ["h1", "h2", "h3"] {
+        assert_eq!(f.entry(n, session)["epsilon"], 0.5);
+    }
+}
+
+#[test]
+fn two_parties_or_a_missing_node_release_nothing() {
+    let mut f = Federation::new(3, 3, &["h1", "h2", "h3"]);
+    let sql = "SELECT department, COUNT(*) AS n FROM admissions GROUP BY department";
+    let (code, out) = f.federate("joint-diabetes", "h1,h2", sql);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(out["code"], "KX-FED");
+    assert!(out["rows"].as_array().unwrap().is_empty());
+    let session = out["session"].as_str().unwrap();
+    for n in ["h1", "h2"] {
+        assert_eq!(f.entry(n, session)["decision"], "refused");
+    }
+    // h3 killed: the others are cancelled and audit the abort.
+    f.kill("h3");
+    let (code, out) = f.federate("joint-diabetes", "h1,h2,h3", sql);
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(out["status"], "aborted");
+    assert_eq!(out["code"], "KX-FED-ABORT");
+    assert!(out["rows"].as_array().unwrap().is_empty());
+    let session = out["session"].as_str().unwrap();
+    for n in ["h1", "h2"] {
+        let e = f.entry(n, session);
+        assert_eq!(e["decision"], "aborted");
+        assert_eq!(e["code"], "KX-FED-ABORT");
+        assert_eq!(e["rows_released"], 0);
+    }
+    // A scene that is not federated is refused by the nodes that answer.
+    let (code, out) = f.federate("diabetes-2027", "h1,h2,h3", sql);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(out["code"], "KX-FED");
+    f.verify_logs(&["h1", "h2"]);
+}
+
+/// After the researcher's connection, the impostor accepts the honest
+/// nodes' peer links and swallows what they send.
+/// It stops listening once `stop` is set (so the next impostor can bind).
+fn sink(
+    listener: TcpListener,
+    cfg: Arc<rustls::ServerConfig>,
+    pins: kexin::net::Pins,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((tcp, _)) => {
+                    tcp.set_nonblocking(false).expect("blocking");
+                    let (cfg, pins) = (Arc::clone(&cfg), pins.clone());
+                    std::thread::spawn(move || {
+                        if let Ok((mut l, _)) =
+                            Link::accept(tcp, cfg, &pins, Duration::from_secs(10))
+                        {
+                            while l.recv().is_ok() {}
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })
+}
+
+/// How the impostor misbehaves after the researcher's start signal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// Goes away mid-round (as a killed process does).
+    Crash,
+    /// Sends bytes that are no protocol message.
+    Garbage,
+    /// Sends its round-0 share twice.
+    Replay,
+    /// Sends a share that is not a canonical scalar.
+    InvalidScalar,
+    /// Claims to be party 0.
+    ForgedSender,
+}
+
+/// Stand in for `victim` (listening on its federation address with its
+/// key): relay the researcher's request to the real node (running
+/// elsewhere) so the plan digests agree, then misbehave.
+fn impostor(
+    f: &Federation,
+    victim: &str,
+    real: String,
+    fault: Fault,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let space = Space::load(&f.dir).expect("space");
+    let pins = kexin::federation::pins(&space).expect("pins");
+    let me = kexin::members::load_key(&f.dir, &format!("node-{victim}"), None).expect("key");
+    let alice = kexin::members::load_key(&f.dir, "alice", None).expect("alice");
+    let listener = TcpListener::bind(f.addr(victim)).expect("bind the victim's address");
+    let peers: Vec<String> = ["h1", "h2"].iter().map(|n| f.addr(n)).collect();
+    let peer_keys: Vec<_> = ["h1", "h2"]
+        .iter()
+        .map(|n| {
+            kexin::members::load_key(&f.dir, &format!("node-{n}"), None)
+                .expect("peer key")
+                .verifying_key()
+        })
+        .collect();
+    std::thread::spawn(move || {
+        let t = Duration::from_secs(10);
+        let cfg = kexin::net::server_config(&me, Arc::new(pins.clone())).expect("tls");
+        let (tcp, _) = listener.accept().expect("accept");
+        let (mut researcher, _) = Link::accept(tcp, Arc::clone(&cfg), &pins, t).expect("handshake");
+        let sunk = sink(listener, cfg, pins, Arc::clone(&stop));
+        let msg: ToNode = researcher.recv_json().expect("request");
+        let ToNode::Federate(env) = msg else {
+            panic!("expected a federated request")
+        };
+        let session = session_id(tag::FEDERATE, &env).expect("session");
+        let mut real_link =
+            Link::connect(&real, &alice, &me.verifying_key(), t).expect("reach the real node");
+        real_link.send_json(&ToNode::Federate(env)).expect("relay");
+        let ready: FromNode = real_link.recv_json().expect("ready");
+        let FromNode::Ready { len, .. } = ready.clone() else {
+            panic!("real node refused: {ready:?}")
+        };
+        researcher.send_json(&ready).expect("relay ready");
+        let go: ToNode = researcher.recv_json().expect("go");
+        assert!(matches!(go, ToNode::Go));
+        drop(real_link);
+        if fault == Fault::Crash {
+            drop(researcher);
+            sunk.join().expect("sink");
+            return;
+        }
+        drop(researcher);
+        let mut agg = kexin_mpc::aggregate::Aggregation::new(session, 2, 3, len).expect("agg");
+        let zeros = vec![kexin_mpc::share::encode_int(0).expect("zero"); len];
+        let shares = agg.share(&zeros).expect("share");
+        for (i, (addr, key)) in peers.iter().zip(&peer_keys).enumerate() {
+            let mut link = Link::connect(addr, &me, key, t).expect("peer link");
+            let (_, m) = shares
+                .iter()
+                .find(|(to, _)| *to as usize == i)
+                .expect("share for peer");
+            let mut bytes = m.encode();
+            match fault {
+                Fault::Garbage => bytes = b"\x07not a kexin message at all".to_vec(),
+                Fault::InvalidScalar => {
+                    let n = bytes.len();
+                    bytes[n - 32..].copy_from_slice(&[0xff; 32]);
+                }
+                Fault::ForgedSender => bytes[37] = 0,
+                _ => {}
+            }
+            link.send(MPC, &bytes).expect("send");
+            if fault == Fault::Replay {
+                link.send(MPC, &bytes).expect("replay");
+            }
+            // Keep the link open until the honest nodes have decided.
+            std::mem::forget(link);
+        }
+        sunk.join().expect("sink");
+    })
+}
+
+#[test]
+fn misbehaving_parties_abort_the_round_with_no_release() {
+    let mut f = Federation::new(3, 3, &["h1", "h2"]);
+    let real = format!("127.0.0.1:{}", f.ports[3]);
+    f.start("h3", Some(&real));
+    let sql =
+        "SELECT department, COUNT(*) AS n, SUM(cost) AS cost FROM admissions GROUP BY department";
+    for (fault, rule) in [
+        (Fault::Crash, "timed out"),
+        (Fault::Garbage, "timed out"),
+        (Fault::Replay, "replayed"),
+        (Fault::InvalidScalar, "invalid share encoding"),
+        (Fault::ForgedSender, "another party's index"),
+    ] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rogue = impostor(&f, "h3", real.clone(), fault, Arc::clone(&stop));
+        let (code, out) = f.federate("joint-diabetes", "h1,h2,h3", sql);
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(code, 4, "{fault:?}: {out}");
+        assert_eq!(out["status"], "aborted", "{fault:?}");
+        assert!(
+            out["rows"].as_array().unwrap().is_empty(),
+            "{fault:?}: nothing released"
+        );
+        let session = out["session"].as_str().unwrap();
+        for n in ["h1", "h2"] {
+            let e = f.entry(n, session);
+            assert_eq!(e["decision"], "aborted", "{fault:?} at {n}");
+            assert!(
+                e["rule"].as_str().unwrap().contains(rule),
+                "{fault:?} at {n}: {}",
+                e["rule"]
+            );
+            assert!(e["output_sha256"].is_null());
+        }
+        // The real h3 never got the start signal: it aborted too.
+        assert_eq!(f.entry("h3", session)["decision"], "aborted", "{fault:?}");
+        rogue.join().expect("impostor");
+    }
+    f.verify_logs(&["h1", "h2", "h3"]);
+}
+
+#[test]
+fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
+    let mut f = Federation::new(3, 3, &["h1", "h2"]);
+    let out = Command::new(BIN)
+        .args([
+            "psi",
+            "--space",
+            path(&f.dir),
+            "--scene",
+            "joint-diabetes-dp",
+            "--as",
+            "alice",
+            "--nodes",
+            "h1,h2",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("psi");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    // Hospital h treats persons [h·0.85·N, h·0.85·N + N): with N = 600,
+    // h1 and h2 share 90 persons.
+    let [lo, hi] = [
+        v["interval"][0].as_f64().unwrap(),
+        v["interval"][1].as_f64().unwrap(),
+    ];
+    let (mid, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0);
+    assert!((90.0 - mid).abs() <= 3.0 * half, "90 vs [{lo}, {hi}]");
+    let session = v["session"].as_str().unwrap();
+    assert_eq!(f.entry("h1", session)["kind"], "psi");
+    assert_eq!(f.entry("h1", session)["rows_released"], 1);
+    assert_eq!(f.entry("h2", session)["rows_released"], 0);
+
+    // An impostor for h2 that sends an invalid curve point (RFC 9496: a
+    // non-canonical field element) instead of its blinded set.
+    let real = format!("127.0.0.1:{}", f.ports[3]);
+    f.kill("h2");
+    f.start("h2", Some(&real));
+    let space = Space::load(&f.dir).expect("space");
+    let pins = kexin::federation::pins(&space).expect("pins");
+    let me = kexin::members::load_key(&f.dir, "node-h2", None).expect("key");
+    let alice = kexin::members::load_key(&f.dir, "alice", None).expect("alice");
+    let h1 = kexin::members::load_key(&f.dir, "node-h1", None)
+        .expect("h1")
+        .verifying_key();
+    let listener = TcpListener::bind(f.addr("h2")).expect("bind");
+    let h1_addr = f.addr("h1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let rogue = std::thread::spawn(move || {
+        let t = Duration::from_secs(10);
+        let cfg = kexin::net::server_config(&me, Arc::new(pins.clone())).expect("tls");
+        let (tcp, _) = listener.accept().expect("accept");
+        let (mut researcher, _) = Link::accept(tcp, Arc::clone(&cfg), &pins, t).expect("handshake");
+        let sunk = sink(listener, cfg, pins, stop2);
+        let ToNode::Psi(env) = researcher.recv_json().expect("request") else {
+            panic!("psi")
+        };
+        let session = session_id(tag::PSI, &env).expect("session");
+        let mut real_link = Link::connect(&real, &alice, &me.verifying_key(), t).expect("real");
+        real_link.send_json(&ToNode::Psi(env)).expect("relay");
+        let ready: FromNode = real_link.recv_json().expect("ready");
+        researcher.send_json(&ready).expect("relay ready");
+        let _go: ToNode = researcher.recv_json().expect("go");
+        let mut link = Link::connect(&h1_addr, &me, &h1, t).expect("peer");
+        // 2^255 − 1: not a canonical encoding.
+        let mut bad = [0xffu8; 32];
+        bad[31] = 0x7f;
+        let m = kexin_mpc::message::Message {
+            session,
+            round: 0,
+            sender: 1,
+            payload: bad.repeat(3),
+        };
+        link.send(MPC, &m.encode()).expect("send");
+        drop(researcher);
+        sunk.join().expect("sink");
+        drop(link);
+    });
+    let out = Command::new(BIN)
+        .args([
+            "psi",
+            "--space",
+            path(&f.dir),
+            "--scene",
+            "joint-diabetes-dp",
+            "--as",
+            "alice",
+            "--nodes",
+            "h1,h2",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("psi");
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v.get("value").is_none(), "nothing released: {v}");
+    let e = f.entry("h1", v["session"].as_str().unwrap());
+    assert_eq!(e["decision"], "aborted");
+    assert!(
+        e["rule"]
+            .as_str()
+            .unwrap()
+            .contains("invalid group element"),
+        "{e}"
+    );
+    rogue.join().expect("rogue");
+}
