@@ -101,6 +101,24 @@ fn bench(c: &mut Criterion) {
     g.bench_function("plain_datafusion_pooled", |b| {
         b.iter(|| rt.block_on(async { ctx.sql(SQL).await.unwrap().collect().await.unwrap() }))
     });
+    // The federated side always counts distinct persons per cell (the
+    // joint gate needs them); the same count in plain DataFusion:
+    let with_persons = SQL.replace(
+        "COUNT(*) AS n,",
+        "COUNT(*) AS n, COUNT(DISTINCT id_card) AS persons,",
+    );
+    g.bench_function("plain_datafusion_pooled_with_persons", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                ctx.sql(&with_persons)
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap()
+            })
+        })
+    });
     g.bench_function("kexin_federated", |b| b.iter(run));
     g.finish();
 

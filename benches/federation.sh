@@ -4,12 +4,12 @@
 # the secure-aggregation rounds alone, through the criterion bench
 # `benches/federation.rs`. Prints the means and the ratio.
 #
-#   bash benches/federation.sh                     # 3 x 950k patients, ~10M admission rows (default)
+#   bash benches/federation.sh                     # 3 x 1.1M patients, ~10M admission rows (default)
 #   PATIENTS=100000 bash benches/federation.sh     # ~1M rows, quicker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kexin-target}"
-PATIENTS="${PATIENTS:-950000}"
+PATIENTS="${PATIENTS:-1100000}"
 DIR="${BENCH_SPACE:-$CARGO_TARGET_DIR/bench-federation-$PATIENTS}"
 
 cargo build --release --bin kexin
@@ -27,7 +27,9 @@ def mean(group, name):
         return json.load(f)["mean"]["point_estimate"] / 1e6
 g = "federated_groupby_3_nodes"
 plain, fed = mean(g, "plain_datafusion_pooled"), mean(g, "kexin_federated")
+persons = mean(g, "plain_datafusion_pooled_with_persons")
 print(f"{g}: plain DataFusion pooled {plain:.1f} ms, kexin federated {fed:.1f} ms, ratio {fed / plain:.2f}x")
+print(f"{g}: plain DataFusion pooled with COUNT(DISTINCT id_card) {persons:.1f} ms, ratio {fed / persons:.2f}x")
 for name in sorted(os.listdir(os.path.join(base, "mpc_round"))):
     if name != "report":
         print(f"mpc_round/{name}: {mean('mpc_round', name):.3f} ms")

@@ -371,16 +371,20 @@ fn federation_step(space: &Arc<Space>, dir: &Path, number: usize) -> Result<bool
     let two = federation::federate(space, "alice", &alice, "joint-diabetes", &nodes[..2], exact)?;
     print!("{}", crate::render::federated(&two, crate::Format::Table)?);
     ok &= two.code.as_deref() == Some("KX-FED");
-    println!("   kexin psi --space {d} --scene joint-diabetes-dp --as alice --nodes h1,h2");
+    println!(
+        "   kexin psi --space {d} --scene joint-diabetes-dp --as alice --nodes h1,h2 --mode sum --column height_cm"
+    );
     let psi = federation::psi(
         space,
         "alice",
         &alice,
         "joint-diabetes-dp",
         &nodes[..2],
-        "cardinality",
+        "sum",
+        Some("height_cm"),
     )?;
     print!("{}", crate::render::psi(&psi, crate::Format::Table)?);
+    ok &= psi.sum.is_some();
     // h1 and h2 share 15% of 2000 patients.
     ok &= psi
         .result

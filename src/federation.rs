@@ -169,6 +169,17 @@ pub enum FromNode {
     },
 }
 
+/// What a PSI node ends with.
+#[derive(Debug)]
+enum PsiDone {
+    /// The overlap size (the first node).
+    Count(usize),
+    /// The noisy sum on the payload grid (the second node, `--mode sum`).
+    Sum(i64),
+    /// The second node in cardinality mode.
+    Nothing,
+}
+
 /// What `kexin psi` releases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PsiResult {
@@ -503,11 +514,21 @@ impl NodeServer {
             Ok(i) => i,
             Err(e) => return self.refuse(&mut link, &req, "psi", &session, &trace, e.as_refusal()),
         };
-        if b.mode != "cardinality" || b.column.is_some() {
-            let r = Refusal::new(Code::Federation, "only --mode cardinality is supported");
-            return self.refuse(&mut link, &req, "psi", &session, &trace, r);
-        }
-        let (items, t) = self.rt.block_on(self.node.psi_items(&req));
+        let column = b.column.clone();
+        let sum = match (b.mode.as_str(), &column) {
+            ("cardinality", None) => false,
+            ("sum", Some(_)) => true,
+            _ => {
+                let r = Refusal::new(
+                    Code::Federation,
+                    "--mode sum takes --column; --mode cardinality takes none",
+                );
+                return self.refuse(&mut link, &req, "psi", &session, &trace, r);
+            }
+        };
+        let (items, t) = self
+            .rt
+            .block_on(self.node.psi_items(&req, column.as_deref()));
         trace = t;
         let items = match items {
             Ok(i) => i,
@@ -523,13 +544,24 @@ impl NodeServer {
             .lock()
             .map_err(|_| anyhow!("lock"))?
             .insert(session, Session { members, tx });
-        let outcome = self.psi_rounds(&mut link, &b.nodes, me, session, &items, rx);
+        let outcome = if sum {
+            self.psi_sum_rounds(&mut link, &b, me, session, &items, rx)
+        } else {
+            self.psi_rounds(&mut link, &b.nodes, me, session, &items.keys, rx)
+                .map(|n| {
+                    if me == 0 {
+                        PsiDone::Count(n)
+                    } else {
+                        PsiDone::Nothing
+                    }
+                })
+        };
         self.sessions
             .lock()
             .map_err(|_| anyhow!("lock"))?
             .remove(&session);
-        let size = match outcome {
-            Ok(n) => n,
+        let done = match outcome {
+            Ok(d) => d,
             Err(why) => {
                 tracing::warn!(target: "kexin::node", "PSI aborted: {why}");
                 let seq = self
@@ -542,47 +574,104 @@ impl NodeServer {
                 });
             }
         };
-        if me != 0 {
-            let rows = JointRows {
-                columns: vec![],
-                rows: vec![],
-                accuracy: vec![],
-                suppressed_groups: 0,
-                explanation: vec!["supplied the blinded set; the first node releases".into()],
-            };
-            let seq = self.node.audit_joint(
-                &req,
-                "psi",
-                &session,
-                &trace,
-                JointDecision::Released(&rows),
-            )?;
-            return link.send_json(&FromNode::Done { audit_seq: seq });
-        }
-        let (value, interval, epsilon) = match self.node.psi_release(&req, size, &mut trace) {
-            Ok(v) => v,
-            Err(e) => return self.refuse(&mut link, &req, "psi", &session, &trace, e.as_refusal()),
-        };
-        let result = PsiResult {
-            mode: b.mode.clone(),
-            column: None,
-            value,
-            interval,
-            epsilon,
-            explanation: vec![
-                format!(
-                    "ECDH-PSI over ristretto255 between {} and {}: neither node saw the other's list, only blinded, shuffled points",
-                    b.nodes[0], b.nodes[1]
-                ),
-                format!(
-                    "the cardinality has discrete Laplace noise (sensitivity 1, ε = {epsilon} charged on {}); the interval holds the exact overlap with 95% probability",
-                    b.nodes[0]
-                ),
-            ],
+        let result = match done {
+            PsiDone::Nothing => {
+                let rows = JointRows {
+                    columns: vec![],
+                    rows: vec![],
+                    accuracy: vec![],
+                    suppressed_groups: 0,
+                    explanation: vec!["supplied the blinded set; the first node releases".into()],
+                };
+                let seq = self.node.audit_joint(
+                    &req,
+                    "psi",
+                    &session,
+                    &trace,
+                    JointDecision::Released(&rows),
+                )?;
+                return link.send_json(&FromNode::Done { audit_seq: seq });
+            }
+            PsiDone::Count(size) => {
+                let (value, interval, epsilon) = match self.node.psi_release(&req, size, &mut trace)
+                {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return self.refuse(
+                            &mut link,
+                            &req,
+                            "psi",
+                            &session,
+                            &trace,
+                            e.as_refusal(),
+                        );
+                    }
+                };
+                PsiResult {
+                    mode: "cardinality".into(),
+                    column: None,
+                    value,
+                    interval,
+                    epsilon,
+                    explanation: vec![
+                        format!(
+                            "ECDH-PSI over ristretto255 between {} and {}: neither node saw the other's list, only blinded, shuffled points",
+                            b.nodes[0], b.nodes[1]
+                        ),
+                        format!(
+                            "the cardinality has discrete Laplace noise (sensitivity 1, ε = {epsilon} charged on {}); the interval holds the exact overlap with 95% probability",
+                            b.nodes[0]
+                        ),
+                    ],
+                }
+            }
+            PsiDone::Sum(noisy) => {
+                let epsilon = match self.node.psi_charge(&req, &mut trace) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        return self.refuse(
+                            &mut link,
+                            &req,
+                            "psi",
+                            &session,
+                            &trace,
+                            e.as_refusal(),
+                        );
+                    }
+                };
+                let q = items.quantum;
+                let h =
+                    kexin_engine::dp::laplace_half_width(items.bound as f64 / epsilon, 0.05) * q;
+                // Printed on the grid's decimals.
+                let p = 10f64.powi((-q.log10()).ceil().max(0.0) as i32);
+                let tidy = |x: f64| (x * p).round() / p;
+                let value = tidy(noisy as f64 * q);
+                PsiResult {
+                    mode: "sum".into(),
+                    column: column.clone(),
+                    value,
+                    interval: [tidy(value - h), tidy(value + h)],
+                    epsilon,
+                    explanation: vec![
+                        format!(
+                            "sum of {} over the persons {} and {} share: {} encrypted each person's value (exponential ElGamal), {} added the matching ciphertexts and the noise without seeing a value or which persons matched",
+                            column.as_deref().unwrap_or(""),
+                            b.nodes[0],
+                            b.nodes[1],
+                            b.nodes[1],
+                            b.nodes[0]
+                        ),
+                        format!(
+                            "per person at most rows_per_person values, each clamped to the column's bounds; discrete Laplace noise with that sensitivity (ε = {epsilon} charged on {}); the interval holds the exact sum with 95% probability",
+                            b.nodes[1]
+                        ),
+                    ],
+                }
+            }
         };
         let rows = JointRows {
-            columns: vec!["intersection_size".into()],
-            rows: vec![vec![kexin_engine::gate::Cell::Float(value)]],
+            columns: vec![result.mode.clone()],
+            rows: vec![vec![kexin_engine::gate::Cell::Float(result.value)]],
             accuracy: vec![],
             suppressed_groups: 0,
             explanation: result.explanation.clone(),
@@ -600,20 +689,143 @@ impl NodeServer {
         })
     }
 
-    /// Ready, Go, then: round 0 each sends its blinded set; round 1 each
-    /// returns the other's set raised to its own scalar. Both learn the
-    /// overlap size, nothing else.
-    fn psi_rounds(
+    /// `--mode sum`: round 0, the first node sends its blinded set and the
+    /// second sends its public key and (blinded point, Enc(value)) pairs,
+    /// shuffled together; round 1, the second returns the first's set
+    /// reblinded and the first returns the encrypted sum of the matching
+    /// values plus its noise. The first learns the overlap size; the second
+    /// decrypts only the noisy sum.
+    fn psi_sum_rounds(
+        &self,
+        link: &mut Link,
+        b: &PsiBody,
+        me: usize,
+        session: [u8; 32],
+        items: &kexin_engine::federated::PsiSet,
+        rx: Receiver<Inbound>,
+    ) -> std::result::Result<PsiDone, &'static str> {
+        use kexin_mpc::elgamal::{Ciphertext, KeyPair, PublicKey};
+        use kexin_mpc::psi::{Party, decode};
+        let t = self.cfg.round_timeout();
+        let (mut peer, mut inbox) = self.psi_start(link, &b.nodes, me, session)?;
+        let party = Party::new(session).map_err(mpc_rule)?;
+        let msg = |round: u32, payload: Vec<u8>| Message {
+            session,
+            round,
+            sender: me as u16,
+            payload,
+        };
+        let next =
+            |inbox: &mut kexin_mpc::message::Inbox| -> std::result::Result<Vec<u8>, &'static str> {
+                match rx.recv_timeout(t) {
+                    Ok(Inbound::Message(bytes)) => {
+                        Ok(inbox.accept(&bytes).map_err(mpc_rule)?.payload)
+                    }
+                    Ok(Inbound::Violation(why)) => Err(why),
+                    Err(_) => Err("a party timed out or disconnected"),
+                }
+            };
+        let points = |p: &[u8]| -> std::result::Result<Vec<[u8; 32]>, &'static str> {
+            if !p.len().is_multiple_of(32) {
+                return Err("a party sent a malformed message");
+            }
+            Ok(p.chunks_exact(32)
+                .map(|c| c.try_into().unwrap_or([0; 32]))
+                .collect())
+        };
+        if me == 0 {
+            let mine = party.blind(&items.keys).map_err(mpc_rule)?;
+            peer.send(MPC, &msg(0, mine.concat()).encode())
+                .map_err(|_| "the peer node went away")?;
+            let theirs = next(&mut inbox)?;
+            if theirs.len() < 32 || !(theirs.len() - 32).is_multiple_of(96) {
+                return Err("a party sent a malformed message");
+            }
+            let pk = PublicKey::from_point(
+                decode(theirs[..32].try_into().unwrap_or(&[0; 32])).map_err(mpc_rule)?,
+            );
+            let pairs: Vec<&[u8]> = theirs[32..].chunks_exact(96).collect();
+            let blinded: Vec<[u8; 32]> = pairs
+                .iter()
+                .map(|c| c[..32].try_into().unwrap_or([0; 32]))
+                .collect();
+            let doubled = party.reblind_in_order(&blinded).map_err(mpc_rule)?;
+            let mine_double = points(&next(&mut inbox)?)?;
+            if mine_double.len() != mine.len() {
+                return Err("a party sent a share vector of the wrong length");
+            }
+            let set: std::collections::HashSet<&[u8; 32]> = mine_double.iter().collect();
+            let mut total = Ciphertext::zero();
+            let mut matched = 0usize;
+            for (d, c) in doubled.iter().zip(&pairs) {
+                if set.contains(d) {
+                    total = total.add(&Ciphertext::from_bytes(&c[32..]).map_err(mpc_rule)?);
+                    matched += 1;
+                }
+            }
+            let column = b.column.as_deref().unwrap_or_default();
+            let (_, bound) = self
+                .node
+                .psi_payload(&b.scene, column)
+                .map_err(|_| "the PSI column has no bounds")?;
+            let eps = self
+                .node
+                .psi_epsilon(&b.scene)
+                .map_err(|_| "the scene has no privacy budget")?;
+            let z = kexin_engine::federated::psi_noise(bound, eps).map_err(|_| "noise")?;
+            // The noise's encryption also rerandomizes the sum.
+            let noisy = total.add(&pk.encrypt(z).map_err(mpc_rule)?);
+            peer.send(MPC, &msg(1, noisy.to_bytes().to_vec()).encode())
+                .map_err(|_| "the peer node went away")?;
+            Ok(PsiDone::Count(matched))
+        } else {
+            let keys = KeyPair::generate().map_err(mpc_rule)?;
+            let mine = party.blind_in_order(&items.keys).map_err(mpc_rule)?;
+            let mut pairs: Vec<[u8; 96]> = mine
+                .iter()
+                .zip(&items.values)
+                .map(|(p, v)| {
+                    let c = keys.public.encrypt(*v)?;
+                    let mut out = [0u8; 96];
+                    out[..32].copy_from_slice(p);
+                    out[32..].copy_from_slice(&c.to_bytes());
+                    Ok(out)
+                })
+                .collect::<kexin_mpc::Result<_>>()
+                .map_err(mpc_rule)?;
+            kexin_mpc::psi::shuffle(&mut pairs).map_err(mpc_rule)?;
+            let mut payload = keys.public.to_bytes().to_vec();
+            payload.extend(pairs.concat());
+            peer.send(MPC, &msg(0, payload).encode())
+                .map_err(|_| "the peer node went away")?;
+            let theirs = points(&next(&mut inbox)?)?;
+            let reblinded = party.reblind(&theirs).map_err(mpc_rule)?;
+            peer.send(MPC, &msg(1, reblinded.concat()).encode())
+                .map_err(|_| "the peer node went away")?;
+            let sum = Ciphertext::from_bytes(&next(&mut inbox)?).map_err(mpc_rule)?;
+            let eps = self
+                .node
+                .psi_epsilon(&b.scene)
+                .map_err(|_| "the scene has no privacy budget")?;
+            let margin = (50.0 * items.bound as f64 / eps).ceil() as u64;
+            let range = (items.keys.len() as u64)
+                .saturating_mul(items.bound as u64)
+                .saturating_add(margin);
+            let s = keys
+                .decrypt(&sum, range)
+                .map_err(|_| "the encrypted sum does not decrypt to a value in range")?;
+            Ok(PsiDone::Sum(s))
+        }
+    }
+
+    /// Ready, wait for Go, connect to the other node.
+    fn psi_start(
         &self,
         link: &mut Link,
         nodes: &[String],
         me: usize,
         session: [u8; 32],
-        items: &[Vec<u8>],
-        rx: Receiver<Inbound>,
-    ) -> std::result::Result<usize, &'static str> {
-        use kexin_mpc::message::Inbox;
-        use kexin_mpc::psi::{Party, intersection_size};
+    ) -> std::result::Result<(Link, kexin_mpc::message::Inbox), &'static str> {
         let t = self.cfg.round_timeout();
         link.send_json(&FromNode::Ready {
             plan: "psi".into(),
@@ -633,8 +845,28 @@ impl NodeServer {
             .map_err(|_| "the peer has no address")?;
         let key = node_key(&self.space, &self.cfg, &nodes[other])
             .map_err(|_| "the peer has no certified key")?;
-        let mut peer = Link::connect(&addr.address, &self.me, &key, t)
+        let peer = Link::connect(&addr.address, &self.me, &key, t)
             .map_err(|_| "the peer node is unreachable")?;
+        let inbox = kexin_mpc::message::Inbox::new(session, &[other as u16], crate::net::MAX_FRAME);
+        Ok((peer, inbox))
+    }
+
+    /// Ready, Go, then: round 0 each sends its blinded set; round 1 each
+    /// returns the other's set raised to its own scalar. Both learn the
+    /// overlap size, nothing else.
+    fn psi_rounds(
+        &self,
+        link: &mut Link,
+        nodes: &[String],
+        me: usize,
+        session: [u8; 32],
+        items: &[Vec<u8>],
+        rx: Receiver<Inbound>,
+    ) -> std::result::Result<usize, &'static str> {
+        use kexin_mpc::message::Inbox;
+        use kexin_mpc::psi::{Party, intersection_size};
+        let t = self.cfg.round_timeout();
+        let (mut peer, mut inbox) = self.psi_start(link, nodes, me, session)?;
         let party = Party::new(session).map_err(mpc_rule)?;
         let mine = party.blind(items).map_err(mpc_rule)?;
         let msg = |round: u32, pts: &[[u8; 32]]| Message {
@@ -645,7 +877,6 @@ impl NodeServer {
         };
         peer.send(MPC, &msg(0, &mine).encode())
             .map_err(|_| "the peer node went away")?;
-        let mut inbox = Inbox::new(session, &[other as u16], crate::net::MAX_FRAME);
         let next = |inbox: &mut Inbox| -> std::result::Result<Vec<[u8; 32]>, &'static str> {
             let bytes = match rx.recv_timeout(t) {
                 Ok(Inbound::Message(b)) => b,
@@ -653,7 +884,7 @@ impl NodeServer {
                 Err(_) => return Err("a party timed out or disconnected"),
             };
             let m = inbox.accept(&bytes).map_err(mpc_rule)?;
-            if m.payload.len() % 32 != 0 {
+            if !m.payload.len().is_multiple_of(32) {
                 return Err("a party sent a malformed message");
             }
             Ok(m.payload
@@ -996,8 +1227,12 @@ fn record(nodes: &mut [NodeReport], replies: &[Result<FromNode>]) {
 #[derive(Debug, Clone, Serialize)]
 pub struct PsiOutcome {
     pub status: String,
+    /// The noisy overlap size (released by the first node).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub result: Option<PsiResult>,
+    /// `--mode sum`: the noisy sum over the overlap (released by the second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sum: Option<PsiResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1014,6 +1249,7 @@ pub fn psi(
     scene: &str,
     nodes: &[String],
     mode: &str,
+    column: Option<&str>,
 ) -> Result<PsiOutcome> {
     anyhow::ensure!(nodes.len() == 2, "--nodes names exactly two nodes for PSI");
     let cfg = FedConfig::load(&space.dir)?;
@@ -1023,7 +1259,7 @@ pub fn psi(
         member: member.into(),
         nodes: nodes.to_vec(),
         mode: mode.into(),
-        column: None,
+        column: column.map(str::to_string),
         nonce: kexin_engine::identity::nonce()?,
         time: kexin_engine::store::now_utc().1,
     };
@@ -1031,6 +1267,7 @@ pub fn psi(
     let mut out = PsiOutcome {
         status: "aborted".into(),
         result: None,
+        sum: None,
         code: None,
         rule: None,
         session: hex::encode(session_id(tag::PSI, &env)?),
@@ -1089,25 +1326,28 @@ pub fn psi(
     }
     let done = exchange(&mut links, &ToNode::Go, cfg.round_timeout() * 4);
     record(&mut out.nodes, &done);
-    let result = done.iter().find_map(|r| match r {
-        Ok(FromNode::PsiResult { result, .. }) => Some(result.clone()),
+    let released = |i: usize| match done.get(i) {
+        Some(Ok(FromNode::PsiResult { result, .. })) => Some(result.clone()),
         _ => None,
-    });
-    let other_done = done.iter().any(|r| matches!(r, Ok(FromNode::Done { .. })));
-    match (result, other_done) {
-        (Some(r), true) => {
-            out.status = "released".into();
-            out.result = Some(r);
-        }
-        _ => {
-            out.code = Some(Code::FedAbort.as_str().into());
-            out.rule = Some(
-                out.nodes
-                    .iter()
-                    .find_map(|n| n.rule.clone())
-                    .unwrap_or_else(|| "a node went away before releasing".into()),
-            );
-        }
+    };
+    let (count, second) = (released(0), released(1));
+    let second_done = matches!(done.get(1), Some(Ok(FromNode::Done { .. })));
+    let complete = match mode {
+        "sum" => count.is_some() && second.is_some(),
+        _ => count.is_some() && second_done,
+    };
+    if complete {
+        out.status = "released".into();
+        out.result = count;
+        out.sum = second;
+    } else {
+        out.code = Some(Code::FedAbort.as_str().into());
+        out.rule = Some(
+            out.nodes
+                .iter()
+                .find_map(|n| n.rule.clone())
+                .unwrap_or_else(|| "a node went away before releasing".into()),
+        );
     }
     Ok(out)
 }

@@ -28,6 +28,8 @@ struct Cli {
 enum PsiMode {
     /// The size of the intersection, with DP noise.
     Cardinality,
+    /// The size, and the sum of --column over the intersection, with DP noise.
+    Sum,
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,6 +138,11 @@ enum Command {
         /// What is released.
         #[arg(long, value_enum, default_value_t = PsiMode::Cardinality)]
         mode: PsiMode,
+        /// `--mode sum`: the column (of the scene's first dataset, with
+        /// public bounds) summed over the shared persons, from the second
+        /// node's data.
+        #[arg(long)]
+        column: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -277,6 +284,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// A spinner with elapsed time on stderr while the nodes work (hidden when
+/// stderr is not a terminal).
+fn waiting(what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_message(what);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -352,7 +371,10 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let space = Space::load(&space)?;
             let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
-            let out = kexin::federation::federate(&space, &actor, &signing, &scene, &nodes, &sql)?;
+            let spinner = waiting("nodes computing their partials, then exchanging shares");
+            let out = kexin::federation::federate(&space, &actor, &signing, &scene, &nodes, &sql);
+            spinner.finish_and_clear();
+            let out = out?;
             print!("{}", render::federated(&out, format)?);
             Ok(u8::try_from(out.exit_status()).unwrap_or(1))
         }
@@ -363,14 +385,27 @@ fn run(cli: Cli) -> Result<u8> {
             key,
             nodes,
             mode,
+            column,
             format,
         } => {
             let space = Space::load(&space)?;
             let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
             let mode = match mode {
                 PsiMode::Cardinality => "cardinality",
+                PsiMode::Sum => "sum",
             };
-            let out = kexin::federation::psi(&space, &actor, &signing, &scene, &nodes, mode)?;
+            let spinner = waiting("nodes blinding their cohorts, then exchanging blinded sets");
+            let out = kexin::federation::psi(
+                &space,
+                &actor,
+                &signing,
+                &scene,
+                &nodes,
+                mode,
+                column.as_deref(),
+            );
+            spinner.finish_and_clear();
+            let out = out?;
             print!("{}", render::psi(&out, format)?);
             Ok(match out.status.as_str() {
                 "released" => 0,

@@ -242,7 +242,20 @@ pub fn psi(o: &crate::federation::PsiOutcome, format: Format) -> Result<String> 
                         "intersection size ≈ {} [{}, {}]\n",
                         r.value, r.interval[0], r.interval[1]
                     ));
-                    for e in &r.explanation {
+                    if let Some(s) = &o.sum {
+                        out.push_str(&format!(
+                            "sum of {} over the intersection ≈ {} [{}, {}]\n",
+                            s.column.as_deref().unwrap_or(""),
+                            s.value,
+                            s.interval[0],
+                            s.interval[1]
+                        ));
+                    }
+                    for e in r
+                        .explanation
+                        .iter()
+                        .chain(o.sum.iter().flat_map(|s| &s.explanation))
+                    {
                         out.push_str(&format!("  · {e}\n"));
                     }
                 }

@@ -597,6 +597,86 @@ fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
     assert_eq!(f.entry("h1", session)["rows_released"], 1);
     assert_eq!(f.entry("h2", session)["rows_released"], 0);
 
+    // --mode sum: h2's heights summed over the persons both hold, against
+    // the plaintext join of the two files.
+    let out = Command::new(BIN)
+        .args([
+            "psi",
+            "--space",
+            path(&f.dir),
+            "--scene",
+            "joint-diabetes-dp",
+            "--as",
+            "alice",
+            "--nodes",
+            "h1,h2",
+            "--mode",
+            "sum",
+            "--column",
+            "height_cm",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("psi sum");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let exact = rt.block_on(pooled(
+        &f.dir,
+        &["h1", "h2"],
+        "SELECT 1",
+        "SELECT SUM(LEAST(GREATEST(CAST(b.height_cm AS DOUBLE), 40.0), 230.0)) FROM patients_h2 b \
+         WHERE b.id_card IN (SELECT id_card FROM patients_h1)",
+    ));
+    let exact: f64 = exact[0][0].parse().expect("number");
+    let s = &v["sum"];
+    assert_eq!(s["column"], "height_cm");
+    let [lo, hi] = [
+        s["interval"][0].as_f64().unwrap(),
+        s["interval"][1].as_f64().unwrap(),
+    ];
+    let (mid, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0);
+    assert!((exact - mid).abs() <= 3.0 * half, "{exact} vs [{lo}, {hi}]");
+    let session = v["session"].as_str().unwrap();
+    for n in ["h1", "h2"] {
+        assert_eq!(
+            f.entry(n, session)["rows_released"],
+            1,
+            "{n} released one value"
+        );
+        assert_eq!(f.entry(n, session)["epsilon"], 0.5);
+    }
+    // A column without bounds is refused before any point moves.
+    let out = Command::new(BIN)
+        .args([
+            "psi",
+            "--space",
+            path(&f.dir),
+            "--scene",
+            "joint-diabetes-dp",
+            "--as",
+            "alice",
+            "--nodes",
+            "h1,h2",
+            "--mode",
+            "sum",
+            "--column",
+            "region",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("psi sum");
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["code"], "KX-DP-BOUNDS");
+
     // An impostor for h2 that sends an invalid curve point (RFC 9496: a
     // non-canonical field element) instead of its blinded set.
     let real = format!("127.0.0.1:{}", f.ports[3]);

@@ -703,36 +703,76 @@ impl Mechanism {
     /// without DP, whose joint result must equal the pooled computation.
     pub fn exact_totals(&self, scans: &[Scan]) -> Result<Vec<(Vec<Cell>, Vec<i128>)>> {
         let (groups, ids, keys) = merge_groups(scans)?;
-        let m = self.args.len();
-        let mids: Vec<i64> = self.args.iter().map(ArgSpec::qmid).collect();
-        let mut totals = vec![vec![0i128; self.stats.len()]; groups.keys.len()];
-        let mut seen: std::collections::HashSet<(u32, u64)> = std::collections::HashSet::new();
-        for (scan, ids) in scans.iter().zip(&ids) {
-            for rows in &scan.buckets {
-                for (r, (person, gid, nulls)) in rows.rows.iter().copied().enumerate() {
-                    let g = ids[gid as usize];
-                    let vals = &rows.vals[r * m..(r + 1) * m];
-                    let first = seen.insert((g, person));
-                    let t = &mut totals[g as usize];
-                    for (si, st) in self.stats.iter().enumerate() {
-                        let present = |i: usize| nulls & (1 << i) == 0;
-                        match *st {
-                            Stat::Persons if first => t[si] += 1,
-                            Stat::Rows => t[si] += 1,
-                            Stat::Count(i) if present(i) => t[si] += 1,
-                            Stat::Sum(i) if present(i) => t[si] += i128::from(vals[i]),
-                            Stat::CSum(i) if present(i) => t[si] += i128::from(vals[i] - mids[i]),
-                            Stat::CSumSq(i) if present(i) => {
-                                let c = i128::from(vals[i] - mids[i]);
-                                t[si] += c * c
+        let n = groups.keys.len();
+        // Rows are bucketed by person hash, so buckets hold disjoint persons:
+        // each thread takes every `threads`-th bucket, counts distinct
+        // (person, group) pairs by sorting, and sums the other totals.
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let parts: Vec<Vec<Vec<i128>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let ids = &ids;
+                    scope.spawn(move || {
+                        let mut totals = vec![vec![0i128; self.stats.len()]; n];
+                        let mut pairs: Vec<(u64, u32)> = Vec::new();
+                        for bucket in (t..1 << BUCKET_BITS).step_by(threads) {
+                            pairs.clear();
+                            for (scan, ids) in scans.iter().zip(ids) {
+                                let rows = &scan.buckets[bucket];
+                                for (r, (person, gid, nulls)) in
+                                    rows.rows.iter().copied().enumerate()
+                                {
+                                    let g = ids[gid as usize];
+                                    pairs.push((person, g));
+                                    self.add_row(&mut totals[g as usize], rows, r, nulls);
+                                }
                             }
-                            _ => {}
+                            pairs.sort_unstable();
+                            pairs.dedup();
+                            if let Some(si) = self.stats.iter().position(|s| *s == Stat::Persons) {
+                                for (_, g) in &pairs {
+                                    totals[*g as usize][si] += 1;
+                                }
+                            }
                         }
-                    }
+                        totals
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| internal("a totals thread panicked")))
+                .collect::<Result<_>>()
+        })?;
+        let mut totals = vec![vec![0i128; self.stats.len()]; n];
+        for part in parts {
+            for (t, p) in totals.iter_mut().zip(part) {
+                for (x, y) in t.iter_mut().zip(p) {
+                    *x += y;
                 }
             }
         }
         Ok(keys.into_iter().zip(totals).collect())
+    }
+
+    /// One kept row's contribution to every total but the person count.
+    fn add_row(&self, t: &mut [i128], rows: &Rows, r: usize, nulls: u32) {
+        let m = self.args.len();
+        let vals = &rows.vals[r * m..(r + 1) * m];
+        for (si, st) in self.stats.iter().enumerate() {
+            let present = |i: usize| nulls & (1 << i) == 0;
+            match *st {
+                Stat::Rows => t[si] += 1,
+                Stat::Count(i) if present(i) => t[si] += 1,
+                Stat::Sum(i) if present(i) => t[si] += i128::from(vals[i]),
+                Stat::CSum(i) if present(i) => t[si] += i128::from(vals[i] - self.args[i].qmid()),
+                Stat::CSumSq(i) if present(i) => {
+                    let c = i128::from(vals[i] - self.args[i].qmid());
+                    t[si] += c * c
+                }
+                _ => {}
+            }
+        }
     }
 
     /// The discrete Laplace scale of stat `i`, in grid units.

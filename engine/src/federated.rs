@@ -280,6 +280,27 @@ impl JointPlan {
 #[derive(Debug, Default)]
 pub struct JointTrace(Trace);
 
+/// One node's PSI input: distinct raw person keys and, for `--mode sum`,
+/// each person's bounded value on the grid `quantum` (|value| ≤ `bound`).
+#[derive(Debug, Default)]
+pub struct PsiSet {
+    pub keys: Vec<Vec<u8>>,
+    pub values: Vec<i64>,
+    pub quantum: f64,
+    pub bound: i64,
+}
+
+/// Discrete Laplace noise for a PSI release: sensitivity `sens` grid units
+/// at `eps` (the exact integer sampler).
+pub fn psi_noise(sens: i64, eps: f64) -> Result<i64> {
+    let den = (eps * 1e6).round().max(1.0) as u64;
+    let scale = crate::noise::Ratio::new(1_000_000 * sens.max(1) as u64, den)?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(Error::internal)?;
+    let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed);
+    crate::noise::discrete_laplace(&mut rng, scale)
+}
+
 /// The fields of a joint request that authentication checks.
 #[derive(Debug)]
 struct JointFields<'a> {
@@ -565,15 +586,63 @@ impl Node {
     /// admission as a query (contract, consent filter at the scan). The
     /// keys never leave the node; the caller blinds them. The scene needs a
     /// privacy budget, from which the releasing node charges ε.
-    pub async fn psi_items(&self, req: &QueryRequest) -> (Result<Vec<Vec<u8>>>, JointTrace) {
+    pub async fn psi_items(
+        &self,
+        req: &QueryRequest,
+        column: Option<&str>,
+    ) -> (Result<PsiSet>, JointTrace) {
         let mut trace = Trace::default();
-        let r = self.psi_items_inner(req, &mut trace).await;
+        let r = self.psi_items_inner(req, column, &mut trace).await;
         (r, JointTrace(trace))
     }
 
-    async fn psi_items_inner(&self, req: &QueryRequest, trace: &mut Trace) -> Result<Vec<Vec<u8>>> {
-        use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+    /// The grid and bound of a PSI payload column: per person the sum of
+    /// at most `rows_per_person` clamped values, on a fixed-point grid.
+    pub fn psi_payload(&self, scene: &str, column: &str) -> Result<(dp::ArgSpec, i64)> {
+        let sc = self
+            .space
+            .scenes
+            .get(scene)
+            .ok_or_else(|| refusal(Code::Scene, "unknown scene"))?;
+        let k = sc.privacy.as_ref().map_or(1, |p| p.rows_per_person) as f64;
+        let ds = sc
+            .datasets
+            .first()
+            .and_then(|d| self.space.datasets.get(d))
+            .ok_or_else(|| refusal(Code::Scene, "the scene has no dataset"))?;
+        let col = ds
+            .columns
+            .get(column)
+            .filter(|c| sc.column_visible(ds, &c.name) && c.name != ds.person_key)
+            .ok_or_else(|| {
+                refusal(
+                    Code::SqlUnknown,
+                    "the PSI column is not a column of the scene's first dataset",
+                )
+            })?;
+        let Some((lo, hi)) = col.bounds else {
+            return refuse(
+                Code::DpBounds,
+                "the PSI sum takes a column with public bounds",
+            );
+        };
+        // A person's sum of 1..k clamped values lies in [min(0, k·lo), max(0, k·hi)].
+        let spec = dp::ArgSpec::new((lo * k).min(0.0), (hi * k).max(0.0), sc.output.decimals);
+        let bound = ((lo * k).abs().max((hi * k).abs()) / spec.quantum).ceil() as i64;
+        Ok((spec, bound.max(1)))
+    }
+
+    async fn psi_items_inner(
+        &self,
+        req: &QueryRequest,
+        column: Option<&str>,
+        trace: &mut Trace,
+    ) -> Result<PsiSet> {
+        use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
         let scene = self.scene_for_joint(req)?;
+        let payload = column
+            .map(|c| self.psi_payload(&scene.name, c))
+            .transpose()?;
         if scene.privacy.is_none() {
             return refuse(
                 Code::Federation,
@@ -597,11 +666,22 @@ impl Node {
             }
         };
         let (input, pk) = crate::gate::carry(input)?;
-        let keys = LogicalPlanBuilder::from(input)
-            .project(vec![Expr::Column(pk)])
-            .and_then(|b| b.distinct())
-            .and_then(|b| b.build())
-            .map_err(Error::internal)?;
+        let keys = match column {
+            None => LogicalPlanBuilder::from(input)
+                .project(vec![Expr::Column(pk)])
+                .and_then(|b| b.distinct())
+                .and_then(|b| b.build()),
+            Some(c) => LogicalPlanBuilder::from(input)
+                .aggregate(
+                    vec![Expr::Column(pk)],
+                    vec![datafusion::functions_aggregate::expr_fn::sum(cast(
+                        col(c),
+                        datafusion::arrow::datatypes::DataType::Float64,
+                    ))],
+                )
+                .and_then(|b| b.build()),
+        }
+        .map_err(Error::internal)?;
         let state = admitted.state;
         let optimized = state.optimize(&keys).map_err(Error::internal)?;
         let physical = state
@@ -610,16 +690,35 @@ impl Node {
             .await
             .map_err(Error::internal)?;
         let batches = self.execute(&state, physical).await?;
-        let mut out = Vec::new();
+        let mut set = PsiSet::default();
         for b in &batches {
-            for c in crate::gate::column_cells(b.column(0))? {
-                match c {
-                    Cell::Null => {}
-                    other => out.push(other.key_text().into_bytes()),
+            let keys = crate::gate::column_cells(b.column(0))?;
+            let vals = match &payload {
+                Some(_) => crate::gate::column_cells(b.column(1))?,
+                None => vec![Cell::Null; keys.len()],
+            };
+            for (k, v) in keys.into_iter().zip(vals) {
+                if k == Cell::Null {
+                    continue;
+                }
+                set.keys.push(k.key_text().into_bytes());
+                if let Some((spec, bound)) = &payload {
+                    // Per person: the clamped sum, on the grid.
+                    let x = match v {
+                        Cell::Float(f) => f,
+                        Cell::Int(i) => i as f64,
+                        _ => 0.0,
+                    };
+                    let q = (x.clamp(spec.lo, spec.hi) / spec.quantum).round() as i64;
+                    set.values.push(q.clamp(-bound, *bound));
                 }
             }
         }
-        Ok(out)
+        if let Some((spec, bound)) = payload {
+            set.quantum = spec.quantum;
+            set.bound = bound;
+        }
+        Ok(set)
     }
 
     /// Release a PSI cardinality with discrete Laplace noise (sensitivity 1:
@@ -631,6 +730,15 @@ impl Node {
         size: usize,
         trace: &mut JointTrace,
     ) -> Result<(f64, [f64; 2], f64)> {
+        let eps = self.psi_charge(req, trace)?;
+        let z = psi_noise(1, eps)?;
+        let h = dp::laplace_half_width(1.0 / eps, 0.05);
+        let v = (size as f64 + z as f64).max(0.0);
+        Ok((v, [(v - h).max(0.0), v + h], eps))
+    }
+
+    /// Charge the scene's ε per query for one PSI release on this node.
+    pub fn psi_charge(&self, req: &QueryRequest, trace: &mut JointTrace) -> Result<f64> {
         let scene = self.scene_for_joint(req)?;
         let Some(p) = &scene.privacy else {
             return refuse(Code::Federation, "the scene has no privacy budget");
@@ -649,16 +757,17 @@ impl Node {
             );
         }
         trace.0.epsilon = Some(p.epsilon_per_query);
-        let den = (p.epsilon_per_query * 1e6).round().max(1.0) as u64;
-        let scale = crate::noise::Ratio::new(1_000_000, den)?;
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(Error::internal)?;
-        let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed);
-        let z = crate::noise::discrete_laplace(&mut rng, scale)?;
-        let t = 1.0 / p.epsilon_per_query;
-        let h = dp::laplace_half_width(t, 0.05);
-        let v = (size as f64 + z as f64).max(0.0);
-        Ok((v, [(v - h).max(0.0), v + h], p.epsilon_per_query))
+        Ok(p.epsilon_per_query)
+    }
+
+    /// The scene's ε per query (PSI scenes have a privacy block).
+    pub fn psi_epsilon(&self, scene: &str) -> Result<f64> {
+        self.space
+            .scenes
+            .get(scene)
+            .and_then(|s| s.privacy.as_ref())
+            .map(|p| p.epsilon_per_query)
+            .ok_or_else(|| refusal(Code::Federation, "the scene has no privacy budget"))
     }
 
     fn scene_for_joint(&self, req: &QueryRequest) -> Result<&crate::policy::Scene> {

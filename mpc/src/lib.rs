@@ -4,6 +4,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`share`] | additive secret sharing over the ristretto255 scalar field, fixed-point encoding |
+//! | [`elgamal`] | exponential ElGamal over ristretto255: encrypted sums of small integers (PSI payloads) |
 //! | [`psi`] | ECDH-PSI cardinality over ristretto255 (RFC 9496 encodings and element derivation) |
 //! | [`message`] | the size-limited peer message codec; (session, round, sender) binding |
 //! | [`aggregate`] | one party's side of secure aggregation: share, sum, open chosen positions |
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod elgamal;
 pub mod error;
 pub mod message;
 pub mod noise;

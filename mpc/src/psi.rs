@@ -78,10 +78,16 @@ impl Drop for Party {
 }
 
 fn shuffled(mut v: Vec<[u8; 32]>) -> Result<Vec<[u8; 32]>> {
+    shuffle(&mut v)?;
+    Ok(v)
+}
+
+/// Shuffle in place with a fresh OS-seeded permutation.
+pub fn shuffle<T>(v: &mut [T]) -> Result<()> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|_| Error::Randomness)?;
     v.shuffle(&mut rand_chacha::ChaCha20Rng::from_seed(seed));
-    Ok(v)
+    Ok(())
 }
 
 impl Party {
@@ -96,26 +102,65 @@ impl Party {
 
     /// Step 1: this party's items, hashed and blinded, in random order.
     pub fn blind<T: AsRef<[u8]> + Sync>(&self, items: &[T]) -> Result<Vec<[u8; 32]>> {
+        shuffled(self.blind_in_order(items)?)
+    }
+
+    /// Step 1 keeping the items' order, for a caller that attaches a
+    /// payload to each point and then shuffles the pairs ([`shuffle`]).
+    pub fn blind_in_order<T: AsRef<[u8]> + Sync>(&self, items: &[T]) -> Result<Vec<[u8; 32]>> {
+        let half = self.half();
         let out: Vec<[u8; 32]> = items
-            .par_iter()
-            .map(|x| {
-                (hash_item(&self.session, x.as_ref()) * self.key)
-                    .compress()
-                    .to_bytes()
+            .par_chunks(BATCH)
+            .flat_map_iter(|chunk| {
+                let pts: Vec<RistrettoPoint> = chunk
+                    .iter()
+                    .map(|x| hash_item(&self.session, x.as_ref()) * half)
+                    .collect();
+                double_and_compress(&pts)
             })
             .collect();
-        shuffled(out)
+        Ok(out)
     }
 
     /// Step 2: the other party's blinded points raised to this party's
     /// scalar, in random order. Any invalid point aborts the whole step.
     pub fn reblind(&self, theirs: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
-        let out: Vec<[u8; 32]> = theirs
-            .par_iter()
-            .map(|b| decode(b).map(|p| (p * self.key).compress().to_bytes()))
-            .collect::<Result<_>>()?;
-        shuffled(out)
+        shuffled(self.reblind_in_order(theirs)?)
     }
+
+    /// Step 2 keeping the order: the receiver of payload pairs needs each
+    /// doubly blinded point next to its payload.
+    pub fn reblind_in_order(&self, theirs: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
+        let half = self.half();
+        let chunks: Vec<Vec<[u8; 32]>> = theirs
+            .par_chunks(BATCH)
+            .map(|chunk| {
+                let pts: Vec<RistrettoPoint> = chunk
+                    .iter()
+                    .map(|b| decode(b).map(|p| p * half))
+                    .collect::<Result<_>>()?;
+                Ok(double_and_compress(&pts).collect::<Vec<_>>())
+            })
+            .collect::<Result<_>>()?;
+        Ok(chunks.into_iter().flatten().collect())
+    }
+
+    /// `key / 2`: the batch compression below doubles, so multiplying by
+    /// half the key and then doubling gives `key · P`, and a whole batch
+    /// shares one field inversion instead of one per point.
+    fn half(&self) -> Scalar {
+        self.key * Scalar::from(2u8).invert()
+    }
+}
+
+/// Points per batched compression (one inversion per batch).
+const BATCH: usize = 256;
+
+/// `compress(2·P)` for every point, with Montgomery's batch inversion.
+fn double_and_compress(pts: &[RistrettoPoint]) -> impl Iterator<Item = [u8; 32]> + use<> {
+    RistrettoPoint::double_and_compress_batch(pts)
+        .into_iter()
+        .map(|c| c.to_bytes())
 }
 
 /// Step 3: how many doubly blinded points the two sets share.
