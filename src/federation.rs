@@ -247,6 +247,12 @@ impl NodeServer {
         })
     }
 
+    /// How long a node that is ready waits for the start signal: the other
+    /// nodes may still be running their part (up to the query deadline).
+    fn compute_allowance(&self) -> Duration {
+        Duration::from_secs(self.space.limits.timeout_seconds) + self.cfg.round_timeout()
+    }
+
     /// Serve forever on `listen` (one thread per connection).
     pub fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
         let tls = crate::net::server_config(&self.me, Arc::new(self.pins.clone()))?;
@@ -438,7 +444,9 @@ impl NodeServer {
             len: plan.len(),
         })
         .map_err(|_| "the researcher went away")?;
-        link.set_timeout(t).map_err(|_| "transport")?;
+        // The other nodes may still be computing their partials.
+        link.set_timeout(self.compute_allowance())
+            .map_err(|_| "transport")?;
         match link.recv_json::<ToNode>() {
             Ok(ToNode::Go) => {}
             Ok(ToNode::Cancel) => return Err("the researcher cancelled (another node refused)"),
@@ -832,7 +840,8 @@ impl NodeServer {
             len: 0,
         })
         .map_err(|_| "the researcher went away")?;
-        link.set_timeout(t).map_err(|_| "transport")?;
+        link.set_timeout(self.compute_allowance())
+            .map_err(|_| "transport")?;
         match link.recv_json::<ToNode>() {
             Ok(ToNode::Go) => {}
             Ok(ToNode::Cancel) => return Err("the researcher cancelled (the other node refused)"),

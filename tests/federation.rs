@@ -227,8 +227,8 @@ async fn pooled(dir: &Path, nodes: &[&str], per_node: &str, combine: &str) -> Ve
 fn joint_result_equals_the_pooled_computation_and_is_audited_alike() {
     let f = Federation::new(3, 10, &["h1", "h2", "h3"]);
     let sql = "SELECT department, COUNT(*) AS n, COUNT(DISTINCT id_card) AS persons, \
-               SUM(length_of_stay) AS days, AVG(cost) AS mean_cost, VAR(length_of_stay) AS var_los \
-               FROM admissions GROUP BY department";
+               SUM(length_of_stay) AS days, AVG(cost) AS mean_cost, VAR(length_of_stay) AS var_los, \
+               COUNT(diagnosis) AS coded FROM admissions GROUP BY department";
     let (code, out) = f.federate("joint-diabetes", "h1,h2,h3", sql);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out["status"], "released");
@@ -240,10 +240,11 @@ fn joint_result_equals_the_pooled_computation_and_is_audited_alike() {
         &["h1", "h2", "h3"],
         "SELECT department, COUNT(*) AS n, COUNT(DISTINCT id_card) AS p, \
          SUM(CAST(length_of_stay AS DOUBLE)) AS s, SUM(CAST(length_of_stay AS DOUBLE) * CAST(length_of_stay AS DOUBLE)) AS s2, \
-         SUM(LEAST(GREATEST(CAST(cost AS DOUBLE), 0.0), 200000.0)) AS c, COUNT(cost) AS cn \
+         SUM(LEAST(GREATEST(CAST(cost AS DOUBLE), 0.0), 200000.0)) AS c, COUNT(cost) AS cn, \
+         COUNT(diagnosis) AS dx \
          FROM admissions_{n} GROUP BY department",
         "SELECT department, SUM(n), SUM(p), SUM(s), SUM(c) / SUM(cn), \
-         (SUM(s2) - SUM(s) * SUM(s) / SUM(n)) / (SUM(n) - 1) \
+         (SUM(s2) - SUM(s) * SUM(s) / SUM(n)) / (SUM(n) - 1), SUM(dx) \
          FROM ({parts}) GROUP BY department HAVING SUM(p) >= 10 ORDER BY department",
     ));
     let rows = out["rows"].as_array().expect("rows");
@@ -273,6 +274,11 @@ fn joint_result_equals_the_pooled_computation_and_is_audited_alike() {
             (got[5].as_f64().unwrap() - var).abs() <= 0.0051,
             "VAR {} vs {var}",
             got[5]
+        );
+        assert_eq!(
+            got[6].as_i64().unwrap().to_string(),
+            want[6],
+            "COUNT(col) exact"
         );
     }
     // Every node logged the release under the same session digest and
@@ -417,6 +423,21 @@ fn sink(
             }
         }
     })
+}
+
+#[test]
+fn a_federated_scene_is_answered_by_all_of_its_nodes_every_time() {
+    // With four hospitals, a release over h1..h3 and another over h1..h4
+    // would differ by h4's totals: only the scene's full node set answers.
+    let f = Federation::new(4, 5, &["h1", "h2", "h3", "h4"]);
+    let sql = "SELECT department, COUNT(*) AS n FROM admissions GROUP BY department";
+    let (code, out) = f.federate("joint-diabetes", "h1,h2,h3", sql);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(out["code"], "KX-FED");
+    assert!(out["rule"].as_str().unwrap().contains("all of its nodes"));
+    let (code, out) = f.federate("joint-diabetes", "h4,h2,h3,h1", sql);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["nodes"].as_array().unwrap().len(), 4);
 }
 
 /// How the impostor misbehaves after the researcher's start signal.

@@ -86,6 +86,8 @@ pub struct JointPlan {
     /// No DP: exact totals, thresholded at `min_persons`.
     exact: bool,
     output: OutputRules,
+    /// DP scenes: rows per person per cell, cells per person.
+    bounding: (usize, usize),
     /// Digest of the decomposition (cells, stats, outputs, grid, threshold):
     /// nodes whose plans differ do not start.
     pub digest: String,
@@ -211,7 +213,9 @@ impl JointPlan {
             ));
         } else {
             explanation.push(format!(
-                "differential privacy: each node added its share of discrete Laplace noise inside the shares (the sum is the noise of the single-node mechanism, ε = {} per query charged at every node); cells whose noisy joint person count is under {} are suppressed",
+                "differential privacy: at each node a person counts with at most {} row(s) per cell in at most {} cell(s); each node added its share of discrete Laplace noise inside the shares (the sum is the noise of the single-node mechanism, ε = {} per query charged at every node); cells whose noisy joint person count is under {} are suppressed",
+                self.bounding.0,
+                self.bounding.1,
                 self.mechanism.epsilon,
                 self.threshold()
             ));
@@ -244,8 +248,13 @@ impl JointPlan {
         match o {
             Output::Key(i) => key.get(i).cloned().unwrap_or(Cell::Null),
             Output::Count(s) => {
+                // COUNT(col) is the sum of a presence indicator on the grid.
+                let unit = match s {
+                    Stat::Sum(i) => m.args[i].quantum,
+                    _ => 1.0,
+                };
                 let r = self.output.round_to.max(1) as f64;
-                Cell::Int(((get(s) / r).round() * r) as i64)
+                Cell::Int(((get(s) * unit / r).round() * r) as i64)
             }
             Output::Sum(i) => Cell::Float(round(get(Stat::Sum(i)) * m.args[i].quantum)),
             Output::Avg(i) => {
@@ -305,6 +314,7 @@ pub fn psi_noise(sens: i64, eps: f64) -> Result<i64> {
 #[derive(Debug)]
 struct JointFields<'a> {
     space: &'a str,
+    scene: &'a str,
     member: &'a str,
     nodes: &'a [String],
     nonce: &'a str,
@@ -334,6 +344,7 @@ impl Node {
     ) -> Result<usize> {
         let JointFields {
             space,
+            scene,
             member,
             nodes,
             nonce,
@@ -368,6 +379,21 @@ impl Node {
         if nodes.len() > max_nodes {
             return refuse(Code::Federation, "too many nodes for this computation");
         }
+        if let Some(sc) = self.space.scenes.get(scene).filter(|s| s.federated) {
+            let mut declared = sc.nodes.clone();
+            declared.sort();
+            // A joint aggregate over one node fewer (or more) than another
+            // release would reveal that node's totals: always all of them.
+            if min_nodes >= MIN_NODES && distinct != declared {
+                return refuse(
+                    Code::Federation,
+                    "a federated scene is answered by all of its nodes together",
+                );
+            }
+            if distinct.iter().any(|n| !declared.contains(n)) {
+                return refuse(Code::Federation, "a node that does not answer this scene");
+            }
+        }
         let me = nodes
             .iter()
             .position(|n| *n == self.name())
@@ -382,6 +408,7 @@ impl Node {
         self.authenticate_joint(
             JointFields {
                 space: &b.space,
+                scene: &b.scene,
                 member: &b.member,
                 nodes: &b.nodes,
                 nonce: &b.nonce,
@@ -399,6 +426,7 @@ impl Node {
         self.authenticate_joint(
             JointFields {
                 space: &b.space,
+                scene: &b.scene,
                 member: &b.member,
                 nodes: &b.nodes,
                 nonce: &b.nonce,
@@ -575,6 +603,7 @@ impl Node {
                 cells,
                 exact,
                 output: scene.output.clone(),
+                bounding: (q.bounding.k, q.bounding.l),
                 digest,
             },
             input,

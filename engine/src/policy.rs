@@ -184,6 +184,10 @@ pub struct Scene {
     /// Answered only jointly by several nodes (`kexin federate`): no node
     /// releases its own part. Group keys need public domains.
     pub federated: bool,
+    /// Federated scenes: the nodes that answer together, every time (default:
+    /// every node of the space). Two releases over node sets that differ by
+    /// one node would reveal that node's totals.
+    pub nodes: Vec<String>,
     pub output: OutputRules,
     pub privacy: Option<PrivacyRules>,
     /// Module digests approved in the policy file (`sha256:<hex>`, lower
@@ -356,6 +360,7 @@ struct RawScene {
     contract: Option<String>,
     #[serde(default)]
     federated: bool,
+    nodes: Option<Vec<String>>,
     output: Option<RawOutput>,
     privacy: Option<RawPrivacy>,
     #[serde(default)]
@@ -710,6 +715,22 @@ impl Space {
             };
             let purpose_code = crate::consent::Purpose::parse(&s.purpose, s.disease.as_deref())
                 .map_err(|e| err(at("purpose"), e))?;
+            let scene_nodes = s.nodes.clone().unwrap_or_else(|| raw.space.nodes.clone());
+            if s.nodes.is_some() && !s.federated {
+                return Err(err(
+                    at("nodes"),
+                    "only federated scenes list their nodes".into(),
+                ));
+            }
+            if let Some(n) = scene_nodes.iter().find(|n| !raw.space.nodes.contains(n)) {
+                return Err(err(at("nodes"), format!("{n:?} is not in space.nodes")));
+            }
+            if s.federated && release == Release::Review {
+                return Err(err(
+                    at("release"),
+                    "federated scenes release automatically (no node holds a joint result for review)".into(),
+                ));
+            }
             let approvers = s.approvers.unwrap_or(1);
             if !(1..=2).contains(&approvers) {
                 return Err(err(at("approvers"), "must be 1 or 2".into()));
@@ -843,6 +864,7 @@ impl Space {
                     approvers,
                     contract,
                     federated: s.federated,
+                    nodes: scene_nodes,
                     output: OutputRules {
                         min_persons,
                         round_to,
