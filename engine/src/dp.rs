@@ -125,8 +125,11 @@ impl ArgSpec {
         if x.is_nan() {
             return None;
         }
-        let q = (x / self.quantum).round();
-        Some((q as i64).clamp(self.qlo(), self.qhi()))
+        // Round half away from zero without a libm call (`as` truncates,
+        // saturating beyond the i64 range before the clamp).
+        let y = x / self.quantum;
+        let q = (y + 0.5f64.copysign(y)) as i64;
+        Some(q.clamp(self.qlo(), self.qhi()))
     }
     /// max |q| over the bounds, in quanta.
     fn qmax(&self) -> u64 {
