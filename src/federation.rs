@@ -39,6 +39,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::{Link, MPC, Pins};
 
+/// Connections a node serves at once (each holds a thread).
+const MAX_CONNECTIONS: usize = 256;
+
 /// `<space>/federation.toml`: where each node listens and which member
 /// identity it presents.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -256,14 +259,24 @@ impl NodeServer {
     /// Serve forever on `listen` (one thread per connection).
     pub fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
         let tls = crate::net::server_config(&self.me, Arc::new(self.pins.clone()))?;
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for tcp in listener.incoming() {
             let Ok(tcp) = tcp else { continue };
+            // Past the limit a connection is closed at once: no thread, no
+            // handshake.
+            if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!(target: "kexin::node", "connection refused: {MAX_CONNECTIONS} open");
+                continue;
+            }
             let this = Arc::clone(&self);
             let tls = Arc::clone(&tls);
+            let open = Arc::clone(&open);
             std::thread::spawn(move || {
                 if let Err(e) = this.connection(tcp, tls) {
                     tracing::info!(target: "kexin::node", "connection closed: {e:#}");
                 }
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
         Ok(())
@@ -289,8 +302,15 @@ impl NodeServer {
     /// identity is the party the message claims to come from.
     fn peer_messages(&self, mut link: Link, member: &str, mut bytes: Vec<u8>) -> Result<()> {
         loop {
-            let m = Message::decode(&bytes, crate::net::MAX_FRAME)
-                .map_err(|e| anyhow!("peer message: {e}"))?;
+            let m = match Message::decode(&bytes, crate::net::MAX_FRAME) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Garbage from an authenticated node: every open session
+                    // it takes part in aborts now rather than at the deadline.
+                    self.violation(member, "a party sent a malformed message");
+                    bail!("peer message: {e}");
+                }
+            };
             let tx = {
                 let sessions = self.sessions.lock().map_err(|_| anyhow!("lock"))?;
                 let Some(s) = sessions.get(&m.session) else {
@@ -313,6 +333,18 @@ impl NodeServer {
             let (kind, next) = link.recv()?;
             anyhow::ensure!(kind == MPC, "control message on a peer link");
             bytes = next;
+        }
+    }
+
+    /// Abort every open session in which `member` is a party.
+    fn violation(&self, member: &str, why: &'static str) {
+        if let Ok(sessions) = self.sessions.lock() {
+            for s in sessions
+                .values()
+                .filter(|s| s.members.iter().any(|m| m == member))
+            {
+                let _ = s.tx.send(Inbound::Violation(why));
+            }
         }
     }
 

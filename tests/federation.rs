@@ -546,7 +546,7 @@ fn misbehaving_parties_abort_the_round_with_no_release() {
         "SELECT department, COUNT(*) AS n, SUM(cost) AS cost FROM admissions GROUP BY department";
     for (fault, rule) in [
         (Fault::Crash, "timed out"),
-        (Fault::Garbage, "timed out"),
+        (Fault::Garbage, "malformed"),
         (Fault::Replay, "replayed"),
         (Fault::InvalidScalar, "invalid share encoding"),
         (Fault::ForgedSender, "another party's index"),
