@@ -316,6 +316,10 @@ impl NodeServer {
                 let Some(s) = sessions.get(&m.session) else {
                     bail!("a message for no open session (late or replayed)");
                 };
+                if !s.members.iter().any(|p| p == member) {
+                    // Not a party: drop it without disturbing the session.
+                    bail!("a message from a node outside the session");
+                }
                 let claimed = s.members.get(m.sender as usize);
                 if claimed.map(String::as_str) != Some(member) {
                     let _ = s.tx.send(Inbound::Violation(
