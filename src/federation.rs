@@ -39,6 +39,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::{Link, MPC, Pins};
 
+/// A request whose signer is not the member on the TLS link.
+const OTHER_SIGNER: Refusal = Refusal::new(
+    Code::Auth,
+    "the request is signed by another member than the link's",
+);
+
 /// Connections a node serves at once (each holds a thread).
 const MAX_CONNECTIONS: usize = 256;
 
@@ -378,11 +384,7 @@ impl NodeServer {
         let req = QueryRequest::new(&b.scene, &b.member, &b.sql);
         let none = JointTrace::default();
         if member != b.member {
-            let r = Refusal::new(
-                Code::Auth,
-                "the request is signed by another member than the link's",
-            );
-            return self.refuse(&mut link, &req, "federated", &session, &none, r);
+            return self.refuse(&mut link, &req, "federated", &session, &none, OTHER_SIGNER);
         }
         let me = match self.node.authenticate_federate(&env) {
             Ok(i) => i,
@@ -412,21 +414,9 @@ impl NodeServer {
                 );
             }
         };
-        let members: Vec<String> = b
-            .nodes
-            .iter()
-            .map(|n| self.cfg.addr(n).map(|a| a.member.clone()))
-            .collect::<Result<_>>()?;
-        let (tx, rx) = channel();
-        self.sessions
-            .lock()
-            .map_err(|_| anyhow!("lock"))?
-            .insert(session, Session { members, tx });
-        let outcome = self.rounds(&mut link, &b.nodes, me, session, &plan, &input, rx);
-        self.sessions
-            .lock()
-            .map_err(|_| anyhow!("lock"))?
-            .remove(&session);
+        let outcome = self.in_session(session, &b.nodes, |rx| {
+            self.rounds(&mut link, &b.nodes, me, session, &plan, &input, rx)
+        })?;
         match outcome {
             Ok(rows) => {
                 let seq = self.node.audit_joint(
@@ -441,23 +431,68 @@ impl NodeServer {
                     audit_seq: seq,
                 })
             }
-            Err(why) => {
-                tracing::warn!(target: "kexin::node", "federated round aborted: {why}");
-                let seq = self
-                    .node
-                    .audit_joint(
-                        &req,
-                        "federated",
-                        &session,
-                        &trace,
-                        JointDecision::Aborted(why),
-                    )
-                    .ok();
-                link.send_json(&FromNode::Aborted {
-                    rule: why.into(),
-                    audit_seq: seq,
-                })
-            }
+            Err(why) => self.abort(&mut link, &req, "federated", &session, &trace, why),
+        }
+    }
+
+    /// Run `rounds` with the session open to peer messages; it is closed
+    /// again whatever the outcome.
+    fn in_session<T>(
+        &self,
+        session: [u8; 32],
+        nodes: &[String],
+        rounds: impl FnOnce(Receiver<Inbound>) -> T,
+    ) -> Result<T> {
+        let members: Vec<String> = nodes
+            .iter()
+            .map(|n| self.cfg.addr(n).map(|a| a.member.clone()))
+            .collect::<Result<_>>()?;
+        let (tx, rx) = channel();
+        self.sessions
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .insert(session, Session { members, tx });
+        let out = rounds(rx);
+        self.sessions
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .remove(&session);
+        Ok(out)
+    }
+
+    /// Audit an aborted round (`kind`: federated or psi) and tell the
+    /// researcher; nothing is released.
+    fn abort(
+        &self,
+        link: &mut Link,
+        req: &QueryRequest,
+        kind: &str,
+        session: &[u8; 32],
+        trace: &JointTrace,
+        why: &'static str,
+    ) -> Result<()> {
+        tracing::warn!(target: "kexin::node", "{kind} round aborted: {why}");
+        let seq = self
+            .node
+            .audit_joint(req, kind, session, trace, JointDecision::Aborted(why))
+            .ok();
+        link.send_json(&FromNode::Aborted {
+            rule: why.into(),
+            audit_seq: seq,
+        })
+    }
+
+    /// Tell the researcher this node is ready and wait for the start
+    /// signal; the other nodes may still be computing their part.
+    fn await_go(&self, link: &mut Link, ready: &FromNode) -> std::result::Result<(), &'static str> {
+        link.send_json(ready)
+            .map_err(|_| "the researcher went away")?;
+        link.set_timeout(self.compute_allowance())
+            .map_err(|_| "transport")?;
+        match link.recv_json::<ToNode>() {
+            Ok(ToNode::Go) => Ok(()),
+            Ok(ToNode::Cancel) => Err("the researcher cancelled (another node refused)"),
+            _ => Err("no start signal from the researcher"),
         }
     }
 
@@ -475,19 +510,13 @@ impl NodeServer {
         rx: Receiver<Inbound>,
     ) -> std::result::Result<JointRows, &'static str> {
         let t = self.cfg.round_timeout();
-        link.send_json(&FromNode::Ready {
-            plan: plan.digest.clone(),
-            len: plan.len(),
-        })
-        .map_err(|_| "the researcher went away")?;
-        // The other nodes may still be computing their partials.
-        link.set_timeout(self.compute_allowance())
-            .map_err(|_| "transport")?;
-        match link.recv_json::<ToNode>() {
-            Ok(ToNode::Go) => {}
-            Ok(ToNode::Cancel) => return Err("the researcher cancelled (another node refused)"),
-            _ => return Err("no start signal from the researcher"),
-        }
+        self.await_go(
+            link,
+            &FromNode::Ready {
+                plan: plan.digest.clone(),
+                len: plan.len(),
+            },
+        )?;
         let parties = nodes.len();
         let mut agg = Aggregation::new(session, me as u16, parties, plan.len())
             .map_err(|_| "fewer than three parties")?;
@@ -548,11 +577,7 @@ impl NodeServer {
         );
         let mut trace = JointTrace::default();
         if member != b.member {
-            let r = Refusal::new(
-                Code::Auth,
-                "the request is signed by another member than the link's",
-            );
-            return self.refuse(&mut link, &req, "psi", &session, &trace, r);
+            return self.refuse(&mut link, &req, "psi", &session, &trace, OTHER_SIGNER);
         }
         let me = match self.node.authenticate_psi(&env) {
             Ok(i) => i,
@@ -578,45 +603,23 @@ impl NodeServer {
             Ok(i) => i,
             Err(e) => return self.refuse(&mut link, &req, "psi", &session, &trace, e.as_refusal()),
         };
-        let members: Vec<String> = b
-            .nodes
-            .iter()
-            .map(|n| self.cfg.addr(n).map(|a| a.member.clone()))
-            .collect::<Result<_>>()?;
-        let (tx, rx) = channel();
-        self.sessions
-            .lock()
-            .map_err(|_| anyhow!("lock"))?
-            .insert(session, Session { members, tx });
-        let outcome = if sum {
-            self.psi_sum_rounds(&mut link, &b, me, session, &items, rx)
-        } else {
-            self.psi_rounds(&mut link, &b.nodes, me, session, &items.keys, rx)
-                .map(|n| {
-                    if me == 0 {
-                        PsiDone::Count(n)
-                    } else {
-                        PsiDone::Nothing
-                    }
-                })
-        };
-        self.sessions
-            .lock()
-            .map_err(|_| anyhow!("lock"))?
-            .remove(&session);
+        let outcome = self.in_session(session, &b.nodes, |rx| {
+            if sum {
+                self.psi_sum_rounds(&mut link, &b, me, session, &items, rx)
+            } else {
+                self.psi_rounds(&mut link, &b.nodes, me, session, &items.keys, rx)
+                    .map(|n| {
+                        if me == 0 {
+                            PsiDone::Count(n)
+                        } else {
+                            PsiDone::Nothing
+                        }
+                    })
+            }
+        })?;
         let done = match outcome {
             Ok(d) => d,
-            Err(why) => {
-                tracing::warn!(target: "kexin::node", "PSI aborted: {why}");
-                let seq = self
-                    .node
-                    .audit_joint(&req, "psi", &session, &trace, JointDecision::Aborted(why))
-                    .ok();
-                return link.send_json(&FromNode::Aborted {
-                    rule: why.into(),
-                    audit_seq: seq,
-                });
-            }
+            Err(why) => return self.abort(&mut link, &req, "psi", &session, &trace, why),
         };
         let result = match done {
             PsiDone::Nothing => {
@@ -759,24 +762,7 @@ impl NodeServer {
             sender: me as u16,
             payload,
         };
-        let next =
-            |inbox: &mut kexin_mpc::message::Inbox| -> std::result::Result<Vec<u8>, &'static str> {
-                match rx.recv_timeout(t) {
-                    Ok(Inbound::Message(bytes)) => {
-                        Ok(inbox.accept(&bytes).map_err(mpc_rule)?.payload)
-                    }
-                    Ok(Inbound::Violation(why)) => Err(why),
-                    Err(_) => Err("a party timed out or disconnected"),
-                }
-            };
-        let points = |p: &[u8]| -> std::result::Result<Vec<[u8; 32]>, &'static str> {
-            if !p.len().is_multiple_of(32) {
-                return Err("a party sent a malformed message");
-            }
-            Ok(p.chunks_exact(32)
-                .map(|c| c.try_into().unwrap_or([0; 32]))
-                .collect())
-        };
+        let next = |inbox: &mut kexin_mpc::message::Inbox| next_payload(&rx, inbox, t);
         if me == 0 {
             let mine = party.blind(&items.keys).map_err(mpc_rule)?;
             peer.send(MPC, &msg(0, mine.concat()).encode())
@@ -871,18 +857,13 @@ impl NodeServer {
         session: [u8; 32],
     ) -> std::result::Result<(Link, kexin_mpc::message::Inbox), &'static str> {
         let t = self.cfg.round_timeout();
-        link.send_json(&FromNode::Ready {
-            plan: "psi".into(),
-            len: 0,
-        })
-        .map_err(|_| "the researcher went away")?;
-        link.set_timeout(self.compute_allowance())
-            .map_err(|_| "transport")?;
-        match link.recv_json::<ToNode>() {
-            Ok(ToNode::Go) => {}
-            Ok(ToNode::Cancel) => return Err("the researcher cancelled (the other node refused)"),
-            _ => return Err("no start signal from the researcher"),
-        }
+        self.await_go(
+            link,
+            &FromNode::Ready {
+                plan: "psi".into(),
+                len: 0,
+            },
+        )?;
         let other = 1 - me;
         let addr = self
             .cfg
@@ -922,25 +903,7 @@ impl NodeServer {
         };
         peer.send(MPC, &msg(0, &mine).encode())
             .map_err(|_| "the peer node went away")?;
-        let next = |inbox: &mut Inbox| -> std::result::Result<Vec<[u8; 32]>, &'static str> {
-            let bytes = match rx.recv_timeout(t) {
-                Ok(Inbound::Message(b)) => b,
-                Ok(Inbound::Violation(why)) => return Err(why),
-                Err(_) => return Err("a party timed out or disconnected"),
-            };
-            let m = inbox.accept(&bytes).map_err(mpc_rule)?;
-            if !m.payload.len().is_multiple_of(32) {
-                return Err("a party sent a malformed message");
-            }
-            Ok(m.payload
-                .chunks_exact(32)
-                .map(|c| {
-                    let mut b = [0u8; 32];
-                    b.copy_from_slice(c);
-                    b
-                })
-                .collect())
-        };
+        let next = |inbox: &mut Inbox| points(&next_payload(&rx, inbox, t)?);
         let theirs = next(&mut inbox)?;
         let reblinded = party.reblind(&theirs).map_err(mpc_rule)?;
         peer.send(MPC, &msg(1, &reblinded).encode())
@@ -951,6 +914,34 @@ impl NodeServer {
         }
         Ok(intersection_size(&mine_double, &reblinded))
     }
+}
+
+/// The next message of a two-party exchange (checked by `inbox`), or why
+/// the round aborts.
+fn next_payload(
+    rx: &Receiver<Inbound>,
+    inbox: &mut kexin_mpc::message::Inbox,
+    t: Duration,
+) -> std::result::Result<Vec<u8>, &'static str> {
+    match rx.recv_timeout(t) {
+        Ok(Inbound::Message(bytes)) => Ok(inbox.accept(&bytes).map_err(mpc_rule)?.payload),
+        Ok(Inbound::Violation(why)) => Err(why),
+        Err(_) => Err("a party timed out or disconnected"),
+    }
+}
+
+/// A payload of 32-byte points.
+fn points(p: &[u8]) -> std::result::Result<Vec<[u8; 32]>, &'static str> {
+    if !p.len().is_multiple_of(32) {
+        return Err("a party sent a malformed message");
+    }
+    Ok(p.chunks_exact(32)
+        .map(|c| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(c);
+            b
+        })
+        .collect())
 }
 
 fn mpc_rule(e: kexin_mpc::Error) -> &'static str {
@@ -1135,27 +1126,98 @@ pub fn federate(
         rule: None,
         explanation: vec![],
         session,
-        nodes: nodes
-            .iter()
-            .map(|n| NodeReport {
-                node: n.clone(),
-                decision: "unreachable".into(),
-                audit_seq: None,
-                rule: None,
-            })
-            .collect(),
+        nodes: reports(nodes),
     };
-    let mut links: Vec<Option<Link>> = connect_all(space, &cfg, key, nodes)
+    // Every node must have computed the same plan.
+    let agree = |plans: &[(String, usize)]| plans.windows(2).all(|w| w[0] == w[1]);
+    let done = match converse(
+        space,
+        &cfg,
+        key,
+        ToNode::Federate(env),
+        &mut out.nodes,
+        agree,
+    ) {
+        Answer::Finished(done) => done,
+        Answer::Stopped { status, code, rule } => {
+            (out.status, out.code, out.rule) = (status, Some(code), Some(rule));
+            return Ok(out);
+        }
+    };
+    let released: Vec<&JointRows> = done
+        .iter()
+        .filter_map(|r| match r {
+            Ok(FromNode::Released { result, .. }) => Some(result),
+            _ => None,
+        })
+        .collect();
+    let consistent = released.windows(2).all(|w| w[0].digest() == w[1].digest());
+    if released.len() == nodes.len() && consistent {
+        let r = released[0].clone();
+        out.status = "released".into();
+        out.columns = r.columns;
+        out.rows = r.rows;
+        out.accuracy = r.accuracy;
+        out.suppressed_groups = r.suppressed_groups;
+        out.explanation = r.explanation;
+    } else {
+        out.code = Some(Code::FedAbort.as_str().into());
+        out.rule = Some(abort_rule(&out.nodes));
+    }
+    Ok(out)
+}
+
+/// Every node, before it answers.
+fn reports(nodes: &[String]) -> Vec<NodeReport> {
+    nodes
+        .iter()
+        .map(|n| NodeReport {
+            node: n.clone(),
+            decision: "unreachable".into(),
+            audit_seq: None,
+            rule: None,
+        })
+        .collect()
+}
+
+/// How the nodes answered a signed request.
+enum Answer {
+    /// Every node was ready and their plans agreed; Go was sent. Each
+    /// node's final reply, in node order.
+    Finished(Vec<Result<FromNode>>),
+    /// Nothing started (the ready nodes were cancelled): `refused` with the
+    /// first refusal's code and rule, else `aborted`.
+    Stopped {
+        status: String,
+        code: String,
+        rule: String,
+    },
+}
+
+/// The researcher's side of a joint computation: send `request` to every
+/// node (in parallel), collect Ready or refusals into `reports`, then send
+/// Go to all, or Cancel to the ready ones when a node refused, did not
+/// answer, or `agree` rejects the plans (digest, vector length).
+fn converse(
+    space: &Space,
+    cfg: &FedConfig,
+    key: &SigningKey,
+    request: ToNode,
+    reports: &mut [NodeReport],
+    agree: impl Fn(&[(String, usize)]) -> bool,
+) -> Answer {
+    let nodes: Vec<String> = reports.iter().map(|r| r.node.clone()).collect();
+    let mut links: Vec<Option<Link>> = connect_all(space, cfg, key, &nodes)
         .into_iter()
         .map(Result::ok)
         .collect();
-    // The partials run the query: allow the node's execution deadline.
+    // The nodes run their part first: allow the node's execution deadline.
     let compute = Duration::from_secs(space.limits.timeout_seconds) + cfg.round_timeout();
-    let ready = exchange(&mut links, &ToNode::Federate(env), compute);
+    let ready = exchange(&mut links, &request, compute);
     let mut plans = Vec::new();
     let mut refused: Option<(String, String)> = None;
     for (i, r) in ready.iter().enumerate() {
-        let rep = &mut out.nodes[i];
+        let rep = &mut reports[i];
         match r {
             Ok(FromNode::Ready { plan, len }) => {
                 rep.decision = "ready".into();
@@ -1175,59 +1237,41 @@ pub fn federate(
         }
     }
     let all_ready = plans.len() == nodes.len();
-    let agree = plans.windows(2).all(|w| w[0] == w[1]);
-    if !all_ready || !agree {
-        for l in links.iter_mut().flatten() {
-            let _ = l.send_json(&ToNode::Cancel);
-        }
-        // The nodes that were ready audit the cancellation; collect it.
-        let done = exchange_replies(&mut links, cfg.round_timeout());
-        record(&mut out.nodes, &done);
-        match refused {
-            Some((code, rule)) => {
-                out.status = "refused".into();
-                out.code = Some(code);
-                out.rule = Some(rule);
-            }
-            None => {
-                out.code = Some(Code::FedAbort.as_str().into());
-                out.rule = Some(if all_ready {
-                    "the nodes computed different plans (their policies differ)".into()
-                } else {
-                    "a node is unreachable or did not answer".into()
-                });
-            }
-        }
-        return Ok(out);
+    if all_ready && agree(&plans) {
+        let done = exchange(&mut links, &ToNode::Go, cfg.round_timeout() * 4);
+        record(reports, &done);
+        return Answer::Finished(done);
     }
-    let done = exchange(&mut links, &ToNode::Go, cfg.round_timeout() * 4);
-    record(&mut out.nodes, &done);
-    let released: Vec<&JointRows> = done
+    for l in links.iter_mut().flatten() {
+        let _ = l.send_json(&ToNode::Cancel);
+    }
+    // The nodes that were ready audit the cancellation; collect it.
+    let done = exchange_replies(&mut links, cfg.round_timeout());
+    record(reports, &done);
+    match refused {
+        Some((code, rule)) => Answer::Stopped {
+            status: "refused".into(),
+            code,
+            rule,
+        },
+        None => Answer::Stopped {
+            status: "aborted".into(),
+            code: Code::FedAbort.as_str().into(),
+            rule: if all_ready {
+                "the nodes computed different plans (their policies differ)".into()
+            } else {
+                "a node is unreachable or did not answer".into()
+            },
+        },
+    }
+}
+
+/// Why a round that started released nothing: the first node's rule.
+fn abort_rule(reports: &[NodeReport]) -> String {
+    reports
         .iter()
-        .filter_map(|r| match r {
-            Ok(FromNode::Released { result, .. }) => Some(result),
-            _ => None,
-        })
-        .collect();
-    let consistent = released.windows(2).all(|w| w[0].digest() == w[1].digest());
-    if released.len() == nodes.len() && consistent {
-        let r = released[0].clone();
-        out.status = "released".into();
-        out.columns = r.columns;
-        out.rows = r.rows;
-        out.accuracy = r.accuracy;
-        out.suppressed_groups = r.suppressed_groups;
-        out.explanation = r.explanation;
-    } else {
-        out.code = Some(Code::FedAbort.as_str().into());
-        out.rule = Some(
-            out.nodes
-                .iter()
-                .find_map(|n| n.rule.clone())
-                .unwrap_or_else(|| "a node went away before releasing".into()),
-        );
-    }
-    Ok(out)
+        .find_map(|n| n.rule.clone())
+        .unwrap_or_else(|| "a node went away before releasing".into())
 }
 
 /// Read one reply from every still-open link.
@@ -1316,61 +1360,15 @@ pub fn psi(
         code: None,
         rule: None,
         session: hex::encode(session_id(tag::PSI, &env)?),
-        nodes: nodes
-            .iter()
-            .map(|n| NodeReport {
-                node: n.clone(),
-                decision: "unreachable".into(),
-                audit_seq: None,
-                rule: None,
-            })
-            .collect(),
+        nodes: reports(nodes),
     };
-    let mut links: Vec<Option<Link>> = connect_all(space, &cfg, key, nodes)
-        .into_iter()
-        .map(Result::ok)
-        .collect();
-    let compute = Duration::from_secs(space.limits.timeout_seconds) + cfg.round_timeout();
-    let ready = exchange(&mut links, &ToNode::Psi(env), compute);
-    let mut all_ready = true;
-    for (i, r) in ready.iter().enumerate() {
-        match r {
-            Ok(FromNode::Ready { .. }) => out.nodes[i].decision = "ready".into(),
-            Ok(FromNode::Refused {
-                code,
-                rule,
-                audit_seq,
-            }) => {
-                all_ready = false;
-                out.nodes[i].decision = "refused".into();
-                out.nodes[i].audit_seq = *audit_seq;
-                out.nodes[i].rule = Some(rule.clone());
-                if out.code.is_none() {
-                    out.status = "refused".into();
-                    out.code = Some(code.clone());
-                    out.rule = Some(rule.clone());
-                }
-            }
-            _ => {
-                all_ready = false;
-                links[i] = None;
-            }
+    let done = match converse(space, &cfg, key, ToNode::Psi(env), &mut out.nodes, |_| true) {
+        Answer::Finished(done) => done,
+        Answer::Stopped { status, code, rule } => {
+            (out.status, out.code, out.rule) = (status, Some(code), Some(rule));
+            return Ok(out);
         }
-    }
-    if !all_ready {
-        for l in links.iter_mut().flatten() {
-            let _ = l.send_json(&ToNode::Cancel);
-        }
-        let done = exchange_replies(&mut links, cfg.round_timeout());
-        record(&mut out.nodes, &done);
-        if out.code.is_none() {
-            out.code = Some(Code::FedAbort.as_str().into());
-            out.rule = Some("a node is unreachable or did not answer".into());
-        }
-        return Ok(out);
-    }
-    let done = exchange(&mut links, &ToNode::Go, cfg.round_timeout() * 4);
-    record(&mut out.nodes, &done);
+    };
     let released = |i: usize| match done.get(i) {
         Some(Ok(FromNode::PsiResult { result, .. })) => Some(result.clone()),
         _ => None,
@@ -1387,12 +1385,7 @@ pub fn psi(
         out.sum = second;
     } else {
         out.code = Some(Code::FedAbort.as_str().into());
-        out.rule = Some(
-            out.nodes
-                .iter()
-                .find_map(|n| n.rule.clone())
-                .unwrap_or_else(|| "a node went away before releasing".into()),
-        );
+        out.rule = Some(abort_rule(&out.nodes));
     }
     Ok(out)
 }

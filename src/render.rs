@@ -25,29 +25,33 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// A header line and one line per row.
+fn csv(columns: &[String], rows: &[Vec<Cell>]) -> String {
+    let mut out = columns
+        .iter()
+        .map(|c| csv_field(c))
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push('\n');
+    for r in rows {
+        out.push_str(
+            &r.iter()
+                .map(|c| csv_field(&text(c)))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        out.push('\n');
+    }
+    out
+}
+
 pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
     Ok(match format {
         Format::Json => format!("{}\n", serde_json::to_string(o)?),
         Format::Csv => {
             let mut out = String::new();
             if o.status == Status::Released {
-                out.push_str(
-                    &o.columns
-                        .iter()
-                        .map(|c| csv_field(c))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                out.push('\n');
-                for r in &o.rows {
-                    out.push_str(
-                        &r.iter()
-                            .map(|c| csv_field(&text(c)))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    );
-                    out.push('\n');
-                }
+                out.push_str(&csv(&o.columns, &o.rows));
             } else {
                 eprintln!(
                     "{}: {}",
@@ -97,9 +101,7 @@ type AccuracyRows = Vec<Vec<Option<kexin_engine::dp::Accuracy>>>;
 /// Rows as an aligned text table; DP values show their 95% interval.
 fn grid(columns: &[String], rows: &[Vec<Cell>], accuracy: Option<&AccuracyRows>) -> String {
     let mut out = String::new();
-    let o = Grid { columns, rows };
-    let cells: Vec<Vec<String>> = o
-        .rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -114,8 +116,7 @@ fn grid(columns: &[String], rows: &[Vec<Cell>], accuracy: Option<&AccuracyRows>)
                 .collect()
         })
         .collect();
-    let widths: Vec<usize> = o
-        .columns
+    let widths: Vec<usize> = columns
         .iter()
         .enumerate()
         .map(|(i, c)| {
@@ -134,7 +135,7 @@ fn grid(columns: &[String], rows: &[Vec<Cell>], accuracy: Option<&AccuracyRows>)
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    out.push_str(&line(o.columns.iter().map(String::as_str).collect()));
+    out.push_str(&line(columns.iter().map(String::as_str).collect()));
     out.push('\n');
     out.push_str(
         &widths
@@ -151,11 +152,6 @@ fn grid(columns: &[String], rows: &[Vec<Cell>], accuracy: Option<&AccuracyRows>)
     out
 }
 
-struct Grid<'a> {
-    columns: &'a [String],
-    rows: &'a [Vec<Cell>],
-}
-
 /// A federated outcome.
 pub fn federated(o: &crate::federation::FederatedOutcome, format: Format) -> Result<String> {
     Ok(match format {
@@ -163,23 +159,7 @@ pub fn federated(o: &crate::federation::FederatedOutcome, format: Format) -> Res
         Format::Csv => {
             let mut out = String::new();
             if o.status == "released" {
-                out.push_str(
-                    &o.columns
-                        .iter()
-                        .map(|c| csv_field(c))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                out.push('\n');
-                for r in &o.rows {
-                    out.push_str(
-                        &r.iter()
-                            .map(|c| csv_field(&text(c)))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    );
-                    out.push('\n');
-                }
+                out.push_str(&csv(&o.columns, &o.rows));
             } else {
                 eprintln!(
                     "{}: {}",

@@ -143,6 +143,23 @@ impl Federation {
         (out.status.code().unwrap_or(-1), v)
     }
 
+    /// `kexin psi` as alice between h1 and h2 under `joint-diabetes-dp`.
+    fn psi(&self, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "psi",
+            "--space",
+            path(&self.dir),
+            "--scene",
+            "joint-diabetes-dp",
+            "--as",
+            "alice",
+            "--nodes",
+            "h1,h2",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(BIN).args(args).output().expect("run psi")
+    }
+
     /// The node's audit entries (as JSON).
     fn audit(&self, node: &str) -> Vec<Value> {
         let out = Command::new(BIN)
@@ -582,22 +599,7 @@ fn misbehaving_parties_abort_the_round_with_no_release() {
 #[test]
 fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
     let mut f = Federation::new(3, 3, &["h1", "h2"]);
-    let out = Command::new(BIN)
-        .args([
-            "psi",
-            "--space",
-            path(&f.dir),
-            "--scene",
-            "joint-diabetes-dp",
-            "--as",
-            "alice",
-            "--nodes",
-            "h1,h2",
-            "--format",
-            "json",
-        ])
-        .output()
-        .expect("psi");
+    let out = f.psi(&["--format", "json"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -620,26 +622,7 @@ fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
 
     // --mode sum: h2's heights summed over the persons both hold, against
     // the plaintext join of the two files.
-    let out = Command::new(BIN)
-        .args([
-            "psi",
-            "--space",
-            path(&f.dir),
-            "--scene",
-            "joint-diabetes-dp",
-            "--as",
-            "alice",
-            "--nodes",
-            "h1,h2",
-            "--mode",
-            "sum",
-            "--column",
-            "height_cm",
-            "--format",
-            "json",
-        ])
-        .output()
-        .expect("psi sum");
+    let out = f.psi(&["--mode", "sum", "--column", "height_cm", "--format", "json"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -674,26 +657,7 @@ fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
         assert_eq!(f.entry(n, session)["epsilon"], 0.5);
     }
     // A column without bounds is refused before any point moves.
-    let out = Command::new(BIN)
-        .args([
-            "psi",
-            "--space",
-            path(&f.dir),
-            "--scene",
-            "joint-diabetes-dp",
-            "--as",
-            "alice",
-            "--nodes",
-            "h1,h2",
-            "--mode",
-            "sum",
-            "--column",
-            "region",
-            "--format",
-            "json",
-        ])
-        .output()
-        .expect("psi sum");
+    let out = f.psi(&["--mode", "sum", "--column", "region", "--format", "json"]);
     assert_eq!(out.status.code(), Some(3));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["code"], "KX-DP-BOUNDS");
@@ -744,22 +708,7 @@ fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
         sunk.join().expect("sink");
         drop(link);
     });
-    let out = Command::new(BIN)
-        .args([
-            "psi",
-            "--space",
-            path(&f.dir),
-            "--scene",
-            "joint-diabetes-dp",
-            "--as",
-            "alice",
-            "--nodes",
-            "h1,h2",
-            "--format",
-            "json",
-        ])
-        .output()
-        .expect("psi");
+    let out = f.psi(&["--format", "json"]);
     stop.store(true, Ordering::SeqCst);
     assert_eq!(
         out.status.code(),

@@ -711,10 +711,12 @@ impl Mechanism {
         // each thread takes every `threads`-th bucket, counts distinct
         // (person, group) pairs by sorting, and sums the other totals.
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let m = self.args.len();
+        let mids: Vec<i64> = self.args.iter().map(ArgSpec::qmid).collect();
         let parts: Vec<Vec<Vec<i128>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
-                    let ids = &ids;
+                    let (ids, mids) = (&ids, &mids);
                     scope.spawn(move || {
                         let mut totals = vec![vec![0i128; self.stats.len()]; n];
                         let mut pairs: Vec<(u64, u32)> = Vec::new();
@@ -727,7 +729,8 @@ impl Mechanism {
                                 {
                                     let g = ids[gid as usize];
                                     pairs.push((person, g));
-                                    self.add_row(&mut totals[g as usize], rows, r, nulls);
+                                    let vals = &rows.vals[r * m..(r + 1) * m];
+                                    self.add_row(&mut totals[g as usize], vals, nulls, mids);
                                 }
                             }
                             pairs.sort_unstable();
@@ -758,19 +761,19 @@ impl Mechanism {
         Ok(keys.into_iter().zip(totals).collect())
     }
 
-    /// One kept row's contribution to every total but the person count.
-    fn add_row(&self, t: &mut [i128], rows: &Rows, r: usize, nulls: u32) {
-        let m = self.args.len();
-        let vals = &rows.vals[r * m..(r + 1) * m];
+    /// One kept row's contribution to every total but the person count
+    /// (`mids`: each argument's midpoint in quanta, computed once by the
+    /// caller).
+    fn add_row(&self, t: &mut [i128], vals: &[i64], nulls: u32, mids: &[i64]) {
         for (si, st) in self.stats.iter().enumerate() {
             let present = |i: usize| nulls & (1 << i) == 0;
             match *st {
                 Stat::Rows => t[si] += 1,
                 Stat::Count(i) if present(i) => t[si] += 1,
                 Stat::Sum(i) if present(i) => t[si] += i128::from(vals[i]),
-                Stat::CSum(i) if present(i) => t[si] += i128::from(vals[i] - self.args[i].qmid()),
+                Stat::CSum(i) if present(i) => t[si] += i128::from(vals[i] - mids[i]),
                 Stat::CSumSq(i) if present(i) => {
-                    let c = i128::from(vals[i] - self.args[i].qmid());
+                    let c = i128::from(vals[i] - mids[i]);
                     t[si] += c * c
                 }
                 _ => {}
@@ -820,31 +823,13 @@ impl Mechanism {
                 let e = s * l + j;
                 let t = &mut totals[table.gid[e] as usize];
                 let used = table.used[e] as usize;
-                for (si, st) in self.stats.iter().enumerate() {
-                    match *st {
-                        Stat::Persons => t[si] += 1,
-                        Stat::Rows => t[si] += used as i128,
-                        _ => {}
-                    }
+                if let Some(si) = self.stats.iter().position(|s| *s == Stat::Persons) {
+                    t[si] += 1;
                 }
                 for r in 0..used {
                     let at = e * k + r;
-                    let nulls = table.nulls[at];
                     let vals = &table.vals[at * m..(at + 1) * m];
-                    for (si, st) in self.stats.iter().enumerate() {
-                        match *st {
-                            Stat::Count(i) if nulls & (1 << i) == 0 => t[si] += 1,
-                            Stat::Sum(i) if nulls & (1 << i) == 0 => t[si] += i128::from(vals[i]),
-                            Stat::CSum(i) if nulls & (1 << i) == 0 => {
-                                t[si] += i128::from(vals[i] - mids[i])
-                            }
-                            Stat::CSumSq(i) if nulls & (1 << i) == 0 => {
-                                let c = i128::from(vals[i] - mids[i]);
-                                t[si] += c * c
-                            }
-                            _ => {}
-                        }
-                    }
+                    self.add_row(t, vals, table.nulls[at], &mids);
                 }
             }
         }
