@@ -37,6 +37,7 @@ fn space() -> (PathBuf, Option<tempfile::TempDir>) {
             seed: 1,
             csv: false,
             quiet: true,
+            fhe_keys: false,
         },
     )
     .expect("generate");

@@ -343,6 +343,8 @@ fn federation_step(space: &Arc<Space>, dir: &Path, number: usize) -> Result<bool
     println!(
         "-- {number}. Federation: three hospitals run `kexin node`; a researcher asks all three at once"
     );
+    // Node servers pin the individuals certified when they start.
+    let people = members::simulated_contributors(space, 1000, "wearable-steps")?;
     for (i, l) in listeners.into_iter().enumerate() {
         let name = format!("h{}", i + 1);
         println!(
@@ -391,7 +393,109 @@ fn federation_step(space: &Arc<Space>, dir: &Path, number: usize) -> Result<bool
         .as_ref()
         .is_some_and(|r| r.interval[0] - 20.0 <= 300.0 && 300.0 <= r.interval[1] + 20.0);
     println!();
+    ok &= fhe_step(space, &alice, &nodes, number + 1)?;
+    ok &= contribution_step(space, &alice, &people, number + 2)?;
     Ok(ok)
+}
+
+/// The FHE-gated joint query: the threshold is applied to encrypted totals.
+fn fhe_step(
+    space: &Arc<Space>,
+    alice: &ed25519_dalek::SigningKey,
+    nodes: &[String],
+    number: usize,
+) -> Result<bool> {
+    use crate::federation;
+    let d = space.dir.display();
+    println!(
+        "-- {number}. FHE-gated release: h1 adds the three hospitals' encrypted totals and applies min_persons under TFHE; only h3 (the key holder) decrypts, and only the gated totals"
+    );
+    println!("   kexin fhe keygen --space {d} --node h3");
+    let node_key = members::load_key(&space.dir, "node-h3", None)?;
+    let g = crate::fhe::keygen(space, "h3", &node_key)?;
+    println!(
+        "   h3's compact public key {} KB and server key {} MB published with its signed statement ({:.1} s)",
+        g.public_key_bytes >> 10,
+        g.server_key_bytes >> 20,
+        g.seconds
+    );
+    let sql = "SELECT sex, COUNT(DISTINCT id_card) AS patients, AVG(height_cm) AS mean_height FROM patients WHERE age >= 90 GROUP BY sex";
+    println!(
+        "   kexin federate --space {d} --scene joint-diabetes-fhe --as alice --nodes h1,h2,h3 \"{sql}\""
+    );
+    let t = std::time::Instant::now();
+    let out = federation::federate(space, "alice", alice, "joint-diabetes-fhe", nodes, sql)?;
+    print!("{}", crate::render::federated(&out, crate::Format::Table)?);
+    println!(
+        "   ({:.1} s, almost all of it TFHE at h1)\n",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(out.status == "released" && !out.rows.is_empty())
+}
+
+/// 1,000 simulated individuals contribute a histogram entry each (Prio3);
+/// a collection before the batch is full is refused, after it released.
+fn contribution_step(
+    space: &Arc<Space>,
+    alice: &ed25519_dalek::SigningKey,
+    people: &[(String, ed25519_dalek::SigningKey)],
+    number: usize,
+) -> Result<bool> {
+    use rayon::prelude::*;
+    let d = space.dir.display();
+    println!(
+        "-- {number}. Individuals contribute: 1,000 wearable users each send their step band as two Prio3 shares (h1, h2) with a validity proof"
+    );
+    println!(
+        "   kexin collect --space {d} --scene wearable-steps --as alice   # before anyone contributed"
+    );
+    let early = crate::contribute::collect(space, "alice", alice, "wearable-steps")?;
+    print!(
+        "{}",
+        crate::render::collection(&early, crate::Format::Table)?
+    );
+    let bands = ["<2k", "2k-5k", "5k-8k", "8k-12k", ">=12k"];
+    // A skewed but known distribution: person i picks band by i mod 20.
+    let band = |i: usize| match i % 20 {
+        0..=1 => 0,
+        2..=6 => 1,
+        7..=13 => 2,
+        14..=17 => 3,
+        _ => 4,
+    };
+    println!(
+        "   kexin contribute --space {d} --as {} --scene wearable-steps --value \"{}\"   # and 999 more",
+        people[0].0,
+        bands[band(0)]
+    );
+    let t = std::time::Instant::now();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(8).build()?;
+    let accepted = pool.install(|| {
+        people
+            .par_iter()
+            .enumerate()
+            .map(|(i, (name, key))| {
+                crate::contribute::contribute(space, name, key, "wearable-steps", bands[band(i)])
+                    .map(|o| usize::from(o.status == "accepted"))
+            })
+            .sum::<Result<usize>>()
+    })?;
+    println!(
+        "   {accepted} of {} contributions accepted by both aggregators ({:.1} s; each audited without its value)",
+        people.len(),
+        t.elapsed().as_secs_f64()
+    );
+    println!("   kexin collect --space {d} --scene wearable-steps --as alice");
+    let out = crate::contribute::collect(space, "alice", alice, "wearable-steps")?;
+    print!("{}", crate::render::collection(&out, crate::Format::Table)?);
+    let mut expected = [0i64; 5];
+    for i in 0..people.len() {
+        expected[band(i)] += 1;
+    }
+    println!();
+    Ok(early.code.as_deref() == Some("KX-BATCH")
+        && accepted == people.len()
+        && out.result.as_ref().is_some_and(|r| r.values == expected))
 }
 
 pub fn run(keep: Option<PathBuf>) -> Result<u8> {
@@ -415,6 +519,7 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
             seed: 2027,
             csv: false,
             quiet: true,
+            fhe_keys: false,
         },
     )?;
     println!("   {p} patient records, {a} admissions, {l} lab results; policy in space.toml\n");

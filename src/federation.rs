@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
 use kexin_engine::federated::{
     FederateBody, JointDecision, JointRows, JointTrace, PsiBody, session_id,
 };
@@ -93,11 +94,11 @@ impl FedConfig {
         Ok(cfg)
     }
 
-    fn round_timeout(&self) -> Duration {
+    pub(crate) fn round_timeout(&self) -> Duration {
         Duration::from_secs(self.round_timeout_seconds)
     }
 
-    fn addr(&self, node: &str) -> Result<&NodeAddr> {
+    pub(crate) fn addr(&self, node: &str) -> Result<&NodeAddr> {
         self.node
             .get(node)
             .ok_or_else(|| anyhow!("federation.toml has no node {node:?}"))
@@ -113,11 +114,17 @@ pub fn pins(space: &Space) -> Result<Pins> {
             pins.insert(&m.name, &cert.body.role, &key);
         }
     }
+    // Individuals connect to contribute (`kexin contribute`).
+    for p in view.individuals()? {
+        if let Ok((key, cert)) = view.member_key(&p) {
+            pins.insert(&p, &cert.body.role, &key);
+        }
+    }
     Ok(pins)
 }
 
 /// The certified key of a node's member identity.
-fn node_key(space: &Space, cfg: &FedConfig, node: &str) -> Result<VerifyingKey> {
+pub(crate) fn node_key(space: &Space, cfg: &FedConfig, node: &str) -> Result<VerifyingKey> {
     let a = cfg.addr(node)?;
     let view = kexin_engine::registry::View::open(space)?;
     let (key, cert) = view
@@ -145,6 +152,10 @@ pub enum ToNode {
     Go,
     Cancel,
     Psi(Signed<PsiBody>),
+    /// An individual's report for this aggregator.
+    Contribute(Signed<ContributionBody>),
+    /// A researcher collects a contribution scene's open batch.
+    Collect(Signed<CollectBody>),
 }
 
 /// Node → researcher.
@@ -174,6 +185,15 @@ pub enum FromNode {
     },
     /// The PSI party that supplied its blinded set and releases nothing.
     Done {
+        audit_seq: u64,
+    },
+    /// A contribution stored in the open batch.
+    Accepted {
+        audit_seq: u64,
+    },
+    /// A collected batch.
+    Collected {
+        result: BatchResult,
         audit_seq: u64,
     },
 }
@@ -214,6 +234,8 @@ pub struct NodeServer {
     pins: Pins,
     rt: tokio::runtime::Runtime,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
+    /// The FHE aggregator's server key (by key holder), read once.
+    fhe: Mutex<Option<(String, Arc<kexin_mpc::fhe::Aggregator>)>>,
 }
 
 #[derive(Debug)]
@@ -253,6 +275,7 @@ impl NodeServer {
             pins,
             rt,
             sessions: Mutex::new(HashMap::new()),
+            fhe: Mutex::new(None),
         })
     }
 
@@ -300,6 +323,8 @@ impl NodeServer {
         match msg {
             ToNode::Federate(env) => self.federate(link, &member, env),
             ToNode::Psi(env) => self.psi(link, &member, env),
+            ToNode::Contribute(env) => self.contribute(link, &member, env),
+            ToNode::Collect(env) => self.collect(link, &member, env),
             _ => bail!("unexpected control message"),
         }
     }
@@ -414,8 +439,14 @@ impl NodeServer {
                 );
             }
         };
-        let outcome = self.in_session(session, &b.nodes, |rx| {
-            self.rounds(&mut link, &b.nodes, me, session, &plan, &input, rx)
+        let gate = self
+            .space
+            .scenes
+            .get(&b.scene)
+            .and_then(|s| s.fhe_gate.clone());
+        let outcome = self.in_session(session, &b.nodes, |rx| match &gate {
+            Some(g) => self.fhe_rounds(&mut link, &b.nodes, me, session, &plan, &input, g, rx),
+            None => self.rounds(&mut link, &b.nodes, me, session, &plan, &input, rx),
         })?;
         match outcome {
             Ok(rows) => {
@@ -557,6 +588,446 @@ impl NodeServer {
         let values = agg.opened(2, &values_at).map_err(mpc_rule)?;
         plan.release(&passing, &values, parties)
             .map_err(|_| "the opened totals do not form a result")
+    }
+}
+
+// ---------------------------------------------------------------- Prio3
+
+impl NodeServer {
+    /// An individual's report: stored in the open batch, or refused.
+    fn contribute(
+        &self,
+        mut link: Link,
+        member: &str,
+        env: Signed<ContributionBody>,
+    ) -> Result<()> {
+        if member != env.body.person {
+            return link.send_json(&FromNode::Refused {
+                code: OTHER_SIGNER.code.as_str().into(),
+                rule: OTHER_SIGNER.rule.into(),
+                audit_seq: None,
+            });
+        }
+        match self.node.accept_contribution(&env) {
+            Ok(seq) => link.send_json(&FromNode::Accepted { audit_seq: seq }),
+            Err(e) => {
+                let r = e.as_refusal();
+                link.send_json(&FromNode::Refused {
+                    code: r.code.as_str().into(),
+                    rule: r.rule.into(),
+                    audit_seq: None,
+                })
+            }
+        }
+    }
+
+    /// A researcher's collection: both aggregators verify the open batch's
+    /// proofs together and open its sum, if the batch is large enough.
+    fn collect(&self, mut link: Link, member: &str, env: Signed<CollectBody>) -> Result<()> {
+        let session = session_id(tag::COLLECT, &env)?;
+        let stop = |link: &mut Link, code: Code, rule: &str| -> Result<()> {
+            let seq = self
+                .node
+                .audit_collection(&env, &session, &[], Err((code, rule)))
+                .ok();
+            if code == Code::FedAbort {
+                link.send_json(&FromNode::Aborted {
+                    rule: rule.into(),
+                    audit_seq: seq,
+                })
+            } else {
+                link.send_json(&FromNode::Refused {
+                    code: code.as_str().into(),
+                    rule: rule.into(),
+                    audit_seq: seq,
+                })
+            }
+        };
+        if member != env.body.member {
+            return stop(&mut link, OTHER_SIGNER.code, OTHER_SIGNER.rule);
+        }
+        let me = match self.node.authenticate_collect(&env) {
+            Ok(i) => i,
+            Err(e) => {
+                let r = e.as_refusal();
+                return stop(&mut link, r.code, r.rule);
+            }
+        };
+        let reports = match self.node.open_batch(&env.body.scene) {
+            Ok(r) => r,
+            Err(e) => {
+                let r = e.as_refusal();
+                return stop(&mut link, r.code, r.rule);
+            }
+        };
+        let outcome = self.in_session(session, &env.body.nodes, |rx| {
+            self.collect_rounds(&mut link, &env, me, session, reports, rx)
+        })?;
+        match outcome {
+            Ok((result, used)) => {
+                let seq = self
+                    .node
+                    .audit_collection(&env, &session, &used, Ok(&result))?;
+                link.send_json(&FromNode::Collected {
+                    result,
+                    audit_seq: seq,
+                })
+            }
+            Err((code, rule)) => stop(&mut link, code, rule),
+        }
+    }
+
+    /// Ready, Go, then three rounds between the two aggregators:
+    /// 0: a random verify-key contribution and the reports held;
+    /// 1: verifier shares of the common reports;
+    /// 2: aggregate shares (with noise shares under DP).
+    fn collect_rounds(
+        &self,
+        link: &mut Link,
+        env: &Signed<CollectBody>,
+        me: usize,
+        session: [u8; 32],
+        reports: Vec<(String, kexin_mpc::prio3::Stored)>,
+        rx: Receiver<Inbound>,
+    ) -> std::result::Result<(BatchResult, Vec<String>), (Code, &'static str)> {
+        use kexin_engine::contribution as kc;
+        use kexin_mpc::prio3::{Batch, verify_key};
+        let abort = |why: &'static str| (Code::FedAbort, why);
+        let b = &env.body;
+        let (_, c, _) = self.node.contribution_scene(&b.scene).map_err(|e| {
+            let r = e.as_refusal();
+            (r.code, r.rule)
+        })?;
+        let c = c.clone();
+        let t = self.cfg.round_timeout();
+        self.await_go(
+            link,
+            &FromNode::Ready {
+                plan: "collect".into(),
+                len: 0,
+            },
+        )
+        .map_err(abort)?;
+        let other = 1 - me;
+        let mut links = self.peer_links(&b.nodes, &[other]).map_err(abort)?;
+        let mut inbox =
+            kexin_mpc::message::Inbox::new(session, &[other as u16], crate::net::MAX_FRAME);
+        let msg = |round: u32, payload: Vec<u8>| Message {
+            session,
+            round,
+            sender: me as u16,
+            payload,
+        };
+        // Round 0: 32 random bytes, then the report nonces held (hex, one
+        // per line).
+        let mut r = [0u8; 32];
+        getrandom::fill(&mut r).map_err(|_| abort("no randomness"))?;
+        let mut p0 = r.to_vec();
+        p0.extend_from_slice(
+            reports
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+                .as_bytes(),
+        );
+        send(&mut links, other as u16, &msg(0, p0)).map_err(abort)?;
+        let theirs = next_payload(&rx, &mut inbox, t).map_err(abort)?;
+        let (their_r, their_ids) = theirs
+            .split_at_checked(32)
+            .ok_or(abort("the peer sent a malformed message"))?;
+        let their_r: [u8; 32] = their_r
+            .try_into()
+            .map_err(|_| abort("the peer sent a malformed message"))?;
+        let their_ids: std::collections::HashSet<&str> = std::str::from_utf8(their_ids)
+            .map_err(|_| abort("the peer sent a malformed message"))?
+            .split('\n')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let key = if me == 0 {
+            verify_key(&r, &their_r)
+        } else {
+            verify_key(&their_r, &r)
+        };
+        // The common reports, in the leader's order.
+        let mut common: Vec<(String, kexin_mpc::prio3::Stored)> = reports
+            .into_iter()
+            .filter(|(id, _)| their_ids.contains(id.as_str()))
+            .collect();
+        if me == 1 {
+            let leader: Vec<&str> = std::str::from_utf8(&theirs[32..])
+                .unwrap_or_default()
+                .split('\n')
+                .collect();
+            let order: HashMap<&str, usize> =
+                leader.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+            common.sort_by_key(|(id, _)| order.get(id.as_str()).copied().unwrap_or(usize::MAX));
+        }
+        let under = (Code::Batch, "the batch is under the scene's minimum size");
+        if common.len() < c.min_batch {
+            return Err(under);
+        }
+        let ids: Vec<String> = common.iter().map(|(id, _)| id.clone()).collect();
+        let vdaf = kc::vdaf(&c).map_err(|_| abort("the scene's measure"))?;
+        let mut batch = Batch::new(
+            vdaf,
+            me,
+            &kc::context(&self.space.name, &b.scene),
+            key,
+            common.into_iter().map(|(_, s)| s).collect(),
+        )
+        .map_err(|_| abort("the batch"))?;
+        let shares = batch.verifier_shares().map_err(|_| abort("verification"))?;
+        send(&mut links, other as u16, &msg(1, shares)).map_err(abort)?;
+        let theirs = next_payload(&rx, &mut inbox, t * 2).map_err(abort)?;
+        let verdict = batch
+            .combine(&theirs)
+            .map_err(|_| abort("the peer sent malformed verifier shares"))?;
+        if verdict.accepted < c.min_batch {
+            return Err(under);
+        }
+        let noise = kc::noise_share(&c).map_err(|_| abort("noise"))?;
+        let mine = batch
+            .aggregate_share(&noise)
+            .map_err(|_| abort("aggregation"))?;
+        send(&mut links, other as u16, &msg(2, mine.clone())).map_err(abort)?;
+        let theirs = next_payload(&rx, &mut inbox, t).map_err(abort)?;
+        let values = batch
+            .open(&mine, &theirs)
+            .map_err(|_| abort("the peer sent a malformed aggregate share"))?;
+        // Every verified report closes with the batch, valid or not: a
+        // rejected one is not retried in the next batch.
+        let used = ids;
+        let (kind, labels) = match &c.kind {
+            kexin_engine::policy::ContributionKind::Sum { .. } => ("sum", vec!["sum".to_string()]),
+            kexin_engine::policy::ContributionKind::Histogram { buckets } => {
+                ("histogram", buckets.clone())
+            }
+        };
+        let dp = c.epsilon;
+        let mut explanation = vec![format!(
+            "Prio3 ({}) over the two aggregators {} and {}: each saw one share of every report; the validity proofs were checked on shares and only the batch total was opened",
+            kind, b.nodes[0], b.nodes[1]
+        )];
+        explanation.push(format!(
+            "released because the batch holds at least {} valid reports",
+            c.min_batch
+        ));
+        if let Some(eps) = dp {
+            explanation.push(format!(
+                "differential privacy: each aggregator added a share of discrete Laplace noise (ε = {eps} for the batch); report counts are withheld"
+            ));
+        }
+        let result = BatchResult {
+            scene: b.scene.clone(),
+            kind: kind.into(),
+            labels,
+            values: values.iter().map(|v| *v as i64).collect(),
+            reports: dp.is_none().then_some(verdict.accepted),
+            rejected: dp.is_none().then_some(verdict.rejected),
+            epsilon: dp,
+            half_width_95: dp.map(|e| kc::half_width(&c, e)),
+            explanation,
+        };
+        Ok((result, used))
+    }
+}
+
+// ---------------------------------------------------------------- FHE gate
+
+/// How long the FHE aggregator may take for `totals` joint totals on 2
+/// cores: about 12 ms per 2-bit block to expand and sanitize each
+/// contribution (up to 32 blocks per total and party), carry propagation,
+/// and the gate (0.3 s per 32-bit compare and select). Generous: the round
+/// aborts only past it.
+pub(crate) fn fhe_allowance(totals: usize) -> Duration {
+    Duration::from_secs(30) + Duration::from_secs(6) * totals as u32
+}
+
+/// What the key holder tells every node: per cell, `None` (suppressed) or
+/// the joint totals.
+type Opened = Vec<Option<Vec<i64>>>;
+
+impl NodeServer {
+    /// Links to the named peers for one session.
+    fn peer_links(
+        &self,
+        nodes: &[String],
+        to: &[usize],
+    ) -> std::result::Result<BTreeMap<u16, Link>, &'static str> {
+        let t = self.cfg.round_timeout();
+        let mut links = BTreeMap::new();
+        for &j in to {
+            let n = &nodes[j];
+            let addr = self.cfg.addr(n).map_err(|_| "a peer has no address")?;
+            let key =
+                node_key(&self.space, &self.cfg, n).map_err(|_| "a peer has no certified key")?;
+            let l = Link::connect(&addr.address, &self.me, &key, t)
+                .map_err(|_| "a peer node is unreachable")?;
+            links.insert(j as u16, l);
+        }
+        Ok(links)
+    }
+
+    /// The aggregator's server key, read and checked once per key holder.
+    fn fhe_aggregator(
+        &self,
+        holder: &str,
+    ) -> std::result::Result<Arc<kexin_mpc::fhe::Aggregator>, &'static str> {
+        let mut cache = self.fhe.lock().map_err(|_| "lock")?;
+        if let Some((h, a)) = cache.as_ref()
+            && h == holder
+        {
+            return Ok(Arc::clone(a));
+        }
+        let key = node_key(&self.space, &self.cfg, holder)
+            .map_err(|_| "the key holder has no certified key")?;
+        let a = Arc::new(
+            crate::fhe::aggregator(&self.space, &key, holder)
+                .map_err(|_| "the key holder's server key is missing, oversized or not verified")?,
+        );
+        *cache = Some((holder.to_string(), Arc::clone(&a)));
+        Ok(a)
+    }
+
+    /// The FHE-gated rounds. Every node encrypts its partial totals under
+    /// the key holder's compact public key and sends them to the
+    /// aggregator (round 0); the aggregator adds them and gates every cell
+    /// under encryption, and sends the gated outputs to the key holder
+    /// (round 1); the key holder decrypts them and sends the released
+    /// cells to every other node (round 2). No node sees a suppressed
+    /// cell's count.
+    #[allow(clippy::too_many_arguments)]
+    fn fhe_rounds(
+        &self,
+        link: &mut Link,
+        nodes: &[String],
+        me: usize,
+        session: [u8; 32],
+        plan: &kexin_engine::federated::JointPlan,
+        input: &[i128],
+        gate: &kexin_engine::policy::FheGate,
+        rx: Receiver<Inbound>,
+    ) -> std::result::Result<JointRows, &'static str> {
+        use kexin_mpc::fhe::Layout;
+        let t = self.cfg.round_timeout();
+        let pos = |n: &str| nodes.iter().position(|x| x == n);
+        let agg = pos(&gate.aggregator).ok_or("the FHE aggregator is not a party")?;
+        let kh = pos(&gate.key_holder).ok_or("the FHE key holder is not a party")?;
+        let (cells, stats, count_at, k) = plan
+            .gate_shape()
+            .map_err(|_| "the plan cannot be gated under FHE")?;
+        let layout = Layout::new(cells, stats, count_at)
+            .map_err(|_| "too many cells and totals to gate under FHE")?;
+        let holder_key = node_key(&self.space, &self.cfg, &gate.key_holder)
+            .map_err(|_| "the key holder has no certified key")?;
+        let enc = crate::fhe::encryptor(&self.space, &holder_key, &gate.key_holder)
+            .map_err(|_| "the key holder's public key is missing or not verified")?;
+        let mine = enc
+            .encrypt(&layout, input, nodes.len())
+            .map_err(|_| "a partial total is out of range for the FHE gate")?;
+        let k = u32::try_from(k).map_err(|_| "the threshold is out of range")?;
+        self.await_go(
+            link,
+            &FromNode::Ready {
+                plan: plan.digest.clone(),
+                len: plan.len(),
+            },
+        )?;
+        let msg = |round: u32, payload: Vec<u8>| Message {
+            session,
+            round,
+            sender: me as u16,
+            payload,
+        };
+        let others: Vec<usize> = (0..nodes.len()).filter(|j| *j != me).collect();
+        let schedule: Vec<(u16, Vec<u32>)> = if me == agg {
+            others
+                .iter()
+                .map(|&j| (j as u16, if j == kh { vec![0, 2] } else { vec![0] }))
+                .collect()
+        } else if me == kh {
+            vec![(agg as u16, vec![1])]
+        } else {
+            vec![(kh as u16, vec![2])]
+        };
+        let mut inbox =
+            kexin_mpc::message::Inbox::scheduled(session, &schedule, crate::net::MAX_FRAME);
+        // The aggregator's work grows with the totals (expansion, carries,
+        // the gate): the others wait that long for its result.
+        let wait = t + fhe_allowance(layout.len());
+        // The aggregator links to the key holder only once it has the
+        // gated outputs: a link idle for longer than a round is closed.
+        let mut links = if me == agg {
+            BTreeMap::new()
+        } else {
+            self.peer_links(nodes, &[agg])?
+        };
+        let opened: Opened = if me == agg {
+            let aggregator = self.fhe_aggregator(&gate.key_holder)?;
+            let mut all = vec![mine];
+            for _ in 0..others.len() {
+                all.push(next_payload(&rx, &mut inbox, t)?);
+            }
+            let totals = aggregator.sum(&layout, &all).map_err(mpc_rule)?;
+            tracing::info!(
+                target: "kexin::node",
+                "FHE gate: {} unchecked additions, {} carry propagations, {} cells",
+                totals.stats.unchecked_adds,
+                totals.stats.propagations,
+                layout.cells
+            );
+            let gated = aggregator.gate(totals, k).map_err(mpc_rule)?;
+            links = self.peer_links(nodes, &[kh])?;
+            send(&mut links, kh as u16, &msg(1, gated))?;
+            let result = next_payload(&rx, &mut inbox, wait)?;
+            serde_json::from_slice(&result).map_err(|_| "the key holder sent a malformed result")?
+        } else if me == kh {
+            send(&mut links, agg as u16, &msg(0, mine))?;
+            let gated = next_payload(&rx, &mut inbox, wait)?;
+            let holder = crate::fhe::key_holder(&self.space.dir, &gate.key_holder)
+                .map_err(|_| "the key holder's secret key is unavailable")?;
+            let opened: Opened = holder
+                .open(&layout, &gated)
+                .map_err(mpc_rule)?
+                .into_iter()
+                .map(|c| c.map(|v| v.into_iter().map(|x| x as i64).collect()))
+                .collect();
+            let bytes = serde_json::to_vec(&opened).map_err(|_| "encoding")?;
+            // Fresh links: the ones of round 0 idled while h1 computed.
+            links = self.peer_links(nodes, &others)?;
+            for &j in &others {
+                send(&mut links, j as u16, &msg(2, bytes.clone()))?;
+            }
+            opened
+        } else {
+            send(&mut links, agg as u16, &msg(0, mine))?;
+            let result = next_payload(&rx, &mut inbox, wait)?;
+            serde_json::from_slice(&result).map_err(|_| "the key holder sent a malformed result")?
+        };
+        if opened.len() != cells || opened.iter().flatten().any(|v| v.len() != stats) {
+            return Err("the key holder sent a result of the wrong shape");
+        }
+        let passing: Vec<usize> = (0..cells).filter(|c| opened[*c].is_some()).collect();
+        let values: Vec<i128> = opened
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|v| i128::from(*v))
+            .collect();
+        let mut rows = plan
+            .release(&passing, &values, nodes.len())
+            .map_err(|_| "the opened totals do not form a result")?;
+        if let Some(first) = rows.explanation.first_mut() {
+            *first = format!(
+                "joint result of {} nodes under an FHE gate: each node encrypted its partial totals under {}'s TFHE public key; {} added them and applied the person threshold under encryption; {} decrypted only the gated totals (suppressed cells decrypt to zero)",
+                nodes.len(),
+                gate.key_holder,
+                gate.aggregator,
+                gate.key_holder
+            );
+        }
+        Ok(rows)
     }
 }
 
@@ -954,6 +1425,9 @@ fn mpc_rule(e: kexin_mpc::Error) -> &'static str {
         E::Malformed(_) => "a party sent a malformed message",
         E::Unexpected(_) => "a party sent a replayed, reordered or foreign message",
         E::Timeout => "a party timed out or disconnected",
+        E::Fhe(_) => {
+            "an FHE object was refused (size limit, conformance, or outputs that were not gated)"
+        }
         _ => "the protocol failed",
     }
 }
@@ -1043,7 +1517,7 @@ impl FederatedOutcome {
 }
 
 /// A researcher's connection to each node, opened in parallel.
-fn connect_all(
+pub(crate) fn connect_all(
     space: &Space,
     cfg: &FedConfig,
     me: &SigningKey,
@@ -1130,6 +1604,12 @@ pub fn federate(
     };
     // Every node must have computed the same plan.
     let agree = |plans: &[(String, usize)]| plans.windows(2).all(|w| w[0] == w[1]);
+    // An FHE-gated scene's rounds take seconds per total (see fhe_allowance).
+    let go_wait = space
+        .scenes
+        .get(scene)
+        .filter(|s| s.fhe_gate.is_some())
+        .map(|_| cfg.round_timeout() * 4 + fhe_allowance(kexin_mpc::fhe::limit::MAX_VALUES));
     let done = match converse(
         space,
         &cfg,
@@ -1137,6 +1617,7 @@ pub fn federate(
         ToNode::Federate(env),
         &mut out.nodes,
         agree,
+        go_wait,
     ) {
         Answer::Finished(done) => done,
         Answer::Stopped { status, code, rule } => {
@@ -1168,7 +1649,7 @@ pub fn federate(
 }
 
 /// Every node, before it answers.
-fn reports(nodes: &[String]) -> Vec<NodeReport> {
+pub(crate) fn reports(nodes: &[String]) -> Vec<NodeReport> {
     nodes
         .iter()
         .map(|n| NodeReport {
@@ -1181,7 +1662,7 @@ fn reports(nodes: &[String]) -> Vec<NodeReport> {
 }
 
 /// How the nodes answered a signed request.
-enum Answer {
+pub(crate) enum Answer {
     /// Every node was ready and their plans agreed; Go was sent. Each
     /// node's final reply, in node order.
     Finished(Vec<Result<FromNode>>),
@@ -1198,13 +1679,14 @@ enum Answer {
 /// node (in parallel), collect Ready or refusals into `reports`, then send
 /// Go to all, or Cancel to the ready ones when a node refused, did not
 /// answer, or `agree` rejects the plans (digest, vector length).
-fn converse(
+pub(crate) fn converse(
     space: &Space,
     cfg: &FedConfig,
     key: &SigningKey,
     request: ToNode,
     reports: &mut [NodeReport],
     agree: impl Fn(&[(String, usize)]) -> bool,
+    go_wait: Option<Duration>,
 ) -> Answer {
     let nodes: Vec<String> = reports.iter().map(|r| r.node.clone()).collect();
     let mut links: Vec<Option<Link>> = connect_all(space, cfg, key, &nodes)
@@ -1238,7 +1720,8 @@ fn converse(
     }
     let all_ready = plans.len() == nodes.len();
     if all_ready && agree(&plans) {
-        let done = exchange(&mut links, &ToNode::Go, cfg.round_timeout() * 4);
+        let wait = go_wait.unwrap_or(cfg.round_timeout() * 4);
+        let done = exchange(&mut links, &ToNode::Go, wait);
         record(reports, &done);
         return Answer::Finished(done);
     }
@@ -1267,7 +1750,7 @@ fn converse(
 }
 
 /// Why a round that started released nothing: the first node's rule.
-fn abort_rule(reports: &[NodeReport]) -> String {
+pub(crate) fn abort_rule(reports: &[NodeReport]) -> String {
     reports
         .iter()
         .find_map(|n| n.rule.clone())
@@ -1292,10 +1775,19 @@ fn record(nodes: &mut [NodeReport], replies: &[Result<FromNode>]) {
             Ok(
                 FromNode::Released { audit_seq, .. }
                 | FromNode::PsiResult { audit_seq, .. }
-                | FromNode::Done { audit_seq },
+                | FromNode::Done { audit_seq }
+                | FromNode::Accepted { audit_seq }
+                | FromNode::Collected { audit_seq, .. },
             ) => {
                 rep.decision = "released".into();
                 rep.audit_seq = Some(*audit_seq);
+            }
+            Ok(FromNode::Refused {
+                rule, audit_seq, ..
+            }) => {
+                rep.decision = "refused".into();
+                rep.audit_seq = *audit_seq;
+                rep.rule = Some(rule.clone());
             }
             Ok(FromNode::Aborted { rule, audit_seq }) => {
                 rep.decision = "aborted".into();
@@ -1362,7 +1854,15 @@ pub fn psi(
         session: hex::encode(session_id(tag::PSI, &env)?),
         nodes: reports(nodes),
     };
-    let done = match converse(space, &cfg, key, ToNode::Psi(env), &mut out.nodes, |_| true) {
+    let done = match converse(
+        space,
+        &cfg,
+        key,
+        ToNode::Psi(env),
+        &mut out.nodes,
+        |_| true,
+        None,
+    ) {
         Answer::Finished(done) => done,
         Answer::Stopped { status, code, rule } => {
             (out.status, out.code, out.rule) = (status, Some(code), Some(rule));

@@ -7,11 +7,15 @@
 //! | [`synth`] | `kexin gen`: deterministic synthetic multi-hospital data and an example policy |
 //! | [`members`] | key files; signing queries, certificates, consent receipts, contract and airlock actions; the example space's governance |
 //! | [`render`] | table, JSON and CSV output of a query outcome |
+//! | [`fhe`] | the FHE key holder's key files: generate, publish, read back verified |
+//! | [`contribute`] | `kexin contribute` (an individual's Prio3 report) and `kexin collect` (a researcher's batch) |
 //! | [`demo`] | `kexin demo`: allowed, suppressed and refused queries on a small space |
 #![forbid(unsafe_code)]
 
+pub mod contribute;
 pub mod demo;
 pub mod federation;
+pub mod fhe;
 pub mod members;
 pub mod net;
 pub mod render;

@@ -33,6 +33,23 @@ enum PsiMode {
 }
 
 #[derive(Subcommand, Debug)]
+enum FheAction {
+    /// Generate the node's TFHE keys: the secret key stays in
+    /// `<space>/fhe/<node>/client.key`; the compact public key and server
+    /// key are published next to it with the node's signed statement.
+    Keygen {
+        #[arg(long)]
+        space: PathBuf,
+        /// The key-holder node (as named in federation.toml).
+        #[arg(long)]
+        node: String,
+        /// The node member's key file (default `<space>/keys/node-<node>.key`).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Generate a deterministic synthetic multi-hospital data space.
     Gen {
@@ -145,6 +162,45 @@ enum Command {
         column: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// An individual contributes a value to a scene's joint statistic
+    /// (Prio3): one share to each of the scene's two aggregators, with a
+    /// validity proof; neither aggregator sees the value.
+    Contribute {
+        #[arg(long)]
+        space: PathBuf,
+        /// The contributing individual (needs a current grant for the scene).
+        #[arg(long = "as")]
+        person: String,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        scene: String,
+        /// A whole number in the scene's range (sum scenes), or one of the
+        /// scene's bucket labels (histogram scenes).
+        #[arg(long)]
+        value: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// A researcher collects a contribution scene's open batch: released
+    /// only when at least `min_batch` valid reports are in it.
+    Collect {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        scene: String,
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// FHE keys of a key-holder node (the release gate of FHE-gated scenes).
+    Fhe {
+        #[command(subcommand)]
+        action: FheAction,
     },
     /// Member identities: key files and operator-issued certificates.
     Id {
@@ -325,6 +381,7 @@ fn run(cli: Cli) -> Result<u8> {
                     seed,
                     csv,
                     quiet: false,
+                    fhe_keys: true,
                 },
             )?;
             println!(
@@ -377,6 +434,57 @@ fn run(cli: Cli) -> Result<u8> {
             let out = out?;
             print!("{}", render::federated(&out, format)?);
             Ok(u8::try_from(out.exit_status()).unwrap_or(1))
+        }
+        Command::Contribute {
+            space,
+            person,
+            key,
+            scene,
+            value,
+            format,
+        } => {
+            let space = Space::load(&space)?;
+            let signing = kexin::members::load_key(&space.dir, &person, key.as_deref())?;
+            let out = kexin::contribute::contribute(&space, &person, &signing, &scene, &value)?;
+            print!("{}", render::contribution(&out, format)?);
+            Ok(u8::try_from(out.exit_status()).unwrap_or(1))
+        }
+        Command::Collect {
+            space,
+            scene,
+            actor,
+            key,
+            format,
+        } => {
+            let space = Space::load(&space)?;
+            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
+            let spinner = waiting("aggregators checking the reports' proofs on shares");
+            let out = kexin::contribute::collect(&space, &actor, &signing, &scene);
+            spinner.finish_and_clear();
+            let out = out?;
+            print!("{}", render::collection(&out, format)?);
+            Ok(u8::try_from(out.exit_status()).unwrap_or(1))
+        }
+        Command::Fhe {
+            action: FheAction::Keygen { space, node, key },
+        } => {
+            let space = Space::load(&space)?;
+            let cfg = kexin::federation::FedConfig::load(&space.dir)?;
+            let member = cfg
+                .node
+                .get(&node)
+                .map(|a| a.member.clone())
+                .ok_or_else(|| anyhow::anyhow!("federation.toml has no node {node:?}"))?;
+            let signing = kexin::members::load_key(&space.dir, &member, key.as_deref())?;
+            let spinner = waiting("generating TFHE keys (the server key takes a few seconds)");
+            let g = kexin::fhe::keygen(&space, &node, &signing);
+            spinner.finish_and_clear();
+            let g = g?;
+            println!(
+                "node {}: FHE keys in {} (public key {} bytes, server key {} bytes, {:.1} s)",
+                g.node, g.dir, g.public_key_bytes, g.server_key_bytes, g.seconds
+            );
+            Ok(0)
         }
         Command::Psi {
             space,

@@ -439,3 +439,59 @@ pub async fn example_governance(
     }
     Ok(counts)
 }
+
+/// `n` simulated individuals (`w00000` …) for contribution demos and
+/// tests: certified by the operator and bound to synthetic ID numbers of a
+/// region the generated hospitals never use (110101, so they match no
+/// patient), each with a grant for `scene`. Their keys stay in memory.
+/// Node servers pin individuals when they start, so run this first.
+pub fn simulated_contributors(
+    space: &Arc<Space>,
+    n: usize,
+    scene: &str,
+) -> Result<Vec<(String, SigningKey)>> {
+    let operator = load_key(&space.dir, "operator", None)?;
+    let mut registry = Registry::open(Arc::clone(space))?;
+    let mut people = Vec::with_capacity(n);
+    let mut certs = Vec::with_capacity(n);
+    let mut grants = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("w{i:05}");
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let key = SigningKey::from_bytes(&seed);
+        let first17 = format!("110101{:04}0101{:03}", 1950 + i / 1000, i % 1000);
+        let check = identity::gb11643_check(&first17)
+            .ok_or_else(|| anyhow::anyhow!("ID number check digit"))?;
+        let id = IdCardNumber::parse(&format!("{first17}{check}"))
+            .ok_or_else(|| anyhow::anyhow!("synthetic ID number"))?;
+        certs.push(certificate(
+            space,
+            &registry,
+            &operator,
+            &Issue {
+                member: &name,
+                role: "individual",
+                org: "",
+                public_key: key.verifying_key(),
+                id_number: Some(&id),
+                real_name_verified: true,
+                valid_to: "2030-12-31",
+            },
+        )?);
+        grants.push(receipt(
+            space,
+            &name,
+            &key,
+            scene,
+            "grant",
+            None,
+            vec![],
+            None,
+        )?);
+        people.push((name, key));
+    }
+    registry.issue_many(certs)?;
+    registry.record_many(grants)?;
+    Ok(people)
+}

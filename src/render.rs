@@ -261,3 +261,98 @@ pub fn psi(o: &crate::federation::PsiOutcome, format: Format) -> Result<String> 
         }
     })
 }
+
+/// `kexin contribute`.
+pub fn contribution(o: &crate::contribute::ContributeOutcome, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string(o)?),
+        Format::Csv | Format::Table => {
+            let mut out = match o.status.as_str() {
+                "accepted" => format!(
+                    "accepted: report {} under {} (each aggregator holds one share; the value is not stored anywhere in the clear)\n",
+                    o.report, o.scene
+                ),
+                s => format!(
+                    "{s}: {} — {}\n",
+                    o.code.as_deref().unwrap_or(""),
+                    o.rule.as_deref().unwrap_or("")
+                ),
+            };
+            for n in &o.nodes {
+                out.push_str(&format!(
+                    "  {}: {}{}\n",
+                    n.node,
+                    n.decision,
+                    n.audit_seq
+                        .map(|s| format!(" (audit #{s})"))
+                        .unwrap_or_default()
+                ));
+            }
+            out
+        }
+    })
+}
+
+/// `kexin collect`.
+pub fn collection(o: &crate::contribute::CollectOutcome, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string(o)?),
+        Format::Csv => {
+            let mut out = String::from("label,value\n");
+            if let Some(r) = &o.result {
+                for (l, v) in r.labels.iter().zip(&r.values) {
+                    out.push_str(&format!("{},{v}\n", csv_field(l)));
+                }
+            }
+            out
+        }
+        Format::Table => {
+            let mut out = String::new();
+            match &o.result {
+                Some(r) => {
+                    let w = r
+                        .labels
+                        .iter()
+                        .map(|l| l.chars().count())
+                        .max()
+                        .unwrap_or(5);
+                    for (l, v) in r.labels.iter().zip(&r.values) {
+                        out.push_str(&format!("{l:<w$}  {v}\n"));
+                    }
+                    if let Some(n) = r.reports {
+                        out.push_str(&format!(
+                            "{n} valid report(s), {} rejected\n",
+                            r.rejected.unwrap_or(0)
+                        ));
+                    }
+                    if let (Some(e), Some(h)) = (r.epsilon, r.half_width_95) {
+                        out.push_str(&format!(
+                            "ε = {e}; 95% of values within ±{h:.1} of the truth\n"
+                        ));
+                    }
+                    for e in &r.explanation {
+                        out.push_str(&format!("  · {e}\n"));
+                    }
+                }
+                None => out.push_str(&format!(
+                    "{}: {} — {}\n",
+                    o.status,
+                    o.code.as_deref().unwrap_or(""),
+                    o.rule.as_deref().unwrap_or("")
+                )),
+            }
+            out.push_str(&format!("session {}\n", o.session));
+            for n in &o.nodes {
+                out.push_str(&format!(
+                    "  {}: {}{}\n",
+                    n.node,
+                    n.decision,
+                    n.audit_seq
+                        .map(|s| format!(" (audit #{s})"))
+                        .unwrap_or_default()
+                ));
+            }
+            out
+        }
+    })
+}

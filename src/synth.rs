@@ -31,6 +31,9 @@ pub struct GenOptions {
     pub seed: u64,
     pub csv: bool,
     pub quiet: bool,
+    /// Generate the FHE key holder's keys (a few seconds) when the policy
+    /// has an FHE-gated scene; `kexin fhe keygen` does it later otherwise.
+    pub fhe_keys: bool,
 }
 
 /// Hubei county-level codes (GB/T 2260) with rough population weights.
@@ -507,6 +510,7 @@ pub fn generate(out: &Path, opts: &GenOptions) -> Result<(u64, u64, u64)> {
         .map(|i| person(opts.seed, i).id_card)
         .collect();
     let space = std::sync::Arc::new(kexin_engine::policy::Space::load(out)?);
+    let fhe_space = std::sync::Arc::clone(&space);
     // Its own thread and runtime: callers may already be inside one.
     let counts = std::thread::scope(|s| {
         s.spawn(|| {
@@ -520,6 +524,26 @@ pub fn generate(out: &Path, opts: &GenOptions) -> Result<(u64, u64, u64)> {
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("governance setup panicked")))
     })?;
+    // The FHE-gated scene's key holder (the last hospital) publishes its
+    // keys; existing keys are kept.
+    let holder = fhe_space
+        .scenes
+        .values()
+        .find_map(|s| s.fhe_gate.as_ref().map(|g| g.key_holder.clone()));
+    if let Some(h) = holder
+        && opts.fhe_keys
+        && !crate::fhe::exists(out, &h)
+    {
+        let key = crate::members::load_key(out, &format!("node-{h}"), None)?;
+        let g = crate::fhe::keygen(&fhe_space, &h, &key)?;
+        if !opts.quiet {
+            println!(
+                "FHE keys of {h} (key holder of joint-diabetes-fhe): server key {} MB, {:.1} s",
+                g.server_key_bytes >> 20,
+                g.seconds
+            );
+        }
+    }
     if !opts.quiet {
         println!(
             "identities: {} individuals bound to ID numbers; {} granted the consent scenes ({} since revoked, {} expired); {} agreed contracts",
@@ -738,7 +762,7 @@ federated = true
 output    = {{ min_persons = 10, decimals = 1 }}
 privacy   = {{ epsilon_total = 5.0, epsilon_per_query = 0.5, delta = 1e-6, rows_per_person = 4, groups_per_person = 1 }}
 
-# An expired scene: every query under it is refused.
+{fhe_scene}{contribution_scenes}# An expired scene: every query under it is refused.
 [scene.flu-2024]
 purpose   = "DUO:0000007"
 disease   = "J10"
@@ -746,7 +770,70 @@ requester = "org:whu-med"
 datasets  = ["admissions"]
 valid     = ["2024-01-01", "2024-12-31"]
 "#,
-        nodes = nodes.join(", ")
+        nodes = nodes.join(", "),
+        fhe_scene = fhe_scene(hospitals),
+        contribution_scenes = contribution_scenes(hospitals),
+    )
+}
+
+/// With two or more hospitals: scenes individuals contribute to (h1 and
+/// h2 aggregate).
+fn contribution_scenes(hospitals: usize) -> String {
+    if hospitals < 2 {
+        return String::new();
+    }
+    r#"# Individuals contribute their own values (`kexin contribute`, Prio3): a
+# wearable's typical daily steps as one of five bands. Each report is split
+# into a share for h1 and one for h2 with a validity proof; neither sees the
+# band. `kexin collect` releases the counts per band once at least
+# min_batch valid reports are in. Only persons with a grant contribute.
+[scene.wearable-steps]
+purpose   = "DUO:0000007"
+disease   = "E11"
+requester = "org:whu-med"
+datasets  = []
+valid     = ["2026-01-01", "2030-12-31"]
+contract  = "none"
+contribution = { kind = "histogram", buckets = ["<2k", "2k-5k", "5k-8k", "8k-12k", ">=12k"], min_batch = 100, aggregators = ["h1", "h2"] }
+
+# The same for a self-reported HbA1c (mmol/mol, 0..=200), released as a
+# sum with discrete Laplace noise (each aggregator adds a share).
+[scene.hba1c-self-report]
+purpose   = "DUO:0000007"
+disease   = "E11"
+requester = "org:whu-med"
+datasets  = []
+valid     = ["2026-01-01", "2030-12-31"]
+contract  = "none"
+contribution = { kind = "sum", max = 200, min_batch = 50, aggregators = ["h1", "h2"], epsilon = 1.0 }
+
+"#
+    .to_string()
+}
+
+/// With three or more hospitals: the exact joint scene with the release
+/// gate under FHE (h1 aggregates, the last hospital holds the key).
+fn fhe_scene(hospitals: usize) -> String {
+    if hospitals < 3 {
+        return String::new();
+    }
+    format!(
+        r#"# The exact joint scene with the release gate under FHE: each node
+# encrypts its partial totals under h{hospitals}'s TFHE public key; h1 adds them
+# and applies min_persons under encryption; h{hospitals} decrypts only the gated
+# totals (suppressed cells decrypt to zero). No node sees a small count.
+# Keys: `kexin fhe keygen --node h{hospitals}` (kexin gen runs it).
+[scene.joint-diabetes-fhe]
+purpose   = "DUO:0000007"
+disease   = "E11"
+requester = "org:whu-med"
+datasets  = ["patients", "admissions", "labs"]
+valid     = ["2026-01-01", "2030-12-31"]
+federated = true
+fhe_gate  = {{ aggregator = "h1", key_holder = "h{hospitals}" }}
+output    = {{ min_persons = 10, round_to = 1, decimals = 2 }}
+
+"#
     )
 }
 

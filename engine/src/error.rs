@@ -110,6 +110,13 @@ pub enum Code {
     /// A federated round ended with no release: a party dropped out, timed
     /// out, or sent a malformed, replayed or invalid message.
     FedAbort,
+    /// An individual's contribution refused: no current grant for the
+    /// scene, a value outside its range, a malformed report, or a second
+    /// contribution to the open batch.
+    Contribution,
+    /// A contribution batch under the scene's minimum size: nothing is
+    /// released.
+    Batch,
 }
 
 impl Code {
@@ -161,6 +168,8 @@ impl Code {
             Code::Internal => "KX-INTERNAL",
             Code::Federation => "KX-FED",
             Code::FedAbort => "KX-FED-ABORT",
+            Code::Contribution => "KX-CONTRIB",
+            Code::Batch => "KX-BATCH",
         }
     }
 
@@ -178,6 +187,8 @@ impl Code {
             | Code::UdfOutput => 4,
             Code::Scene
             | Code::Federation
+            | Code::Contribution
+            | Code::Batch
             | Code::DpBudget
             | Code::Auth
             | Code::Consent
@@ -266,6 +277,14 @@ impl Error {
 
     /// The refusal to show a researcher for this error: refusals as they are,
     /// everything else as a fixed internal code.
+    /// The code and rule of a refusal; `None` for internal errors.
+    pub fn as_refusal_parts(&self) -> Option<(Code, &'static str)> {
+        match self {
+            Error::Refused(r) => Some((r.code, r.rule)),
+            _ => None,
+        }
+    }
+
     pub fn as_refusal(&self) -> Refusal {
         match self {
             Error::Refused(r) => *r,

@@ -143,6 +143,29 @@ impl JointPlan {
             .collect()
     }
 
+    /// For the FHE gate: (cells, totals per cell, position of the person
+    /// count within a cell, threshold). Exact plans only.
+    pub fn gate_shape(&self) -> Result<(usize, usize, usize, u64)> {
+        let persons = self
+            .mechanism
+            .stats
+            .iter()
+            .position(|s| *s == Stat::Persons)
+            .ok_or_else(|| Error::internal("a joint plan without person counts"))?;
+        if !self.exact {
+            return Err(refusal(
+                Code::Federation,
+                "the FHE gate applies to exact scenes only",
+            ));
+        }
+        Ok((
+            self.cells.len(),
+            self.nstats(),
+            persons,
+            self.output.min_persons,
+        ))
+    }
+
     fn threshold(&self) -> f64 {
         if self.exact {
             self.output.min_persons as f64

@@ -124,6 +124,9 @@ pub mod tag {
     pub const REVIEW: &str = "kexin/airlock-decision/v1";
     pub const FEDERATE: &str = "kexin/federate-request/v1";
     pub const PSI: &str = "kexin/psi-request/v1";
+    pub const CONTRIBUTE: &str = "kexin/contribution/v1";
+    pub const COLLECT: &str = "kexin/collect-request/v1";
+    pub const FHE_KEYS: &str = "kexin/fhe-keys/v1";
 }
 
 fn message<T: Serialize>(tag: &str, body: &T) -> Result<Vec<u8>> {

@@ -20,6 +20,7 @@
 //! | [`udf`] | approved WebAssembly UDFs bound into a query as DataFusion functions |
 //! | [`identity`] | member key files, operator-signed certificates, signed requests, GB 11643 ID numbers |
 //! | [`consent`] | DUO purposes and their matching, consent receipts, the consent filter at the scan |
+//! | [`contribution`] | individuals' Prio3 reports at an aggregator: grants, storage, batches, audit |
 //! | [`registry`] | the space's registry: issued certificates and consent receipts (SQLite, audited) |
 //! | [`airlock`] | results held for data-holder review, signed approvals bound to the held bytes |
 //! | [`contract`] | data-use contracts between a holder and a requester, and their negotiation states |
@@ -49,6 +50,7 @@ pub mod audit;
 pub mod cells;
 pub mod consent;
 pub mod contract;
+pub mod contribution;
 pub mod disclosure;
 pub mod dp;
 pub mod error;

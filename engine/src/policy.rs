@@ -188,6 +188,12 @@ pub struct Scene {
     /// every node of the space). Two releases over node sets that differ by
     /// one node would reveal that node's totals.
     pub nodes: Vec<String>,
+    /// Federated exact scenes: the release gate is evaluated under FHE by
+    /// an aggregator node, and only a key-holder node decrypts what passes.
+    pub fhe_gate: Option<FheGate>,
+    /// Individuals contribute values under this scene (Prio3, two
+    /// aggregator nodes); researchers collect the batch's sum.
+    pub contribution: Option<Contribution>,
     pub output: OutputRules,
     pub privacy: Option<PrivacyRules>,
     /// Module digests approved in the policy file (`sha256:<hex>`, lower
@@ -211,6 +217,35 @@ impl Scene {
     pub fn valid_on(&self, today: &str) -> bool {
         self.valid_from.as_str() <= today && today <= self.valid_to.as_str()
     }
+}
+
+/// Who evaluates and who opens an FHE-gated release (node names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FheGate {
+    pub aggregator: String,
+    pub key_holder: String,
+}
+
+/// What an individual may contribute under a scene.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContributionKind {
+    /// A value in `0..=max` (integers); the batch's sum is released.
+    Sum { max: u64 },
+    /// One of the labelled buckets; the batch's count per bucket is released.
+    Histogram { buckets: Vec<String> },
+}
+
+/// Individuals' contributions (Prio3) under a scene.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub kind: ContributionKind,
+    /// A batch is released only with at least this many valid reports.
+    pub min_batch: usize,
+    /// The two aggregator nodes (leader first); they must not collude.
+    pub aggregators: [String; 2],
+    /// Discrete Laplace noise with this ε on each released batch (each
+    /// aggregator adds a share); `None` releases the exact sum.
+    pub epsilon: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -361,11 +396,31 @@ struct RawScene {
     #[serde(default)]
     federated: bool,
     nodes: Option<Vec<String>>,
+    fhe_gate: Option<RawFheGate>,
+    contribution: Option<RawContribution>,
     output: Option<RawOutput>,
     privacy: Option<RawPrivacy>,
     #[serde(default)]
     udfs: Vec<String>,
     udf_limits: Option<kexin_sandbox::CallLimitsOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFheGate {
+    aggregator: String,
+    key_holder: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContribution {
+    kind: String,
+    max: Option<u64>,
+    buckets: Option<Vec<String>>,
+    min_batch: Option<usize>,
+    aggregators: [String; 2],
+    epsilon: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -663,7 +718,7 @@ impl Space {
             if s.requester.trim().is_empty() {
                 return Err(err(at("requester"), "must not be empty".into()));
             }
-            if s.datasets.is_empty() {
+            if s.datasets.is_empty() && s.contribution.is_none() {
                 return Err(err(at("datasets"), "list at least one dataset".into()));
             }
             for d in &s.datasets {
@@ -731,6 +786,75 @@ impl Space {
                     "federated scenes release automatically (no node holds a joint result for review)".into(),
                 ));
             }
+            let fhe_gate = match s.fhe_gate {
+                None => None,
+                Some(g) => {
+                    if !s.federated || s.privacy.is_some() {
+                        return Err(err(
+                            at("fhe_gate"),
+                            "only federated scenes without DP gate under FHE".into(),
+                        ));
+                    }
+                    if g.aggregator == g.key_holder
+                        || !scene_nodes.contains(&g.aggregator)
+                        || !scene_nodes.contains(&g.key_holder)
+                    {
+                        return Err(err(
+                            at("fhe_gate"),
+                            "aggregator and key_holder must be two different nodes of the scene"
+                                .into(),
+                        ));
+                    }
+                    Some(FheGate {
+                        aggregator: g.aggregator,
+                        key_holder: g.key_holder,
+                    })
+                }
+            };
+            let contribution = match s.contribution {
+                None => None,
+                Some(c) => {
+                    let bad = |why: &str| err(at("contribution"), why.to_string());
+                    if s.federated {
+                        return Err(bad("a contribution scene is not a federated query scene"));
+                    }
+                    let kind = match (c.kind.as_str(), c.max, c.buckets) {
+                        ("sum", Some(max), None) if (1..=(1u64 << 40)).contains(&max) => {
+                            ContributionKind::Sum { max }
+                        }
+                        ("histogram", None, Some(b))
+                            if (2..=1024).contains(&b.len())
+                                && b.iter().collect::<BTreeSet<_>>().len() == b.len() =>
+                        {
+                            ContributionKind::Histogram { buckets: b }
+                        }
+                        _ => {
+                            return Err(bad(
+                                "expected kind = \"sum\" with max in 1..=2^40, or kind = \"histogram\" with 2..=1024 distinct buckets",
+                            ));
+                        }
+                    };
+                    let [a, b] = c.aggregators;
+                    if a == b || !raw.space.nodes.contains(&a) || !raw.space.nodes.contains(&b) {
+                        return Err(bad("aggregators must be two different nodes of the space"));
+                    }
+                    let min_batch = c.min_batch.unwrap_or(100);
+                    if !(2..=10_000_000).contains(&min_batch) {
+                        return Err(bad("min_batch must be 2..=10000000"));
+                    }
+                    if let Some(e) = c.epsilon
+                        && !(e.is_finite() && (1e-3..=100.0).contains(&e))
+                    {
+                        return Err(bad("epsilon must be in 0.001..=100"));
+                    }
+                    Some(Contribution {
+                        kind,
+                        min_batch,
+                        aggregators: [a, b],
+                        epsilon: c.epsilon,
+                    })
+                }
+            };
             let approvers = s.approvers.unwrap_or(1);
             if !(1..=2).contains(&approvers) {
                 return Err(err(at("approvers"), "must be 1 or 2".into()));
@@ -745,6 +869,13 @@ impl Space {
                     ));
                 }
             };
+            if contribution.is_some() && contract == ContractMode::Required {
+                return Err(err(
+                    at("contract"),
+                    "a contribution scene releases only batch totals: set contract = \"none\""
+                        .into(),
+                ));
+            }
             let [from, to] = s.valid;
             for (f, v) in [("valid[0]", &from), ("valid[1]", &to)] {
                 if !valid_date(v) {
@@ -865,6 +996,8 @@ impl Space {
                     contract,
                     federated: s.federated,
                     nodes: scene_nodes,
+                    fhe_gate,
+                    contribution,
                     output: OutputRules {
                         min_persons,
                         round_to,

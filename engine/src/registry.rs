@@ -537,6 +537,15 @@ impl<'a> View<'a> {
         Ok((key, cert))
     }
 
+    /// The names of every member issued with role `individual`.
+    pub fn individuals(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .c()
+            .prepare("SELECT member FROM identity WHERE role = 'individual' ORDER BY member")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
+    }
+
     /// Receipts in commit order, optionally for one person and/or scene.
     pub fn consents(
         &self,

@@ -301,6 +301,18 @@ impl Store {
                      audit_seq INTEGER NOT NULL,
                      PRIMARY KEY (actor, scene, digest)
                  );
+                 CREATE TABLE IF NOT EXISTS contribution (
+                     id           INTEGER PRIMARY KEY,
+                     scene        TEXT NOT NULL,
+                     person       TEXT NOT NULL,
+                     report       TEXT NOT NULL,
+                     public_share BLOB NOT NULL,
+                     input_share  BLOB NOT NULL,
+                     audit_seq    INTEGER NOT NULL,
+                     batch        TEXT
+                 );
+                 CREATE INDEX IF NOT EXISTS contribution_open
+                     ON contribution (scene, batch, person);
                  COMMIT;",
             )
         })?;

@@ -35,6 +35,14 @@ pub enum Error {
     /// A protocol step out of order on this side (a bug or a misuse).
     #[error("protocol step out of order: {0}")]
     State(&'static str),
+    /// An FHE object refused: over its size limit, not conformant with the
+    /// parameters in use, or outputs that were not gated.
+    #[error("FHE: {0}")]
+    Fhe(&'static str),
+    /// A Prio3 report or aggregation step refused (an invalid proof, a
+    /// share that does not decode).
+    #[error("Prio3: {0}")]
+    Prio(&'static str),
     /// The operating system's random source failed.
     #[error("no randomness available")]
     Randomness,

@@ -8,6 +8,8 @@
 //! | [`psi`] | ECDH-PSI cardinality over ristretto255 (RFC 9496 encodings and element derivation) |
 //! | [`message`] | the size-limited peer message codec; (session, round, sender) binding |
 //! | [`aggregate`] | one party's side of secure aggregation: share, sum, open chosen positions |
+//! | [`fhe`] | the release gate on encrypted joint totals (TFHE): key holder, contributors, aggregator |
+//! | [`prio3`] | individuals' validity-proved contributions for two aggregators (Prio3) |
 //! | [`noise`] | each party's share of distributed discrete Laplace noise |
 //! | [`error`] | why a step was rejected (every error aborts the round) |
 //!
@@ -35,8 +37,10 @@
 pub mod aggregate;
 pub mod elgamal;
 pub mod error;
+pub mod fhe;
 pub mod message;
 pub mod noise;
+pub mod prio3;
 pub mod psi;
 pub mod share;
 

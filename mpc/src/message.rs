@@ -79,6 +79,9 @@ pub struct Inbox {
     session: [u8; 32],
     /// Per known sender: the next round expected from it.
     next: std::collections::BTreeMap<u16, u32>,
+    /// Per sender, when set: the only rounds it may send, in order (a
+    /// protocol where each party talks to a few others only).
+    schedule: std::collections::BTreeMap<u16, Vec<u32>>,
     max_payload: usize,
 }
 
@@ -87,6 +90,18 @@ impl Inbox {
         Inbox {
             session,
             next: senders.iter().map(|&s| (s, 0)).collect(),
+            schedule: Default::default(),
+            max_payload,
+        }
+    }
+
+    /// An inbox where each sender may send exactly the listed rounds, in
+    /// that order (`next` counts how many it sent).
+    pub fn scheduled(session: [u8; 32], schedule: &[(u16, Vec<u32>)], max_payload: usize) -> Self {
+        Inbox {
+            session,
+            next: schedule.iter().map(|(s, _)| (*s, 0)).collect(),
+            schedule: schedule.iter().cloned().collect(),
             max_payload,
         }
     }
@@ -101,6 +116,19 @@ impl Inbox {
         let Some(next) = self.next.get_mut(&m.sender) else {
             return Err(Error::Unexpected("unknown sender"));
         };
+        if let Some(rounds) = self.schedule.get(&m.sender) {
+            let Some(want) = rounds.get(*next as usize) else {
+                return Err(Error::Unexpected("replayed round"));
+            };
+            if m.round < *want {
+                return Err(Error::Unexpected("replayed round"));
+            }
+            if m.round > *want {
+                return Err(Error::Unexpected("out-of-order round"));
+            }
+            *next += 1;
+            return Ok(m);
+        }
         if m.round < *next {
             return Err(Error::Unexpected("replayed round"));
         }
@@ -124,6 +152,30 @@ mod tests {
             sender,
             payload: vec![1, 2, 3],
         }
+    }
+
+    #[test]
+    fn a_scheduled_inbox_takes_only_the_listed_rounds_in_order() {
+        let mut inbox = Inbox::scheduled([9; 32], &[(1, vec![0, 2]), (2, vec![1])], 1024);
+        assert_eq!(
+            inbox.accept(&msg(2, 1).encode()),
+            Err(Error::Unexpected("out-of-order round"))
+        );
+        assert!(inbox.accept(&msg(0, 1).encode()).is_ok());
+        assert!(inbox.accept(&msg(2, 1).encode()).is_ok());
+        assert_eq!(
+            inbox.accept(&msg(2, 1).encode()),
+            Err(Error::Unexpected("replayed round"))
+        );
+        assert_eq!(
+            inbox.accept(&msg(0, 2).encode()),
+            Err(Error::Unexpected("replayed round"))
+        );
+        assert!(inbox.accept(&msg(1, 2).encode()).is_ok());
+        assert_eq!(
+            inbox.accept(&msg(0, 3).encode()),
+            Err(Error::Unexpected("unknown sender"))
+        );
     }
 
     #[test]

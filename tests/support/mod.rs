@@ -1,5 +1,7 @@
 //! Helpers shared by the integration test binaries.
 
+pub mod nodes;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ pub fn generated_space(hospitals: usize, patients: usize, seed: u64) -> PathBuf 
             seed,
             csv: false,
             quiet: true,
+            fhe_keys: false,
         },
     )
     .expect("generate");

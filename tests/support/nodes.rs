@@ -1,0 +1,180 @@
+//! Node processes on loopback for the federation and contribution tests:
+//! a generated space with its own ports, `kexin node` children killed on
+//! drop, and the researcher's commands.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kexin");
+
+/// A generated space with its own loopback ports, and the node processes
+/// started on it (killed on drop).
+pub struct Federation {
+    pub dir: PathBuf,
+    pub ports: Vec<u16>,
+    pub children: Vec<(String, Child)>,
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+impl Federation {
+    /// A space with `hospitals` nodes, a `timeout`-second round deadline,
+    /// and the nodes in `start` running.
+    pub fn new(hospitals: usize, timeout: u64, start: &[&str]) -> Federation {
+        let dir = super::generated_space(hospitals, 600, 11);
+        let ports = free_ports(hospitals + 1);
+        let mut toml = format!("round_timeout_seconds = {timeout}\n");
+        for h in 1..=hospitals {
+            toml.push_str(&format!(
+                "[node.h{h}]\naddress = \"127.0.0.1:{}\"\nmember = \"node-h{h}\"\n",
+                ports[h - 1]
+            ));
+        }
+        std::fs::write(dir.join("federation.toml"), toml).expect("write federation.toml");
+        let mut f = Federation {
+            dir,
+            ports,
+            children: vec![],
+        };
+        for n in start {
+            f.start(n, None);
+        }
+        f
+    }
+
+    pub fn addr(&self, node: &str) -> String {
+        let h: usize = node[1..].parse().expect("node number");
+        format!("127.0.0.1:{}", self.ports[h - 1])
+    }
+
+    /// Start node `name` (on `listen`, default its federation address) and
+    /// wait until it listens.
+    pub fn start(&mut self, name: &str, listen: Option<&str>) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["node", "--space", path(&self.dir), "--node", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(l) = listen {
+            cmd.args(["--listen", l]);
+        }
+        let mut child = cmd.spawn().expect("start node");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).expect("read");
+        assert!(
+            line.contains("listening on"),
+            "node {name} did not start: {line}"
+        );
+        self.children.push((name.to_string(), child));
+    }
+
+    pub fn kill(&mut self, name: &str) {
+        for (n, c) in &mut self.children {
+            if n == name {
+                c.kill().expect("kill");
+                c.wait().expect("wait");
+            }
+        }
+    }
+
+    pub fn federate(&self, scene: &str, nodes: &str, sql: &str) -> (i32, Value) {
+        let out = Command::new(BIN)
+            .args([
+                "federate",
+                "--space",
+                path(&self.dir),
+                "--scene",
+                scene,
+                "--as",
+                "alice",
+                "--nodes",
+                nodes,
+                "--format",
+                "json",
+                sql,
+            ])
+            .output()
+            .expect("run federate");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "federate printed no JSON: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    /// `kexin psi` as alice between h1 and h2 under `joint-diabetes-dp`.
+    pub fn psi(&self, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "psi",
+            "--space",
+            path(&self.dir),
+            "--scene",
+            "joint-diabetes-dp",
+            "--as",
+            "alice",
+            "--nodes",
+            "h1,h2",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(BIN).args(args).output().expect("run psi")
+    }
+
+    /// The node's audit entries (as JSON).
+    pub fn audit(&self, node: &str) -> Vec<Value> {
+        let out = Command::new(BIN)
+            .args(["audit", "list", "--space", path(&self.dir), "--node", node])
+            .output()
+            .expect("audit list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The entry of `session` in node's audit log.
+    pub fn entry(&self, node: &str, session: &str) -> Value {
+        self.audit(node)
+            .into_iter()
+            .find(|e| e["session"] == session)
+            .unwrap_or_else(|| panic!("{node} has no audit entry for session {session}"))
+    }
+
+    pub fn verify_logs(&self, nodes: &[&str]) {
+        for n in nodes {
+            let ok = Command::new(BIN)
+                .args(["audit", "verify", "--space", path(&self.dir), "--node", n])
+                .status()
+                .expect("verify");
+            assert!(ok.success(), "audit log of {n} verifies");
+        }
+    }
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
