@@ -634,6 +634,8 @@ mod tests {
             .collect();
         let totals = agg.sum(&layout, &sealed).unwrap();
         assert_eq!(totals.stats.unchecked_adds, 12);
+        // Three fresh contributions fit the blocks' carry space.
+        assert_eq!(totals.stats.propagations, 0);
         let gated = agg.gate(totals, 10).unwrap();
         let opened = holder.open(&layout, &gated).unwrap();
         let expected = plaintext_gate(&layout, &parties, 10);
