@@ -234,7 +234,7 @@ pub struct NodeServer {
     pins: Pins,
     rt: tokio::runtime::Runtime,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
-    /// The FHE aggregator's server key (by key holder), read once.
+    /// The FHE aggregator's server key (by key holder and key digest).
     fhe: Mutex<Option<(String, Arc<kexin_mpc::fhe::Aggregator>)>>,
 }
 
@@ -869,24 +869,29 @@ impl NodeServer {
         Ok(links)
     }
 
-    /// The aggregator's server key, read and checked once per key holder.
+    /// The aggregator's server key: read and checked once per key holder
+    /// and key (the holder's signed statement names the key in use, so
+    /// rotated keys are picked up).
     fn fhe_aggregator(
         &self,
         holder: &str,
     ) -> std::result::Result<Arc<kexin_mpc::fhe::Aggregator>, &'static str> {
+        let key = node_key(&self.space, &self.cfg, holder)
+            .map_err(|_| "the key holder has no certified key")?;
+        let st = crate::fhe::statement(&self.space, &key, holder)
+            .map_err(|_| "the key holder's key statement is missing or not verified")?;
+        let id = format!("{holder}/{}", st.server_key_sha256);
         let mut cache = self.fhe.lock().map_err(|_| "lock")?;
-        if let Some((h, a)) = cache.as_ref()
-            && h == holder
+        if let Some((cached, a)) = cache.as_ref()
+            && *cached == id
         {
             return Ok(Arc::clone(a));
         }
-        let key = node_key(&self.space, &self.cfg, holder)
-            .map_err(|_| "the key holder has no certified key")?;
         let a = Arc::new(
             crate::fhe::aggregator(&self.space, &key, holder)
                 .map_err(|_| "the key holder's server key is missing, oversized or not verified")?,
         );
-        *cache = Some((holder.to_string(), Arc::clone(&a)));
+        *cache = Some((id, Arc::clone(&a)));
         Ok(a)
     }
 
@@ -927,6 +932,21 @@ impl NodeServer {
             .encrypt(&layout, input, nodes.len())
             .map_err(|_| "a partial total is out of range for the FHE gate")?;
         let k = u32::try_from(k).map_err(|_| "the threshold is out of range")?;
+        // The keys are checked before Ready: a node without usable keys
+        // stops the query before anyone waits on it.
+        let aggregator = if me == agg {
+            Some(self.fhe_aggregator(&gate.key_holder)?)
+        } else {
+            None
+        };
+        let holder = if me == kh {
+            Some(
+                crate::fhe::key_holder(&self.space.dir, &gate.key_holder)
+                    .map_err(|_| "the key holder's secret key is unavailable")?,
+            )
+        } else {
+            None
+        };
         self.await_go(
             link,
             &FromNode::Ready {
@@ -963,47 +983,69 @@ impl NodeServer {
         } else {
             self.peer_links(nodes, &[agg])?
         };
-        let opened: Opened = if me == agg {
-            let aggregator = self.fhe_aggregator(&gate.key_holder)?;
-            let mut all = vec![mine];
-            for _ in 0..others.len() {
-                all.push(next_payload(&rx, &mut inbox, t)?);
+        // An empty round-1 or round-2 payload says "aborted": the others
+        // stop at once instead of waiting out the aggregator's allowance.
+        let result = |p: Vec<u8>| -> std::result::Result<Opened, &'static str> {
+            if p.is_empty() {
+                return Err("another node aborted the FHE gate");
             }
-            let totals = aggregator.sum(&layout, &all).map_err(mpc_rule)?;
-            tracing::info!(
-                target: "kexin::node",
-                "FHE gate: {} unchecked additions, {} carry propagations, {} cells",
-                totals.stats.unchecked_adds,
-                totals.stats.propagations,
-                layout.cells
-            );
-            let gated = aggregator.gate(totals, k).map_err(mpc_rule)?;
+            serde_json::from_slice(&p).map_err(|_| "the key holder sent a malformed result")
+        };
+        let opened: Opened = if let Some(aggregator) = aggregator {
+            let gated = (|| {
+                let mut all = vec![mine];
+                for _ in 0..others.len() {
+                    all.push(next_payload(&rx, &mut inbox, t)?);
+                }
+                let totals = aggregator.sum(&layout, &all).map_err(mpc_rule)?;
+                tracing::info!(
+                    target: "kexin::node",
+                    "FHE gate: {} unchecked additions, {} carry propagations, {} cells",
+                    totals.stats.unchecked_adds,
+                    totals.stats.propagations,
+                    layout.cells
+                );
+                aggregator.gate(totals, k).map_err(mpc_rule)
+            })();
             links = self.peer_links(nodes, &[kh])?;
-            send(&mut links, kh as u16, &msg(1, gated))?;
-            let result = next_payload(&rx, &mut inbox, wait)?;
-            serde_json::from_slice(&result).map_err(|_| "the key holder sent a malformed result")?
-        } else if me == kh {
+            match gated {
+                Ok(g) => send(&mut links, kh as u16, &msg(1, g))?,
+                Err(why) => {
+                    let _ = send(&mut links, kh as u16, &msg(1, vec![]));
+                    return Err(why);
+                }
+            }
+            result(next_payload(&rx, &mut inbox, wait)?)?
+        } else if let Some(holder) = holder {
             send(&mut links, agg as u16, &msg(0, mine))?;
             let gated = next_payload(&rx, &mut inbox, wait)?;
-            let holder = crate::fhe::key_holder(&self.space.dir, &gate.key_holder)
-                .map_err(|_| "the key holder's secret key is unavailable")?;
-            let opened: Opened = holder
-                .open(&layout, &gated)
-                .map_err(mpc_rule)?
-                .into_iter()
-                .map(|c| c.map(|v| v.into_iter().map(|x| x as i64).collect()))
-                .collect();
-            let bytes = serde_json::to_vec(&opened).map_err(|_| "encoding")?;
+            let opened = if gated.is_empty() {
+                Err("another node aborted the FHE gate")
+            } else {
+                holder.open(&layout, &gated).map_err(mpc_rule)
+            };
             // Fresh links: the ones of round 0 idled while h1 computed.
             links = self.peer_links(nodes, &others)?;
+            let opened: Opened = match opened {
+                Ok(cells) => cells
+                    .into_iter()
+                    .map(|c| c.map(|v| v.into_iter().map(|x| x as i64).collect()))
+                    .collect(),
+                Err(why) => {
+                    for &j in &others {
+                        let _ = send(&mut links, j as u16, &msg(2, vec![]));
+                    }
+                    return Err(why);
+                }
+            };
+            let bytes = serde_json::to_vec(&opened).map_err(|_| "encoding")?;
             for &j in &others {
                 send(&mut links, j as u16, &msg(2, bytes.clone()))?;
             }
             opened
         } else {
             send(&mut links, agg as u16, &msg(0, mine))?;
-            let result = next_payload(&rx, &mut inbox, wait)?;
-            serde_json::from_slice(&result).map_err(|_| "the key holder sent a malformed result")?
+            result(next_payload(&rx, &mut inbox, wait)?)?
         };
         if opened.len() != cells || opened.iter().flatten().any(|v| v.len() != stats) {
             return Err("the key holder sent a result of the wrong shape");

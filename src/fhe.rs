@@ -99,15 +99,12 @@ pub fn exists(space_dir: &Path, node: &str) -> bool {
         .all(|f| d.join(f).is_file())
 }
 
-/// Read one of the key holder's public files, checked against its signed
-/// statement (signature by the node's certified key, then the digest).
-fn verified(
+/// The key holder's signed statement, verified with its certified key.
+pub fn statement(
     space: &Space,
     holder_key: &ed25519_dalek::VerifyingKey,
     node: &str,
-    file: &str,
-    max: u64,
-) -> Result<Vec<u8>> {
+) -> Result<FheKeysBody> {
     let d = dir(&space.dir, node);
     let text = std::fs::read_to_string(d.join("keys.json"))
         .with_context(|| format!("node {node} has published no FHE keys (kexin fhe keygen)"))?;
@@ -117,14 +114,27 @@ fn verified(
         env.body.space == space.name && env.body.node == node,
         "the FHE key statement is for another space or node"
     );
-    let path = d.join(file);
+    Ok(env.body)
+}
+
+/// Read one of the key holder's public files, checked against its signed
+/// statement (signature by the node's certified key, then the digest).
+fn verified(
+    space: &Space,
+    holder_key: &ed25519_dalek::VerifyingKey,
+    node: &str,
+    file: &str,
+    max: u64,
+) -> Result<Vec<u8>> {
+    let st = statement(space, holder_key, node)?;
+    let path = dir(&space.dir, node).join(file);
     let len = std::fs::metadata(&path)?.len();
     anyhow::ensure!(len <= max + 64, "{file} is over its size limit");
     let bytes = std::fs::read(&path)?;
     let want = if file == "public.key" {
-        &env.body.public_key_sha256
+        &st.public_key_sha256
     } else {
-        &env.body.server_key_sha256
+        &st.server_key_sha256
     };
     anyhow::ensure!(
         hex::encode(Sha256::digest(&bytes)) == *want,

@@ -78,6 +78,14 @@ fn the_fhe_gate_releases_what_the_plaintext_gate_releases() {
     assert!(digests.windows(2).all(|w| w[0] == w[1]));
     f.verify_logs(&["h1", "h2", "h3"]);
 
+    // The key holder rotates its keys: the aggregator picks up the new
+    // server key (a stale one would make the key holder refuse).
+    let (code, out) = run(&["fhe", "keygen", "--space", path(&d), "--node", "h3"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, again) = f.federate("joint-diabetes-fhe", "h1,h2,h3", GATED_SQL);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["rows"], plain["rows"]);
+
     // A public key that does not match the key holder's signed statement:
     // no node encrypts, nothing is released.
     let pk = d.join("fhe/h3/public.key");

@@ -79,20 +79,33 @@ pub struct Vdaf {
 }
 
 /// One client's report: the nonce, the public share, and one input share
-/// per aggregator (each sent only to its aggregator).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// per aggregator (each sent only to its aggregator). `Debug` shows the
+/// nonce only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Report {
     pub nonce: [u8; NONCE_SIZE],
     pub public_share: Vec<u8>,
     pub input_shares: [Vec<u8>; 2],
 }
 
-/// What one aggregator stores of a report.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one aggregator stores of a report. `Debug` shows the nonce only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Stored {
     pub nonce: [u8; NONCE_SIZE],
     pub public_share: Vec<u8>,
     pub input_share: Vec<u8>,
+}
+
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Report({:02x?}, ..)", self.nonce)
+    }
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stored({:02x?}, ..)", self.nonce)
+    }
 }
 
 fn chunk_length(bits: usize) -> usize {
@@ -203,8 +216,9 @@ pub fn verify_key(leader: &[u8; 32], helper: &[u8; 32]) -> [u8; VERIFY_KEY_SIZE]
     h.finalize().into()
 }
 
-/// One aggregator's side of one batch.
-#[derive(Debug)]
+/// One aggregator's side of one batch (draft-irtf-cfrg-vdaf-18 §5.2, the
+/// verification and aggregation of Prio3, §7.2). `Debug` hides the verify
+/// key and the shares.
 pub struct Batch {
     vdaf: Vdaf,
     agg_id: usize,
@@ -216,6 +230,18 @@ pub struct Batch {
     /// Accepted reports' indices and the aggregate share, once combined.
     accepted: Vec<usize>,
     aggregate: Option<Vec<Field128>>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Batch(aggregator {}, {} reports, {} accepted)",
+            self.agg_id,
+            self.reports.len(),
+            self.accepted.len()
+        )
+    }
 }
 
 /// What a batch's verification ended with.
@@ -256,7 +282,8 @@ impl Batch {
         self.reports.is_empty()
     }
 
-    /// Round 0: this aggregator's verifier share of every report, encoded
+    /// Round 0 (`verify_init`, draft §5.2): this aggregator's verifier
+    /// share of every report, encoded
     /// as `(u32 len | bytes)*` with length 0 for a report it could not even
     /// start verifying (it is rejected by both).
     pub fn verifier_shares(&mut self) -> Result<Vec<u8>> {
@@ -291,7 +318,9 @@ impl Batch {
         Ok(out)
     }
 
-    /// Round 1: combine with the peer's verifier shares; the reports whose
+    /// Round 1 (`verifier_shares_to_message` and `verify_next`, draft
+    /// §5.2; Prio3's FLP decision, §7.2.2): combine with the peer's
+    /// verifier shares; the reports whose
     /// proof holds are aggregated. Both aggregators reach the same verdict
     /// on every report.
     pub fn combine(&mut self, theirs: &[u8]) -> Result<Verified> {
@@ -358,7 +387,8 @@ impl Batch {
         &self.accepted
     }
 
-    /// Round 2: this aggregator's aggregate share, with `noise` (this
+    /// Round 2 (`aggregate`, draft §5.3): this aggregator's aggregate
+    /// share, with `noise` (this
     /// aggregator's share of the DP noise, one integer per aggregate
     /// entry; empty for none) added in the field.
     pub fn aggregate_share(&self, noise: &[i64]) -> Result<Vec<u8>> {
@@ -378,7 +408,8 @@ impl Batch {
         Ok(out)
     }
 
-    /// Open the sum from both aggregate shares: per aggregate entry a signed
+    /// Open the sum from both aggregate shares (`unshard`, draft §5.4): per
+    /// aggregate entry a signed
     /// integer (noise may take a small count below zero).
     pub fn open(&self, mine: &[u8], theirs: &[u8]) -> Result<Vec<i128>> {
         let n = self.vdaf.measure.len();
