@@ -919,11 +919,14 @@ impl NodeServer {
         let pos = |n: &str| nodes.iter().position(|x| x == n);
         let agg = pos(&gate.aggregator).ok_or("the FHE aggregator is not a party")?;
         let kh = pos(&gate.key_holder).ok_or("the FHE key holder is not a party")?;
-        let (cells, stats, count_at, k) = plan
+        let (cells, stats, count_at, k, counts) = plan
             .gate_shape()
             .map_err(|_| "the plan cannot be gated under FHE")?;
-        let layout = Layout::new(cells, stats, count_at)
+        let mut layout = Layout::new(cells, stats, count_at)
             .map_err(|_| "too many cells and totals to gate under FHE")?;
+        for c in counts {
+            layout = layout.narrow(c).map_err(|_| "the plan's counts")?;
+        }
         let holder_key = node_key(&self.space, &self.cfg, &gate.key_holder)
             .map_err(|_| "the key holder has no certified key")?;
         let enc = crate::fhe::encryptor(&self.space, &holder_key, &gate.key_holder)

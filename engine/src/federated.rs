@@ -144,8 +144,10 @@ impl JointPlan {
     }
 
     /// For the FHE gate: (cells, totals per cell, position of the person
-    /// count within a cell, threshold). Exact plans only.
-    pub fn gate_shape(&self) -> Result<(usize, usize, usize, u64)> {
+    /// count within a cell, threshold, positions of the other plain counts
+    /// within a cell). Exact plans only.
+    #[allow(clippy::type_complexity)]
+    pub fn gate_shape(&self) -> Result<(usize, usize, usize, u64, Vec<usize>)> {
         let persons = self
             .mechanism
             .stats
@@ -158,11 +160,20 @@ impl JointPlan {
                 "the FHE gate applies to exact scenes only",
             ));
         }
+        let counts = self
+            .mechanism
+            .stats
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Stat::Rows | Stat::Count(_)))
+            .map(|(i, _)| i)
+            .collect();
         Ok((
             self.cells.len(),
             self.nstats(),
             persons,
             self.output.min_persons,
+            counts,
         ))
     }
 

@@ -125,18 +125,23 @@ fn unseal(kind: Kind, bytes: &[u8], limit: u64) -> Result<&[u8]> {
 }
 
 /// The cells and totals of one gated computation: `cells` cells of `stats`
-/// totals each, in cell-major order; the total at `count_at` of each cell
-/// is the gate's person count (32-bit), the others are signed 64-bit.
+/// totals each, in cell-major order. The total at `count_at` of each cell
+/// is the gate's person count. Narrow totals (counts: the person count
+/// always, others by [`Layout::narrow`]) are unsigned 32-bit, 16 blocks;
+/// the others are signed 64-bit, 32 blocks. Every block costs one
+/// bootstrap to expand, so narrow counts halve their share of the work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub cells: usize,
     pub stats: usize,
     pub count_at: usize,
+    /// Bit `s` set: total `s` of every cell is a narrow count.
+    narrow: u64,
 }
 
 impl Layout {
     pub fn new(cells: usize, stats: usize, count_at: usize) -> Result<Layout> {
-        if stats == 0 || count_at >= stats {
+        if stats == 0 || stats > 64 || count_at >= stats {
             return Err(Error::State("the count is not one of the totals"));
         }
         if cells == 0 || cells.saturating_mul(stats) > limit::MAX_VALUES {
@@ -146,7 +151,17 @@ impl Layout {
             cells,
             stats,
             count_at,
+            narrow: 1 << count_at,
         })
+    }
+
+    /// Declare total `stat` of every cell a count (0 ≤ v < 2^32 / parties).
+    pub fn narrow(mut self, stat: usize) -> Result<Layout> {
+        if stat >= self.stats {
+            return Err(Error::State("no such total"));
+        }
+        self.narrow |= 1 << stat;
+        Ok(self)
     }
 
     pub fn len(&self) -> usize {
@@ -157,13 +172,14 @@ impl Layout {
         self.len() == 0
     }
 
-    fn is_count(&self, i: usize) -> bool {
-        i % self.stats == self.count_at
+    fn is_narrow(&self, i: usize) -> bool {
+        self.narrow >> (i % self.stats) & 1 == 1
     }
 
     /// Blocks of 2 bits in one contribution (for the list size check).
     fn blocks(&self) -> usize {
-        self.cells * (16 + (self.stats - 1) * 32)
+        let narrow = self.narrow.count_ones() as usize;
+        self.cells * (16 * narrow + 32 * (self.stats - narrow))
     }
 }
 
@@ -286,7 +302,7 @@ impl Encryptor {
         let parties = parties.max(1) as i128;
         let mut b = CompactCiphertextList::builder(&self.pk);
         for (i, v) in totals.iter().enumerate() {
-            if layout.is_count(i) {
+            if layout.is_narrow(i) {
                 if *v < 0 || *v >= (1i128 << 32) / parties {
                     return Err(Error::OutOfRange);
                 }
@@ -362,7 +378,7 @@ impl Aggregator {
             .map_err(|_| Error::Malformed("the ciphertext list does not expand"))?;
         let mut out = Vec::with_capacity(layout.len());
         for i in 0..layout.len() {
-            let ct = if layout.is_count(i) {
+            let ct = if layout.is_narrow(i) {
                 ex.get::<FheUint32>(i)
                     .ok()
                     .flatten()
@@ -428,7 +444,7 @@ impl Aggregator {
             let flag: BooleanBlock = self.int.scalar_ge_parallelized(count, u64::from(k));
             for (s, v) in cell.iter().enumerate() {
                 let g: RadixCiphertext = self.int.if_then_else_parallelized(&flag, v, 0u64);
-                values.push(GatedValue::new(g, s == layout.count_at));
+                values.push(GatedValue::new(g, layout.is_narrow(s)));
             }
             // A boolean block carries degree 1; as a 2-bit integer it is
             // declared clean (degree 3, an upper bound) to be conformant.
@@ -473,16 +489,16 @@ impl std::fmt::Debug for Totals {
     }
 }
 
-/// One gated total: person counts stay 32-bit, the other totals 64-bit.
+/// One gated total: counts stay 32-bit, the other totals 64-bit.
 enum GatedValue {
     Count(FheUint32),
     Total(FheUint64),
 }
 
 impl GatedValue {
-    fn new(ct: RadixCiphertext, count: bool) -> GatedValue {
+    fn new(ct: RadixCiphertext, narrow: bool) -> GatedValue {
         let (tag, meta) = (Tag::default(), ReRandomizationMetadata::default());
-        if count {
+        if narrow {
             GatedValue::Count(FheUint32::from_raw_parts(ct, FheUint32Id, tag, meta))
         } else {
             GatedValue::Total(FheUint64::from_raw_parts(ct, FheUint64Id, tag, meta))
@@ -567,7 +583,7 @@ impl Gated {
                     safe_deserialize_conformant(Cursor::new(item), limit::GATED, &p.into())
                         .map_err(|_| Error::Malformed("not a conformant gated flag"))?;
                 flags.push(f);
-            } else if layout.is_count(i - layout.cells) {
+            } else if layout.is_narrow(i - layout.cells) {
                 let v: FheUint32 =
                     safe_deserialize_conformant(Cursor::new(item), limit::GATED, &p.into())
                         .map_err(|_| Error::Malformed("not a conformant gated count"))?;
@@ -620,20 +636,21 @@ mod tests {
         let enc = Encryptor::from_bytes(&public.compact_bytes().unwrap()).unwrap();
         let agg =
             Aggregator::from_bytes(&public.server_bytes().unwrap(), limit::SERVER_KEY).unwrap();
-        // Three cells of (persons, sum): the second misses k = 10 jointly
-        // although one party alone has 6; the third has a negative sum.
-        let layout = Layout::new(3, 2, 0).unwrap();
+        // Three cells of (persons, rows, sum): the second misses k = 10
+        // jointly although one party alone has 6; the third has a negative
+        // sum. Rows are a narrow (32-bit) count.
+        let layout = Layout::new(3, 3, 0).unwrap().narrow(1).unwrap();
         let parties: Vec<Vec<i128>> = vec![
-            vec![5, 1200, 6, 40, 7, -300],
-            vec![4, 800, 1, 9, 3, -25],
-            vec![2, 17, 2, 3, 1, 5],
+            vec![5, 9, 1200, 6, 8, 40, 7, 7, -300],
+            vec![4, 4, 800, 1, 1, 9, 3, 5, -25],
+            vec![2, 3, 17, 2, 2, 3, 1, 1, 5],
         ];
         let sealed: Vec<Vec<u8>> = parties
             .iter()
             .map(|p| enc.encrypt(&layout, p, 3).unwrap())
             .collect();
         let totals = agg.sum(&layout, &sealed).unwrap();
-        assert_eq!(totals.stats.unchecked_adds, 12);
+        assert_eq!(totals.stats.unchecked_adds, 18);
         // Three fresh contributions fit the blocks' carry space.
         assert_eq!(totals.stats.propagations, 0);
         let gated = agg.gate(totals, 10).unwrap();
@@ -642,7 +659,7 @@ mod tests {
         assert_eq!(opened, expected);
         assert_eq!(
             opened,
-            vec![Some(vec![11, 2017]), None, Some(vec![11, -320])]
+            vec![Some(vec![11, 16, 2017]), None, Some(vec![11, 13, -320])]
         );
     }
 
@@ -732,7 +749,7 @@ mod tests {
             values: cts
                 .into_iter()
                 .enumerate()
-                .map(|(i, c)| GatedValue::new(c, layout.is_count(i)))
+                .map(|(i, c)| GatedValue::new(c, layout.is_narrow(i)))
                 .collect(),
         }
         .encode()
