@@ -234,6 +234,9 @@ pub struct NodeServer {
     pins: Pins,
     rt: tokio::runtime::Runtime,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
+    /// Contribution scenes being collected here: one collection of a batch
+    /// at a time, so a batch is never released twice.
+    collecting: Mutex<std::collections::HashSet<String>>,
     /// The FHE aggregator's server key (by key holder and key digest).
     fhe: Mutex<Option<(String, Arc<kexin_mpc::fhe::Aggregator>)>>,
 }
@@ -276,6 +279,7 @@ impl NodeServer {
             rt,
             sessions: Mutex::new(HashMap::new()),
             fhe: Mutex::new(None),
+            collecting: Mutex::new(Default::default()),
         })
     }
 
@@ -653,27 +657,57 @@ impl NodeServer {
                 return stop(&mut link, r.code, r.rule);
             }
         };
+        let scene = env.body.scene.clone();
+        let busy = !self
+            .collecting
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .insert(scene.clone());
+        if busy {
+            return stop(
+                &mut link,
+                Code::Batch,
+                "another collection of this batch is running",
+            );
+        }
+        let result = self.collect_batch(&mut link, &env, me, session, &stop);
+        self.collecting
+            .lock()
+            .map_err(|_| anyhow!("lock"))?
+            .remove(&scene);
+        result
+    }
+
+    /// [`Self::collect`] once this node holds the scene's collection slot.
+    fn collect_batch(
+        &self,
+        link: &mut Link,
+        env: &Signed<CollectBody>,
+        me: usize,
+        session: [u8; 32],
+        stop: &dyn Fn(&mut Link, Code, &str) -> Result<()>,
+    ) -> Result<()> {
         let reports = match self.node.open_batch(&env.body.scene) {
             Ok(r) => r,
             Err(e) => {
                 let r = e.as_refusal();
-                return stop(&mut link, r.code, r.rule);
+                return stop(link, r.code, r.rule);
             }
         };
         let outcome = self.in_session(session, &env.body.nodes, |rx| {
-            self.collect_rounds(&mut link, &env, me, session, reports, rx)
+            self.collect_rounds(link, env, me, session, reports, rx)
         })?;
         match outcome {
             Ok((result, used)) => {
                 let seq = self
                     .node
-                    .audit_collection(&env, &session, &used, Ok(&result))?;
+                    .audit_collection(env, &session, &used, Ok(&result))?;
                 link.send_json(&FromNode::Collected {
                     result,
                     audit_seq: seq,
                 })
             }
-            Err((code, rule)) => stop(&mut link, code, rule),
+            Err((code, rule)) => stop(link, code, rule),
         }
     }
 
