@@ -225,11 +225,24 @@ pub struct Batch {
     ctx: Vec<u8>,
     key: [u8; VERIFY_KEY_SIZE],
     reports: Vec<Stored>,
-    /// Verifier shares of this side, encoded; `None` where init failed.
-    mine: Vec<Option<Vec<u8>>>,
+    /// This side's verification state and verifier share per report, kept
+    /// from round 0 for round 1; `None` where init failed.
+    pending: Option<Pending>,
     /// Accepted reports' indices and the aggregate share, once combined.
     accepted: Vec<usize>,
     aggregate: Option<Vec<Field128>>,
+}
+
+/// One report's verification state and this aggregator's verifier share.
+type Started<V> = (
+    <V as Aggregator<VERIFY_KEY_SIZE, NONCE_SIZE>>::VerifyState,
+    <V as Aggregator<VERIFY_KEY_SIZE, NONCE_SIZE>>::VerifierShare,
+);
+
+/// Round 0's per-report results, by instance.
+enum Pending {
+    Sum(Vec<Option<Started<Prio3SumVec>>>),
+    Histogram(Vec<Option<Started<Prio3Histogram>>>),
 }
 
 impl std::fmt::Debug for Batch {
@@ -268,7 +281,7 @@ impl Batch {
             ctx: ctx.to_vec(),
             key,
             reports,
-            mine: Vec::new(),
+            pending: None,
             accepted: Vec::new(),
             aggregate: None,
         })
@@ -290,64 +303,66 @@ impl Batch {
         fn go<V: Aggregator<VERIFY_KEY_SIZE, NONCE_SIZE, AggregationParam = ()>>(
             v: &V,
             b: &Batch,
-        ) -> Vec<Option<Vec<u8>>> {
+            out: &mut Vec<u8>,
+        ) -> Vec<Option<Started<V>>> {
             b.reports
                 .iter()
                 .map(|r| {
-                    let public = V::PublicShare::get_decoded_with_param(v, &r.public_share).ok()?;
-                    let input =
-                        V::InputShare::get_decoded_with_param(&(v, b.agg_id), &r.input_share)
+                    let started = (|| {
+                        let public =
+                            V::PublicShare::get_decoded_with_param(v, &r.public_share).ok()?;
+                        let input =
+                            V::InputShare::get_decoded_with_param(&(v, b.agg_id), &r.input_share)
+                                .ok()?;
+                        let (state, share) = v
+                            .verify_init(&b.key, &b.ctx, b.agg_id, &(), &r.nonce, &public, &input)
                             .ok()?;
-                    let (_, share) = v
-                        .verify_init(&b.key, &b.ctx, b.agg_id, &(), &r.nonce, &public, &input)
-                        .ok()?;
-                    share.get_encoded().ok()
+                        let bytes = share.get_encoded().ok()?;
+                        Some(((state, share), bytes))
+                    })();
+                    let bytes = started.as_ref().map_or(&[][..], |(_, b)| b.as_slice());
+                    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    out.extend_from_slice(bytes);
+                    started.map(|(s, _)| s)
                 })
                 .collect()
         }
-        self.mine = match &self.vdaf.inner {
-            Inner::Sum(v) => go(v, self),
-            Inner::Histogram(v) => go(v, self),
-        };
         let mut out = Vec::new();
-        for s in &self.mine {
-            let s = s.as_deref().unwrap_or(&[]);
-            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            out.extend_from_slice(s);
-        }
+        self.pending = Some(match &self.vdaf.inner {
+            Inner::Sum(v) => Pending::Sum(go(v, self, &mut out)),
+            Inner::Histogram(v) => Pending::Histogram(go(v, self, &mut out)),
+        });
         Ok(out)
     }
 
     /// Round 1 (`verifier_shares_to_message` and `verify_next`, draft
     /// §5.2; Prio3's FLP decision, §7.2.2): combine with the peer's
-    /// verifier shares; the reports whose
-    /// proof holds are aggregated. Both aggregators reach the same verdict
-    /// on every report.
+    /// verifier shares; the reports whose proof holds are aggregated. Both
+    /// aggregators reach the same verdict on every report.
     pub fn combine(&mut self, theirs: &[u8]) -> Result<Verified> {
-        if self.mine.len() != self.reports.len() {
-            return Err(Error::State("verifier shares first"));
-        }
+        let pending = self
+            .pending
+            .take()
+            .ok_or(Error::State("verifier shares first"))?;
         let theirs = split_items(theirs, self.reports.len())?;
-        fn go<V>(v: &V, b: &Batch, theirs: &[&[u8]]) -> Result<(Vec<usize>, Vec<Field128>)>
+        fn go<V>(
+            v: &V,
+            b: &Batch,
+            mine: Vec<Option<Started<V>>>,
+            theirs: &[&[u8]],
+        ) -> Result<(Vec<usize>, Vec<Field128>)>
         where
             V: Aggregator<VERIFY_KEY_SIZE, NONCE_SIZE, AggregationParam = ()>,
             V::AggregateShare: Into<AggregateShare<Field128>>,
         {
+            use prio::vdaf::Aggregatable;
             let mut accepted = Vec::new();
             let mut agg = v.aggregate_init(&());
-            for (i, r) in b.reports.iter().enumerate() {
-                let (Some(mine), false) = (&b.mine[i], theirs[i].is_empty()) else {
+            for (i, m) in mine.into_iter().enumerate() {
+                let (Some((state, ours)), false) = (m, theirs[i].is_empty()) else {
                     continue;
                 };
-                let run = || -> Option<V::OutputShare> {
-                    let public = V::PublicShare::get_decoded_with_param(v, &r.public_share).ok()?;
-                    let input =
-                        V::InputShare::get_decoded_with_param(&(v, b.agg_id), &r.input_share)
-                            .ok()?;
-                    let (state, _) = v
-                        .verify_init(&b.key, &b.ctx, b.agg_id, &(), &r.nonce, &public, &input)
-                        .ok()?;
-                    let ours = V::VerifierShare::get_decoded_with_param(&state, mine).ok()?;
+                let out = (|| -> Option<V::OutputShare> {
                     let peer = V::VerifierShare::get_decoded_with_param(&state, theirs[i]).ok()?;
                     let shares = if b.agg_id == 0 {
                         [ours, peer]
@@ -359,9 +374,8 @@ impl Batch {
                         VerifyTransition::Finish(out) => Some(out),
                         VerifyTransition::Continue(..) => None,
                     }
-                };
-                if let Some(out) = run() {
-                    use prio::vdaf::Aggregatable;
+                })();
+                if let Some(out) = out {
                     agg.accumulate(&out).map_err(prio_err)?;
                     accepted.push(i);
                 }
@@ -369,9 +383,10 @@ impl Batch {
             let agg: AggregateShare<Field128> = agg.into();
             Ok((accepted, agg.as_ref().to_vec()))
         }
-        let (accepted, agg) = match &self.vdaf.inner {
-            Inner::Sum(v) => go(v, self, &theirs)?,
-            Inner::Histogram(v) => go(v, self, &theirs)?,
+        let (accepted, agg) = match (&self.vdaf.inner, pending) {
+            (Inner::Sum(v), Pending::Sum(m)) => go(v, self, m, &theirs)?,
+            (Inner::Histogram(v), Pending::Histogram(m)) => go(v, self, m, &theirs)?,
+            _ => return Err(Error::State("measure and instance disagree")),
         };
         let verdict = Verified {
             accepted: accepted.len(),
