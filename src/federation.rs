@@ -198,6 +198,17 @@ pub enum FromNode {
     },
 }
 
+impl FromNode {
+    /// A refusal with its fixed code and rule.
+    fn refused(r: Refusal, audit_seq: Option<u64>) -> FromNode {
+        FromNode::Refused {
+            code: r.code.as_str().into(),
+            rule: r.rule.into(),
+            audit_seq,
+        }
+    }
+}
+
 /// What a PSI node ends with.
 #[derive(Debug)]
 enum PsiDone {
@@ -400,11 +411,7 @@ impl NodeServer {
             .node
             .audit_joint(req, kind, session, trace, JointDecision::Refused(r))
             .ok();
-        link.send_json(&FromNode::Refused {
-            code: r.code.as_str().into(),
-            rule: r.rule.into(),
-            audit_seq: seq,
-        })
+        link.send_json(&FromNode::refused(r, seq))
     }
 
     fn federate(&self, mut link: Link, member: &str, env: Signed<FederateBody>) -> Result<()> {
@@ -606,22 +613,11 @@ impl NodeServer {
         env: Signed<ContributionBody>,
     ) -> Result<()> {
         if member != env.body.person {
-            return link.send_json(&FromNode::Refused {
-                code: OTHER_SIGNER.code.as_str().into(),
-                rule: OTHER_SIGNER.rule.into(),
-                audit_seq: None,
-            });
+            return link.send_json(&FromNode::refused(OTHER_SIGNER, None));
         }
         match self.node.accept_contribution(&env) {
             Ok(seq) => link.send_json(&FromNode::Accepted { audit_seq: seq }),
-            Err(e) => {
-                let r = e.as_refusal();
-                link.send_json(&FromNode::Refused {
-                    code: r.code.as_str().into(),
-                    rule: r.rule.into(),
-                    audit_seq: None,
-                })
-            }
+            Err(e) => link.send_json(&FromNode::refused(e.as_refusal(), None)),
         }
     }
 

@@ -323,24 +323,9 @@ pub async fn example_governance(
             }
             load_key(&space.dir, &name, None)?
         } else {
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("{e}"))?;
-            SigningKey::from_bytes(&seed)
+            random_key()?
         };
-        certs.push(certificate(
-            &space,
-            &registry,
-            operator,
-            &Issue {
-                member: &name,
-                role: "individual",
-                org: "",
-                public_key: key.verifying_key(),
-                id_number: Some(&id),
-                real_name_verified: true,
-                valid_to: "2030-12-31",
-            },
-        )?);
+        certs.push(individual(&space, &registry, operator, &name, &key, &id)?);
         counts.individuals += 1;
         // The walk-through persons start without grants.
         if i < 3 || rng.random::<f64>() >= 0.6 {
@@ -457,28 +442,13 @@ pub fn simulated_contributors(
     let mut grants = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("w{i:05}");
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let key = SigningKey::from_bytes(&seed);
+        let key = random_key()?;
         let first17 = format!("110101{:04}0101{:03}", 1950 + i / 1000, i % 1000);
         let check = identity::gb11643_check(&first17)
             .ok_or_else(|| anyhow::anyhow!("ID number check digit"))?;
         let id = IdCardNumber::parse(&format!("{first17}{check}"))
             .ok_or_else(|| anyhow::anyhow!("synthetic ID number"))?;
-        certs.push(certificate(
-            space,
-            &registry,
-            &operator,
-            &Issue {
-                member: &name,
-                role: "individual",
-                org: "",
-                public_key: key.verifying_key(),
-                id_number: Some(&id),
-                real_name_verified: true,
-                valid_to: "2030-12-31",
-            },
-        )?);
+        certs.push(individual(space, &registry, &operator, &name, &key, &id)?);
         grants.push(receipt(
             space,
             &name,
@@ -494,4 +464,36 @@ pub fn simulated_contributors(
     registry.issue_many(certs)?;
     registry.record_many(grants)?;
     Ok(people)
+}
+
+/// A key the example space does not keep (synthetic individuals).
+fn random_key() -> Result<SigningKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The example space's certificate of an individual bound to `id`.
+fn individual(
+    space: &Space,
+    registry: &Registry,
+    operator: &SigningKey,
+    name: &str,
+    key: &SigningKey,
+    id: &IdCardNumber,
+) -> Result<Signed<Certificate>> {
+    certificate(
+        space,
+        registry,
+        operator,
+        &Issue {
+            member: name,
+            role: "individual",
+            org: "",
+            public_key: key.verifying_key(),
+            id_number: Some(id),
+            real_name_verified: true,
+            valid_to: "2030-12-31",
+        },
+    )
 }

@@ -180,31 +180,13 @@ pub fn federated(o: &crate::federation::FederatedOutcome, format: Format) -> Res
                     o.suppressed_groups
                 ));
             } else {
-                out.push_str(&format!(
-                    "{}: {} — {}\n",
-                    o.status,
-                    o.code.as_deref().unwrap_or(""),
-                    o.rule.as_deref().unwrap_or("")
-                ));
+                out.push_str(&stopped(&o.status, o.code.as_deref(), o.rule.as_deref()));
             }
             for e in &o.explanation {
                 out.push_str(&format!("  · {e}\n"));
             }
             out.push_str(&format!("session {}\n", o.session));
-            for n in &o.nodes {
-                out.push_str(&format!(
-                    "  {}: {}{}{}\n",
-                    n.node,
-                    n.decision,
-                    n.audit_seq
-                        .map(|s| format!(", audit entry #{s}"))
-                        .unwrap_or_default(),
-                    n.rule
-                        .as_deref()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default()
-                ));
-            }
+            out.push_str(&node_lines(&o.nodes));
             out
         }
     })
@@ -239,12 +221,7 @@ pub fn psi(o: &crate::federation::PsiOutcome, format: Format) -> Result<String> 
                         out.push_str(&format!("  · {e}\n"));
                     }
                 }
-                None => out.push_str(&format!(
-                    "{}: {} — {}\n",
-                    o.status,
-                    o.code.as_deref().unwrap_or(""),
-                    o.rule.as_deref().unwrap_or("")
-                )),
+                None => out.push_str(&stopped(&o.status, o.code.as_deref(), o.rule.as_deref())),
             }
             out.push_str(&format!("session {}\n", o.session));
             for n in &o.nodes {
@@ -262,6 +239,36 @@ pub fn psi(o: &crate::federation::PsiOutcome, format: Format) -> Result<String> 
     })
 }
 
+/// `status: CODE — rule`, for an outcome that released nothing.
+fn stopped(status: &str, code: Option<&str>, rule: Option<&str>) -> String {
+    format!(
+        "{status}: {} — {}\n",
+        code.unwrap_or(""),
+        rule.unwrap_or("")
+    )
+}
+
+/// One line per node: its decision, audit entry and rule.
+fn node_lines(nodes: &[crate::federation::NodeReport]) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "  {}: {}{}{}\n",
+                n.node,
+                n.decision,
+                n.audit_seq
+                    .map(|s| format!(", audit entry #{s}"))
+                    .unwrap_or_default(),
+                n.rule
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 /// `kexin contribute`.
 pub fn contribution(o: &crate::contribute::ContributeOutcome, format: Format) -> Result<String> {
     Ok(match format {
@@ -272,22 +279,9 @@ pub fn contribution(o: &crate::contribute::ContributeOutcome, format: Format) ->
                     "accepted: report {} under {} (each aggregator holds one share; the value is not stored anywhere in the clear)\n",
                     o.report, o.scene
                 ),
-                s => format!(
-                    "{s}: {} — {}\n",
-                    o.code.as_deref().unwrap_or(""),
-                    o.rule.as_deref().unwrap_or("")
-                ),
+                s => stopped(s, o.code.as_deref(), o.rule.as_deref()),
             };
-            for n in &o.nodes {
-                out.push_str(&format!(
-                    "  {}: {}{}\n",
-                    n.node,
-                    n.decision,
-                    n.audit_seq
-                        .map(|s| format!(" (audit #{s})"))
-                        .unwrap_or_default()
-                ));
-            }
+            out.push_str(&node_lines(&o.nodes));
             out
         }
     })
@@ -334,24 +328,10 @@ pub fn collection(o: &crate::contribute::CollectOutcome, format: Format) -> Resu
                         out.push_str(&format!("  · {e}\n"));
                     }
                 }
-                None => out.push_str(&format!(
-                    "{}: {} — {}\n",
-                    o.status,
-                    o.code.as_deref().unwrap_or(""),
-                    o.rule.as_deref().unwrap_or("")
-                )),
+                None => out.push_str(&stopped(&o.status, o.code.as_deref(), o.rule.as_deref())),
             }
             out.push_str(&format!("session {}\n", o.session));
-            for n in &o.nodes {
-                out.push_str(&format!(
-                    "  {}: {}{}\n",
-                    n.node,
-                    n.decision,
-                    n.audit_seq
-                        .map(|s| format!(" (audit #{s})"))
-                        .unwrap_or_default()
-                ));
-            }
+            out.push_str(&node_lines(&o.nodes));
             out
         }
     })
