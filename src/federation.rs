@@ -48,6 +48,72 @@ const OTHER_SIGNER: Refusal = Refusal::new(
 
 /// Connections a node serves at once (each holds a thread).
 const MAX_CONNECTIONS: usize = 256;
+/// Connections from one source address that may be in the TLS handshake
+/// at once: idle or slow unauthenticated connections from one place cannot
+/// take the node's connection slots from its peers.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
+/// How long a TLS handshake (with the pinned member key) may take in all.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which new connections a node takes: at most [`MAX_CONNECTIONS`] open,
+/// and at most [`MAX_HANDSHAKES_PER_SOURCE`] of them still in the
+/// handshake from any one address.
+#[derive(Debug, Default)]
+struct Admission {
+    /// (open connections, handshakes in progress per source address)
+    state: Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+}
+
+impl Admission {
+    fn enter(this: &Arc<Self>, source: std::net::IpAddr) -> Option<Ticket> {
+        let mut s = this.state.lock().ok()?;
+        let (open, handshaking) = &mut *s;
+        let n = handshaking.get(&source).copied().unwrap_or(0);
+        if *open >= MAX_CONNECTIONS || n >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *open += 1;
+        handshaking.insert(source, n + 1);
+        Some(Ticket {
+            admission: Arc::clone(this),
+            source,
+            handshaking: true,
+        })
+    }
+}
+
+/// One admitted connection; dropping it frees its places.
+#[derive(Debug)]
+struct Ticket {
+    admission: Arc<Admission>,
+    source: std::net::IpAddr,
+    handshaking: bool,
+}
+
+impl Ticket {
+    fn handshake_over(&mut self) {
+        if !std::mem::replace(&mut self.handshaking, false) {
+            return;
+        }
+        if let Ok(mut s) = self.admission.state.lock()
+            && let Some(n) = s.1.get_mut(&self.source)
+        {
+            *n -= 1;
+            if *n == 0 {
+                s.1.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.handshake_over();
+        if let Ok(mut s) = self.admission.state.lock() {
+            s.0 -= 1;
+        }
+    }
+}
 
 /// `<space>/federation.toml`: where each node listens and which member
 /// identity it presents.
@@ -303,32 +369,47 @@ impl NodeServer {
     /// Serve forever on `listen` (one thread per connection).
     pub fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
         let tls = crate::net::server_config(&self.me, Arc::new(self.pins.clone()))?;
-        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let admission = Arc::new(Admission::default());
         for tcp in listener.incoming() {
             let Ok(tcp) = tcp else { continue };
-            // Past the limit a connection is closed at once: no thread, no
-            // handshake.
-            if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
-                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                tracing::warn!(target: "kexin::node", "connection refused: {MAX_CONNECTIONS} open");
+            let Ok(source) = tcp.peer_addr().map(|a| a.ip()) else {
                 continue;
-            }
+            };
+            // Past a limit a connection is closed at once: no thread, no
+            // handshake.
+            let Some(ticket) = Admission::enter(&admission, source) else {
+                tracing::warn!(
+                    target: "kexin::node",
+                    "connection refused: {MAX_CONNECTIONS} open or {MAX_HANDSHAKES_PER_SOURCE} handshakes from one source"
+                );
+                continue;
+            };
             let this = Arc::clone(&self);
             let tls = Arc::clone(&tls);
-            let open = Arc::clone(&open);
             std::thread::spawn(move || {
-                if let Err(e) = this.connection(tcp, tls) {
+                let mut ticket = ticket;
+                if let Err(e) = this.connection(tcp, tls, || ticket.handshake_over()) {
                     tracing::info!(target: "kexin::node", "connection closed: {e:#}");
                 }
-                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
         Ok(())
     }
 
-    fn connection(&self, tcp: TcpStream, tls: Arc<rustls::ServerConfig>) -> Result<()> {
+    /// One connection: the TLS handshake (then `handshake_over`, whatever
+    /// its outcome), then the member's request.
+    fn connection(
+        &self,
+        tcp: TcpStream,
+        tls: Arc<rustls::ServerConfig>,
+        handshake_over: impl FnOnce(),
+    ) -> Result<()> {
         let t = self.cfg.round_timeout();
-        let (mut link, (member, role)) = Link::accept(tcp, tls, &self.pins, t)?;
+        let accepted = Link::accept(tcp, tls, &self.pins, HANDSHAKE_TIMEOUT);
+        handshake_over();
+        let (mut link, (member, role)) = accepted?;
+        link.set_timeout(t)?;
+        link.set_write_timeout(t)?;
         let (kind, first) = link.recv()?;
         if kind == MPC {
             anyhow::ensure!(role == "node", "MPC messages come from nodes only");
@@ -1963,4 +2044,35 @@ pub fn psi(
         out.rule = Some(abort_rule(&out.nodes));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_limits_handshakes_per_source_and_frees_places() {
+        let a = Arc::new(Admission::default());
+        let flood = std::net::IpAddr::from([127, 0, 0, 9]);
+        let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+        let mut held: Vec<Ticket> = (0..MAX_HANDSHAKES_PER_SOURCE)
+            .filter_map(|_| Admission::enter(&a, flood))
+            .collect();
+        assert_eq!(held.len(), MAX_HANDSHAKES_PER_SOURCE);
+        // The flooding source is refused; another source is not.
+        assert!(Admission::enter(&a, flood).is_none());
+        let mut p = Admission::enter(&a, peer).expect("another source gets in");
+        // A finished handshake frees its source's place, not its slot.
+        held[0].handshake_over();
+        assert!(Admission::enter(&a, flood).is_some_and(|t| {
+            drop(t);
+            true
+        }));
+        p.handshake_over();
+        drop(held);
+        drop(p);
+        let s = a.state.lock().expect("lock");
+        assert_eq!(s.0, 0, "every slot is given back");
+        assert!(s.1.is_empty());
+    }
 }

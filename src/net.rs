@@ -271,7 +271,15 @@ impl Link {
         tcp.set_write_timeout(Some(timeout))?;
         let conn = ServerConnection::new(cfg)?;
         let mut s = StreamOwned::new(conn, tcp);
+        // `timeout` bounds the whole handshake, not each read: a peer that
+        // trickles a byte at a time is cut off all the same.
+        let deadline = std::time::Instant::now() + timeout;
         while s.conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                bail!("the TLS handshake took too long");
+            }
+            s.sock.set_read_timeout(Some(left))?;
             s.conn.complete_io(&mut s.sock)?;
         }
         let peer = s
@@ -294,6 +302,12 @@ impl Link {
     /// How long a read may wait.
     pub fn set_timeout(&self, t: Duration) -> Result<()> {
         self.tcp().set_read_timeout(Some(t))?;
+        Ok(())
+    }
+
+    /// How long a write may wait.
+    pub fn set_write_timeout(&self, t: Duration) -> Result<()> {
+        self.tcp().set_write_timeout(Some(t))?;
         Ok(())
     }
 

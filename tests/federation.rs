@@ -290,6 +290,31 @@ fn a_federated_scene_is_answered_by_all_of_its_nodes_every_time() {
     assert_eq!(out["nodes"].as_array().unwrap().len(), 4);
 }
 
+#[test]
+fn idle_unauthenticated_connections_do_not_hold_a_node() {
+    // Rounds may last 30 s here, but a TLS handshake only 5 s: a flood of
+    // idle TCP connections (more than a node serves at once) is cut off
+    // by then, and the nodes federate again.
+    let f = Federation::new(3, 30, &["h1", "h2", "h3"]);
+    let mut idle = Vec::new();
+    for n in ["h1", "h2", "h3"] {
+        for _ in 0..300 {
+            if let Ok(s) = std::net::TcpStream::connect_timeout(
+                &f.addr(n).parse().unwrap(),
+                Duration::from_secs(2),
+            ) {
+                idle.push(s);
+            }
+        }
+    }
+    assert!(idle.len() > 256, "the flood must exceed a node's slots");
+    std::thread::sleep(Duration::from_secs(7));
+    let sql = "SELECT department, COUNT(*) AS n FROM admissions GROUP BY department";
+    let (code, out) = f.federate("joint-diabetes", "h1,h2,h3", sql);
+    assert_eq!(code, 0, "{out}");
+    drop(idle);
+}
+
 /// How the impostor misbehaves after the researcher's start signal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {

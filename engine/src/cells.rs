@@ -1,10 +1,11 @@
 //! The gate's hidden per-cell aggregates, built for speed on large groups.
 //!
-//! - `kexin_persons(person)`: the number of distinct persons of a group,
-//!   **capped**: the gate only asks whether a group reaches its (noisy)
-//!   threshold, which is at most `min_persons + spread`, so each group keeps
-//!   at most `cap` person hashes and stops looking once it has them. Large
-//!   groups cost one flag test per row.
+//! - `kexin_persons(person)`: the distinct persons of a group as a list of
+//!   person hashes, **capped**: the gate only asks whether a group reaches
+//!   its (noisy) threshold, which is at most `min_persons + spread` and is
+//!   drawn from the set itself, so each group keeps at most `cap` person
+//!   hashes and stops looking once it has them. Large groups cost one flag
+//!   test per row.
 //! - `kexin_dominance(person, value)`: the share of `Σ|value|` held by the
 //!   group's top `n` persons, from exact per-person totals.
 //!
@@ -19,7 +20,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Float64Builder, Int64Array, ListBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Float64Builder, ListBuilder,
     UInt64Builder,
 };
 use datafusion::arrow::compute::cast;
@@ -145,7 +146,7 @@ impl AggregateUDFImpl for CappedPersons {
         &self.signature
     }
     fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
-        Ok(DataType::Int64)
+        Ok(DataType::new_list(DataType::UInt64, true))
     }
     fn accumulator(&self, _: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
         Ok(Box::new(SingleGroup::new(PersonsAcc::new(self.cap))))
@@ -167,7 +168,10 @@ impl AggregateUDFImpl for CappedPersons {
         Ok(Box::new(PersonsAcc::new(self.cap)))
     }
     fn default_value(&self, _: &DataType) -> DfResult<ScalarValue> {
-        Ok(ScalarValue::Int64(Some(0)))
+        Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+            &[],
+            &DataType::UInt64,
+        )))
     }
 }
 
@@ -221,22 +225,12 @@ impl GroupsAccumulator for PersonsAcc {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
         let groups = emit_to.take_needed(&mut self.groups);
-        Ok(Arc::new(
-            groups
-                .iter()
-                .map(|s| Some(s.len() as i64))
-                .collect::<Int64Array>(),
-        ))
+        Ok(hash_lists(groups))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
         let groups = emit_to.take_needed(&mut self.groups);
-        let mut b = ListBuilder::new(UInt64Builder::new());
-        for s in groups {
-            b.values().append_slice(&s);
-            b.append(true);
-        }
-        Ok(vec![Arc::new(b.finish())])
+        Ok(vec![hash_lists(groups)])
     }
 
     fn merge_batch(
@@ -290,6 +284,16 @@ impl GroupsAccumulator for PersonsAcc {
                 .map(|s| 24 + s.capacity() * 8)
                 .sum::<usize>()
     }
+}
+
+/// One list of person hashes per group (the result and the state).
+fn hash_lists(groups: Vec<Vec<u64>>) -> ArrayRef {
+    let mut b = ListBuilder::new(UInt64Builder::new());
+    for s in groups {
+        b.values().append_slice(&s);
+        b.append(true);
+    }
+    Arc::new(b.finish())
 }
 
 // ---------------------------------------------------------------- dominance
@@ -650,6 +654,14 @@ mod tests {
         Arc::new(StringArray::from(v.to_vec()))
     }
 
+    fn set_of(out: &ArrayRef, g: usize) -> Vec<u64> {
+        out.as_list::<i32>()
+            .value(g)
+            .as_primitive::<UInt64Type>()
+            .values()
+            .to_vec()
+    }
+
     #[test]
     fn persons_are_counted_distinct_and_capped() {
         let mut acc = PersonsAcc::new(3);
@@ -663,11 +675,16 @@ mod tests {
         acc.update_batch(&[persons(&["e", "f"])], &[1, 1], None, 2)
             .unwrap();
         let out = acc.evaluate(EmitTo::All).unwrap();
-        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let sizes: Vec<usize> = (0..2).map(|g| set_of(&out, g).len()).collect();
         assert_eq!(
-            out.values().to_vec(),
+            sizes,
             vec![2, 3],
             "group 0 has a,b; group 1 saturates at the cap"
+        );
+        assert_eq!(
+            set_of(&out, 0),
+            vec![person_hash(b"a"), person_hash(b"b")],
+            "the set itself is the result: the gate draws the threshold from it"
         );
     }
 
@@ -685,11 +702,7 @@ mod tests {
         fin.merge_batch(&b.state(EmitTo::All).unwrap(), &[0], 1)
             .unwrap();
         let out = fin.evaluate(EmitTo::All).unwrap();
-        assert_eq!(
-            out.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
-                .value(0),
-            3
-        );
+        assert_eq!(set_of(&out, 0).len(), 3);
     }
 
     #[test]
@@ -778,7 +791,10 @@ mod tests {
             .collect();
         let mut other = SingleGroup::new(PersonsAcc::new(5));
         Accumulator::merge_batch(&mut other, &state).unwrap();
-        assert_eq!(other.evaluate().unwrap(), ScalarValue::Int64(Some(2)));
+        let ScalarValue::List(set) = other.evaluate().unwrap() else {
+            panic!("a person set is a list")
+        };
+        assert_eq!(set.value(0).len(), 2, "a and b, once each");
     }
 
     #[test]

@@ -1,28 +1,53 @@
-//! Disclosure checks: which base columns can reach which part of the output.
+//! Disclosure checks: the query fragment kexin accepts, and which base
+//! columns can reach which part of the output.
 //!
-//! The checker walks the researcher's logical plan (before masking) and
-//! tracks, for every column each node produces, the base columns it derives
-//! from ([`Lin`]). The rules, in SCQL-CCL style, follow the column kinds:
+//! The checker is an allow-list. It walks the researcher's logical plan
+//! (before masking) and accepts only this fragment (the grammar is in
+//! `docs/query-fragment.md`):
+//!
+//! ```text
+//! query     := post* aggregate
+//! post      := projection | HAVING | ORDER BY | LIMIT/OFFSET | alias   -- on released cells
+//! aggregate := GROUP BY key* with allowed aggregates over rows
+//! rows      := scan | rows WHERE pred | rows JOIN rows ON pk = pk
+//!            | SELECT exprs FROM rows (derived table) | rows, rows WHERE pk = pk
+//! pred      := comparison / boolean logic over allowed expressions
+//!            | pk [NOT] IN (cohort) | [NOT] EXISTS (rows WHERE pk = outer.pk …)
+//! cohort    := SELECT pk FROM rows [GROUP BY pk [HAVING pred]]
+//! ```
+//!
+//! Every subquery is a person-key cohort, so its answer for one person
+//! depends only on that person's rows. For every column each node
+//! produces, the checker tracks the base columns it derives from ([`Lin`])
+//! and whether anything non-linear (CASE, comparisons, rounding, integer
+//! division, outer-join null extension, …) lies on the way. The rules, in
+//! SCQL-CCL style, follow the column kinds:
 //!
 //! - identifiers never leave, never appear in predicates, group keys or
 //!   arithmetic; the person key may only be compared with another person key
-//!   (person-key joins, `IN` cohort subqueries) or counted;
+//!   (person-key joins, cohort subqueries) or counted;
 //! - sensitive columns appear only inside aggregates and predicates, and as
 //!   group keys only when their mask generalizes them;
-//! - the query releases exactly one aggregate at its top ("the releasing
-//!   aggregate"); below it there are no aggregates, windows, LIMIT, ORDER BY or
-//!   set operations, and above it no HAVING and no subqueries;
-//! - aggregate arguments are arithmetic only (no CASE, comparisons or other
-//!   conditionals that could single one person out of a big cell), only
-//!   allow-listed aggregate functions run, and MIN/MAX never touch sensitive
-//!   columns.
+//! - the query has exactly one aggregate ("the releasing aggregate"); below it
+//!   there are no aggregates (except per-person ones inside cohorts),
+//!   windows, LIMIT, ORDER BY or set operations; above it everything is
+//!   post-processing of released cells, run after the gate;
+//! - outside DP scenes, aggregate arguments are linear in the data through
+//!   their whole lineage (derived tables included): a condition one level
+//!   down could otherwise single one person out of a big cell;
+//! - scalar functions and operators come from an allow-list, and arguments
+//!   that steer a function's work or failure (regex patterns, lengths,
+//!   counts, formats) must be literals, so no row can make a query fail or
+//!   slow down that another row would not.
 
 use std::collections::BTreeMap;
 
-use datafusion::common::DFSchema;
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, ExprSchemable, Join, JoinType, LogicalPlan, Operator,
+};
 
 use crate::error::{Code, Error, Result, refuse};
 use crate::policy::{ColumnKind, Dataset};
@@ -41,6 +66,15 @@ struct Lin {
     /// The output of a UDF with a declared finite domain (or that column
     /// passed through): a generalisation, groupable whatever its inputs.
     generalized: bool,
+    /// Something other than `+`, `-`, `×`, `÷` into decimals, casts and
+    /// approved UDFs lies on the way from the base columns: a condition,
+    /// a step function or an outer join's null extension. Such a column
+    /// can be zero for everyone but one person, so outside DP it may not
+    /// be aggregated.
+    nonlinear: bool,
+    /// Public bounds of the column's value per row, where they follow from
+    /// the base columns' clamps and literals (interval arithmetic).
+    interval: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +82,8 @@ struct Base {
     kind: ColumnKind,
     groupable: bool,
     person_key: bool,
+    /// Cells in the column's declared public domain.
+    domain: Option<usize>,
 }
 
 impl Lin {
@@ -65,14 +101,38 @@ impl Lin {
         }
         self.aggregated |= other.aggregated;
         self.unbounded |= other.unbounded;
+        self.nonlinear |= other.nonlinear;
     }
 }
 
-/// What the gate needs to know about the released columns.
+/// What one column of the releasing aggregate's output is, for the gate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Output {
+    /// A group key.
+    Key,
+    /// A count: snapped to the scene's `round_to` grid.
+    Count,
+    /// A sum: snapped to `round_to` times the largest value one row can add
+    /// (when the argument has public bounds), so a sum of a constant is
+    /// rounded like a count however it is written.
+    Sum { row_bound: Option<f64> },
+    /// Means, spreads, MIN/MAX and UDF aggregates: rounded to the scene's
+    /// decimals, and a computed argument to 10⁻⁴ of what one row can be,
+    /// so scaling the argument by a literal does not buy precision.
+    Other { row_bound: Option<f64> },
+}
+
+/// What the gate needs to know about the releasing aggregate.
 #[derive(Debug, Clone)]
 pub struct Analysis {
-    /// Per output column: true for aggregate results, false for group keys.
-    pub aggregated: Vec<bool>,
+    /// Per output column of the releasing aggregate: group keys first, then
+    /// the aggregates in the order the query wrote them.
+    pub outputs: Vec<Output>,
+    /// The number of cells the group keys can take when every key is a
+    /// column with a declared public domain (1 without GROUP BY); `None`
+    /// when a key is drawn from the data. Only then may the number of
+    /// withheld cells be told: it is a function of what was released.
+    pub public_cells: Option<u64>,
 }
 
 /// Aggregate functions a researcher may call, by DataFusion's canonical name.
@@ -90,10 +150,81 @@ const AGGREGATES: &[&str] = &[
     "stddev_samp",
 ];
 
-/// Functions allowed inside aggregate arguments: arithmetic only.
-const ARITHMETIC_FUNCTIONS: &[&str] = &[
-    "abs", "round", "floor", "ceil", "sqrt", "ln", "log10", "log2", "exp", "power", "pow", "trunc",
+/// Scalar functions a query may call, by DataFusion name (canonical names
+/// and the aliases planners have used), with the argument positions that
+/// must be literals: patterns, lengths, counts and formats steer the work a
+/// function does and whether it fails, so they may not come from data.
+/// Every function here is total on its inputs once the plan is hardened
+/// (NULL outside its domain), so no value can make it raise an error.
+const FUNCTIONS: &[(&str, &[usize])] = &[
+    // numbers
+    ("abs", &[]),
+    ("ceil", &[]),
+    ("floor", &[]),
+    ("round", &[1]),
+    ("trunc", &[1]),
+    ("signum", &[]),
+    ("sqrt", &[]),
+    ("cbrt", &[]),
+    ("ln", &[]),
+    ("log", &[]),
+    ("log2", &[]),
+    ("log10", &[]),
+    ("exp", &[]),
+    ("greatest", &[]),
+    ("least", &[]),
+    ("isnan", &[]),
+    ("iszero", &[]),
+    // nulls
+    ("coalesce", &[]),
+    ("nullif", &[]),
+    ("nvl", &[]),
+    ("ifnull", &[]),
+    // text
+    ("lower", &[]),
+    ("upper", &[]),
+    ("btrim", &[1]),
+    ("trim", &[1]),
+    ("ltrim", &[1]),
+    ("rtrim", &[1]),
+    ("character_length", &[]),
+    ("char_length", &[]),
+    ("length", &[]),
+    ("octet_length", &[]),
+    ("substr", &[1, 2]),
+    ("substring", &[1, 2]),
+    ("left", &[1]),
+    ("right", &[1]),
+    ("starts_with", &[1]),
+    ("ends_with", &[1]),
+    ("strpos", &[1]),
+    ("instr", &[1]),
+    ("concat", &[]),
+    ("concat_ws", &[0]),
+    ("replace", &[1, 2]),
+    ("split_part", &[1, 2]),
+    ("reverse", &[]),
+    ("initcap", &[]),
+    ("translate", &[1, 2]),
+    ("lpad", &[1, 2]),
+    ("rpad", &[1, 2]),
+    ("regexp_like", &[1, 2]),
+    ("regexp_match", &[1, 2]),
+    ("regexp_count", &[1, 2, 3]),
+    ("regexp_replace", &[1, 2, 3]),
+    // dates
+    ("date_part", &[0]),
+    ("datepart", &[0]),
+    ("date_trunc", &[0]),
+    ("datetrunc", &[0]),
 ];
+
+/// The largest magnitude one row may add to a SUM of a computed argument.
+const MAX_ROW_BOUND: f64 = 1.0e15;
+
+/// Literal lengths (padding) above this are refused: a literal is the same
+/// for every row, but one query may still not ask for gigabytes.
+const MAX_LITERAL_LENGTH: i64 = 1024;
 
 /// The checker for one scene's datasets.
 #[derive(Debug)]
@@ -101,6 +232,9 @@ pub struct Checker<'a> {
     datasets: BTreeMap<&'a str, &'a Dataset>,
     /// Approved UDFs callable in this query.
     udfs: BTreeMap<String, UdfFacts>,
+    /// DP scenes bound every person's contribution by clamping the measured
+    /// argument itself, so non-linear arguments are allowed there.
+    noisy: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -108,6 +242,7 @@ impl<'a> Checker<'a> {
         Self {
             datasets: datasets.into_iter().map(|d| (d.name.as_str(), d)).collect(),
             udfs: BTreeMap::new(),
+            noisy: false,
         }
     }
 
@@ -119,8 +254,12 @@ impl<'a> Checker<'a> {
         self
     }
 
-    fn arithmetic_only(&self, e: &Expr) -> Result<()> {
-        arithmetic_only(e, &self.udfs)
+    /// The scene releases through differential privacy: each person's
+    /// contribution to an aggregate is clamped and noised, whatever the
+    /// argument computes, so the linearity rule does not apply.
+    pub fn noisy(mut self, noisy: bool) -> Self {
+        self.noisy = noisy;
+        self
     }
 
     fn udf(&self, e: &Expr) -> Option<UdfFacts> {
@@ -130,22 +269,28 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// [`expr_lin`] plus what UDF calls do to the lineage.
+    /// The lineage of `e`: [`expr_lin`], the allow-list, linearity, bounds
+    /// and what UDF calls do.
     fn lin(&self, e: &Expr, schema: &DFSchema, input: &[Lin]) -> Result<Lin> {
+        self.allowed(e)?;
         let mut l = expr_lin(e, schema, input)?;
+        l.nonlinear |= !self.linear(e, schema);
+        l.interval = interval(e, schema, input).or_else(|| {
+            // An approved UDF with a declared integer range.
+            self.udf(strip(e))
+                .and_then(|u| u.range)
+                .map(|(lo, hi)| (lo as f64, hi as f64))
+        });
         if self.udfs.is_empty() {
             return Ok(l);
         }
-        let bare = match e {
-            Expr::Alias(a) => a.expr.as_ref(),
-            other => other,
-        };
+        let bare = strip(e);
         let mut unbounded = false;
         let _ = e.apply(|x| {
             if self.udf(x).is_some_and(|u| !u.finite_domain) {
                 unbounded = true;
             }
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            Ok(TreeNodeRecursion::Continue)
         });
         if self.udf(bare).is_some_and(|u| u.finite_domain) {
             l.generalized = true;
@@ -163,83 +308,43 @@ impl<'a> Checker<'a> {
 
     /// Check a whole query plan; returns what the gate needs.
     pub fn check(&self, plan: &LogicalPlan) -> Result<Analysis> {
-        let lins = self.top(plan)?;
-        Ok(Analysis {
-            aggregated: lins.iter().map(|l| l.aggregated).collect(),
-        })
+        self.top(plan)
     }
 
-    /// The chain above (and including) the releasing aggregate.
-    fn top(&self, plan: &LogicalPlan) -> Result<Vec<Lin>> {
+    /// The chain above (and including) the releasing aggregate. Everything
+    /// above the aggregate runs after the gate, on released cells only.
+    fn top(&self, plan: &LogicalPlan) -> Result<Analysis> {
         match plan {
             LogicalPlan::Projection(p) => {
-                // Checked before descending: a subquery up here would carry an
-                // aggregate past the gate.
                 for e in &p.expr {
-                    no_subqueries(e)?;
+                    self.post(e)?;
                 }
-                let input = self.top(&p.input)?;
-                p.expr
-                    .iter()
-                    .map(|e| self.lin(e, p.input.schema(), &input))
-                    .collect()
+                self.top(&p.input)
             }
             LogicalPlan::Sort(s) => {
-                let input = self.top(&s.input)?;
                 for e in &s.expr {
-                    no_subqueries(&e.expr)?;
+                    self.post(&e.expr)?;
                 }
-                Ok(input)
+                self.top(&s.input)
             }
             LogicalPlan::Limit(l) => {
                 for e in l.skip.iter().chain(l.fetch.iter()) {
-                    no_subqueries(e)?;
+                    if !is_literal(e) {
+                        return refuse(
+                            Code::ShapeStatement,
+                            "LIMIT and OFFSET take literal numbers",
+                        );
+                    }
                 }
                 self.top(&l.input)
             }
-            LogicalPlan::SubqueryAlias(a) => self.top(&a.input),
-            LogicalPlan::Filter(_) => refuse(
-                Code::ShapeHaving,
-                "HAVING filters released groups before the gate and would reveal suppressed counts",
-            ),
-            LogicalPlan::Aggregate(agg) => {
-                let input = self.below(&agg.input)?;
-                let schema = agg.input.schema();
-                let mut out = Vec::new();
-                for g in &agg.group_expr {
-                    if matches!(g, Expr::GroupingSet(_)) {
-                        return refuse(
-                            Code::ShapeSetOperation,
-                            "ROLLUP, CUBE and GROUPING SETS release overlapping cells",
-                        );
-                    }
-                    no_subqueries(g)?;
-                    let l = self.lin(g, schema, &input)?;
-                    if l.has(ColumnKind::Identifier) {
-                        return refuse(
-                            Code::DiscIdentifier,
-                            "identifier columns cannot be group keys",
-                        );
-                    }
-                    if l.unbounded {
-                        return refuse(
-                            Code::UdfDomain,
-                            "a UDF used in a group key needs a declared finite output domain",
-                        );
-                    }
-                    if !l.generalized && l.bases.iter().any(|b| !b.groupable) {
-                        return refuse(
-                            Code::DiscSensitive,
-                            "group keys must come from attribute, quasi-identifier or generalized columns",
-                        );
-                    }
-                    out.push(l);
-                }
-                for a in &agg.aggr_expr {
-                    out.push(self.aggregate(a, schema, &input)?);
-                }
-                Ok(out)
+            LogicalPlan::Filter(f) => {
+                // HAVING: a filter on released cells.
+                self.post(&f.predicate)?;
+                self.top(&f.input)
             }
+            LogicalPlan::SubqueryAlias(a) => self.top(&a.input),
+            LogicalPlan::Aggregate(agg) => self.releasing(agg),
             LogicalPlan::Window(_) => refuse(Code::ShapeWindow, "window functions are not allowed"),
             LogicalPlan::Distinct(_) => refuse(
                 Code::ShapeNoAggregate,
@@ -262,12 +367,88 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn aggregate(&self, e: &Expr, schema: &DFSchema, input: &[Lin]) -> Result<Lin> {
-        let inner = match e {
-            Expr::Alias(a) => a.expr.as_ref(),
-            other => other,
-        };
-        let Expr::AggregateFunction(f) = inner else {
+    /// An expression of the post-processing above the releasing aggregate:
+    /// it sees released cells only, but is still held to the allow-list and
+    /// may not open a subquery (which would read unreleased rows).
+    fn post(&self, e: &Expr) -> Result<()> {
+        no_subqueries(e)?;
+        if contains_window(e) {
+            return refuse(Code::ShapeWindow, "window functions are not allowed");
+        }
+        let mut nested = false;
+        let _ = e.apply(|x| {
+            if let Expr::AggregateFunction(_) = x {
+                // An aggregate named above the releasing one is a column of
+                // it (HAVING count(*) > 10); the planner resolves it so.
+                return Ok(TreeNodeRecursion::Jump);
+            }
+            if let Expr::ScalarFunction(f) = x
+                && self.udfs.get(f.func.name()).is_some_and(|u| u.aggregate)
+            {
+                nested = true;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        if nested {
+            return refuse(Code::ShapeNestedAggregate, "aggregates cannot be nested");
+        }
+        self.allowed(e)
+    }
+
+    /// The releasing aggregate.
+    fn releasing(&self, agg: &datafusion::logical_expr::Aggregate) -> Result<Analysis> {
+        let input = self.below(&agg.input)?;
+        let schema = agg.input.schema();
+        let mut outputs = Vec::new();
+        let mut public_cells = Some(1u64);
+        for g in &agg.group_expr {
+            if matches!(g, Expr::GroupingSet(_)) {
+                return refuse(
+                    Code::ShapeSetOperation,
+                    "ROLLUP, CUBE and GROUPING SETS release overlapping cells",
+                );
+            }
+            no_subqueries(g)?;
+            let l = self.lin(g, schema, &input)?;
+            if l.has(ColumnKind::Identifier) {
+                return refuse(
+                    Code::DiscIdentifier,
+                    "identifier columns cannot be group keys",
+                );
+            }
+            if l.unbounded {
+                return refuse(
+                    Code::UdfDomain,
+                    "a UDF used in a group key needs a declared finite output domain",
+                );
+            }
+            if !l.generalized && l.bases.iter().any(|b| !b.groupable) {
+                return refuse(
+                    Code::DiscSensitive,
+                    "group keys must come from attribute, quasi-identifier or generalized columns",
+                );
+            }
+            let domain = match l.bases.as_slice() {
+                [b] if l.pure => b.domain,
+                _ => None,
+            };
+            public_cells = match (public_cells, domain) {
+                (Some(n), Some(d)) => n.checked_mul(d as u64),
+                _ => None,
+            };
+            outputs.push(Output::Key);
+        }
+        for a in &agg.aggr_expr {
+            outputs.push(self.aggregate(a, schema, &input)?);
+        }
+        Ok(Analysis {
+            outputs,
+            public_cells,
+        })
+    }
+
+    fn aggregate(&self, e: &Expr, schema: &DFSchema, input: &[Lin]) -> Result<Output> {
+        let Expr::AggregateFunction(f) = strip(e) else {
             return refuse(
                 Code::DiscAggregateFunction,
                 "only plain aggregate calls may be released",
@@ -287,10 +468,7 @@ impl<'a> Checker<'a> {
                 "FILTER and ORDER BY inside aggregates are not allowed; use WHERE",
             );
         }
-        let mut lin = Lin {
-            aggregated: true,
-            ..Lin::default()
-        };
+        let mut row_bound = None;
         for arg in &f.params.args {
             no_subqueries(arg)?;
             let l = self.lin(arg, schema, input)?;
@@ -309,18 +487,60 @@ impl<'a> Checker<'a> {
                     "MIN and MAX of sensitive columns reveal single values",
                 );
             }
-            if name != "count" {
-                self.arithmetic_only(arg)?;
+            if l.nonlinear && !self.noisy {
+                return refuse(
+                    Code::DiscConditional,
+                    "aggregate arguments must be linear in the data through every derived table (+, -, *, / into decimals); put conditions, rounding and CASE in WHERE or GROUP BY",
+                );
             }
-            lin.merge(&l);
+            // A bare call of an approved scalar UDF is rounded like a
+            // column: its code was reviewed with its output's scale.
+            let reviewed = self.udf(strip(arg)).is_some_and(|u| !u.aggregate);
+            if name != "count"
+                && !udaf
+                && !l.pure
+                && !self.noisy
+                && !(reviewed && l.interval.is_none())
+            {
+                // A computed argument is snapped to a grid as wide as what
+                // one row can add; without public bounds there is no such
+                // grid, and past 10^15 integer sums could wrap.
+                let Some((lo, hi)) = l.interval else {
+                    return refuse(
+                        Code::DiscAggregateFunction,
+                        "an aggregate of a computed argument needs columns with public bounds (it is rounded by what one row can add)",
+                    );
+                };
+                let bound = lo.abs().max(hi.abs());
+                if !(bound <= MAX_ROW_BOUND) {
+                    return refuse(
+                        Code::DiscAggregateFunction,
+                        "an aggregate of a computed argument whose rows can exceed 10^15 in magnitude could overflow",
+                    );
+                }
+                row_bound = Some(bound);
+            }
         }
-        lin.aggregated = true;
-        lin.pure = false;
-        Ok(lin)
+        Ok(match name.as_str() {
+            "count" => Output::Count,
+            "sum" => Output::Sum { row_bound },
+            _ => Output::Other { row_bound },
+        })
     }
 
     /// Everything below the releasing aggregate.
     fn below(&self, plan: &LogicalPlan) -> Result<Vec<Lin>> {
+        self.rows(plan, false)
+    }
+
+    /// The body of a cohort subquery: like [`Self::below`], but its top may
+    /// be one aggregate grouped by the person key alone (with HAVING), whose
+    /// every value depends on one person's rows only.
+    fn cohort(&self, plan: &LogicalPlan) -> Result<Vec<Lin>> {
+        self.rows(plan, true)
+    }
+
+    fn rows(&self, plan: &LogicalPlan, per_person: bool) -> Result<Vec<Lin>> {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let name = scan.table_name.table();
@@ -339,8 +559,10 @@ impl<'a> Checker<'a> {
                                 kind: c.kind,
                                 groupable: c.groupable(),
                                 person_key: *f.name() == ds.person_key,
+                                domain: c.domain.as_ref().map(Vec::len),
                             }],
                             pure: true,
+                            interval: c.bounds,
                             ..Lin::default()
                         }),
                         None => refuse(
@@ -351,7 +573,7 @@ impl<'a> Checker<'a> {
                     .collect()
             }
             LogicalPlan::Projection(p) => {
-                let input = self.below(&p.input)?;
+                let input = self.rows(&p.input, per_person)?;
                 p.expr
                     .iter()
                     .map(|e| {
@@ -368,67 +590,76 @@ impl<'a> Checker<'a> {
                     .collect()
             }
             LogicalPlan::Filter(f) => {
-                let input = self.below(&f.input)?;
+                // `FROM a, b WHERE a.pk = b.pk`: the filter keys the cross join.
+                let input = match f.input.as_ref() {
+                    LogicalPlan::Join(j) => {
+                        self.join(j, &split_conjunction(&f.predicate), per_person)?
+                    }
+                    other => self.rows(other, per_person)?,
+                };
                 self.predicate(&f.predicate, f.input.schema(), &input)?;
                 Ok(input)
             }
-            LogicalPlan::SubqueryAlias(a) => self.below(&a.input),
-            LogicalPlan::Join(j) => {
-                let left = self.below(&j.left)?;
-                let right = self.below(&j.right)?;
-                for (l, r) in &j.on {
-                    let ll = self.lin(l, j.left.schema(), &left)?;
-                    let rl = self.lin(r, j.right.schema(), &right)?;
-                    if !(ll.is_person_key() && rl.is_person_key()) {
+            LogicalPlan::SubqueryAlias(a) => self.rows(&a.input, per_person),
+            LogicalPlan::Join(j) => self.join(j, &[], per_person),
+            LogicalPlan::Aggregate(agg) if per_person => {
+                let input = self.below(&agg.input)?;
+                let schema = agg.input.schema();
+                let mut out = Vec::new();
+                for g in &agg.group_expr {
+                    let l = self.lin(g, schema, &input)?;
+                    if !l.is_person_key() {
                         return refuse(
-                            Code::DiscJoin,
-                            "joins must be equi-joins on the person key",
+                            Code::ShapeSubquery,
+                            "a cohort subquery groups by the person key alone",
                         );
                     }
+                    out.push(l);
                 }
-                let mut both = left.clone();
-                both.extend(right.iter().cloned());
-                let schema = j
-                    .left
-                    .schema()
-                    .join(j.right.schema())
-                    .map_err(Error::internal)?;
-                // The SQL planner leaves `ON a = b` in the join filter; the
-                // optimizer extracts equi-join keys later. Either way a join
-                // needs a person-key equality between its two sides.
-                let mut keyed = !j.on.is_empty();
-                if let Some(filter) = &j.filter {
-                    for conjunct in split_conjunction(filter) {
-                        if let Expr::BinaryExpr(BinaryExpr {
-                            left: l,
-                            op: Operator::Eq,
-                            right: r,
-                        }) = conjunct
-                            && self.lin(l, &schema, &both)?.is_person_key()
-                            && self.lin(r, &schema, &both)?.is_person_key()
-                        {
-                            keyed = true;
-                        }
+                if out.len() != 1 {
+                    return refuse(
+                        Code::ShapeSubquery,
+                        "a cohort subquery groups by the person key alone",
+                    );
+                }
+                for a in &agg.aggr_expr {
+                    let Expr::AggregateFunction(f) = strip(a) else {
+                        return refuse(
+                            Code::DiscAggregateFunction,
+                            "only plain aggregate calls may be used",
+                        );
+                    };
+                    if !AGGREGATES.contains(&f.func.name().to_ascii_lowercase().as_str()) {
+                        return refuse(
+                            Code::DiscAggregateFunction,
+                            "only COUNT, SUM, AVG, MIN, MAX, STDDEV and VAR aggregates may be used",
+                        );
                     }
-                    self.predicate(filter, &schema, &both)?;
+                    let mut l = Lin::default();
+                    for arg in &f.params.args {
+                        no_subqueries(arg)?;
+                        let a = self.lin(arg, schema, &input)?;
+                        if a.has(ColumnKind::Identifier) && !a.is_person_key() {
+                            return refuse(
+                                Code::DiscIdentifier,
+                                "identifier columns may only be counted",
+                            );
+                        }
+                        l.merge(&a);
+                    }
+                    if let Some(filter) = &f.params.filter {
+                        self.predicate(filter, schema, &input)?;
+                    }
+                    l.aggregated = true;
+                    l.pure = false;
+                    l.bases.iter_mut().for_each(|b| b.person_key = false);
+                    out.push(l);
                 }
-                if !keyed {
-                    return refuse(Code::DiscJoin, "joins must be equi-joins on the person key");
-                }
-                let all = match j.join_type {
-                    JoinType::LeftSemi | JoinType::LeftAnti => left,
-                    JoinType::RightSemi | JoinType::RightAnti => right,
-                    JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => both,
-                    _ => return refuse(Code::DiscJoin, "this join type is not supported"),
-                };
-                if all.len() != j.schema.fields().len() {
-                    return refuse(Code::DiscJoin, "this join type is not supported");
-                }
-                Ok(all)
+                Ok(out)
             }
             LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => refuse(
                 Code::ShapeNestedAggregate,
-                "aggregates and DISTINCT below the releasing aggregate are not allowed",
+                "aggregates and DISTINCT below the releasing aggregate are not allowed (per-person ones only inside a person-key cohort)",
             ),
             LogicalPlan::Limit(_) | LogicalPlan::Sort(_) => refuse(
                 Code::ShapeBelowAggregate,
@@ -454,6 +685,92 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A join: an equi-join on the person key between its two sides, given
+    /// in `ON`, in the join filter or (for a comma join) in the WHERE
+    /// conjuncts `outer` above it. The side an outer join null-extends
+    /// becomes non-linear: NULL there can mean "this person has no row".
+    fn join(&self, j: &Join, outer: &[&Expr], per_person: bool) -> Result<Vec<Lin>> {
+        fn cross(p: &LogicalPlan) -> Option<&Join> {
+            match p {
+                LogicalPlan::Join(inner) if inner.on.is_empty() && inner.filter.is_none() => {
+                    Some(inner)
+                }
+                _ => None,
+            }
+        }
+        // Nested comma joins (`FROM a, b, c WHERE …`) share the WHERE.
+        let left = match cross(&j.left) {
+            Some(inner) => self.join(inner, outer, per_person)?,
+            None => self.rows(&j.left, per_person)?,
+        };
+        let right = match cross(&j.right) {
+            Some(inner) => self.join(inner, outer, per_person)?,
+            None => self.rows(&j.right, per_person)?,
+        };
+        let nleft = left.len();
+        let mut both = left.clone();
+        both.extend(right.iter().cloned());
+        let schema = j
+            .left
+            .schema()
+            .join(j.right.schema())
+            .map_err(Error::internal)?;
+        for (l, r) in &j.on {
+            let ll = self.lin(l, j.left.schema(), &left)?;
+            let rl = self.lin(r, j.right.schema(), &right)?;
+            if !(ll.is_person_key() && rl.is_person_key()) {
+                return refuse(Code::DiscJoin, "joins must be equi-joins on the person key");
+            }
+        }
+        // The SQL planner leaves `ON a = b` in the join filter; the
+        // optimizer extracts equi-join keys later. Either way a join needs a
+        // person-key equality that links its two sides.
+        let mut keyed = !j.on.is_empty();
+        let mut conjuncts: Vec<&Expr> = outer.to_vec();
+        if let Some(filter) = &j.filter {
+            conjuncts.extend(split_conjunction(filter));
+            self.predicate(filter, &schema, &both)?;
+        }
+        for c in conjuncts {
+            if let Expr::BinaryExpr(BinaryExpr {
+                left: l,
+                op: Operator::Eq,
+                right: r,
+            }) = c
+                && let (Expr::Column(a), Expr::Column(b)) = (strip(l), strip(r))
+                && let (Ok(ia), Ok(ib)) = (schema.index_of_column(a), schema.index_of_column(b))
+                && (ia < nleft) != (ib < nleft)
+                && both.get(ia).is_some_and(Lin::is_person_key)
+                && both.get(ib).is_some_and(Lin::is_person_key)
+            {
+                keyed = true;
+            }
+        }
+        if !keyed {
+            return refuse(Code::DiscJoin, "joins must be equi-joins on the person key");
+        }
+        let extended = |mut side: Vec<Lin>| {
+            side.iter_mut().for_each(|l| {
+                l.nonlinear = true;
+                l.interval = l.interval.map(|(lo, hi)| (lo.min(0.0), hi.max(0.0)));
+            });
+            side
+        };
+        let all = match j.join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti => left,
+            JoinType::RightSemi | JoinType::RightAnti => right,
+            JoinType::Inner => both,
+            JoinType::Left => [left, extended(right)].concat(),
+            JoinType::Right => [extended(left), right].concat(),
+            JoinType::Full => [extended(left), extended(right)].concat(),
+            _ => return refuse(Code::DiscJoin, "this join type is not supported"),
+        };
+        if all.len() != j.schema.fields().len() {
+            return refuse(Code::DiscJoin, "this join type is not supported");
+        }
+        Ok(all)
+    }
+
     fn predicate(&self, e: &Expr, schema: &DFSchema, input: &[Lin]) -> Result<()> {
         // Conjuncts and disjuncts are checked one by one so that a person-key
         // comparison is recognised wherever it stands.
@@ -466,6 +783,31 @@ impl<'a> Checker<'a> {
                 self.predicate(left, schema, input)?;
                 self.predicate(right, schema, input)
             }
+            // The correlation of an EXISTS cohort: inner pk = outer pk. The
+            // outer side was checked to be a person key where the EXISTS
+            // stands ([`Self::exists`]).
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) if matches!(
+                (left.as_ref(), right.as_ref()),
+                (Expr::OuterReferenceColumn(..), _) | (_, Expr::OuterReferenceColumn(..))
+            ) =>
+            {
+                let inner = match (left.as_ref(), right.as_ref()) {
+                    (Expr::OuterReferenceColumn(..), other) => other,
+                    (other, _) => other,
+                };
+                if self.lin(inner, schema, input)?.is_person_key() {
+                    Ok(())
+                } else {
+                    refuse(
+                        Code::ShapeSubquery,
+                        "EXISTS subqueries are correlated by the person key only",
+                    )
+                }
+            }
             Expr::BinaryExpr(BinaryExpr {
                 left,
                 op: Operator::Eq,
@@ -476,31 +818,23 @@ impl<'a> Checker<'a> {
                 Ok(())
             }
             Expr::InSubquery(ins) => {
-                let l = self.lin(&ins.expr, schema, input)?;
-                let sub = self.below(&ins.subquery.subquery)?;
                 if !ins.subquery.outer_ref_columns.is_empty() {
-                    return refuse(Code::ShapeSubquery, "correlated subqueries are not allowed");
-                }
-                let inner_is_pk = sub.len() == 1 && sub[0].is_person_key();
-                if l.is_person_key() && inner_is_pk {
-                    return Ok(());
-                }
-                if l.has(ColumnKind::Identifier)
-                    || sub.iter().any(|s| s.has(ColumnKind::Identifier))
-                {
                     return refuse(
-                        Code::DiscIdentifier,
-                        "identifiers may only be compared with another person key",
+                        Code::ShapeSubquery,
+                        "IN subqueries are uncorrelated person-key cohorts",
                     );
                 }
-                Ok(())
-            }
-            Expr::Exists(ex) => {
-                if !ex.subquery.outer_ref_columns.is_empty() {
-                    return refuse(Code::ShapeSubquery, "correlated subqueries are not allowed");
+                let l = self.lin(&ins.expr, schema, input)?;
+                let sub = self.cohort(&ins.subquery.subquery)?;
+                if l.is_person_key() && sub.len() == 1 && sub[0].is_person_key() {
+                    return Ok(());
                 }
-                self.below(&ex.subquery.subquery).map(|_| ())
+                refuse(
+                    Code::ShapeSubquery,
+                    "IN (SELECT …) is allowed only as a person-key cohort: person_key IN (SELECT person_key …)",
+                )
             }
+            Expr::Exists(ex) => self.exists(&ex.subquery, schema, input),
             Expr::Not(inner) => self.predicate(inner, schema, input),
             other => {
                 no_subqueries(other)?;
@@ -514,6 +848,289 @@ impl<'a> Checker<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// `[NOT] EXISTS (…)` must be correlated with the outer query by the
+    /// person key and nothing else; an uncorrelated EXISTS is one bit about
+    /// the whole table that one person can flip.
+    fn exists(
+        &self,
+        sub: &datafusion::logical_expr::Subquery,
+        schema: &DFSchema,
+        input: &[Lin],
+    ) -> Result<()> {
+        let correlated = !sub.outer_ref_columns.is_empty()
+            && sub.outer_ref_columns.iter().all(|o| match o {
+                Expr::OuterReferenceColumn(_, c) => schema
+                    .index_of_column(c)
+                    .ok()
+                    .and_then(|i| input.get(i))
+                    .is_some_and(Lin::is_person_key),
+                _ => false,
+            });
+        if !correlated {
+            return refuse(
+                Code::ShapeSubquery,
+                "EXISTS is allowed only as a person-key cohort: EXISTS (SELECT … WHERE t.person_key = outer.person_key …)",
+            );
+        }
+        self.cohort(&sub.subquery).map(|_| ())
+    }
+
+    /// Whether `e` is linear in the data: `+`, `-`, scaling by a literal,
+    /// division by a literal that yields decimals, negation, casts,
+    /// literals, columns and approved
+    /// scalar UDFs (reviewed code). Anything else can be a condition in
+    /// disguise (`1 / ((x - v) * (x - v) + 1)` in integers is 1 only at v).
+    fn linear(&self, e: &Expr, schema: &DFSchema) -> bool {
+        let mut ok = true;
+        let _ = e.apply(|x| {
+            let fine = match x {
+                Expr::Column(_)
+                | Expr::Literal(..)
+                | Expr::Alias(_)
+                | Expr::Negative(_)
+                | Expr::Cast(_)
+                | Expr::TryCast(_)
+                | Expr::AggregateFunction(_) => true,
+                Expr::BinaryExpr(b) => match b.op {
+                    Operator::Plus | Operator::Minus => true,
+                    // A product of two data values is a polynomial: a high
+                    // enough degree magnifies one person's change past any
+                    // rounding in a small cell. Scaling by a literal is fine.
+                    Operator::Multiply => is_literal(&b.left) || is_literal(&b.right),
+                    // Division by a literal into decimals scales; a computed
+                    // divisor has a pole (`1 / (x - v)`), and integer
+                    // division is a step function.
+                    Operator::Divide => {
+                        is_literal(&b.right)
+                            && x.get_type(schema).is_ok_and(|t| {
+                                matches!(
+                                    t,
+                                    datafusion::arrow::datatypes::DataType::Float16
+                                        | datafusion::arrow::datatypes::DataType::Float32
+                                        | datafusion::arrow::datatypes::DataType::Float64
+                                        | datafusion::arrow::datatypes::DataType::Decimal128(..)
+                                )
+                            })
+                    }
+                    _ => false,
+                },
+                Expr::ScalarFunction(f) => {
+                    self.udfs.get(f.func.name()).is_some_and(|u| !u.aggregate)
+                }
+                _ => false,
+            };
+            if !fine {
+                ok = false;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            if matches!(x, Expr::AggregateFunction(_)) {
+                return Ok(TreeNodeRecursion::Jump);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        ok
+    }
+
+    /// The allow-list of expression forms, operators and scalar functions.
+    fn allowed(&self, e: &Expr) -> Result<()> {
+        let mut bad = None;
+        let _ = e.apply(|x| {
+            let verdict = match x {
+                Expr::Column(_)
+                | Expr::Literal(..)
+                | Expr::Alias(_)
+                | Expr::Not(_)
+                | Expr::IsNull(_)
+                | Expr::IsNotNull(_)
+                | Expr::IsTrue(_)
+                | Expr::IsFalse(_)
+                | Expr::IsUnknown(_)
+                | Expr::IsNotTrue(_)
+                | Expr::IsNotFalse(_)
+                | Expr::IsNotUnknown(_)
+                | Expr::Negative(_)
+                | Expr::Between(_)
+                | Expr::Case(_)
+                | Expr::Cast(_)
+                | Expr::TryCast(_)
+                | Expr::AggregateFunction(_)
+                | Expr::OuterReferenceColumn(..)
+                | Expr::ScalarSubquery(_)
+                | Expr::InSubquery(_)
+                | Expr::Exists(_)
+                | Expr::SetComparison(_)
+                | Expr::WindowFunction(_) => Ok(()),
+                Expr::InList(l) => {
+                    if l.list.iter().all(is_literal) {
+                        Ok(())
+                    } else {
+                        Err("IN lists hold literals only")
+                    }
+                }
+                Expr::Like(l) | Expr::SimilarTo(l) => {
+                    if is_literal(&l.pattern) {
+                        Ok(())
+                    } else {
+                        Err("LIKE and SIMILAR TO patterns must be literals")
+                    }
+                }
+                Expr::BinaryExpr(b) => match b.op {
+                    Operator::Eq
+                    | Operator::NotEq
+                    | Operator::Lt
+                    | Operator::LtEq
+                    | Operator::Gt
+                    | Operator::GtEq
+                    | Operator::Plus
+                    | Operator::Minus
+                    | Operator::Multiply
+                    | Operator::Divide
+                    | Operator::Modulo
+                    | Operator::And
+                    | Operator::Or
+                    | Operator::IsDistinctFrom
+                    | Operator::IsNotDistinctFrom
+                    | Operator::StringConcat => Ok(()),
+                    Operator::RegexMatch
+                    | Operator::RegexIMatch
+                    | Operator::RegexNotMatch
+                    | Operator::RegexNotIMatch
+                    | Operator::LikeMatch
+                    | Operator::ILikeMatch
+                    | Operator::NotLikeMatch
+                    | Operator::NotILikeMatch => {
+                        if is_literal(&b.right) {
+                            Ok(())
+                        } else {
+                            Err("regular expression and LIKE patterns must be literals")
+                        }
+                    }
+                    _ => Err("this operator is not on the allow-list"),
+                },
+                Expr::ScalarFunction(f) => {
+                    let name = f.func.name();
+                    if self.udfs.get(name).is_some_and(|u| !u.aggregate) {
+                        Ok(())
+                    } else if let Some((_, literal)) =
+                        FUNCTIONS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    {
+                        function_args(name, &f.args, literal)
+                    } else if self.udfs.get(name).is_some_and(|u| u.aggregate) {
+                        // An aggregate UDF is planned as an aggregate, never here.
+                        Err("this function is not on the allow-list")
+                    } else {
+                        Err("this function is not on the allow-list")
+                    }
+                }
+                _ => Err("this expression form is not on the allow-list"),
+            };
+            if let Err(rule) = verdict {
+                bad = Some(rule);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        match bad {
+            Some(rule) => refuse(Code::DiscFunction, rule),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The literal-only argument positions of an allow-listed function, and a
+/// cap on literal lengths.
+fn function_args(
+    name: &str,
+    args: &[Expr],
+    literal: &[usize],
+) -> std::result::Result<(), &'static str> {
+    for i in literal {
+        if let Some(a) = args.get(*i)
+            && !is_literal(a)
+        {
+            return Err(
+                "patterns, lengths, counts, formats and date parts must be literals, not computed from data",
+            );
+        }
+    }
+    if matches!(name, "lpad" | "rpad")
+        && let Some(Expr::Literal(v, _)) = args.get(1).map(strip)
+        && literal_int(v).is_none_or(|n| n > MAX_LITERAL_LENGTH)
+    {
+        return Err("padding lengths are at most 1024");
+    }
+    Ok(())
+}
+
+fn literal_int(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::Int8(Some(i)) => Some(i64::from(*i)),
+        ScalarValue::Int16(Some(i)) => Some(i64::from(*i)),
+        ScalarValue::Int32(Some(i)) => Some(i64::from(*i)),
+        ScalarValue::Int64(Some(i)) => Some(*i),
+        ScalarValue::UInt8(Some(i)) => Some(i64::from(*i)),
+        ScalarValue::UInt16(Some(i)) => Some(i64::from(*i)),
+        ScalarValue::UInt32(Some(i)) => Some(i64::from(*i)),
+        ScalarValue::UInt64(Some(i)) => i64::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+/// A literal, possibly negated or cast: the same for every row.
+fn is_literal(e: &Expr) -> bool {
+    match e {
+        Expr::Literal(..) => true,
+        Expr::Alias(a) => is_literal(&a.expr),
+        Expr::Negative(x) => is_literal(x),
+        Expr::Cast(c) => is_literal(&c.expr),
+        Expr::TryCast(c) => is_literal(&c.expr),
+        _ => false,
+    }
+}
+
+fn strip(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => strip(&a.expr),
+        other => other,
+    }
+}
+
+/// Public per-row bounds of a linear expression over columns with bounds.
+fn interval(e: &Expr, schema: &DFSchema, input: &[Lin]) -> Option<(f64, f64)> {
+    let num = |v: &ScalarValue| -> Option<f64> {
+        match v {
+            ScalarValue::Float64(Some(f)) => Some(*f),
+            ScalarValue::Float32(Some(f)) => Some(f64::from(*f)),
+            other => literal_int(other).map(|i| i as f64),
+        }
+    };
+    let hull = |a: [f64; 4]| {
+        let lo = a.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = a.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (!lo.is_nan() && !hi.is_nan()).then_some((lo, hi))
+    };
+    match strip(e) {
+        Expr::Column(c) => input.get(schema.index_of_column(c).ok()?)?.interval,
+        Expr::Literal(v, _) => num(v).map(|x| (x, x)),
+        Expr::Negative(x) => interval(x, schema, input).map(|(lo, hi)| (-hi, -lo)),
+        Expr::Cast(c) => interval(&c.expr, schema, input),
+        Expr::TryCast(c) => interval(&c.expr, schema, input),
+        Expr::BinaryExpr(b) => {
+            let (a0, a1) = interval(&b.left, schema, input)?;
+            let (b0, b1) = interval(&b.right, schema, input)?;
+            match b.op {
+                Operator::Plus => hull([a0 + b0, a1 + b1, a0 + b0, a1 + b1]),
+                Operator::Minus => hull([a0 - b1, a1 - b0, a0 - b1, a1 - b0]),
+                Operator::Multiply => hull([a0 * b0, a0 * b1, a1 * b0, a1 * b1]),
+                Operator::Divide if b0 == b1 && b0 != 0.0 => {
+                    hull([a0 / b0, a1 / b0, a0 / b0, a1 / b0])
+                }
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 
@@ -535,11 +1152,7 @@ fn expr_lin(e: &Expr, schema: &DFSchema, input: &[Lin]) -> Result<Lin> {
             None => return Err(Error::internal("lineage index out of range")),
         }
     }
-    let bare = match e {
-        Expr::Alias(a) => a.expr.as_ref(),
-        other => other,
-    };
-    lin.pure = matches!(bare, Expr::Column(_)) && lin.bases.len() == 1 && {
+    lin.pure = matches!(strip(e), Expr::Column(_)) && lin.bases.len() == 1 && {
         // A bare column is pure only if its input column was pure.
         let c = e.column_refs();
         c.iter().all(|c| {
@@ -559,7 +1172,7 @@ fn contains_window(e: &Expr) -> bool {
         if matches!(x, Expr::WindowFunction(_)) {
             found = true;
         }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        Ok(TreeNodeRecursion::Continue)
     });
     found
 }
@@ -577,49 +1190,12 @@ fn no_subqueries(e: &Expr) -> Result<()> {
         ) {
             found = true;
         }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        Ok(TreeNodeRecursion::Continue)
     });
     if found {
         return refuse(
             Code::ShapeSubquery,
-            "subqueries are only allowed in FROM and as uncorrelated IN/EXISTS filters",
-        );
-    }
-    Ok(())
-}
-
-/// Aggregate arguments may only be arithmetic over columns and literals
-/// (and approved scalar UDFs).
-fn arithmetic_only(e: &Expr, udfs: &BTreeMap<String, UdfFacts>) -> Result<()> {
-    let mut bad = false;
-    let _ = e.apply(|x| {
-        let ok = match x {
-            Expr::Column(_) | Expr::Literal(..) | Expr::Alias(_) | Expr::Negative(_) => true,
-            Expr::Cast(_) | Expr::TryCast(_) => true,
-            Expr::BinaryExpr(b) => matches!(
-                b.op,
-                Operator::Plus
-                    | Operator::Minus
-                    | Operator::Multiply
-                    | Operator::Divide
-                    | Operator::Modulo
-            ),
-            Expr::ScalarFunction(f) => {
-                ARITHMETIC_FUNCTIONS.contains(&f.func.name().to_ascii_lowercase().as_str())
-                    || udfs.get(f.func.name()).is_some_and(|u| !u.aggregate)
-            }
-            _ => false,
-        };
-        if !ok {
-            bad = true;
-            return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    });
-    if bad {
-        return refuse(
-            Code::DiscConditional,
-            "aggregate arguments may only use arithmetic; put conditions in WHERE",
+            "subqueries are only allowed in FROM and as person-key cohorts (pk IN (SELECT pk …), EXISTS on the person key)",
         );
     }
     Ok(())

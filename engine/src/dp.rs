@@ -1219,6 +1219,10 @@ fn outputs(plan: &LogicalPlan) -> Result<(&datafusion::logical_expr::Aggregate, 
             Code::DpShape,
             "ORDER BY and LIMIT are not supported in DP mode (released rows come sorted by group key)",
         ),
+        LogicalPlan::Filter(_) => refuse(
+            Code::ShapeHaving,
+            "HAVING is not supported in DP mode (filter the released rows yourself)",
+        ),
         _ => Err(internal("no releasing aggregate")),
     }
 }

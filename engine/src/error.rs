@@ -15,6 +15,9 @@ pub enum Code {
     SqlSize,
     /// The SQL text does not parse, or nests deeper than the limit.
     SqlSyntax,
+    /// An expression nests deeper than the node's limit (long operator
+    /// chains included).
+    SqlDepth,
     /// The SQL names a table, column or function the scene does not provide.
     SqlUnknown,
     /// Not a single read-only SELECT.
@@ -45,8 +48,12 @@ pub enum Code {
     DiscAggregateFunction,
     /// MIN/MAX on a sensitive column.
     DiscMinMax,
-    /// Conditional expressions inside aggregate arguments.
+    /// Conditional or other non-linear expressions (CASE, comparisons,
+    /// rounding, integer division, …) in an aggregate argument's lineage.
     DiscConditional,
+    /// A scalar function or operator outside the allow-list, or a pattern,
+    /// length, count or format argument that is not a literal.
+    DiscFunction,
     /// Scene unknown, not valid today, or the caller is not its requester.
     Scene,
     /// A UDF module is not approved for the scene, or its bytes no longer
@@ -125,6 +132,7 @@ impl Code {
         match self {
             Code::SqlSize => "KX-SQL-SIZE",
             Code::SqlSyntax => "KX-SQL-SYNTAX",
+            Code::SqlDepth => "KX-SQL-DEPTH",
             Code::SqlUnknown => "KX-SQL-UNKNOWN",
             Code::ShapeStatement => "KX-SHAPE-STATEMENT",
             Code::ShapeNoAggregate => "KX-SHAPE-NO-AGGREGATE",
@@ -141,6 +149,7 @@ impl Code {
             Code::DiscAggregateFunction => "KX-DISC-AGGREGATE-FUNCTION",
             Code::DiscMinMax => "KX-DISC-MINMAX",
             Code::DiscConditional => "KX-DISC-CONDITIONAL",
+            Code::DiscFunction => "KX-DISC-FUNCTION",
             Code::Scene => "KX-SCENE",
             Code::UdfUnapproved => "KX-UDF-UNAPPROVED",
             Code::UdfModule => "KX-UDF-MODULE",
@@ -171,6 +180,23 @@ impl Code {
             Code::Contribution => "KX-CONTRIB",
             Code::Batch => "KX-BATCH",
         }
+    }
+
+    /// Failures at execution time, after admission: they can depend on the
+    /// data (a deadline, a memory limit, a UDF that loops on one value), so
+    /// the query path never shows them to the researcher (see
+    /// `node::Trace::withheld`).
+    pub fn data_dependent(self) -> bool {
+        matches!(
+            self,
+            Code::Exec
+                | Code::ExecLimit
+                | Code::UdfFuel
+                | Code::UdfMemory
+                | Code::UdfStack
+                | Code::UdfTrap
+                | Code::UdfOutput
+        )
     }
 
     /// Process exit status for this code (0 is reserved for released results).

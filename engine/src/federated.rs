@@ -554,7 +554,11 @@ impl Node {
         }
         let state = admitted.state;
         let optimized = state.optimize(&q.plan).map_err(|e| {
-            tracing::debug!(target: "kexin::node", "federated planning failed: {e}");
+            tracing::debug!(
+                target: "kexin::node",
+                "federated planning failed: {}",
+                crate::node::scrubbed(&e)
+            );
             refusal(
                 Code::SqlUnknown,
                 "the query does not plan against the scene's schema",
@@ -581,7 +585,11 @@ impl Node {
             .create_physical_plan(&optimized, &state)
             .await
             .map_err(|e| {
-                tracing::debug!(target: "kexin::node", "federated planning failed: {e}");
+                tracing::debug!(
+                    target: "kexin::node",
+                    "federated planning failed: {}",
+                    crate::node::scrubbed(&e)
+                );
                 refusal(
                     Code::SqlUnknown,
                     "the query does not plan against the scene's schema",

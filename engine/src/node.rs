@@ -18,6 +18,7 @@ use datafusion::datasource::listing::{
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::optimizer::analyzer::type_coercion::TypeCoercion;
 use datafusion::optimizer::{Analyzer, AnalyzerRule};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -33,7 +34,7 @@ use crate::gate::{self, Cell};
 use crate::identity::{QueryBody, Signed, tag};
 use crate::mask::ColumnMask;
 use crate::policy::{ConsentMode, ContractMode, Dataset, PrivacyRules, Release, Scene, Space};
-use crate::rewrite::{PolicyRewrite, TableRewrite, harden};
+use crate::rewrite::{Harden, PolicyRewrite, TableRewrite, harden};
 use crate::store::{NodeKeys, Store, UdfApproval, now_utc};
 use crate::udf::{QueryUdfs, UdfHost, fault_refusal, find_fault};
 
@@ -127,6 +128,11 @@ pub(crate) struct Trace {
     pub(crate) consent: Option<(u64, String)>,
     /// The result goes to the airlock instead of the researcher.
     pub(crate) hold: bool,
+    /// Execution failed after admission (a limit, a UDF fault, an error
+    /// the hardening did not foresee). Such a failure can depend on the
+    /// data, so the researcher gets the answer of a query whose every cell
+    /// was withheld; the cause goes to the audit entry only.
+    pub(crate) withheld: Option<Refusal>,
 }
 
 /// What [`Node::admit`] hands to execution.
@@ -392,6 +398,8 @@ impl Node {
             Err(e) => {
                 if let Error::Internal(detail) = &e {
                     // Operator log only; the researcher sees a fixed code.
+                    // Internal texts are kexin's own (never DataFusion's,
+                    // which can quote cell values: see `scrubbed`).
                     tracing::error!(target: "kexin::node", "internal error: {detail}");
                 }
                 (Outcome::refused(e.as_refusal()), None)
@@ -442,8 +450,14 @@ impl Node {
                 Status::Held => "held",
             }
             .into(),
-            code: outcome.code.map(|c| c.as_str().to_string()),
-            rule: outcome.rule.map(str::to_string),
+            code: outcome
+                .code
+                .or(trace.withheld.map(|w| w.code))
+                .map(|c| c.as_str().to_string()),
+            rule: outcome
+                .rule
+                .or(trace.withheld.map(|w| w.rule))
+                .map(str::to_string),
             sql_sha256: Some(sql_digest),
             plan_sha256: plan_digest,
             policy_sha256: hex::encode(self.space.policy_digest),
@@ -724,28 +738,85 @@ impl Node {
                 )
                 .await;
         }
-        let (plan2, hidden) = gate::instrument(plan1, &scene.output)?;
+        // Only the releasing aggregate runs on the data; what the query
+        // does above it runs after the gate, on released cells.
+        let aggregate = gate::releasing(&plan1)?.clone();
+        let visible = aggregate.schema().as_arrow().clone();
+        let (plan2, hidden) = gate::instrument(aggregate, &scene.output)?;
         let plan_digest = hex::encode(Sha256::digest(
-            format!("{}", plan2.display_indent()).as_bytes(),
+            format!("{}", plan1.display_indent()).as_bytes(),
         ));
 
-        // Step 6: execute with a memory pool and a deadline.
-        let physical = state
-            .create_physical_plan(&plan2)
-            .await
-            .map_err(plan_refusal)?;
-        let batches = self.execute(&state, physical).await?;
+        // Step 6: execute with a memory pool and a deadline. A failure here
+        // can depend on the data: it is answered like a query whose every
+        // cell was withheld, and its cause is audited.
+        let batches = match state.create_physical_plan(&plan2).await {
+            Ok(physical) => self.execute(&state, physical).await,
+            Err(e) => Err(plan_refusal(e)),
+        };
+        let batches = match batches {
+            Ok(b) => b,
+            Err(Error::Refused(r)) if r.code.data_dependent() => {
+                trace.withheld = Some(r);
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
 
-        // Step 7: the gate.
+        // Step 7: the gate, then the query's post-processing on what passed.
         let threshold_key = self
             .keys
             .master
             .derive(format!("kexin/threshold/v1/{}", scene.name).as_bytes());
-        let released = gate::apply(&batches, hidden, &analysis, &scene.output, &threshold_key)?;
-        let mut explanation = vec![format!(
-            "each released group counts at least {} distinct persons (noisy threshold); integer results rounded to {}, decimals to {} places",
-            scene.output.min_persons, scene.output.round_to, scene.output.decimals
-        )];
+        let released = gate::apply(
+            &batches,
+            &visible,
+            hidden,
+            &analysis,
+            &scene.output,
+            &threshold_key,
+        )?;
+        let post = gate::post_process(&plan1, released.cells)?;
+        let physical = state
+            .create_physical_plan(&post)
+            .await
+            .map_err(plan_refusal)?;
+        let out = self.execute(&state, physical).await?;
+        let columns: Vec<String> = post
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut rows = Vec::new();
+        for batch in &out {
+            let cols = batch
+                .columns()
+                .iter()
+                .map(gate::column_cells)
+                .collect::<Result<Vec<_>>>()?;
+            for r in 0..batch.num_rows() {
+                rows.push(cols.iter().map(|c| c[r].clone()).collect());
+            }
+        }
+        let mut explanation = vec![
+            format!(
+                "each released cell counts at least {} distinct persons (noisy threshold drawn from the cell's persons), for the cell and for every aggregate's non-NULL, finite values; cells that fail a rule are withheld without saying which rule",
+                scene.output.min_persons
+            ),
+            format!(
+                "counts rounded to {}, sums to {} times what one row can add (sums of a plain column: to {}), other values to {} decimal places; values that are not finite are withheld",
+                scene.output.round_to,
+                scene.output.round_to,
+                scene.output.round_to,
+                scene.output.decimals
+            ),
+            "HAVING, ORDER BY, LIMIT and expressions over aggregates run after the gate, on released cells only".into(),
+        ];
+        explanation.push(match analysis.public_cells {
+            Some(_) => "the group keys have a declared public domain: suppressed_groups counts its cells that were not released".into(),
+            None => "group keys come from the data: withheld cells are not counted (suppressed_groups is 0)".into(),
+        });
         if let Some((seq, _)) = &trace.consent {
             explanation.push(format!(
                 "consent: only persons whose grant covered the scene when the query started contribute (consent registry at #{seq})"
@@ -753,19 +824,16 @@ impl Node {
         }
         if let Some(d) = scene.output.dominance {
             explanation.push(format!(
-                "dominance rule: groups where the top {} persons hold more than {:.0}% of a sum are suppressed",
+                "dominance rule: cells where the top {} persons hold more than {:.0}% of a sum are withheld",
                 d.n,
                 d.k * 100.0
             ));
         }
-        for (why, n) in &released.reasons {
-            explanation.push(format!("{n} group(s) suppressed: {why}"));
-        }
         Ok((
             Outcome {
                 status: Status::Released,
-                columns: released.columns,
-                rows: released.rows,
+                columns,
+                rows,
                 suppressed_groups: released.suppressed_groups,
                 code: None,
                 rule: None,
@@ -858,6 +926,12 @@ impl Node {
                 "only read-only SELECT queries are allowed",
             ));
         }
+        if expression_too_deep(&stmt, limits.max_expr_depth) {
+            return Err(refusal(
+                Code::SqlDepth,
+                "an expression nests deeper than the node's limit (operator chains count too)",
+            ));
+        }
 
         // Session with only the scene's datasets, and the policy rewrite first.
         let (state, rule) = self.session(scene, &udfs, &datasets, consent.as_ref())?;
@@ -867,7 +941,7 @@ impl Node {
             )))
             .await
             .map_err(|e| {
-                tracing::debug!(target: "kexin::node", "planning failed: {e}");
+                tracing::debug!(target: "kexin::node", "planning failed: {}", scrubbed(&e));
                 match find_fault(&e).or_else(|| udfs.planning_fault()) {
                     Some(f) => Error::Refused(fault_refusal(f)),
                     None => refusal(
@@ -889,12 +963,13 @@ impl Node {
             .filter_map(|d| self.space.datasets.get(d));
         let analysis = Checker::new(datasets)
             .with_udfs(udfs.facts.clone())
+            .noisy(scene.privacy.is_some())
             .check(&plan0)?;
 
         // Step 3: defined semantics, then masks and clamps at every scan.
         let plan1 = harden(plan0).map_err(Error::internal)?;
         let plan1 = rule.analyze(plan1, state.config_options()).map_err(|e| {
-            tracing::debug!(target: "kexin::node", "policy rewrite failed: {e}");
+            tracing::debug!(target: "kexin::node", "policy rewrite failed: {}", scrubbed(&e));
             refusal(
                 Code::SqlUnknown,
                 "the query does not plan against the scene's schema",
@@ -928,8 +1003,8 @@ impl Node {
                 "the query ran past the node's deadline",
             )),
             Ok(Err(e)) => {
-                // May quote cell values: debug level, operator log only.
-                tracing::debug!(target: "kexin::node", "execution failed: {e}");
+                // The text may quote cell values: only its kind is logged.
+                tracing::debug!(target: "kexin::node", "execution failed: {}", scrubbed(&e));
                 Err(exec_refusal(&e))
             }
             Ok(Ok(b)) => Ok(b),
@@ -1039,7 +1114,17 @@ impl Node {
                     .create_physical_plan(&optimized, state)
                     .await
                     .map_err(plan_refusal)?;
-                let scans = self.scan_partitions(state, physical, &q).await?;
+                // A failure here can depend on the data: the mechanism then
+                // runs over no rows (noise only), like any other release,
+                // and the cause is audited.
+                let scans = match self.scan_partitions(state, physical, &q).await {
+                    Ok(scans) => scans,
+                    Err(Error::Refused(r)) if r.code.data_dependent() => {
+                        trace.withheld = Some(r);
+                        vec![q.scan()]
+                    }
+                    Err(e) => return Err(e),
+                };
                 let totals = q.mechanism.totals(&q.bounding, &scans)?;
                 let mut seed = [0u8; 32];
                 getrandom::fill(&mut seed).map_err(Error::internal)?;
@@ -1118,7 +1203,7 @@ impl Node {
             set.spawn(async move {
                 while let Some(batch) = stream.next().await {
                     let batch = batch.map_err(|e| {
-                        tracing::debug!(target: "kexin::node", "execution failed: {e}");
+                        tracing::debug!(target: "kexin::node", "execution failed: {}", scrubbed(&e));
                         exec_refusal(&e)
                     })?;
                     table.add_batch(&batch)?;
@@ -1256,6 +1341,10 @@ impl Node {
         let rule = Arc::new(PolicyRewrite::new(rewrites));
         let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![rule.clone()];
         rules.extend(Analyzer::new().rules);
+        // Casts that type coercion inserted fail on data like any other:
+        // harden once more after it, and coerce the guards it adds.
+        rules.push(Arc::new(Harden));
+        rules.push(Arc::new(TypeCoercion::new()));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.space.limits.memory_mb * 1024 * 1024, 1.0)
             .build_arc()
@@ -1326,13 +1415,61 @@ fn called_modules(plan: &datafusion::logical_expr::LogicalPlan, udfs: &QueryUdfs
 /// Planning failures: a sandbox fault keeps its code, anything else is a
 /// fixed refusal (DataFusion's text may name data).
 fn plan_refusal(e: DataFusionError) -> Error {
-    tracing::debug!(target: "kexin::node", "physical planning failed: {e}");
+    tracing::debug!(target: "kexin::node", "physical planning failed: {}", scrubbed(&e));
     match find_fault(&e) {
         Some(f) => Error::Refused(fault_refusal(f)),
         None => refusal(
             Code::SqlUnknown,
             "the query does not plan against the scene's schema",
         ),
+    }
+}
+
+/// Whether any expression of `stmt` nests deeper than `limit`, counted on
+/// the parsed SQL. The parser builds `a + a + … + a` in a loop, so its own
+/// recursion limit never sees such a chain; everything after it (planning,
+/// the checks, evaluation) recurses over it. The walk stops at the limit,
+/// so it needs no more stack than `limit` levels itself.
+fn expression_too_deep(stmt: &datafusion::sql::sqlparser::ast::Statement, limit: usize) -> bool {
+    use datafusion::sql::sqlparser::ast::{Expr, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Depth {
+        now: usize,
+        limit: usize,
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.now += 1;
+            if self.now > self.limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.now -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    stmt.visit(&mut Depth { now: 0, limit }).is_break()
+}
+
+/// What the operator log may say about a DataFusion error: its kind, never
+/// its text (cast, overflow and parse errors quote cell values).
+pub(crate) fn scrubbed(e: &DataFusionError) -> &'static str {
+    if find_fault(e).is_some() {
+        return "UDF fault";
+    }
+    match e.find_root() {
+        DataFusionError::ArrowError(..) => "arrow error",
+        DataFusionError::Plan(_) => "planning error",
+        DataFusionError::SchemaError(..) => "schema error",
+        DataFusionError::Execution(_) => "execution error",
+        DataFusionError::ResourcesExhausted(_) => "resources exhausted",
+        DataFusionError::NotImplemented(_) => "not implemented",
+        DataFusionError::External(_) => "external error",
+        _ => "other error",
     }
 }
 

@@ -264,16 +264,23 @@ pub struct Member {
 pub struct Limits {
     pub max_sql_bytes: usize,
     pub max_sql_depth: usize,
+    /// How deep one expression may nest, counted on the parsed SQL, long
+    /// operator chains (`a + a + … + a`) included: planning and evaluation
+    /// recurse over it, and a deep enough chain would exhaust a thread's
+    /// stack and abort the node.
+    pub max_expr_depth: usize,
     pub timeout_seconds: u64,
     pub memory_mb: usize,
 }
 
 impl Default for Limits {
-    /// 16 KiB of SQL, 48 levels of nesting, 120 s per query, 4 GiB memory pool.
+    /// 16 KiB of SQL, 48 levels of nesting, expressions 128 deep, 120 s per
+    /// query, 4 GiB memory pool.
     fn default() -> Self {
         Self {
             max_sql_bytes: 16 * 1024,
             max_sql_depth: 48,
+            max_expr_depth: 128,
             timeout_seconds: 120,
             memory_mb: 4096,
         }
@@ -344,6 +351,7 @@ struct RawSpace {
 struct RawLimits {
     max_sql_bytes: Option<usize>,
     max_sql_depth: Option<usize>,
+    max_expr_depth: Option<usize>,
     timeout_seconds: Option<u64>,
     memory_mb: Option<usize>,
 }
@@ -502,6 +510,15 @@ impl Space {
                     return Err(err("limits.max_sql_depth".into(), "must be 4..=200".into()));
                 }
                 limits.max_sql_depth = v;
+            }
+            if let Some(v) = l.max_expr_depth {
+                if !(8..=1024).contains(&v) {
+                    return Err(err(
+                        "limits.max_expr_depth".into(),
+                        "must be 8..=1024".into(),
+                    ));
+                }
+                limits.max_expr_depth = v;
             }
             if let Some(v) = l.timeout_seconds {
                 if !(1..=86_400).contains(&v) {

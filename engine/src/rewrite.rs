@@ -24,14 +24,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, Result as DfResult, TableReference, plan_err};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, Result as DfResult, TableReference, plan_err};
 use datafusion::logical_expr::expr::{ScalarFunction, TryCast};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
-    BinaryExpr, Expr, Filter, LogicalPlan, Operator, Projection, ScalarUDF, SubqueryAlias,
-    TableScan, TableScanBuilder, lit, when,
+    BinaryExpr, Expr, ExprSchemable, Filter, LogicalPlan, Operator, Projection, ScalarUDF,
+    SubqueryAlias, TableScan, TableScanBuilder, lit, when,
 };
 use datafusion::optimizer::AnalyzerRule;
 
@@ -129,23 +130,123 @@ impl AnalyzerRule for PolicyRewrite {
     }
 }
 
-/// Casts become TRY_CAST; `a / b` and `a % b` become `a / NULLIF(b, 0)`;
-/// functions that fail outside their domain (`sqrt`, `ln`, `log`, `acos`, …)
-/// get NULL there instead of an error. Output names are preserved so that
-/// references to aggregate results keep resolving.
+/// Casts become TRY_CAST; `a / b` and `a % b` become `a / NULLIF(b, 0)`
+/// (and, on integers, NULL for a divisor of -1, whose overflow at the
+/// type's minimum is an error); `abs` of an integer is NULL at the type's
+/// minimum; functions that fail outside their domain (`sqrt`, `ln`, `log`,
+/// `acos`, …) get NULL there instead of an error; and a floating-point
+/// aggregate argument is NULL where it is not finite, so one row's NaN or
+/// infinity cannot decide whether a whole cell is released. Output names
+/// are preserved so that references to aggregate results keep resolving.
+///
+/// It runs twice: on the researcher's plan, and as [`Harden`] after type
+/// coercion, whose inserted casts would otherwise fail on data.
 pub fn harden(plan: LogicalPlan) -> DfResult<LogicalPlan> {
+    harden_with(plan, false)
+}
+
+/// `finite`: also guard floating-point aggregate arguments. Only the
+/// executed plan gets the guard (the [`Harden`] rule): the researcher's plan
+/// keeps plain arguments, which DP planning traces to bounded columns.
+fn harden_with(plan: LogicalPlan, finite: bool) -> DfResult<LogicalPlan> {
     plan.transform_up_with_subqueries(|node| {
+        let schema = input_schema(&node);
+        let aggregate = finite && matches!(node, LogicalPlan::Aggregate(_));
         let names = NamePreserver::new(&node);
         node.map_expressions(|e| {
             let saved = names.save(&e);
-            e.transform_up(harden_expr)
+            e.transform_up(|x| harden_expr(x, schema.as_ref()))
+                .and_then(|t| {
+                    t.transform_data(|e| match &schema {
+                        Some(s) if aggregate => finite_arguments(e, s),
+                        _ => Ok(Transformed::no(e)),
+                    })
+                })
                 .map(|t| t.update_data(|e| saved.restore(e)))
         })
     })
     .map(|t| t.data)
 }
 
-fn harden_expr(x: Expr) -> DfResult<Transformed<Expr>> {
+/// [`harden`] as the last analyzer rule, after type coercion. Coercion runs
+/// again after it (the guards it adds compare with untyped literals).
+#[derive(Debug, Default)]
+pub struct Harden;
+
+impl AnalyzerRule for Harden {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        harden_with(plan, true)
+    }
+
+    fn name(&self) -> &str {
+        "kexin_harden"
+    }
+}
+
+/// The schema a node's expressions are evaluated against.
+fn input_schema(node: &LogicalPlan) -> Option<DFSchema> {
+    match node.inputs().as_slice() {
+        [one] => Some(one.schema().as_ref().clone()),
+        [l, r] => l.schema().join(r.schema()).ok(),
+        _ => None,
+    }
+}
+
+fn is_float(t: &DataType) -> bool {
+    matches!(t, DataType::Float16 | DataType::Float32 | DataType::Float64)
+}
+
+/// An aggregate's floating-point arguments become NULL where not finite
+/// (`x - x = 0` is false for NaN and ±inf).
+fn finite_arguments(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
+    e.transform_down(|x| match x {
+        Expr::AggregateFunction(mut f) => {
+            let mut changed = false;
+            f.params.args = f
+                .params
+                .args
+                .into_iter()
+                .map(|a| {
+                    if a.get_type(schema).is_ok_and(|t| is_float(&t)) && !is_guarded(&a) {
+                        changed = true;
+                        when((a.clone() - a.clone()).eq(lit(0.0)), a).end()
+                    } else {
+                        Ok(a)
+                    }
+                })
+                .collect::<DfResult<Vec<_>>>()?;
+            let e = Expr::AggregateFunction(f);
+            Ok(if changed {
+                Transformed::new(e, true, TreeNodeRecursion::Jump)
+            } else {
+                Transformed::new(e, false, TreeNodeRecursion::Jump)
+            })
+        }
+        other => Ok(Transformed::no(other)),
+    })
+}
+
+/// Already `CASE WHEN x - x = 0 THEN x END` (the rule runs more than once).
+fn is_guarded(e: &Expr) -> bool {
+    matches!(e, Expr::Case(c) if c.else_expr.is_none()
+        && c.when_then_expr.len() == 1
+        && matches!(c.when_then_expr[0].0.as_ref(), Expr::BinaryExpr(b)
+            if b.op == Operator::Eq
+            && matches!(b.left.as_ref(), Expr::BinaryExpr(d) if d.op == Operator::Minus && d.left == d.right && *d.left == *c.when_then_expr[0].1)))
+}
+
+fn int_min(t: &DataType) -> Option<Expr> {
+    Some(match t {
+        DataType::Int8 => lit(i8::MIN),
+        DataType::Int16 => lit(i16::MIN),
+        DataType::Int32 => lit(i32::MIN),
+        DataType::Int64 => lit(i64::MIN),
+        _ => return None,
+    })
+}
+
+fn harden_expr(x: Expr, schema: Option<&DFSchema>) -> DfResult<Transformed<Expr>> {
+    let type_of = |e: &Expr| schema.and_then(|s| e.get_type(s).ok());
     Ok(match x {
         Expr::Cast(c) => Transformed::yes(Expr::TryCast(TryCast::new(
             c.expr,
@@ -155,13 +256,27 @@ fn harden_expr(x: Expr) -> DfResult<Transformed<Expr>> {
             left,
             op: op @ (Operator::Divide | Operator::Modulo),
             right,
-        }) => {
-            let guarded = datafusion::functions::expr_fn::nullif(*right, lit(0));
+        }) if !is_nullif_guard(&right) => {
+            let integer = type_of(&right).is_some_and(|t| t.is_signed_integer());
+            let mut guarded = datafusion::functions::expr_fn::nullif(*right, lit(0));
+            if integer {
+                guarded = datafusion::functions::expr_fn::nullif(guarded, lit(-1));
+            }
             Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
                 left,
                 op,
                 Box::new(guarded),
             )))
+        }
+        Expr::ScalarFunction(mut f) if f.func.name() == "abs" => {
+            let min = f.args.first().and_then(type_of).and_then(|t| int_min(&t));
+            match (min, f.args.first()) {
+                (Some(min), Some(a)) if !is_nullif_guard(a) => {
+                    f.args = vec![datafusion::functions::expr_fn::nullif(a.clone(), min)];
+                    Transformed::yes(Expr::ScalarFunction(f))
+                }
+                _ => Transformed::no(Expr::ScalarFunction(f)),
+            }
         }
         Expr::ScalarFunction(mut f) => {
             let domain: Option<fn(Expr) -> Expr> = match f.func.name() {
@@ -174,8 +289,7 @@ fn harden_expr(x: Expr) -> DfResult<Transformed<Expr>> {
                 _ => None,
             };
             match domain {
-                None => Transformed::no(Expr::ScalarFunction(f)),
-                Some(inside) => {
+                Some(inside) if !f.args.iter().all(|a| matches!(a, Expr::Case(_))) => {
                     f.args = f
                         .args
                         .into_iter()
@@ -183,8 +297,14 @@ fn harden_expr(x: Expr) -> DfResult<Transformed<Expr>> {
                         .collect::<DfResult<Vec<_>>>()?;
                     Transformed::yes(Expr::ScalarFunction(f))
                 }
+                _ => Transformed::no(Expr::ScalarFunction(f)),
             }
         }
         other => Transformed::no(other),
     })
+}
+
+/// Already guarded by `nullif` (the rule runs more than once).
+fn is_nullif_guard(e: &Expr) -> bool {
+    matches!(e, Expr::ScalarFunction(f) if f.func.name() == "nullif")
 }
