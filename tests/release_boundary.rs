@@ -335,7 +335,7 @@ async fn class2_conditions_in_the_lineage_of_an_aggregate() {
         // would not see a single large contribution).
         format!("SELECT sum(x) FROM (SELECT CASE WHEN {VICTIM} THEN 100000 ELSE 1000 END AS x FROM patients) t"),
         format!("SELECT count(x) FROM (SELECT CASE WHEN {VICTIM} THEN 1 END AS x FROM patients) t"),
-        format!("SELECT avg(x) FROM (SELECT CAST(height_cm = 212.3 AS INT) * 1000 AS x FROM patients WHERE weight_kg > 100) t"),
+        "SELECT avg(x) FROM (SELECT CAST(height_cm = 212.3 AS INT) * 1000 AS x FROM patients WHERE weight_kg > 100) t".into(),
         // Step functions built from arithmetic: integer division, abs,
         // rounding, a computed divisor, a product of data values.
         "SELECT sum(1 / ((CAST(height_cm * 10 AS BIGINT) - 2123) * (CAST(height_cm * 10 AS BIGINT) - 2123) + 1)) FROM patients".into(),

@@ -496,12 +496,12 @@ impl<'a> Checker<'a> {
             // A bare call of an approved scalar UDF is rounded like a
             // column: its code was reviewed with its output's scale.
             let reviewed = self.udf(strip(arg)).is_some_and(|u| !u.aggregate);
-            if name != "count"
-                && !udaf
-                && !l.pure
-                && !self.noisy
-                && !(reviewed && l.interval.is_none())
-            {
+            let needs_bounds = !(name == "count"
+                || udaf
+                || l.pure
+                || self.noisy
+                || (reviewed && l.interval.is_none()));
+            if needs_bounds {
                 // A computed argument is snapped to a grid as wide as what
                 // one row can add; without public bounds there is no such
                 // grid, and past 10^15 integer sums could wrap.
@@ -512,7 +512,8 @@ impl<'a> Checker<'a> {
                     );
                 };
                 let bound = lo.abs().max(hi.abs());
-                if !(bound <= MAX_ROW_BOUND) {
+                // NaN (an undefined bound) is refused too.
+                if bound.is_nan() || bound > MAX_ROW_BOUND {
                     return refuse(
                         Code::DiscAggregateFunction,
                         "an aggregate of a computed argument whose rows can exceed 10^15 in magnitude could overflow",
