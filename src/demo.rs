@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use ed25519_dalek::SigningKey;
 use kexin_engine::node::{Node, Status};
 use kexin_engine::policy::Space;
 
@@ -110,23 +111,23 @@ const STEPS: &[Step] = &[
 /// Queries under the differential-privacy scene.
 const DP_STEPS: &[Step] = &[
     (
-        "Differential privacy: patients and mean weight by sex, each value with its 95% interval; the budget is charged before the query runs",
+        "Differential privacy (erin, of a public-health agency answered only under DP): patients and mean weight by sex, each value with its 95% interval; the budget is charged at every node before the query runs",
         "diabetes-dp",
-        "alice",
+        "erin",
         "SELECT sex, count(*) AS patients, avg(weight_kg) AS mean_weight FROM patients GROUP BY sex",
         Status::Released,
     ),
     (
         "The same question rewritten (aliases, a no-op condition): the same answer again, no budget charged, so averaging buys nothing",
         "diabetes-dp",
-        "alice",
+        "erin",
         "select SEX, COUNT(1) AS n, AVG(p.weight_kg) AS w from patients p where 1 = 1 group by p.sex",
         Status::Released,
     ),
     (
         "MIN reveals one person's value: DP mode has no mechanism for it",
         "diabetes-dp",
-        "alice",
+        "erin",
         "SELECT sex, min(weight_kg) FROM patients GROUP BY sex",
         Status::Refused,
     ),
@@ -325,7 +326,12 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
 
 /// Three hospitals as node servers (on loopback ports picked now), one
 /// federated query exact and one under DP, a two-node attempt, and a PSI.
-fn federation_step(space: &Arc<Space>, dir: &Path, number: usize) -> Result<bool> {
+/// Every hospital runs `kexin node` (on loopback ports written to
+/// `federation.toml`): federated queries need them, and so does every DP
+/// charge, which each node records before any node computes. Returns the
+/// simulated contributors (node servers pin the individuals certified when
+/// they start, so they are made first).
+fn start_nodes(space: &Arc<Space>, dir: &Path) -> Result<Vec<(String, SigningKey)>> {
     use crate::federation::{self, NodeServer};
     let d = dir.display();
     let listeners: Vec<std::net::TcpListener> = (0..3)
@@ -340,10 +346,7 @@ fn federation_step(space: &Arc<Space>, dir: &Path, number: usize) -> Result<bool
         ));
     }
     std::fs::write(federation::FedConfig::path(dir), toml)?;
-    println!(
-        "-- {number}. Federation: three hospitals run `kexin node`; a researcher asks all three at once"
-    );
-    // Node servers pin the individuals certified when they start.
+    println!("-- Every hospital runs its node server");
     let people = members::simulated_contributors(space, 1000, "wearable-steps")?;
     for (i, l) in listeners.into_iter().enumerate() {
         let name = format!("h{}", i + 1);
@@ -354,16 +357,33 @@ fn federation_step(space: &Arc<Space>, dir: &Path, number: usize) -> Result<bool
         let server = Arc::new(NodeServer::open(Arc::clone(space), &name, None)?);
         std::thread::spawn(move || server.serve(l));
     }
+    println!();
+    Ok(people)
+}
+
+fn federation_step(
+    space: &Arc<Space>,
+    dir: &Path,
+    number: usize,
+    people: &[(String, SigningKey)],
+) -> Result<bool> {
+    use crate::federation;
+    let d = dir.display();
+    println!("-- {number}. Federation: a researcher asks all three hospitals at once");
     let alice = members::load_key(dir, "alice", None)?;
     let nodes: Vec<String> = ["h1", "h2", "h3"].iter().map(|s| s.to_string()).collect();
     let exact = "SELECT department, COUNT(DISTINCT id_card) AS patients, AVG(cost) AS mean_cost, STDDEV(length_of_stay) AS sd_stay FROM admissions GROUP BY department";
     let noisy = "SELECT department, COUNT(DISTINCT id_card) AS patients, AVG(length_of_stay) AS mean_stay FROM admissions GROUP BY department";
+    let erin = members::load_key(dir, "erin", None)?;
     let mut ok = true;
-    for (scene, sql) in [("joint-diabetes", exact), ("joint-diabetes-dp", noisy)] {
+    for (scene, who, key, sql) in [
+        ("joint-diabetes", "alice", &alice, exact),
+        ("joint-diabetes-dp", "erin", &erin, noisy),
+    ] {
         println!(
-            "   kexin federate --space {d} --scene {scene} --as alice --nodes h1,h2,h3 \"{sql}\""
+            "   kexin federate --space {d} --scene {scene} --as {who} --nodes h1,h2,h3 \"{sql}\""
         );
-        let out = federation::federate(space, "alice", &alice, scene, &nodes, sql)?;
+        let out = federation::federate(space, who, key, scene, &nodes, sql)?;
         print!("{}", crate::render::federated(&out, crate::Format::Table)?);
         ok &= out.status == "released" && out.rows.len() == 10;
     }
@@ -374,12 +394,12 @@ fn federation_step(space: &Arc<Space>, dir: &Path, number: usize) -> Result<bool
     print!("{}", crate::render::federated(&two, crate::Format::Table)?);
     ok &= two.code.as_deref() == Some("KX-FED");
     println!(
-        "   kexin psi --space {d} --scene joint-diabetes-dp --as alice --nodes h1,h2 --mode sum --column height_cm"
+        "   kexin psi --space {d} --scene joint-diabetes-dp --as erin --nodes h1,h2 --mode sum --column height_cm"
     );
     let psi = federation::psi(
         space,
-        "alice",
-        &alice,
+        "erin",
+        &erin,
         "joint-diabetes-dp",
         &nodes[..2],
         "sum",
@@ -394,7 +414,7 @@ fn federation_step(space: &Arc<Space>, dir: &Path, number: usize) -> Result<bool
         .is_some_and(|r| r.interval[0] - 20.0 <= 300.0 && 300.0 <= r.interval[1] + 20.0);
     println!();
     ok &= fhe_step(space, &alice, &nodes, number + 1)?;
-    ok &= contribution_step(space, &alice, &people, number + 2)?;
+    ok &= contribution_step(space, &alice, people, number + 2)?;
     Ok(ok)
 }
 
@@ -524,12 +544,18 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
     )?;
     println!("   {p} patient records, {a} admissions, {l} lab results; policy in space.toml\n");
     let space = Arc::new(Space::load(&dir)?);
+    let people = start_nodes(&space, &dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let mut surprises = 0;
     let last = rt.block_on(async {
         let node = Node::open(Arc::clone(&space), "h1").await?;
+        // As `kexin query` on the node's machine: DP charges go to h2 and
+        // h3 before h1 computes.
+        if let Some(peers) = crate::ledger::NetLedger::for_node(&space, "h1") {
+            peers.install(&node);
+        }
         for (i, step) in STEPS.iter().enumerate() {
             if !show_step(&node, &dir, i + 1, step).await? {
                 surprises += 1;
@@ -580,7 +606,7 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
         }
         anyhow::Ok(number + UDF_STEPS.len())
     })?;
-    if !federation_step(&space, &dir, last + 1)? {
+    if !federation_step(&space, &dir, last + 1, &people)? {
         surprises += 1;
     }
     let report = kexin_engine::store::verify(&dir.join("h1"), None)?;

@@ -164,6 +164,17 @@ impl FedConfig {
         Duration::from_secs(self.round_timeout_seconds)
     }
 
+    /// The node whose TLS identity is `member` (with the `node` role).
+    pub(crate) fn node_of(&self, member: &str, role: &str) -> Option<String> {
+        if role != "node" {
+            return None;
+        }
+        self.node
+            .iter()
+            .find(|(_, a)| a.member == member)
+            .map(|(n, _)| n.clone())
+    }
+
     pub(crate) fn addr(&self, node: &str) -> Result<&NodeAddr> {
         self.node
             .get(node)
@@ -222,6 +233,17 @@ pub enum ToNode {
     Contribute(Signed<ContributionBody>),
     /// A researcher collects a contribution scene's open batch.
     Collect(Signed<CollectBody>),
+    /// Node → node: a DP charge to record before the sender computes.
+    Charge(kexin_engine::ledger::Charge),
+    /// Node → node: the sender's latest signed checkpoint, to witness.
+    Witness {
+        verifier: String,
+        note: String,
+    },
+    /// Anyone → node: which checkpoint of `node` do you hold?
+    Witnessed {
+        node: String,
+    },
 }
 
 /// Node → researcher.
@@ -262,11 +284,24 @@ pub enum FromNode {
         result: BatchResult,
         audit_seq: u64,
     },
+    /// A peer's DP charge recorded here; what the requester has now spent
+    /// under the scene.
+    Charged {
+        epsilon_spent: f64,
+    },
+    /// The witness's countersignature of a checkpoint it now holds.
+    Cosigned {
+        note: String,
+    },
+    /// The latest checkpoint of a node this node witnessed.
+    Checkpoint {
+        note: Option<String>,
+    },
 }
 
 impl FromNode {
     /// A refusal with its fixed code and rule.
-    fn refused(r: Refusal, audit_seq: Option<u64>) -> FromNode {
+    pub(crate) fn refused(r: Refusal, audit_seq: Option<u64>) -> FromNode {
         FromNode::Refused {
             code: r.code.as_str().into(),
             rule: r.rule.into(),
@@ -300,6 +335,9 @@ pub struct PsiResult {
 }
 
 // ---------------------------------------------------------------- the node
+
+/// How often a node server shows a grown log's checkpoint to its peers.
+const WITNESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A running node: its engine, identity, peers and open sessions.
 #[derive(Debug)]
@@ -347,6 +385,8 @@ impl NodeServer {
             .enable_all()
             .build()?;
         let node = rt.block_on(Node::open(Arc::clone(&space), name))?;
+        crate::ledger::NetLedger::new(Arc::clone(&space), cfg.clone(), me.clone(), name)
+            .install(&node);
         Ok(NodeServer {
             node,
             space,
@@ -370,6 +410,17 @@ impl NodeServer {
     pub fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
         let tls = crate::net::server_config(&self.me, Arc::new(self.pins.clone()))?;
         let admission = Arc::new(Admission::default());
+        // The peers keep this node's latest checkpoint (witnessing).
+        let this = Arc::clone(&self);
+        std::thread::spawn(move || {
+            crate::witness::keep_witnessed(
+                &this.space,
+                &this.cfg,
+                &this.me,
+                &this.node,
+                WITNESS_INTERVAL,
+            )
+        });
         for tcp in listener.incoming() {
             let Ok(tcp) = tcp else { continue };
             let Ok(source) = tcp.peer_addr().map(|a| a.ip()) else {
@@ -421,6 +472,13 @@ impl NodeServer {
             ToNode::Psi(env) => self.psi(link, &member, env),
             ToNode::Contribute(env) => self.contribute(link, &member, env),
             ToNode::Collect(env) => self.collect(link, &member, env),
+            ToNode::Charge(c) => {
+                crate::ledger::serve(&self.node, &self.cfg, link, &member, &role, c)
+            }
+            ToNode::Witness { verifier, note } => crate::witness::serve_witness(
+                &self.node, &self.cfg, link, &member, &role, &verifier, &note,
+            ),
+            ToNode::Witnessed { node } => crate::witness::serve_witnessed(&self.node, link, &node),
             _ => bail!("unexpected control message"),
         }
     }
@@ -516,8 +574,7 @@ impl NodeServer {
                 );
             }
         };
-        let parties = b.nodes.len();
-        let (partial, trace) = self.rt.block_on(self.node.joint_partial(&req, parties));
+        let (partial, trace) = self.rt.block_on(self.node.joint_partial(&req, &b.nodes));
         let (plan, input) = match partial {
             Ok(p) => p,
             Err(e) => {
@@ -1267,7 +1324,9 @@ impl NodeServer {
                 return link.send_json(&FromNode::Done { audit_seq: seq });
             }
             PsiDone::Count(size) => {
-                let (value, interval, epsilon) = match self.node.psi_release(&req, size, &mut trace)
+                let (value, interval, epsilon) = match self
+                    .rt
+                    .block_on(self.node.psi_release(&req, size, &mut trace))
                 {
                     Ok(v) => v,
                     Err(e) => {
@@ -1293,14 +1352,14 @@ impl NodeServer {
                             b.nodes[0], b.nodes[1]
                         ),
                         format!(
-                            "the cardinality has discrete Laplace noise (sensitivity 1, ε = {epsilon} charged on {}); the interval holds the exact overlap with 95% probability",
+                            "the cardinality has discrete Laplace noise (sensitivity 1, ε = {epsilon} charged by {} to the requester's budget at every node of the space); the interval holds the exact overlap with 95% probability",
                             b.nodes[0]
                         ),
                     ],
                 }
             }
             PsiDone::Sum(noisy) => {
-                let epsilon = match self.node.psi_charge(&req, &mut trace) {
+                let epsilon = match self.rt.block_on(self.node.psi_charge(&req, &mut trace)) {
                     Ok(e) => e,
                     Err(e) => {
                         return self.refuse(
@@ -1336,7 +1395,7 @@ impl NodeServer {
                             b.nodes[0]
                         ),
                         format!(
-                            "per person at most rows_per_person values, each clamped to the column's bounds; discrete Laplace noise with that sensitivity (ε = {epsilon} charged on {}); the interval holds the exact sum with 95% probability",
+                            "per person at most rows_per_person values, each clamped to the column's bounds; discrete Laplace noise with that sensitivity (ε = {epsilon} charged by {} to the requester's budget at every node of the space); the interval holds the exact sum with 95% probability",
                             b.nodes[1]
                         ),
                     ],

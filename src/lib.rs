@@ -9,6 +9,8 @@
 //! | [`render`] | table, JSON and CSV output of a query outcome |
 //! | [`fhe`] | the FHE key holder's key files: generate, publish, read back verified |
 //! | [`contribute`] | `kexin contribute` (an individual's Prio3 report) and `kexin collect` (a researcher's batch) |
+//! | [`ledger`] | node-to-node replication of DP charges (every node's ledger holds every charge) |
+//! | [`witness`] | nodes keep and countersign each other's checkpoints; `audit verify --witnesses` |
 //! | [`demo`] | `kexin demo`: allowed, suppressed and refused queries on a small space |
 #![forbid(unsafe_code)]
 
@@ -16,10 +18,12 @@ pub mod contribute;
 pub mod demo;
 pub mod federation;
 pub mod fhe;
+pub mod ledger;
 pub mod members;
 pub mod net;
 pub mod render;
 pub mod synth;
+pub mod witness;
 
 /// Output formats of `kexin query`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]

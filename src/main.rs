@@ -259,6 +259,28 @@ enum AuditAction {
         /// A checkpoint (signed note) saved earlier by a third party.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Also check the log against the checkpoints of it that the other
+        /// nodes of the space witnessed (their node servers must run).
+        #[arg(long)]
+        witnesses: bool,
+        /// With --witnesses: ask as this member (default: the node's own
+        /// identity from federation.toml).
+        #[arg(long = "as")]
+        actor: Option<String>,
+        /// The member's key file (default: space/keys/<member>.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Show the node's latest checkpoint to the other nodes, which keep and
+    /// countersign it (node servers also do this by themselves every few
+    /// seconds while the log grows).
+    Witness {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
     },
     /// List audit entries as JSON lines.
     List {
@@ -271,7 +293,8 @@ enum AuditAction {
 
 #[derive(Subcommand, Debug)]
 enum BudgetAction {
-    /// Spent and remaining ε per researcher and DP scene on one node.
+    /// Spent and remaining ε per DP scene on one node: the requester
+    /// organisation's ledger, which every node of the space holds.
     Show {
         #[arg(long)]
         space: PathBuf,
@@ -537,6 +560,11 @@ fn run(cli: Cli) -> Result<u8> {
             let rt = runtime()?;
             let outcome = rt.block_on(async {
                 let n = Node::open(Arc::clone(&space), &node).await?;
+                // DP charges go to every node of the space first: with the
+                // node's key on this machine, reach them as the node does.
+                if let Some(peers) = kexin::ledger::NetLedger::for_node(&space, &node) {
+                    peers.install(&n);
+                }
                 // Bind the signature to the contract: the named one, or the
                 // researcher's only active contract for the scene here.
                 let contract = match contract {
@@ -563,21 +591,45 @@ fn run(cli: Cli) -> Result<u8> {
                 space,
                 node,
                 checkpoint,
+                witnesses,
+                actor,
+                key,
             } => {
                 let space = Space::load(&space)?;
                 let node = node_name(&space, node);
-                let external = match checkpoint {
-                    Some(p) => Some(
-                        std::fs::read_to_string(&p)
-                            .with_context(|| format!("reading {}", p.display()))?,
-                    ),
-                    None => None,
-                };
-                match kexin_engine::store::verify(&space.dir.join(&node), external.as_deref()) {
+                let mut external = Vec::new();
+                if let Some(p) = checkpoint {
+                    let note = std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    external.push(("external checkpoint".to_string(), note));
+                }
+                if witnesses {
+                    let cfg = kexin::federation::FedConfig::load(&space.dir)?;
+                    let member =
+                        match actor {
+                            Some(a) => a,
+                            None => cfg.node.get(&node).map(|a| a.member.clone()).context(
+                                "no identity for the node in federation.toml; pass --as",
+                            )?,
+                        };
+                    let me = kexin::members::load_key(&space.dir, &member, key.as_deref())?;
+                    external.extend(kexin::witness::held(&space, &cfg, &me, &node)?);
+                }
+                let witnessed = external.len();
+                match kexin_engine::store::verify_with(&space.dir.join(&node), &external) {
                     Ok(r) => {
                         println!(
-                            "audit log of node {node} verified: {} entries, {} signed checkpoints, root {}",
-                            r.entries, r.checkpoints, r.root_hex
+                            "audit log of node {node} verified: {} entries, {} signed checkpoints, root {}{}",
+                            r.entries,
+                            r.checkpoints,
+                            r.root_hex,
+                            if witnessed > 0 {
+                                format!(
+                                    "; consistent with {witnessed} checkpoint(s) kept elsewhere"
+                                )
+                            } else {
+                                String::new()
+                            }
                         );
                         Ok(0)
                     }
@@ -586,6 +638,40 @@ fn run(cli: Cli) -> Result<u8> {
                         Ok(5)
                     }
                 }
+            }
+            AuditAction::Witness {
+                space,
+                node,
+                format,
+            } => {
+                let space = Arc::new(Space::load(&space)?);
+                let node = node_name(&space, node);
+                let cfg = kexin::federation::FedConfig::load(&space.dir)?;
+                let member = cfg
+                    .node
+                    .get(&node)
+                    .map(|a| a.member.clone())
+                    .context("no identity for the node in federation.toml")?;
+                let me = kexin::members::load_key(&space.dir, &member, None)?;
+                let rt = runtime()?;
+                let n = rt.block_on(Node::open(Arc::clone(&space), &node))?;
+                let Some(answers) = kexin::witness::submit(&space, &cfg, &me, &n)? else {
+                    println!("node {node} has no checkpoint yet");
+                    return Ok(0);
+                };
+                let mut all = true;
+                for a in &answers {
+                    all &= a.cosigned.is_some();
+                    if format == Format::Json {
+                        println!("{}", serde_json::to_string(a)?);
+                    } else {
+                        match &a.refused {
+                            None => println!("{}: witnessed and countersigned", a.witness),
+                            Some(why) => println!("{}: not witnessed ({why})", a.witness),
+                        }
+                    }
+                }
+                Ok(if all { 0 } else { 1 })
             }
             AuditAction::List { space, node } => {
                 let space = Space::load(&space)?;
@@ -631,12 +717,15 @@ fn run(cli: Cli) -> Result<u8> {
                     println!("{}", serde_json::to_string(&b)?);
                 } else {
                     println!(
-                        "{} {} {}: ε spent {:.4} of {:.4}, {:.4} remaining ({} per query; {} queries charged; δ spent {:e})",
+                        "{} {} {} ({}): ε spent {:.4} of {:.4} under the scene, {:.4} of {:.4} over all its DP scenes and nodes; {:.4} remaining ({} per query; {} queries charged; δ spent {:e})",
                         b.node,
                         b.scene,
                         b.actor,
+                        b.org,
                         b.epsilon_spent,
                         b.epsilon_total,
+                        b.requester_epsilon_spent,
+                        b.requester_epsilon_total,
                         b.epsilon_remaining,
                         b.epsilon_per_query,
                         b.queries,

@@ -603,6 +603,9 @@ max_sql_bytes = 16384
 max_sql_depth = 48
 timeout_seconds = 120
 memory_mb = 4096
+# Answers leave at a multiple of this after the request arrived, so that
+# how long a query ran shows only in whole quanta.
+response_quantum_ms = 500
 
 [member.alice]
 role = "researcher"
@@ -617,6 +620,13 @@ role = "researcher"
 org = "org:hku-med"
 jurisdiction = "HK"
 
+# A public-health agency that is only ever answered under differential
+# privacy (a requester with a DP scene may not also have an exact scene
+# over the same columns: the exact answers would undo the budget).
+[member.erin]
+role = "researcher"
+org = "org:hubei-cdc"
+
 [member.carol]
 role = "holder"
 org = "org:h1"
@@ -630,6 +640,12 @@ nodes = ["h1"]
 [member.operator]
 role = "operator"
 org = "org:hubei-health-commission"
+
+# One privacy budget per requester organisation over the space's persons:
+# everything it spends under any DP scene, at any node, is counted against
+# this ε (each node records every charge before the query runs).
+[privacy]
+epsilon_per_requester = 5.0
 
 # ---------------------------------------------------------------- datasets
 [dataset.patients]
@@ -693,12 +709,13 @@ columns   = ["patients.sex", "patients.age", "patients.region", "admissions.depa
 valid     = ["2026-01-01", "2030-12-31"]
 output    = {{ min_persons = 20, round_to = 10, decimals = 0, dominance = [1, 0.5] }}
 
-# The same research under differential privacy: every answer is noisy, with
-# its 95% interval, and each researcher has a budget of ε = 1 over the scene.
+# Diabetes surveillance under differential privacy: every answer is noisy,
+# with its 95% interval; the requester may spend ε = 1 under this scene, and
+# every DP scene and node draws on its one budget (`[privacy]` above).
 [scene.diabetes-dp]
 purpose   = "DUO:0000007"
 disease   = "E11"
-requester = "org:whu-med"
+requester = "org:hubei-cdc"
 datasets  = ["patients", "admissions", "labs"]
 valid     = ["2026-01-01", "2030-12-31"]
 output    = {{ min_persons = 10, decimals = 1 }}
@@ -755,7 +772,7 @@ output    = {{ min_persons = 10, round_to = 1, decimals = 2 }}
 [scene.joint-diabetes-dp]
 purpose   = "DUO:0000007"
 disease   = "E11"
-requester = "org:whu-med"
+requester = "org:hubei-cdc"
 datasets  = ["patients", "admissions", "labs"]
 valid     = ["2026-01-01", "2030-12-31"]
 federated = true

@@ -18,12 +18,16 @@ fn kexin(args: &[&str]) -> Output {
 }
 
 fn generate(dir: &Path) {
+    generate_hospitals(dir, "2");
+}
+
+fn generate_hospitals(dir: &Path, hospitals: &str) {
     let out = kexin(&[
         "gen",
         "--out",
         dir.to_str().expect("utf8"),
         "--hospitals",
-        "2",
+        hospitals,
         "--patients",
         "800",
         "--seed",
@@ -37,6 +41,10 @@ fn generate(dir: &Path) {
 }
 
 fn query_json(dir: &Path, scene: &str, sql: &str) -> (i32, Value) {
+    query_json_as(dir, "alice", scene, sql)
+}
+
+fn query_json_as(dir: &Path, actor: &str, scene: &str, sql: &str) -> (i32, Value) {
     let out = kexin(&[
         "query",
         "--space",
@@ -44,7 +52,7 @@ fn query_json(dir: &Path, scene: &str, sql: &str) -> (i32, Value) {
         "--scene",
         scene,
         "--as",
-        "alice",
+        actor,
         "--format",
         "json",
         sql,
@@ -547,14 +555,16 @@ fn audit_list_does_not_create_state() {
 
 #[test]
 fn dp_query_json_and_budget_show() {
+    // One hospital: no other node has to accept the charge (with several,
+    // their node servers must run; tests/federation.rs covers that).
     let t = tempfile::tempdir().expect("tempdir");
-    generate(t.path());
+    generate_hospitals(t.path(), "1");
     let dir = t.path().to_str().expect("utf8");
-    // alice's DP scenes are diabetes-dp and the federated joint-diabetes-dp;
+    // erin's DP scenes are diabetes-dp and the federated joint-diabetes-dp;
     // this test charges the first.
     let budget = || {
         let all = json_lines(&kexin(&[
-            "budget", "show", "--space", dir, "--as", "alice", "--format", "json",
+            "budget", "show", "--space", dir, "--as", "erin", "--format", "json",
         ]));
         assert_eq!(all.len(), 2);
         all.into_iter()
@@ -569,7 +579,7 @@ fn dp_query_json_and_budget_show() {
     assert_eq!(before[0]["epsilon_remaining"], 1.0);
 
     let sql = "SELECT department, count(*) AS n FROM admissions GROUP BY department";
-    let (code, v) = query_json(t.path(), "diabetes-dp", sql);
+    let (code, v) = query_json_as(t.path(), "erin", "diabetes-dp", sql);
     assert_eq!(code, 0, "{v}");
     // Every value of the declared department domain is a candidate cell.
     let rows = v["rows"].as_array().unwrap();
@@ -596,6 +606,10 @@ fn dp_query_json_and_budget_show() {
     let after = budget();
     assert!((after[0]["epsilon_spent"].as_f64().unwrap() - 0.1).abs() < 1e-9);
     assert_eq!(after[0]["queries"], 1);
+    // The requester organisation's budget over every scene and node.
+    assert_eq!(after[0]["org"], "org:hubei-cdc");
+    assert_eq!(after[0]["requester_epsilon_total"], 5.0);
+    assert!((after[0]["requester_epsilon_spent"].as_f64().unwrap() - 0.1).abs() < 1e-9);
     // The charge is in the query's audit entry.
     let entries = json_lines(&kexin(&["audit", "list", "--space", dir]));
     let dp_entry = entries

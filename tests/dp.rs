@@ -70,15 +70,43 @@ async fn tiny_space(n: usize, bits: &[i64], epsilon_total: f64, researchers: usi
         )
         .await
         .unwrap();
-    let members: String = (0..researchers)
-        .map(|i| format!("[member.r{i}]\nrole = \"researcher\"\norg = \"org:lab\"\n\n"))
+    // Budgets are per requester organisation: each researcher r<i> is its
+    // own organisation with its own DP scene dp<i>, so that the trials below
+    // are independent attackers. The threshold-only scene belongs to yet
+    // another organisation (an exact scene beside a DP scene of the same
+    // requester is a configuration error).
+    let scenes: String = (0..researchers)
+        .map(|i| {
+            format!(
+                r#"[member.r{i}]
+role = "researcher"
+org = "org:lab{i}"
+
+[scene.dp{i}]
+contract  = "none"    # in-house test scene: no data-use contract
+purpose   = "DUO:0000006"
+requester = "org:lab{i}"
+datasets  = ["t"]
+valid     = ["2026-01-01", "2030-12-31"]
+output    = {{ min_persons = 2, decimals = 0 }}
+privacy   = {{ epsilon_total = {epsilon_total}, epsilon_per_query = 0.1 }}
+
+"#
+            )
+        })
         .collect();
     let toml = format!(
         r#"[space]
 name = "tiny"
 nodes = ["h1"]
 
-{members}
+[limits]
+response_quantum_ms = 0   # hundreds of queries; no timing is measured
+
+[member.p0]
+role = "researcher"
+org = "org:plain"
+
 [dataset.t]
 source = "{{node}}/t.parquet"
 person_key = "id_card"
@@ -88,19 +116,11 @@ id_card = {{ grade = 4, kind = "identifier", mask = "pseudonym" }}
 code    = {{ grade = 1, kind = "attribute" }}
 flag    = {{ grade = 3, kind = "sensitive", bounds = [0, 1] }}
 
-[scene.dp]
-contract  = "none"    # in-house test scene: no data-use contract
-purpose   = "DUO:0000006"
-requester = "org:lab"
-datasets  = ["t"]
-valid     = ["2026-01-01", "2030-12-31"]
-output    = {{ min_persons = 2, decimals = 0 }}
-privacy   = {{ epsilon_total = {epsilon_total}, epsilon_per_query = 0.1 }}
-
+{scenes}
 [scene.plain]
 contract  = "none"    # in-house test scene: no data-use contract
 purpose   = "DUO:0000006"
-requester = "org:lab"
+requester = "org:plain"
 datasets  = ["t"]
 valid     = ["2026-01-01", "2030-12-31"]
 output    = {{ min_persons = 5, round_to = 1, decimals = 0 }}
@@ -123,7 +143,7 @@ async fn dp_answers_carry_intervals_and_charge_the_budget() {
     let node = open_h1(&dir).await;
     let sql = "SELECT sex, count(*) AS patients, avg(weight_kg) AS w, sum(length_of_stay) AS los \
                FROM patients JOIN admissions ON patients.id_card = admissions.id_card GROUP BY sex";
-    let o = ask(&node, "diabetes-dp", "alice", sql).await;
+    let o = ask(&node, "diabetes-dp", "erin", sql).await;
     assert_eq!(o.status, Status::Released, "{:?} {:?}", o.code, o.rule);
     let dp = o.dp.as_ref().expect("a DP report");
     assert_eq!(dp.epsilon_charged, 0.1);
@@ -185,7 +205,7 @@ async fn dp_answers_carry_intervals_and_charge_the_budget() {
     assert_eq!(entries.last().unwrap().epsilon, Some(0.1));
     drop(node);
     let again = open_h1(&dir).await;
-    let b = again.budgets(Some("alice"), Some("diabetes-dp")).unwrap();
+    let b = again.budgets(Some("erin"), Some("diabetes-dp")).unwrap();
     assert_eq!(b.len(), 1);
     assert!((b[0].epsilon_spent - 0.1).abs() < 1e-9 && b[0].queries == 1);
 }
@@ -219,12 +239,12 @@ async fn dp_refuses_what_it_cannot_release() {
         ),
     ];
     for (sql, want) in cases {
-        let o = ask(&node, "diabetes-dp", "alice", sql).await;
+        let o = ask(&node, "diabetes-dp", "erin", sql).await;
         assert_eq!(code(&o), want, "{sql}");
     }
     // Refusals charge nothing.
     assert!(
-        node.budgets(Some("alice"), None)
+        node.budgets(Some("erin"), None)
             .unwrap()
             .iter()
             .all(|b| b.queries == 0)
@@ -234,7 +254,7 @@ async fn dp_refuses_what_it_cannot_release() {
     let o = ask(
         &node,
         "diabetes-dp",
-        "alice",
+        "erin",
         "SELECT region, count(*) FROM patients GROUP BY region",
     )
     .await;
@@ -251,7 +271,7 @@ async fn dp_refuses_what_it_cannot_release() {
     let narrow = ask(
         &node,
         "diabetes-dp",
-        "alice",
+        "erin",
         "SELECT region, count(*) FROM patients WHERE age = 90 GROUP BY region",
     )
     .await;
@@ -278,11 +298,11 @@ async fn averaging_loop_with_equivalent_rewrites_gets_one_answer() {
         "SELECT sex, count(*) AS n, avg(weight_kg) AS w FROM patients WHERE TRUE AND 2 > 1 GROUP BY sex",
         "SELECT  sex ,count( * ) n ,avg( weight_kg ) w\nFROM patients\nGROUP BY sex",
     ];
-    let first = ask(&node, "diabetes-dp", "alice", rewrites[0]).await;
+    let first = ask(&node, "diabetes-dp", "erin", rewrites[0]).await;
     assert_eq!(first.status, Status::Released);
     let first_seq = first.audit_seq.unwrap();
     for i in 1..1000 {
-        let o = ask(&node, "diabetes-dp", "alice", rewrites[i % rewrites.len()]).await;
+        let o = ask(&node, "diabetes-dp", "erin", rewrites[i % rewrites.len()]).await;
         assert_eq!(
             o.status,
             Status::Released,
@@ -297,7 +317,7 @@ async fn averaging_loop_with_equivalent_rewrites_gets_one_answer() {
         );
         assert_eq!(o.dp.as_ref().unwrap().repeat_of, Some(first_seq));
     }
-    let b = node.budgets(Some("alice"), Some("diabetes-dp")).unwrap();
+    let b = node.budgets(Some("erin"), Some("diabetes-dp")).unwrap();
     assert_eq!(b[0].queries, 1, "one charge for 1,000 asks");
     // Rewrites the normalizer does not recognise are charged as new
     // queries: the budget ends the loop after ε_total / ε_query answers.
@@ -307,7 +327,7 @@ async fn averaging_loop_with_equivalent_rewrites_gets_one_answer() {
         let o = ask(
             &node,
             "diabetes-dp",
-            "alice",
+            "erin",
             &format!("SELECT sex, count(*), avg(weight_kg) FROM patients WHERE weight_kg > -{i} GROUP BY sex"),
         )
         .await;
@@ -330,7 +350,7 @@ async fn averaging_loop_with_equivalent_rewrites_gets_one_answer() {
             &ask(
                 &node,
                 "diabetes-dp",
-                "alice",
+                "erin",
                 "SELECT count(*) FROM patients"
             )
             .await
@@ -338,7 +358,7 @@ async fn averaging_loop_with_equivalent_rewrites_gets_one_answer() {
         "KX-DP-BUDGET"
     );
     assert_eq!(
-        ask(&node, "diabetes-dp", "alice", rewrites[3]).await.rows,
+        ask(&node, "diabetes-dp", "erin", rewrites[3]).await.rows,
         first.rows
     );
     // Only the scene's requester organisation may spend its budget.
@@ -367,8 +387,8 @@ async fn differencing_pair_learns_nothing_beyond_epsilon() {
     let q2 = |target: usize| format!("SELECT sum(flag) FROM t WHERE code <> {target}");
     // Threshold-only: the difference is the target's bit, every time.
     for target in [one, zero] {
-        let plain = num(&ask(&node, "plain", "r0", q1).await.rows[0][0])
-            - num(&ask(&node, "plain", "r0", &q2(target)).await.rows[0][0]);
+        let plain = num(&ask(&node, "plain", "p0", q1).await.rows[0][0])
+            - num(&ask(&node, "plain", "p0", &q2(target)).await.rows[0][0]);
         assert_eq!(plain as i64, bits[target], "the attack works without DP");
     }
     // DP: each pair costs the whole budget of 0.2. Changing the target's bit
@@ -377,14 +397,14 @@ async fn differencing_pair_learns_nothing_beyond_epsilon() {
     // with probability at most e^0.4 / (1 + e^0.4) ≈ 0.599.
     let mut right = 0;
     for r in 0..trials {
-        let actor = format!("r{r}");
+        let (actor, dp) = (format!("r{r}"), format!("dp{r}"));
         let target = if r % 2 == 0 { one } else { zero };
-        let a = ask(&node, "dp", &actor, q1).await;
-        let b = ask(&node, "dp", &actor, &q2(target)).await;
+        let a = ask(&node, &dp, &actor, q1).await;
+        let b = ask(&node, &dp, &actor, &q2(target)).await;
         assert_eq!(a.status, Status::Released);
         assert_eq!(b.status, Status::Released);
         assert_eq!(
-            code(&ask(&node, "dp", &actor, "SELECT count(*) FROM t").await),
+            code(&ask(&node, &dp, &actor, "SELECT count(*) FROM t").await),
             "KX-DP-BUDGET"
         );
         // A cell whose noisy person count missed min_persons is suppressed;
@@ -453,7 +473,7 @@ async fn random_subset_reconstruction_fails_under_dp() {
         let ones = bits.iter().sum::<i64>() as f64 / n as f64;
         ones.max(1.0 - ones)
     };
-    for scene in ["plain", "dp"] {
+    for (scene, actor) in [("plain", "p0"), ("dp0", "r0")] {
         let (mut rows, mut answers) = (Vec::new(), Vec::new());
         let (mut charged, mut refused) = (0, 0);
         for _ in 0..4 * n {
@@ -466,7 +486,7 @@ async fn random_subset_reconstruction_fails_under_dp() {
             let o = ask(
                 &node,
                 scene,
-                "r0",
+                actor,
                 &format!("SELECT sum(flag) FROM t WHERE code IN ({list})"),
             )
             .await;
@@ -499,4 +519,67 @@ async fn random_subset_reconstruction_fails_under_dp() {
             );
         }
     }
+}
+
+/// The budget belongs to the requester organisation: two DP scenes over the
+/// same data draw on one `[privacy] epsilon_per_requester`; and an exact
+/// scene beside a DP scene of the same requester over the same columns is
+/// a configuration error, since its answers would undo the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_budget_per_requester_across_scenes() {
+    let n = 30;
+    let dir = tiny_space(n, &secret_bits(n, 5), 1.0, 1).await;
+    let base = std::fs::read_to_string(dir.join("space.toml")).unwrap();
+    let second = r#"
+[scene.dp0-again]
+contract  = "none"
+purpose   = "DUO:0000006"
+requester = "org:lab0"
+datasets  = ["t"]
+valid     = ["2026-01-01", "2030-12-31"]
+output    = { min_persons = 2, decimals = 0 }
+privacy   = { epsilon_total = 1.0, epsilon_per_query = 0.1 }
+"#;
+    let two = base.replace(
+        "[dataset.t]\n",
+        "[privacy]\nepsilon_per_requester = 0.5\n\n[dataset.t]\n",
+    ) + second;
+    std::fs::write(dir.join("space.toml"), &two).unwrap();
+    let node = open_h1(&dir).await;
+    let mut released = 0;
+    for i in 0..12 {
+        let scene = if i % 2 == 0 { "dp0" } else { "dp0-again" };
+        let o = ask(
+            &node,
+            scene,
+            "r0",
+            &format!("SELECT count(*) FROM t WHERE code > {i}"),
+        )
+        .await;
+        if o.status == Status::Released {
+            released += 1;
+        } else {
+            assert_eq!(code(&o), "KX-DP-BUDGET", "{:?}", o.rule);
+        }
+    }
+    assert_eq!(released, 5, "ε 0.5 for the organisation over both scenes");
+    let rows = node.budgets(Some("r0"), None).unwrap();
+    assert_eq!(rows.len(), 2);
+    for b in &rows {
+        assert_eq!(b.org, "org:lab0");
+        assert!((b.requester_epsilon_spent - 0.5).abs() < 1e-9, "{b:?}");
+        assert!((b.requester_epsilon_total - 0.5).abs() < 1e-9, "{b:?}");
+        assert_eq!(b.epsilon_remaining, 0.0, "{b:?}");
+    }
+    drop(node);
+    // The threshold-only scene handed to the same requester.
+    let exact = base.replace("requester = \"org:plain\"", "requester = \"org:lab0\"");
+    std::fs::write(dir.join("space.toml"), &exact).unwrap();
+    let err = kexin_engine::policy::Space::load(&dir)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("scene.plain") && err.contains("dp0") && err.contains("t.flag"),
+        "{err}"
+    );
 }

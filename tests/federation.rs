@@ -171,7 +171,8 @@ fn joint_result_equals_the_pooled_computation_and_is_audited_alike() {
 #[test]
 fn dp_joint_result_lies_within_its_stated_interval() {
     let f = Federation::new(3, 10, &["h1", "h2", "h3"]);
-    let (code, out) = f.federate(
+    let (code, out) = f.federate_as(
+        "erin",
         "joint-diabetes-dp",
         "h1,h2,h3",
         "SELECT sex, COUNT(DISTINCT id_card) AS persons, AVG(height_cm) AS height FROM patients GROUP BY sex",
@@ -456,7 +457,8 @@ fn misbehaving_parties_abort_the_round_with_no_release() {
 
 #[test]
 fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
-    let mut f = Federation::new(3, 3, &["h1", "h2"]);
+    // h3 takes no part in the PSI but records its charge (one ledger).
+    let mut f = Federation::new(3, 3, &["h1", "h2", "h3"]);
     let out = f.psi(&["--format", "json"]);
     assert_eq!(
         out.status.code(),
@@ -528,7 +530,8 @@ fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
     let space = Space::load(&f.dir).expect("space");
     let pins = kexin::federation::pins(&space).expect("pins");
     let me = kexin::members::load_key(&f.dir, "node-h2", None).expect("key");
-    let alice = kexin::members::load_key(&f.dir, "alice", None).expect("alice");
+    // The PSI request is erin's (the DP scene's requester): relay it as her.
+    let erin = kexin::members::load_key(&f.dir, "erin", None).expect("erin");
     let h1 = kexin::members::load_key(&f.dir, "node-h1", None)
         .expect("h1")
         .verifying_key();
@@ -546,7 +549,7 @@ fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
             panic!("psi")
         };
         let session = session_id(tag::PSI, &env).expect("session");
-        let mut real_link = Link::connect(&real, &alice, &me.verifying_key(), t).expect("real");
+        let mut real_link = Link::connect(&real, &erin, &me.verifying_key(), t).expect("real");
         real_link.send_json(&ToNode::Psi(env)).expect("relay");
         let ready: FromNode = real_link.recv_json().expect("ready");
         researcher.send_json(&ready).expect("relay ready");
@@ -586,4 +589,205 @@ fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
         "{e}"
     );
     rogue.join().expect("rogue");
+}
+
+/// `kexin query` on one node as erin under `diabetes-dp` (JSON outcome).
+fn dp_query(f: &Federation, node: &str, i: usize) -> Value {
+    let out = Command::new(BIN)
+        .args([
+            "query",
+            "--space",
+            path(&f.dir),
+            "--node",
+            node,
+            "--scene",
+            "diabetes-dp",
+            "--as",
+            "erin",
+            "--format",
+            "json",
+            &format!("SELECT sex, count(*) FROM patients WHERE age > {i} GROUP BY sex"),
+        ])
+        .output()
+        .expect("query");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "query printed no JSON: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// One privacy budget per requester over every node: a charge made at one
+/// node is in every node's ledger before that node computes, so spending at
+/// h1 and h2 uses up what h3 may answer; a node that cannot reach all of
+/// its peers refuses instead of spending a budget it cannot account for.
+#[test]
+fn one_dp_budget_across_all_nodes() {
+    let mut f = Federation::new(3, 5, &["h1", "h2"]);
+    // h3 is down: the charge cannot be recorded everywhere.
+    let v = dp_query(&f, "h1", 0);
+    assert_eq!(v["code"], "KX-DP-BUDGET", "{v}");
+    assert!(v["rule"].as_str().unwrap().contains("unreachable"), "{v}");
+    assert!(v["rows"].as_array().unwrap().is_empty());
+    f.start("h3", None);
+    // h2 accepted that charge before h3 failed: the ledger over-counts by
+    // one query (never under-counts). diabetes-dp allows ε 1.0 at 0.1 per
+    // query, so 9 more releases remain, wherever they are asked.
+    let mut released = 0;
+    let mut i = 1;
+    let mut refused_at = Vec::new();
+    while refused_at.len() < 3 && i < 40 {
+        let node = ["h1", "h2", "h3"][i % 3];
+        let v = dp_query(&f, node, i);
+        match v["status"].as_str() {
+            Some("released") => {
+                assert!(refused_at.is_empty(), "released after a refusal: {v}");
+                released += 1;
+            }
+            _ => {
+                assert_eq!(v["code"], "KX-DP-BUDGET", "{v}");
+                refused_at.push(node);
+            }
+        }
+        i += 1;
+    }
+    assert_eq!(released, 9, "one budget of ten queries over three nodes");
+    assert_eq!(refused_at.len(), 3, "every node refuses once it is spent");
+    // Every node's ledger holds every charge.
+    for n in ["h1", "h2", "h3"] {
+        let out = Command::new(BIN)
+            .args([
+                "budget",
+                "show",
+                "--space",
+                path(&f.dir),
+                "--node",
+                n,
+                "--as",
+                "erin",
+                "--scene",
+                "diabetes-dp",
+                "--format",
+                "json",
+            ])
+            .output()
+            .expect("budget show");
+        let b: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let spent = b["epsilon_spent"].as_f64().unwrap();
+        assert!(spent >= 0.9 - 1e-9, "{n}: {b}");
+        assert!(
+            b["epsilon_remaining"].as_f64().unwrap() <= 0.1 + 1e-9,
+            "{n}: {b}"
+        );
+        assert_eq!(b["org"], "org:hubei-cdc");
+    }
+    // The replicated charges are audited where they were recorded, with the
+    // node they came from.
+    let from_h1 = f
+        .audit("h3")
+        .into_iter()
+        .filter(|e| e["kind"] == "budget-charge" && e["charged_by"] == "h1")
+        .count();
+    assert!(from_h1 >= 3, "{from_h1} charges from h1 in h3's log");
+    f.verify_logs(&["h1", "h2", "h3"]);
+}
+
+fn kexin_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run kexin")
+}
+
+/// Truncating a node's log and copying an older signed checkpoint into its
+/// head passes the node's own verification; the checkpoints its peers
+/// witnessed catch it, and the peers refuse to witness the older one.
+#[test]
+fn witnesses_catch_a_truncated_log() {
+    let f = Federation::new(3, 5, &["h1", "h2", "h3"]);
+    let dir = path(&f.dir);
+    for i in 0..3 {
+        let sql = format!("SELECT sex, count(*) FROM patients WHERE age > {i} GROUP BY sex");
+        let out = kexin_cmd(&[
+            "query",
+            "--space",
+            dir,
+            "--node",
+            "h1",
+            "--scene",
+            "diabetes-2027",
+            "--as",
+            "alice",
+            &sql,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let out = kexin_cmd(&[
+        "audit", "witness", "--space", dir, "--node", "h1", "--format", "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(answers.len(), 2);
+    assert!(
+        answers.iter().all(|a| a["cosigned"].is_string()),
+        "{answers:?}"
+    );
+    let verify = |witnesses: bool| {
+        let mut args = vec!["audit", "verify", "--space", dir, "--node", "h1"];
+        if witnesses {
+            args.push("--witnesses");
+        }
+        kexin_cmd(&args)
+    };
+    assert!(verify(true).status.success());
+
+    // The attack: drop the last two entries and their checkpoints, and put
+    // the checkpoint that matches what is left back as the head.
+    let db = f.dir.join("h1/kexin.db");
+    let conn = rusqlite::Connection::open(&db).expect("db");
+    let n: i64 = conn
+        .query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))
+        .expect("size");
+    let keep = n - 2;
+    let head: String = conn
+        .query_row("SELECT note FROM checkpoint WHERE size = ?1", [keep], |r| {
+            r.get(0)
+        })
+        .expect("older checkpoint");
+    conn.execute("DELETE FROM audit WHERE seq > ?1", [keep])
+        .expect("truncate");
+    conn.execute("DELETE FROM checkpoint WHERE size > ?1", [keep])
+        .expect("truncate");
+    drop(conn);
+    std::fs::write(f.dir.join("h1/audit.head"), head).expect("head");
+
+    // Alone, the log looks whole ...
+    let alone = verify(false);
+    assert!(
+        alone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alone.stdout)
+    );
+    // ... but not to the witnesses.
+    let witnessed = verify(true);
+    assert_eq!(witnessed.status.code(), Some(5));
+    let text = String::from_utf8_lossy(&witnessed.stdout);
+    assert!(
+        text.contains("witnessed by h2") && text.contains("rolled back"),
+        "{text}"
+    );
+    // And they will not take the older checkpoint as the latest.
+    let again = kexin_cmd(&["audit", "witness", "--space", dir, "--node", "h1"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("rolled back"));
 }

@@ -235,7 +235,8 @@ async fn bob_asks(node: &Node, contract: Option<String>) -> Outcome {
 async fn contracts_gate_every_query() {
     let dir = space();
     let sp = load(&dir);
-    let node = Node::open(Arc::clone(&sp), "h1").await.unwrap();
+    // h1 with h2 as its in-process peer: DP charges reach every node.
+    let node = support::open_with_peers(&dir, "h1").await;
     let carol = members::load_key(&dir, "carol", None).unwrap();
     let alice = members::load_key(&dir, "alice", None).unwrap();
     let ask = |contract: Option<String>| bob_asks(&node, contract);
@@ -345,13 +346,13 @@ async fn contracts_gate_every_query() {
     assert_eq!(code(&o), "KX-SQL-UNKNOWN");
 
     // A contract's ε cap lowers the researcher's DP budget under the scene.
-    let alice_key = members::load_key(&dir, "alice", None).unwrap();
+    let erin_key = members::load_key(&dir, "erin", None).unwrap();
     let terms = members::offer(
         &sp,
         "h1",
         "carol",
         &carol,
-        "alice",
+        "erin",
         "diabetes-dp",
         None,
         None,
@@ -362,7 +363,7 @@ async fn contracts_gate_every_query() {
     .unwrap();
     let capped = node.contract_offer(&terms).unwrap();
     node.contract_act(
-        &members::contract_action(&sp, "h1", "alice", &alice_key, &capped.id, "agree").unwrap(),
+        &members::contract_action(&sp, "h1", "erin", &erin_key, &capped.id, "agree").unwrap(),
     )
     .unwrap();
     let mut codes = Vec::new();
@@ -371,7 +372,7 @@ async fn contracts_gate_every_query() {
             contract: Some(capped.id.clone()),
             ..QueryRequest::new(
                 "diabetes-dp",
-                "alice",
+                "erin",
                 &format!("SELECT sex, count(*) FROM patients WHERE age > {i} GROUP BY sex"),
             )
         };

@@ -76,6 +76,10 @@ pub struct AuditEntry {
     /// participating node's log (SHA-256 of the researcher's signed request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// `budget-charge` entries: the node whose DP release the charge is
+    /// for (each node records every charge made in the space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charged_by: Option<String>,
 }
 
 impl AuditEntry {
@@ -112,6 +116,7 @@ impl AuditEntry {
             consent_seq: None,
             consent_sha256: None,
             session: None,
+            charged_by: None,
         }
     }
 }
@@ -163,6 +168,30 @@ impl NoteKey {
         h.update(self.public.as_bytes());
         let d = h.finalize();
         [d[0], d[1], d[2], d[3]]
+    }
+
+    /// Parse a verifier key string (the inverse of [`Self::verifier_key`]);
+    /// the key id must match the name and key.
+    pub fn parse(text: &str) -> Result<NoteKey> {
+        let bad = |why: &str| Error::Verify(format!("verifier key: {why}"));
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("malformed"));
+        };
+        let raw = B64.decode(key).map_err(|_| bad("malformed"))?;
+        let bytes: [u8; 32] = match raw.as_slice() {
+            [0x01, rest @ ..] => rest.try_into().map_err(|_| bad("malformed"))?,
+            _ => return Err(bad("not an Ed25519 key")),
+        };
+        let public = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not a valid key"))?;
+        let k = NoteKey {
+            name: name.to_string(),
+            public,
+        };
+        if hex::encode(k.key_id()) != id {
+            return Err(bad("the key id does not match"));
+        }
+        Ok(k)
     }
 
     /// The signed-note verifier key string: `<name>+<hex key id>+<base64(0x01 ‖ key)>`.

@@ -480,19 +480,20 @@ impl Node {
     pub async fn joint_partial(
         &self,
         req: &QueryRequest,
-        parties: usize,
+        nodes: &[String],
     ) -> (Result<(JointPlan, Vec<i128>)>, JointTrace) {
         let mut trace = Trace::default();
-        let r = self.joint_partial_inner(req, parties, &mut trace).await;
+        let r = self.joint_partial_inner(req, nodes, &mut trace).await;
         (r, JointTrace(trace))
     }
 
     async fn joint_partial_inner(
         &self,
         req: &QueryRequest,
-        parties: usize,
+        nodes: &[String],
         trace: &mut Trace,
     ) -> Result<(JointPlan, Vec<i128>)> {
+        let parties = nodes.len();
         if !self.scene_for_joint(req)?.federated {
             return refuse(
                 Code::Federation,
@@ -565,19 +566,20 @@ impl Node {
             )
         })?;
         if let (false, Some(p)) = (exact, &scene.privacy) {
-            let charged = self.store_lock()?.dp_charge(
+            // Every party charges itself; the first also charges the nodes
+            // of the space outside the computation, so that every ledger
+            // holds the charge once.
+            let first = nodes.first().is_some_and(|n| *n == self.name);
+            let cap = admitted.contract.as_ref().and_then(|c| c.terms.epsilon);
+            self.charge_dp(
+                scene,
+                p,
+                cap,
                 &req.actor,
-                &req.scene,
-                p.epsilon_per_query,
                 q.mechanism.delta,
-                p.epsilon_total,
-            )?;
-            if charged.is_none() {
-                return refuse(
-                    Code::DpBudget,
-                    "the researcher's privacy budget under this scene cannot cover another query",
-                );
-            }
+                crate::ledger::Replicate::Outside(first.then_some(nodes)),
+            )
+            .await?;
             trace.epsilon = Some(p.epsilon_per_query);
         }
         let physical = state
@@ -794,39 +796,36 @@ impl Node {
 
     /// Release a PSI cardinality with discrete Laplace noise (sensitivity 1:
     /// a person is one item per node) at the scene's ε per query, charged to
-    /// the researcher's budget on this node.
-    pub fn psi_release(
+    /// the requester's budget (here and at every other node of the space).
+    pub async fn psi_release(
         &self,
         req: &QueryRequest,
         size: usize,
         trace: &mut JointTrace,
     ) -> Result<(f64, [f64; 2], f64)> {
-        let eps = self.psi_charge(req, trace)?;
+        let eps = self.psi_charge(req, trace).await?;
         let z = psi_noise(1, eps)?;
         let h = dp::laplace_half_width(1.0 / eps, 0.05);
         let v = (size as f64 + z as f64).max(0.0);
         Ok((v, [(v - h).max(0.0), v + h], eps))
     }
 
-    /// Charge the scene's ε per query for one PSI release on this node.
-    pub fn psi_charge(&self, req: &QueryRequest, trace: &mut JointTrace) -> Result<f64> {
+    /// Charge the scene's ε per query for one PSI release: the releasing
+    /// node charges itself and every other node of the space.
+    pub async fn psi_charge(&self, req: &QueryRequest, trace: &mut JointTrace) -> Result<f64> {
         let scene = self.scene_for_joint(req)?;
         let Some(p) = &scene.privacy else {
             return refuse(Code::Federation, "the scene has no privacy budget");
         };
-        let charged = self.store_lock()?.dp_charge(
+        self.charge_dp(
+            scene,
+            p,
+            None,
             &req.actor,
-            &req.scene,
-            p.epsilon_per_query,
             0.0,
-            p.epsilon_total,
-        )?;
-        if charged.is_none() {
-            return refuse(
-                Code::DpBudget,
-                "the researcher's privacy budget under this scene cannot cover another query",
-            );
-        }
+            crate::ledger::Replicate::All,
+        )
+        .await?;
         trace.0.epsilon = Some(p.epsilon_per_query);
         Ok(p.epsilon_per_query)
     }

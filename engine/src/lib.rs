@@ -22,6 +22,8 @@
 //! | [`consent`] | DUO purposes and their matching, consent receipts, the consent filter at the scan |
 //! | [`contribution`] | individuals' Prio3 reports at an aggregator: grants, storage, batches, audit |
 //! | [`registry`] | the space's registry: issued certificates and consent receipts (SQLite, audited) |
+//! | [`ledger`] | one DP budget per requester organisation over all scenes and nodes; peers accept each charge first |
+//! | [`witness`] | peers keep and countersign each node's latest checkpoint, so truncation and rollback are caught |
 //! | [`airlock`] | results held for data-holder review, signed approvals bound to the held bytes |
 //! | [`contract`] | data-use contracts between a holder and a requester, and their negotiation states |
 //! | [`error`] | fixed refusal codes, kept apart from internal failures |
@@ -57,6 +59,7 @@ pub mod error;
 pub mod federated;
 pub mod gate;
 pub mod identity;
+pub mod ledger;
 pub mod mask;
 pub mod node;
 pub mod noise;
@@ -65,5 +68,6 @@ pub mod registry;
 pub mod rewrite;
 pub mod store;
 pub mod udf;
+pub mod witness;
 
 pub use error::{Code, Error, Refusal, Result};

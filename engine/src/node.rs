@@ -146,20 +146,6 @@ pub(crate) struct Admitted<'a> {
     pub analysis: crate::disclosure::Analysis,
 }
 
-/// One researcher's budget under one DP scene, as `kexin budget show` lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Budget {
-    pub node: String,
-    pub scene: String,
-    pub actor: String,
-    pub epsilon_total: f64,
-    pub epsilon_per_query: f64,
-    pub epsilon_spent: f64,
-    pub epsilon_remaining: f64,
-    pub delta_spent: f64,
-    pub queries: u64,
-}
-
 impl Outcome {
     fn refused(r: Refusal) -> Self {
         Outcome {
@@ -202,6 +188,8 @@ pub struct Node {
     tables: HashMap<String, (ListingTableUrl, SchemaRef)>,
     /// The wasmtime sandbox and compiled-module cache for approved UDFs.
     udfs: UdfHost,
+    /// The space's other nodes, which accept every DP charge first.
+    pub(crate) peers: std::sync::OnceLock<Arc<dyn crate::ledger::PeerLedger>>,
 }
 
 /// The result of registering a UDF module on one node.
@@ -229,6 +217,18 @@ pub struct ListedUdf {
     pub functions: Vec<kexin_sandbox::Function>,
     /// Whether the module file is present and matches its digest.
     pub loadable: bool,
+}
+
+/// The first multiple of `quantum` at or after `elapsed` (at least one
+/// quantum); `elapsed` itself when padding is off.
+pub fn padded(elapsed: Duration, quantum: Duration) -> Duration {
+    if quantum.is_zero() {
+        return elapsed;
+    }
+    let q = quantum.as_nanos();
+    let n = elapsed.as_nanos().div_ceil(q).max(1);
+    let nanos = n.saturating_mul(q);
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 pub(crate) fn refusal(code: Code, rule: &'static str) -> Error {
@@ -316,6 +316,7 @@ impl Node {
             store: Mutex::new(store),
             tables,
             udfs: UdfHost::new(kexin_sandbox::Limits::default())?,
+            peers: std::sync::OnceLock::new(),
         })
     }
 
@@ -334,10 +335,24 @@ impl Node {
     /// authenticated the researcher themselves (embedding applications,
     /// tests). The command line and the node server call
     /// [`Node::query_signed`].
+    ///
+    /// The answer is held back until a multiple of the space's
+    /// `limits.response_quantum_ms` after the call began: how long the
+    /// work took is visible only in whole quanta.
     pub async fn query(&self, req: &QueryRequest) -> Outcome {
+        let start = std::time::Instant::now();
         let mut trace = Trace::default();
         let result = self.run(req, &mut trace).await;
-        self.finish(req, result, trace)
+        let outcome = self.finish(req, result, trace);
+        self.pad(start).await;
+        outcome
+    }
+
+    /// Sleep until the next quantum boundary after `start`.
+    async fn pad(&self, start: std::time::Instant) {
+        let quantum = Duration::from_millis(self.space.limits.response_quantum_ms);
+        let until = padded(start.elapsed(), quantum);
+        tokio::time::sleep(until.saturating_sub(start.elapsed())).await;
     }
 
     /// Check a signed request — the member's certificate, the signature, the
@@ -352,9 +367,14 @@ impl Node {
             sql: b.sql.clone(),
             contract: b.contract.clone(),
         };
+        let start = std::time::Instant::now();
         match self.authenticate(env) {
             Ok(()) => self.query(&req).await,
-            Err(e) => self.finish(&req, Err(e), Trace::default()),
+            Err(e) => {
+                let outcome = self.finish(&req, Err(e), Trace::default());
+                self.pad(start).await;
+                outcome
+            }
         }
     }
 
@@ -471,6 +491,7 @@ impl Node {
             consent_seq: trace.consent.as_ref().map(|c| c.0),
             consent_sha256: trace.consent.as_ref().map(|c| c.1.clone()),
             session: None,
+            charged_by: None,
         };
         // A new DP answer is cached in the same transaction as its audit
         // record, so a repeat finds it as soon as it is released.
@@ -720,16 +741,14 @@ impl Node {
             analysis,
         } = self.admit(req, trace).await?;
         if let Some(privacy) = &scene.privacy {
-            let mut privacy = privacy.clone();
-            if let Some(cap) = contract.as_ref().and_then(|c| c.terms.epsilon) {
-                privacy.epsilon_total = privacy.epsilon_total.min(cap);
-            }
+            let contract_cap = contract.as_ref().and_then(|c| c.terms.epsilon);
             let consent_digest = trace.consent.as_ref().map(|c| c.1.clone());
             return self
                 .run_dp(
                     req,
                     scene,
-                    &privacy,
+                    privacy,
+                    contract_cap,
                     &udfs,
                     &state,
                     plan1,
@@ -1019,6 +1038,7 @@ impl Node {
         req: &QueryRequest,
         scene: &Scene,
         privacy: &PrivacyRules,
+        contract_cap: Option<f64>,
         udfs: &QueryUdfs,
         state: &datafusion::execution::SessionState,
         plan: datafusion::logical_expr::LogicalPlan,
@@ -1086,27 +1106,26 @@ impl Node {
                 explanation.push(format!(
                     "this query computes the same as audit entry #{seq}: its answer is returned again and no budget is charged"
                 ));
-                let spent = store()?
-                    .dp_spent(Some(&req.actor), Some(&req.scene))?
+                let store = store()?;
+                let spent = store
+                    .dp_spent(Some(&scene.requester), Some(&req.scene))?
                     .first()
                     .map_or(0.0, |s| s.epsilon_spent);
-                (stored, spent)
+                let org_spent = store.dp_org_spent(&scene.requester)?;
+                (stored, (spent, org_spent))
             }
             None => {
                 // Step 5: charge before execution, durably.
-                let charged = store()?.dp_charge(
-                    &req.actor,
-                    &req.scene,
-                    privacy.epsilon_per_query,
-                    q.mechanism.delta,
-                    privacy.epsilon_total,
-                )?;
-                let Some(charged) = charged else {
-                    return Err(refusal(
-                        Code::DpBudget,
-                        "the researcher's privacy budget under this scene cannot cover another query",
-                    ));
-                };
+                let charged = self
+                    .charge_dp(
+                        scene,
+                        privacy,
+                        contract_cap,
+                        &req.actor,
+                        q.mechanism.delta,
+                        crate::ledger::Replicate::All,
+                    )
+                    .await?;
                 trace.epsilon = Some(privacy.epsilon_per_query);
                 report.epsilon_charged = privacy.epsilon_per_query;
                 let physical = state
@@ -1134,11 +1153,18 @@ impl Node {
                     digest.clone(),
                     serde_json::to_string(&out).map_err(Error::internal)?,
                 ));
-                (out, charged.epsilon_spent)
+                (out, (charged.epsilon_spent, charged.org_epsilon_spent))
             }
         };
+        let (spent, org_spent) = spent;
+        let org_total = self
+            .space
+            .requester_budget(&scene.requester)
+            .unwrap_or(privacy.epsilon_total);
         report.epsilon_spent = spent;
-        report.epsilon_remaining = (privacy.epsilon_total - spent).max(0.0);
+        report.epsilon_remaining = (privacy.epsilon_total - spent)
+            .min(org_total - org_spent)
+            .max(0.0);
         explanation.push(format!(
             "privacy budget: ε {:.4} charged, {:.4} of {:.4} spent, {:.4} remaining",
             report.epsilon_charged, spent, privacy.epsilon_total, report.epsilon_remaining
@@ -1229,54 +1255,6 @@ impl Node {
             .await
             .map_err(|_| refusal(Code::ExecLimit, "the query ran past the node's deadline"))??;
         Ok(tables)
-    }
-
-    /// The DP budget ledger: every DP scene the researcher (or, without
-    /// one, every researcher with charges) may query, with what is spent.
-    pub fn budgets(&self, actor: Option<&str>, scene: Option<&str>) -> Result<Vec<Budget>> {
-        let spent = self
-            .store
-            .lock()
-            .map_err(|_| Error::internal("state store lock poisoned"))?
-            .dp_spent(actor, scene)?;
-        let mut out = Vec::new();
-        for sc in self.space.scenes.values() {
-            let Some(p) = &sc.privacy else { continue };
-            if scene.is_some_and(|s| s != sc.name) {
-                continue;
-            }
-            let mut actors: Vec<String> = spent
-                .iter()
-                .filter(|s| s.scene == sc.name)
-                .map(|s| s.actor.clone())
-                .collect();
-            if let Some(a) = actor
-                && !actors.iter().any(|x| x == a)
-                && self
-                    .space
-                    .members
-                    .get(a)
-                    .is_some_and(|m| m.role == "researcher" && m.org == sc.requester)
-            {
-                actors.push(a.to_string());
-            }
-            for a in actors {
-                let row = spent.iter().find(|s| s.scene == sc.name && s.actor == a);
-                let eps = row.map_or(0.0, |r| r.epsilon_spent);
-                out.push(Budget {
-                    node: self.name.clone(),
-                    scene: sc.name.clone(),
-                    actor: a,
-                    epsilon_total: p.epsilon_total,
-                    epsilon_per_query: p.epsilon_per_query,
-                    epsilon_spent: eps,
-                    epsilon_remaining: (p.epsilon_total - eps).max(0.0),
-                    delta_spent: row.map_or(0.0, |r| r.delta_spent),
-                    queries: row.map_or(0, |r| r.queries),
-                });
-            }
-        }
-        Ok(out)
     }
 
     /// A fresh session for one query: only the scene's datasets and columns,
@@ -1490,5 +1468,25 @@ fn exec_refusal(e: &DataFusionError) -> Error {
             "the query needs more memory than the node allows",
         ),
         _ => refusal(Code::Exec, "the query failed while running"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_leave_on_quantum_boundaries() {
+        let q = Duration::from_millis(500);
+        let ms = Duration::from_millis;
+        // A fast and a slow answer within one quantum leave together.
+        assert_eq!(padded(ms(3), q), ms(500));
+        assert_eq!(padded(ms(499), q), ms(500));
+        assert_eq!(padded(ms(500), q), ms(500));
+        assert_eq!(padded(ms(501), q), ms(1000));
+        assert_eq!(padded(Duration::ZERO, q), ms(500));
+        // Off: no padding.
+        assert_eq!(padded(ms(7), Duration::ZERO), ms(7));
+        assert_eq!(padded(Duration::MAX, q), Duration::from_nanos(u64::MAX));
     }
 }

@@ -271,11 +271,15 @@ pub struct Limits {
     pub max_expr_depth: usize,
     pub timeout_seconds: u64,
     pub memory_mb: usize,
+    /// Every answer to a researcher's query leaves the node at a multiple of
+    /// this many milliseconds after the request arrived, so its timing says
+    /// only how many quanta the work took (0 turns padding off).
+    pub response_quantum_ms: u64,
 }
 
 impl Default for Limits {
     /// 16 KiB of SQL, 48 levels of nesting, expressions 128 deep, 120 s per
-    /// query, 4 GiB memory pool.
+    /// query, 4 GiB memory pool, answers padded to 500 ms.
     fn default() -> Self {
         Self {
             max_sql_bytes: 16 * 1024,
@@ -283,6 +287,7 @@ impl Default for Limits {
             max_expr_depth: 128,
             timeout_seconds: 120,
             memory_mb: 4096,
+            response_quantum_ms: 500,
         }
     }
 }
@@ -307,9 +312,25 @@ pub struct Space {
     /// Datasets whose results may not go to a requester outside the space's
     /// jurisdiction (the cross-border negative list).
     pub export_negative_list: Vec<String>,
+    /// `[privacy] epsilon_per_requester`: the ε one requester organisation
+    /// may spend over the space's persons, all its DP scenes and all nodes
+    /// together. `None`: the largest `epsilon_total` of its DP scenes.
+    pub epsilon_per_requester: Option<f64>,
 }
 
 impl Space {
+    /// The ε requester organisation `org` may spend in all, over every DP
+    /// scene and node of the space; `None` when it has no DP scene.
+    pub fn requester_budget(&self, org: &str) -> Option<f64> {
+        let largest = self
+            .scenes
+            .values()
+            .filter(|s| s.requester == org)
+            .filter_map(|s| s.privacy.as_ref().map(|p| p.epsilon_total))
+            .reduce(f64::max)?;
+        Some(self.epsilon_per_requester.unwrap_or(largest))
+    }
+
     /// Where `member` receives results.
     pub fn jurisdiction_of(&self, member: &str) -> &str {
         self.members
@@ -333,6 +354,15 @@ struct RawSpaceFile {
     dataset: BTreeMap<String, RawDataset>,
     #[serde(default)]
     scene: BTreeMap<String, RawScene>,
+    #[serde(default)]
+    privacy: Option<RawSpacePrivacy>,
+}
+
+/// `[privacy]`: what one requester organisation may spend in all.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpacePrivacy {
+    epsilon_per_requester: f64,
 }
 
 #[derive(Deserialize)]
@@ -354,6 +384,7 @@ struct RawLimits {
     max_expr_depth: Option<usize>,
     timeout_seconds: Option<u64>,
     memory_mb: Option<usize>,
+    response_quantum_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -537,6 +568,15 @@ impl Space {
                     ));
                 }
                 limits.memory_mb = v;
+            }
+            if let Some(v) = l.response_quantum_ms {
+                if v > 60_000 {
+                    return Err(err(
+                        "limits.response_quantum_ms".into(),
+                        "must be 0..=60000".into(),
+                    ));
+                }
+                limits.response_quantum_ms = v;
             }
         }
 
@@ -1052,10 +1092,27 @@ impl Space {
                 ));
             }
         }
+        let epsilon_per_requester = match raw.privacy {
+            None => None,
+            Some(p)
+                if p.epsilon_per_requester.is_finite()
+                    && (1e-4..=100.0).contains(&p.epsilon_per_requester) =>
+            {
+                Some(p.epsilon_per_requester)
+            }
+            Some(_) => {
+                return Err(err(
+                    "privacy.epsilon_per_requester".into(),
+                    "must be 0.0001..=100".into(),
+                ));
+            }
+        };
+        exact_beside_dp(&scenes, &datasets).map_err(|(f, r)| err(f, r))?;
         Ok(Space {
             dir: dir.to_path_buf(),
             name,
             operator_key,
+            epsilon_per_requester,
             jurisdiction,
             export_negative_list: raw.space.export_negative_list,
             nodes: raw.space.nodes,
@@ -1071,6 +1128,53 @@ impl Space {
         // `parse` guarantees at least one node.
         self.nodes.first().map(String::as_str).unwrap_or("h1")
     }
+}
+
+/// A requester with a DP scene may not also hold an exact scene over any
+/// of the same columns: the exact answers would return what the DP
+/// scene's budget protects. (The person key does not count: it is never
+/// released.) Returns the field and reason of the first conflict.
+fn exact_beside_dp(
+    scenes: &BTreeMap<String, Scene>,
+    datasets: &BTreeMap<String, Dataset>,
+) -> std::result::Result<(), (String, String)> {
+    let visible = |s: &Scene| -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for d in s.datasets.iter().filter_map(|d| datasets.get(d)) {
+            for c in d.columns.keys() {
+                if *c != d.person_key && s.column_visible(d, c) {
+                    out.insert(format!("{}.{c}", d.name));
+                }
+            }
+        }
+        out
+    };
+    for dp in scenes.values().filter(|s| s.privacy.is_some()) {
+        let protected = visible(dp);
+        for exact in scenes
+            .values()
+            .filter(|s| s.privacy.is_none() && s.requester == dp.requester)
+        {
+            let exact_columns = visible(exact);
+            let shared: Vec<&str> = exact_columns
+                .intersection(&protected)
+                .map(String::as_str)
+                .take(3)
+                .collect();
+            if !shared.is_empty() {
+                return Err((
+                    format!("scene.{}", exact.name),
+                    format!(
+                        "requester {} also has the DP scene {} over the same columns ({}): exact answers here would return what that scene's privacy budget protects; give the scenes different requesters or disjoint columns",
+                        exact.requester,
+                        dp.name,
+                        shared.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn valid_name(s: &str) -> bool {
@@ -1126,6 +1230,50 @@ output = { min_persons = 5, dominance = [2, 0.9] }
 
     fn parse(text: &str) -> Result<Space> {
         Space::parse(Path::new("/x"), "space.toml", text, [0; 32])
+    }
+
+    /// A DP scene for org:a beside GOOD's exact scene s1, seeing `columns`.
+    fn with_dp_scene(requester: &str, columns: Option<&str>) -> Result<Space> {
+        let columns = columns.map_or(String::new(), |c| format!("columns = [{c}]\n"));
+        parse(&format!(
+            r#"{GOOD}
+[scene.s2]
+purpose = "DUO:0000007"
+disease = "E11"
+requester = "{requester}"
+datasets = ["patients"]
+{columns}valid = ["2026-01-01", "2030-12-31"]
+output = {{ min_persons = 5 }}
+privacy = {{ epsilon_total = 2.0, epsilon_per_query = 0.5 }}
+"#
+        ))
+    }
+
+    #[test]
+    fn an_exact_scene_beside_a_dp_scene_of_the_same_requester_is_refused() {
+        let e = with_dp_scene("org:a", None).unwrap_err().to_string();
+        assert!(e.contains("scene.s1") && e.contains("s2"), "{e}");
+        assert!(
+            e.contains("patients.age") && e.contains("patients.cost"),
+            "{e}"
+        );
+        // One shared column is enough.
+        assert!(with_dp_scene("org:a", Some("\"patients.cost\"")).is_err());
+        // Another requester, or no column in common, is fine.
+        let s = with_dp_scene("org:b", None).unwrap();
+        assert_eq!(s.requester_budget("org:b"), Some(2.0));
+        assert_eq!(s.requester_budget("org:a"), None);
+        let narrow = GOOD.replace(
+            "datasets = [\"patients\"]\nvalid",
+            "datasets = [\"patients\"]\ncolumns = [\"patients.age\"]\nvalid",
+        );
+        assert!(narrow.contains("columns = [\"patients.age\"]"));
+        let s = parse(&format!(
+            "{narrow}\n[scene.s2]\npurpose = \"DUO:0000007\"\ndisease = \"E11\"\nrequester = \"org:a\"\ndatasets = [\"patients\"]\ncolumns = [\"patients.cost\"]\nvalid = [\"2026-01-01\", \"2030-12-31\"]\noutput = {{ min_persons = 5 }}\nprivacy = {{ epsilon_total = 2.0, epsilon_per_query = 0.5 }}\n[privacy]\nepsilon_per_requester = 1.5\n"
+        ))
+        .unwrap();
+        assert_eq!(s.requester_budget("org:a"), Some(1.5));
+        assert!(parse(&format!("{GOOD}\n[privacy]\nepsilon_per_requester = 0\n")).is_err());
     }
 
     #[test]

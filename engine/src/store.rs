@@ -3,7 +3,8 @@
 //!
 //! Layout of a node directory (`<space>/<node>/`):
 //! - `kexin.db`   — SQLite: `audit` (seq, entry, leaf), `checkpoint` (size, note),
-//!   `udf_approval`, the DP budget ledger `dp_budget`, the DP release cache
+//!   the peers' latest checkpoints this node witnessed `witnessed`,
+//!   `udf_approval`, the DP budget ledger `dp_ledger`, the DP release cache
 //!   `dp_release`, signed requests' nonces `request_nonce`, contracts
 //!   `contract` and held results `airlock`
 //! - `audit.head` — the latest signed checkpoint, the rollback witness
@@ -14,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
@@ -100,26 +101,7 @@ impl NodeKeys {
 pub fn read_verifier_key(node_dir: &Path) -> Result<NoteKey> {
     let text = std::fs::read_to_string(node_dir.join("node.pub"))
         .map_err(|_| Error::Verify("node.pub is missing".into()))?;
-    let mut parts = text.trim().splitn(3, '+');
-    let (Some(name), Some(_id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(Error::Verify("node.pub is malformed".into()));
-    };
-    use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .map_err(|_| Error::Verify("node.pub is malformed".into()))?;
-    let bytes: [u8; 32] = match raw.as_slice() {
-        [0x01, rest @ ..] => rest
-            .try_into()
-            .map_err(|_| Error::Verify("node.pub is malformed".into()))?,
-        _ => return Err(Error::Verify("node.pub is not an Ed25519 key".into())),
-    };
-    let public = VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| Error::Verify("node.pub is not a valid key".into()))?;
-    Ok(NoteKey {
-        name: name.to_string(),
-        public,
-    })
+    NoteKey::parse(&text).map_err(|_| Error::Verify("node.pub is malformed".into()))
 }
 
 /// A temp path next to `path`, unique per process and thread, so concurrent
@@ -205,19 +187,106 @@ pub struct UdfApproval {
     pub audit_seq: u64,
 }
 
-/// One researcher's privacy budget under one scene, as the ledger holds it.
+/// A requester organisation's spending under one scene, as the ledger
+/// holds it (all its researchers, every charge this node has accepted:
+/// its own queries' and the ones its peer nodes replicated to it).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Spent {
-    pub actor: String,
+    pub org: String,
     pub scene: String,
     pub epsilon_spent: f64,
     pub delta_spent: f64,
     /// Queries charged (repeats answered from the release cache are not).
     pub queries: u64,
+    /// What the organisation has spent under all scenes together.
+    pub org_epsilon_spent: f64,
+}
+
+/// One charge to the DP ledger: who pays, under which scene, how much, and
+/// the caps it must stay within.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    /// The requester organisation that pays.
+    pub org: String,
+    pub scene: String,
+    /// The researcher whose query it is (recorded, not a budget key).
+    pub actor: String,
+    pub epsilon: f64,
+    pub delta: f64,
 }
 
 /// The ledger counts ε in units of 10⁻⁹, so charges add up exactly.
 pub const NANO: f64 = 1e9;
+
+/// The limits one DP charge must stay within (ε).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Caps {
+    /// The organisation's spending under the scene.
+    pub scene: f64,
+    /// The organisation's spending under all scenes.
+    pub org: f64,
+    /// The researcher's own spending under the scene (a contract's cap).
+    pub actor: Option<f64>,
+}
+
+/// What the ledger holds for one charge's organisation, scene and
+/// researcher, in units of 10⁻⁹ ε.
+struct Ledger {
+    scene: i64,
+    delta: f64,
+    queries: i64,
+    org: i64,
+    actor: i64,
+}
+
+impl Ledger {
+    fn read(conn: &Connection, c: &Charge) -> Result<Ledger> {
+        let (scene, delta, queries): (i64, f64, i64) = conn.query_row(
+            "SELECT COALESCE(SUM(spent_nano), 0), COALESCE(SUM(delta_spent), 0.0),
+                    COALESCE(SUM(queries), 0)
+             FROM dp_ledger WHERE org = ?1 AND scene = ?2",
+            params![c.org, c.scene],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let org: i64 = conn.query_row(
+            "SELECT COALESCE(SUM(spent_nano), 0) FROM dp_ledger WHERE org = ?1",
+            params![c.org],
+            |r| r.get(0),
+        )?;
+        let actor: i64 = conn.query_row(
+            "SELECT COALESCE(SUM(spent_nano), 0) FROM dp_ledger
+             WHERE org = ?1 AND scene = ?2 AND actor = ?3",
+            params![c.org, c.scene, c.actor],
+            |r| r.get(0),
+        )?;
+        Ok(Ledger {
+            scene,
+            delta,
+            queries,
+            org,
+            actor,
+        })
+    }
+
+    /// The charge in units of 10⁻⁹ ε when it fits every cap. Charges round
+    /// up and caps round down: the ledger never grants more than the
+    /// policy allows.
+    fn fits(&self, c: &Charge, caps: &Caps) -> Option<i64> {
+        if !(c.epsilon.is_finite() && c.epsilon > 0.0) {
+            return None;
+        }
+        let charge = (c.epsilon * NANO).ceil() as i64;
+        let within = |spent: i64, cap: f64| {
+            spent
+                .checked_add(charge)
+                .is_some_and(|a| a <= (cap * NANO).floor() as i64)
+        };
+        (within(self.scene, caps.scene)
+            && within(self.org, caps.org)
+            && caps.actor.is_none_or(|cap| within(self.actor, cap)))
+        .then_some(charge)
+    }
+}
 
 /// The node's state database and audit log.
 #[derive(Debug)]
@@ -249,6 +318,12 @@ impl Store {
                      size INTEGER PRIMARY KEY,
                      note TEXT NOT NULL
                  );
+                 CREATE TABLE IF NOT EXISTS witnessed (
+                     origin   TEXT PRIMARY KEY,
+                     verifier TEXT NOT NULL,
+                     size     INTEGER NOT NULL,
+                     note     TEXT NOT NULL
+                 );
                  CREATE TABLE IF NOT EXISTS udf_approval (
                      scene       TEXT NOT NULL,
                      digest      TEXT NOT NULL,
@@ -258,13 +333,14 @@ impl Store {
                      audit_seq   INTEGER NOT NULL,
                      PRIMARY KEY (scene, digest)
                  );
-                 CREATE TABLE IF NOT EXISTS dp_budget (
-                     actor       TEXT NOT NULL,
+                 CREATE TABLE IF NOT EXISTS dp_ledger (
+                     org         TEXT NOT NULL,
                      scene       TEXT NOT NULL,
+                     actor       TEXT NOT NULL,
                      spent_nano  INTEGER NOT NULL,
                      delta_spent REAL NOT NULL,
                      queries     INTEGER NOT NULL,
-                     PRIMARY KEY (actor, scene)
+                     PRIMARY KEY (org, scene, actor)
                  );
                  CREATE TABLE IF NOT EXISTS request_nonce (
                      member TEXT NOT NULL,
@@ -479,73 +555,76 @@ impl Store {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
-    /// Charge `epsilon` (and record `delta`) to `actor` under `scene`, in
-    /// one durable transaction, unless that would take the total past
-    /// `total`. Returns the ledger after the charge, or `None` (nothing
-    /// charged) when the budget cannot cover it. The ledger only grows.
-    pub fn dp_charge(
-        &mut self,
-        actor: &str,
-        scene: &str,
-        epsilon: f64,
-        delta: f64,
-        total: f64,
-    ) -> Result<Option<Spent>> {
-        // Charges round up and the total rounds down: the ledger never
-        // grants more than the policy allows.
-        let charge = (epsilon * NANO).ceil() as i64;
-        let limit = (total * NANO).floor() as i64;
+    /// Charge `c` in one durable transaction, unless that would take any
+    /// of `caps` past its limit. Returns the ledger after the charge, or
+    /// `None` (nothing charged) when a cap cannot cover it. The ledger only
+    /// grows.
+    pub fn dp_charge(&mut self, c: &Charge, caps: &Caps) -> Result<Option<Spent>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current: Option<(i64, f64, i64)> = tx
-            .query_row(
-                "SELECT spent_nano, delta_spent, queries FROM dp_budget
-                 WHERE actor = ?1 AND scene = ?2",
-                params![actor, scene],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let (spent, dspent, queries) = current.unwrap_or((0, 0.0, 0));
-        let Some(after) = spent.checked_add(charge).filter(|a| *a <= limit) else {
+        let now = Ledger::read(&tx, c)?;
+        let Some(charge) = now.fits(c, caps) else {
             return Ok(None);
         };
         tx.execute(
-            "INSERT INTO dp_budget (actor, scene, spent_nano, delta_spent, queries)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (actor, scene) DO UPDATE SET
-                 spent_nano = excluded.spent_nano,
-                 delta_spent = excluded.delta_spent,
-                 queries = excluded.queries",
-            params![actor, scene, after, dspent + delta, queries + 1],
+            "INSERT INTO dp_ledger (org, scene, actor, spent_nano, delta_spent, queries)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1)
+             ON CONFLICT (org, scene, actor) DO UPDATE SET
+                 spent_nano = spent_nano + excluded.spent_nano,
+                 delta_spent = delta_spent + excluded.delta_spent,
+                 queries = queries + 1",
+            params![c.org, c.scene, c.actor, charge, c.delta],
         )?;
         tx.commit()?;
         Ok(Some(Spent {
-            actor: actor.to_string(),
-            scene: scene.to_string(),
-            epsilon_spent: after as f64 / NANO,
-            delta_spent: dspent + delta,
-            queries: (queries + 1) as u64,
+            org: c.org.clone(),
+            scene: c.scene.clone(),
+            epsilon_spent: (now.scene + charge) as f64 / NANO,
+            delta_spent: now.delta + c.delta,
+            queries: (now.queries + 1) as u64,
+            org_epsilon_spent: (now.org + charge) as f64 / NANO,
         }))
     }
 
-    /// The ledger rows, optionally for one researcher and/or scene.
-    pub fn dp_spent(&self, actor: Option<&str>, scene: Option<&str>) -> Result<Vec<Spent>> {
+    /// Would `c` fit `caps` now? (Read only: the early answer that spares
+    /// peers a charge that cannot be made here.)
+    pub fn dp_fits(&self, c: &Charge, caps: &Caps) -> Result<bool> {
+        Ok(Ledger::read(&self.conn, c)?.fits(c, caps).is_some())
+    }
+
+    /// The ledger per organisation and scene, optionally for one
+    /// organisation and/or scene.
+    pub fn dp_spent(&self, org: Option<&str>, scene: Option<&str>) -> Result<Vec<Spent>> {
         let mut stmt = self.conn.prepare(
-            "SELECT actor, scene, spent_nano, delta_spent, queries FROM dp_budget
-             WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR scene = ?2)
-             ORDER BY actor, scene",
+            "SELECT l.org, l.scene, SUM(l.spent_nano), SUM(l.delta_spent), SUM(l.queries),
+                    (SELECT SUM(spent_nano) FROM dp_ledger o WHERE o.org = l.org)
+             FROM dp_ledger l
+             WHERE (?1 IS NULL OR l.org = ?1) AND (?2 IS NULL OR l.scene = ?2)
+             GROUP BY l.org, l.scene
+             ORDER BY l.org, l.scene",
         )?;
-        let rows = stmt.query_map(params![actor, scene], |r| {
+        let rows = stmt.query_map(params![org, scene], |r| {
             Ok(Spent {
-                actor: r.get(0)?,
+                org: r.get(0)?,
                 scene: r.get(1)?,
                 epsilon_spent: r.get::<_, i64>(2)? as f64 / NANO,
                 delta_spent: r.get(3)?,
                 queries: r.get::<_, i64>(4)? as u64,
+                org_epsilon_spent: r.get::<_, i64>(5)? as f64 / NANO,
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// What organisation `org` has spent under all scenes together.
+    pub fn dp_org_spent(&self, org: &str) -> Result<f64> {
+        let nano: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(spent_nano), 0) FROM dp_ledger WHERE org = ?1",
+            params![org],
+            |r| r.get(0),
+        )?;
+        Ok(nano as f64 / NANO)
     }
 
     /// The stored answer to an earlier query with the same normalized plan
@@ -594,6 +673,18 @@ pub struct VerifyReport {
 /// checkpoint, the head file, and optionally a checkpoint kept by a third
 /// party. Any edit, deletion, reordering, unsigned append or rollback fails.
 pub fn verify(node_dir: &Path, external_checkpoint: Option<&str>) -> Result<VerifyReport> {
+    let external: Vec<(String, String)> = external_checkpoint
+        .map(|n| ("external checkpoint".to_string(), n.to_string()))
+        .into_iter()
+        .collect();
+    verify_with(node_dir, &external)
+}
+
+/// [`verify`] against any number of checkpoints kept elsewhere, each with
+/// a label for the report (`external checkpoint`, `checkpoint witnessed by
+/// h2`): every one must be a prefix of the log, so a log truncated or
+/// rolled back below what a witness saw fails.
+pub fn verify_with(node_dir: &Path, external: &[(String, String)]) -> Result<VerifyReport> {
     let key = read_verifier_key(node_dir)?;
     let db = node_dir.join("kexin.db");
     if !db.exists() {
@@ -672,8 +763,8 @@ pub fn verify(node_dir: &Path, external_checkpoint: Option<&str>) -> Result<Veri
             "the log has {n} entries but the latest signed checkpoint covers {latest}: unsigned entries were appended"
         ));
     }
-    if let Some(ext) = external_checkpoint {
-        check(ext, "external checkpoint")?;
+    for (what, note) in external {
+        check(note, what)?;
     }
     match std::fs::read_to_string(node_dir.join("audit.head")) {
         Ok(head) => {

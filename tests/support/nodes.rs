@@ -99,7 +99,12 @@ impl Federation {
         }
     }
 
+    /// `kexin federate` as alice (the exact joint scenes' requester).
     pub fn federate(&self, scene: &str, nodes: &str, sql: &str) -> (i32, Value) {
+        self.federate_as("alice", scene, nodes, sql)
+    }
+
+    pub fn federate_as(&self, actor: &str, scene: &str, nodes: &str, sql: &str) -> (i32, Value) {
         let out = Command::new(BIN)
             .args([
                 "federate",
@@ -108,7 +113,7 @@ impl Federation {
                 "--scene",
                 scene,
                 "--as",
-                "alice",
+                actor,
                 "--nodes",
                 nodes,
                 "--format",
@@ -127,7 +132,7 @@ impl Federation {
         (out.status.code().unwrap_or(-1), v)
     }
 
-    /// `kexin psi` as alice between h1 and h2 under `joint-diabetes-dp`.
+    /// `kexin psi` as erin between h1 and h2 under `joint-diabetes-dp`.
     pub fn psi(&self, extra: &[&str]) -> std::process::Output {
         let mut args = vec![
             "psi",
@@ -136,7 +141,7 @@ impl Federation {
             "--scene",
             "joint-diabetes-dp",
             "--as",
-            "alice",
+            "erin",
             "--nodes",
             "h1,h2",
         ];
