@@ -419,7 +419,10 @@ async fn hostile_modules_fail_closed_and_the_node_keeps_serving() {
         ("memory_bomb", "KX-UDF-MEMORY"),
         ("unbounded_recursion", "KX-UDF-STACK"),
         ("output_length_lie", "KX-UDF-OUTPUT"),
-        ("output_short", "KX-UDF-OUTPUT"),
+        // Claims 8 bytes of output whatever the batch: invalid for a batch,
+        // valid for the single rows the host then isolates, so each row
+        // gets the module's (constant) answer.
+        ("output_short", ""),
         ("unreachable", "KX-UDF-TRAP"),
         ("divide_by_zero", "KX-UDF-TRAP"),
         ("table_bomb", "KX-UDF-MEMORY"),
@@ -442,12 +445,18 @@ async fn hostile_modules_fail_closed_and_the_node_keeps_serving() {
             "SELECT sex, SUM(evil(weight_kg)) FROM patients GROUP BY sex",
         )
         .await;
-        // A fault while running can depend on the data (a module may loop
-        // on one value only): the researcher sees what a query whose every
-        // cell was withheld shows, and the fault's code is audited.
         assert_eq!(o.status, Status::Released, "{name}: {o:?}");
         assert_eq!(o.code, None, "{name}");
-        assert!(o.rows.is_empty());
+        if code.is_empty() {
+            assert_eq!(o.rows.len(), 2, "{name}: {o:?}");
+            let ok = ask(&node, "udf-lab", healthy).await;
+            assert_eq!(ok.status, Status::Released, "{name}: {ok:?}");
+            continue;
+        }
+        // Every row faults, far past what isolating rows tolerates: the
+        // module is broken. The researcher sees what a query whose every
+        // cell was withheld shows, and the fault's code is audited.
+        assert!(o.rows.is_empty(), "{name}: {o:?}");
         assert_eq!(
             o.suppressed_groups, 2,
             "{name}: sex has a public domain of two"
@@ -469,6 +478,60 @@ async fn hostile_modules_fail_closed_and_the_node_keeps_serving() {
         ask(&n, "diabetes-2027", healthy).await.status,
         Status::Released
     );
+}
+
+/// A module that fails on one person's value only: that row counts as NULL
+/// and the query is answered as usual, the same (keys, counts, status,
+/// audited code) as in a world where no one has the value. Before, the
+/// fault withheld the whole query in one world only.
+#[tokio::test]
+async fn a_fault_on_one_persons_value_nulls_that_row_only() {
+    let ctx = SessionContext::new();
+    ctx.register_parquet(
+        "patients",
+        space_dir().join("h1/patients.parquet").to_str().unwrap(),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .unwrap();
+    let batches = ctx
+        .sql("SELECT CAST(weight_kg AS DOUBLE) AS w FROM patients WHERE weight_kg BETWEEN 2 AND 250 GROUP BY weight_kg HAVING count(*) = 1 ORDER BY w LIMIT 1")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let unique = batches[0].column(0).as_primitive::<Float64Type>().value(0);
+    let sql = "SELECT sex, COUNT(*) AS n, SUM(evil(weight_kg)) AS s FROM patients GROUP BY sex";
+    let mut seen = Vec::new();
+    for value in [unique, -1.0] {
+        let dir = tempfile::tempdir().unwrap();
+        let scene_space = copy_space(dir.path());
+        let node = Node::open(Arc::new(Space::load(&scene_space).unwrap()), "h1")
+            .await
+            .unwrap();
+        node.register_udf("udf-lab", &fixtures::doubler_trapping_on(value), "carol")
+            .unwrap();
+        let o = ask(&node, "udf-lab", sql).await;
+        assert_eq!(o.status, Status::Released, "{value}: {o:?}");
+        assert_eq!(o.code, None);
+        assert_eq!(o.rows.len(), 2, "{value}: both cells released");
+        let entry = kexin_engine::store::Store::open(&scene_space.join("h1"), "x")
+            .unwrap()
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|e| Some(e.seq) == o.audit_seq)
+            .unwrap();
+        assert_eq!(entry.code, None, "{value}: nothing withheld");
+        let keys_and_counts: Vec<(Cell, Cell)> = o
+            .rows
+            .iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
+        seen.push((keys_and_counts, o.explanation.clone(), o.suppressed_groups));
+    }
+    assert_eq!(seen[0], seen[1]);
 }
 
 /// A copy of the generated space (policy and h1's data, fresh state).

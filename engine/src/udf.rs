@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
@@ -181,6 +182,27 @@ pub struct QueryUdfs {
     /// A signature mismatch seen while planning. DataFusion turns coercion
     /// errors into plan-error text, so the fault is kept here as well.
     planning_fault: Arc<Mutex<Option<Fault>>>,
+    /// Rows whose UDF call faulted and counted as NULL in this query.
+    row_faults: Arc<AtomicUsize>,
+}
+
+/// How many rows of one query may fault (and count as NULL) before the
+/// whole query fails instead: past this the module is broken, not a few
+/// values unlucky, and isolating every row would cost a call per row.
+pub const MAX_ROW_FAULTS: usize = 64;
+
+/// Faults the module's own code raised on some input, which isolating the
+/// rows can pin down, as opposed to a call the host refused.
+fn row_fault(f: Fault) -> bool {
+    matches!(
+        f,
+        Fault::Fuel | Fault::Memory | Fault::Stack | Fault::Trap | Fault::Output
+    )
+}
+
+/// Rows `at..at + len` of every array.
+fn rows_of(arrays: &[ArrayRef], at: usize, len: usize) -> Vec<ArrayRef> {
+    arrays.iter().map(|a| a.slice(at, len)).collect()
 }
 
 impl QueryUdfs {
@@ -222,6 +244,7 @@ impl QueryUdfs {
                     signature: Signature::user_defined(Volatility::Immutable),
                     session: Arc::clone(&session),
                     planning_fault: Arc::clone(&out.planning_fault),
+                    row_faults: Arc::clone(&out.row_faults),
                 });
                 match f.kind {
                     Kind::Scalar => out.scalars.push(ScalarUDF::new_from_impl(WasmScalar(w))),
@@ -243,6 +266,7 @@ struct Wasm {
     signature: Signature,
     session: Arc<Session>,
     planning_fault: Arc<Mutex<Option<Fault>>>,
+    row_faults: Arc<AtomicUsize>,
 }
 
 impl PartialEq for Wasm {
@@ -273,6 +297,72 @@ fn coercible(from: &DataType, to: Type) -> bool {
 }
 
 impl Wasm {
+    /// Count one faulting row; `false` once the query has had too many.
+    fn tolerate(&self) -> bool {
+        self.row_faults.fetch_add(1, Ordering::Relaxed) < MAX_ROW_FAULTS
+    }
+
+    /// Call the scalar over `rows` rows. A fault that rows' values can
+    /// cause is pinned down by halving the batch: each row whose own call
+    /// faults is NULL, as if its value were missing, so one person's value
+    /// changes one value and never the whole query's fate (up to
+    /// [`MAX_ROW_FAULTS`] per query).
+    fn call_isolated(
+        &self,
+        arrays: &[ArrayRef],
+        rows: usize,
+    ) -> std::result::Result<ArrayRef, Fault> {
+        match self.session.call_scalar(&self.decl.name, arrays, rows) {
+            Err(f) if row_fault(f) && rows == 1 => {
+                if self.tolerate() {
+                    Ok(datafusion::arrow::array::new_null_array(
+                        &arrow_type(self.decl.returns),
+                        1,
+                    ))
+                } else {
+                    Err(f)
+                }
+            }
+            Err(f) if row_fault(f) && rows > 1 => {
+                let half = rows / 2;
+                let left = self.call_isolated(&rows_of(arrays, 0, half), half)?;
+                let right = self.call_isolated(&rows_of(arrays, half, rows - half), rows - half)?;
+                datafusion::arrow::compute::concat(&[left.as_ref(), right.as_ref()])
+                    .map_err(|_| Fault::Output)
+            }
+            other => other,
+        }
+    }
+
+    /// Fold `rows` rows into `state`, skipping (as NULL) each row whose own
+    /// update faults, like [`Self::call_isolated`]. A failed update leaves
+    /// the state as it was.
+    fn update_isolated(
+        &self,
+        state: &mut Vec<u8>,
+        arrays: &[ArrayRef],
+        rows: usize,
+    ) -> std::result::Result<(), Fault> {
+        match self
+            .session
+            .aggregate_update(&self.decl.name, state, arrays, rows)
+        {
+            Err(f) if row_fault(f) && rows == 1 => {
+                if self.tolerate() {
+                    Ok(())
+                } else {
+                    Err(f)
+                }
+            }
+            Err(f) if row_fault(f) && rows > 1 => {
+                let half = rows / 2;
+                self.update_isolated(state, &rows_of(arrays, 0, half), half)?;
+                self.update_isolated(state, &rows_of(arrays, half, rows - half), rows - half)
+            }
+            other => other,
+        }
+    }
+
     fn coerce(&self, args: &[DataType]) -> DfResult<Vec<DataType>> {
         if args.len() != self.decl.args.len()
             || !args
@@ -328,11 +418,7 @@ impl ScalarUDFImpl for WasmScalar {
             .map(|a| a.to_array(rows))
             .collect::<DfResult<Vec<_>>>()?;
         let arrays = self.0.arrays(&raw)?;
-        let out = self
-            .0
-            .session
-            .call_scalar(&self.0.decl.name, &arrays, rows)
-            .map_err(df_fault)?;
+        let out = self.0.call_isolated(&arrays, rows).map_err(df_fault)?;
         Ok(ColumnarValue::Array(out))
     }
 }
@@ -388,8 +474,7 @@ impl Accumulator for WasmAccumulator {
         }
         let arrays = self.wasm.arrays(values)?;
         self.wasm
-            .session
-            .aggregate_update(&self.wasm.decl.name, &mut self.state, &arrays, rows)
+            .update_isolated(&mut self.state, &arrays, rows)
             .map_err(df_fault)
     }
 

@@ -53,7 +53,9 @@ impl Store {
         if cp.origin != origin {
             return Ok(Err("the checkpoint is of another log"));
         }
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let held: Option<(String, i64, String)> = tx
             .query_row(
                 "SELECT verifier, size, note FROM witnessed WHERE origin = ?1",
