@@ -182,6 +182,15 @@ impl FedConfig {
     }
 }
 
+/// Node `node`'s federation file and its member key as this machine holds
+/// them (`keys/<member>.key`): what acting as the node needs.
+pub fn node_identity(space_dir: &Path, node: &str) -> Result<(FedConfig, SigningKey)> {
+    let cfg = FedConfig::load(space_dir)?;
+    let member = cfg.addr(node)?.member.clone();
+    let me = crate::members::load_key(space_dir, &member, None)?;
+    Ok((cfg, me))
+}
+
 /// Every member with a valid certificate in the registry, by key.
 pub fn pins(space: &Space) -> Result<Pins> {
     let view = kexin_engine::registry::View::open(space)?;

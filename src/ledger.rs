@@ -41,9 +41,7 @@ impl NetLedger {
     /// is not on this machine (then DP charges cannot be replicated and
     /// DP queries in a space of several nodes are refused).
     pub fn for_node(space: &Arc<Space>, name: &str) -> Option<NetLedger> {
-        let cfg = FedConfig::load(&space.dir).ok()?;
-        let member = cfg.addr(name).ok()?.member.clone();
-        let me = crate::members::load_key(&space.dir, &member, None).ok()?;
+        let (cfg, me) = crate::federation::node_identity(&space.dir, name).ok()?;
         Some(NetLedger::new(Arc::clone(space), cfg, me, name))
     }
 

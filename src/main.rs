@@ -646,13 +646,7 @@ fn run(cli: Cli) -> Result<u8> {
             } => {
                 let space = Arc::new(Space::load(&space)?);
                 let node = node_name(&space, node);
-                let cfg = kexin::federation::FedConfig::load(&space.dir)?;
-                let member = cfg
-                    .node
-                    .get(&node)
-                    .map(|a| a.member.clone())
-                    .context("no identity for the node in federation.toml")?;
-                let me = kexin::members::load_key(&space.dir, &member, None)?;
+                let (cfg, me) = kexin::federation::node_identity(&space.dir, &node)?;
                 let rt = runtime()?;
                 let n = rt.block_on(Node::open(Arc::clone(&space), &node))?;
                 let Some(answers) = kexin::witness::submit(&space, &cfg, &me, &n)? else {

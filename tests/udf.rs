@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::AsArray;
+use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, Int32Type};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use kexin_engine::gate::Cell;
@@ -112,10 +112,9 @@ fn assert_close(got: &BTreeMap<String, f64>, want: &BTreeMap<String, f64>, tol: 
 
 // ------------------------------------------------- real UDFs vs references
 
-/// `SELECT key, value …` in plain DataFusion over h1's raw files: the
-/// independent reference (an SQL formula of a UDF is no longer a linear
-/// aggregate argument kexin would accept outside DP).
-async fn plain(sql: &str) -> BTreeMap<String, f64> {
+/// `sql` in plain DataFusion over h1's raw files (`labs`, `patients`,
+/// `admissions`, unmasked): the independent reference.
+async fn raw(sql: &str) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
     for t in ["labs", "patients", "admissions"] {
         ctx.register_parquet(
@@ -129,7 +128,14 @@ async fn plain(sql: &str) -> BTreeMap<String, f64> {
         .await
         .unwrap();
     }
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+/// `SELECT key, value …` in plain DataFusion over h1's raw files: the
+/// independent reference (an SQL formula of a UDF is no longer a linear
+/// aggregate argument kexin would accept outside DP).
+async fn plain(sql: &str) -> BTreeMap<String, f64> {
+    let batches = raw(sql).await;
     let mut out = BTreeMap::new();
     for b in &batches {
         let k = datafusion::arrow::compute::cast(
@@ -282,27 +288,11 @@ async fn egfr_matches_a_native_reference_on_the_same_masked_inputs() {
     .await;
     // Reference: the raw Parquet files with the scene's masks applied by hand
     // (age → band(10) lower bound; lab value clamped to [0, 1000]).
-    let ctx = SessionContext::new();
-    let dir = space_dir().join("h1");
-    for t in ["labs", "patients"] {
-        ctx.register_parquet(
-            t,
-            dir.join(format!("{t}.parquet")).to_str().unwrap(),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .unwrap();
-    }
-    let batches = ctx
-        .sql(
-            "SELECT CAST(p.sex AS VARCHAR) AS sex, p.age, l.value FROM labs l \
-             JOIN patients p ON l.id_card = p.id_card WHERE l.test = 'creatinine'",
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = raw(
+        "SELECT CAST(p.sex AS VARCHAR) AS sex, p.age, l.value FROM labs l \
+         JOIN patients p ON l.id_card = p.id_card WHERE l.test = 'creatinine'",
+    )
+    .await;
     let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for b in &batches {
         let sex = datafusion::arrow::compute::cast(
@@ -486,21 +476,7 @@ async fn hostile_modules_fail_closed_and_the_node_keeps_serving() {
 /// fault withheld the whole query in one world only.
 #[tokio::test]
 async fn a_fault_on_one_persons_value_nulls_that_row_only() {
-    let ctx = SessionContext::new();
-    ctx.register_parquet(
-        "patients",
-        space_dir().join("h1/patients.parquet").to_str().unwrap(),
-        ParquetReadOptions::default(),
-    )
-    .await
-    .unwrap();
-    let batches = ctx
-        .sql("SELECT CAST(weight_kg AS DOUBLE) AS w FROM patients WHERE weight_kg BETWEEN 2 AND 250 GROUP BY weight_kg HAVING count(*) = 1 ORDER BY w LIMIT 1")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = raw("SELECT CAST(weight_kg AS DOUBLE) AS w FROM patients WHERE weight_kg BETWEEN 2 AND 250 GROUP BY weight_kg HAVING count(*) = 1 ORDER BY w LIMIT 1").await;
     let unique = batches[0].column(0).as_primitive::<Float64Type>().value(0);
     let sql = "SELECT sex, COUNT(*) AS n, SUM(evil(weight_kg)) AS s FROM patients GROUP BY sex";
     let mut seen = Vec::new();
@@ -655,21 +631,7 @@ async fn udfs_see_only_masked_values() {
         )
         .await,
     );
-    let ctx = SessionContext::new();
-    ctx.register_parquet(
-        "patients",
-        space_dir().join("h1/patients.parquet").to_str().unwrap(),
-        ParquetReadOptions::default(),
-    )
-    .await
-    .unwrap();
-    let batches = ctx
-        .sql("SELECT CAST(sex AS VARCHAR), age FROM patients")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = raw("SELECT CAST(sex AS VARCHAR), age FROM patients").await;
     let (mut banded, mut raw): (BTreeMap<String, f64>, BTreeMap<String, f64>) = Default::default();
     for b in &batches {
         let sex = datafusion::arrow::compute::cast(

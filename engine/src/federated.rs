@@ -577,7 +577,11 @@ impl Node {
                 cap,
                 &req.actor,
                 q.mechanism.delta,
-                crate::ledger::Replicate::Outside(first.then_some(nodes)),
+                if first {
+                    crate::ledger::Replicate::Outside(nodes)
+                } else {
+                    crate::ledger::Replicate::Nobody
+                },
             )
             .await?;
             trace.epsilon = Some(p.epsilon_per_query);

@@ -42,8 +42,10 @@ pub enum Replicate<'a> {
     /// Every other node of the space (single-node queries, PSI releases).
     All,
     /// Every node outside this set (a federated query's parties, which each
-    /// charge themselves); `None`: no one (another party replicates).
-    Outside(Option<&'a [String]>),
+    /// charge themselves).
+    Outside(&'a [String]),
+    /// No one (another party of a federated query replicates).
+    Nobody,
 }
 
 /// A requester organisation's budget under one DP scene, as `kexin budget
@@ -99,10 +101,10 @@ impl Node {
         if !self.store_lock()?.dp_fits(&charge, &caps)? {
             return Err(refusal(Code::DpBudget, SHORT));
         }
-        let skip: Option<Vec<String>> = match replicate {
-            Replicate::All => Some(vec![]),
-            Replicate::Outside(Some(parties)) => Some(parties.to_vec()),
-            Replicate::Outside(None) => None,
+        let skip: Option<&[String]> = match replicate {
+            Replicate::All => Some(&[]),
+            Replicate::Outside(parties) => Some(parties),
+            Replicate::Nobody => None,
         };
         let others = |skip: &[String]| {
             self.space
@@ -110,7 +112,7 @@ impl Node {
                 .iter()
                 .any(|n| *n != self.name && !skip.contains(n))
         };
-        if let Some(skip) = skip.filter(|s| others(s)) {
+        if let Some(skip) = skip.filter(|s| others(s)).map(<[String]>::to_vec) {
             let Some(peers) = self.peers.get().cloned() else {
                 return Err(refusal(
                     Code::DpBudget,
