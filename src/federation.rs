@@ -54,14 +54,24 @@ const MAX_CONNECTIONS: usize = 256;
 const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 /// How long a TLS handshake (with the pinned member key) may take in all.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Authenticated connections one member other than a node may hold at
+/// once: a researcher or an individual cannot take the node's connection
+/// slots from the others, whatever address they come from.
+const MAX_PER_MEMBER: usize = 8;
+/// The same for a peer node, which holds one link per open session and
+/// peer, and its witness and ledger calls.
+const MAX_PER_NODE_MEMBER: usize = 96;
 
 /// Which new connections a node takes: at most [`MAX_CONNECTIONS`] open,
-/// and at most [`MAX_HANDSHAKES_PER_SOURCE`] of them still in the
-/// handshake from any one address.
+/// at most [`MAX_HANDSHAKES_PER_SOURCE`] of them still in the handshake
+/// from any one address, and once authenticated at most
+/// [`MAX_PER_MEMBER`] per member ([`MAX_PER_NODE_MEMBER`] per peer node).
 #[derive(Debug, Default)]
 struct Admission {
     /// (open connections, handshakes in progress per source address)
     state: Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+    /// Authenticated connections per member.
+    members: Mutex<HashMap<String, usize>>,
 }
 
 impl Admission {
@@ -78,6 +88,7 @@ impl Admission {
             admission: Arc::clone(this),
             source,
             handshaking: true,
+            member: None,
         })
     }
 }
@@ -88,9 +99,31 @@ struct Ticket {
     admission: Arc<Admission>,
     source: std::net::IpAddr,
     handshaking: bool,
+    /// The authenticated member whose place this connection holds.
+    member: Option<String>,
 }
 
 impl Ticket {
+    /// Take one of `member`'s places (its role sets how many it has);
+    /// false when it holds them all, and the connection is then closed.
+    fn authenticated(&mut self, member: &str, role: &str) -> bool {
+        let cap = if role == "node" {
+            MAX_PER_NODE_MEMBER
+        } else {
+            MAX_PER_MEMBER
+        };
+        let Ok(mut m) = self.admission.members.lock() else {
+            return false;
+        };
+        let n = m.entry(member.to_string()).or_insert(0);
+        if *n >= cap {
+            return false;
+        }
+        *n += 1;
+        self.member = Some(member.to_string());
+        true
+    }
+
     fn handshake_over(&mut self) {
         if !std::mem::replace(&mut self.handshaking, false) {
             return;
@@ -109,6 +142,15 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.handshake_over();
+        if let Some(member) = self.member.take()
+            && let Ok(mut m) = self.admission.members.lock()
+            && let Some(n) = m.get_mut(&member)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&member);
+            }
+        }
         if let Ok(mut s) = self.admission.state.lock() {
             s.0 -= 1;
         }
@@ -448,7 +490,7 @@ impl NodeServer {
             let tls = Arc::clone(&tls);
             std::thread::spawn(move || {
                 let mut ticket = ticket;
-                if let Err(e) = this.connection(tcp, tls, || ticket.handshake_over()) {
+                if let Err(e) = this.connection(tcp, tls, &mut ticket) {
                     tracing::info!(target: "kexin::node", "connection closed: {e:#}");
                 }
             });
@@ -456,18 +498,26 @@ impl NodeServer {
         Ok(())
     }
 
-    /// One connection: the TLS handshake (then `handshake_over`, whatever
-    /// its outcome), then the member's request.
+    /// One connection: the TLS handshake (its place in the handshake is
+    /// given back whatever its outcome), one of the member's places, then
+    /// the member's request.
     fn connection(
         &self,
         tcp: TcpStream,
         tls: Arc<rustls::ServerConfig>,
-        handshake_over: impl FnOnce(),
+        ticket: &mut Ticket,
     ) -> Result<()> {
         let t = self.cfg.round_timeout();
         let accepted = Link::accept(tcp, tls, &self.pins, HANDSHAKE_TIMEOUT);
-        handshake_over();
+        ticket.handshake_over();
         let (mut link, (member, role)) = accepted?;
+        if !ticket.authenticated(&member, &role) {
+            tracing::warn!(
+                target: "kexin::node",
+                "connection refused: the member holds all its places ({MAX_PER_MEMBER}, nodes {MAX_PER_NODE_MEMBER})"
+            );
+            bail!("the member holds all its connection places");
+        }
         link.set_timeout(t)?;
         link.set_write_timeout(t)?;
         let (kind, first) = link.recv()?;
@@ -584,7 +634,7 @@ impl NodeServer {
             }
         };
         let (partial, trace) = self.rt.block_on(self.node.joint_partial(&req, &b.nodes));
-        let (plan, input) = match partial {
+        let partial = match partial {
             Ok(p) => p,
             Err(e) => {
                 return self.refuse(
@@ -602,9 +652,19 @@ impl NodeServer {
             .scenes
             .get(&b.scene)
             .and_then(|s| s.fhe_gate.clone());
+        // A node whose execution failed (`partial.withheld`) still runs
+        // every round, with a partial that suppresses every joint cell.
         let outcome = self.in_session(session, &b.nodes, |rx| match &gate {
-            Some(g) => self.fhe_rounds(&mut link, &b.nodes, me, session, &plan, &input, g, rx),
-            None => self.rounds(&mut link, &b.nodes, me, session, &plan, &input, rx),
+            Some(g) => self.fhe_rounds(&mut link, &b.nodes, me, session, &partial, g, rx),
+            None => self.rounds(
+                &mut link,
+                &b.nodes,
+                me,
+                session,
+                &partial.plan,
+                &partial.input,
+                rx,
+            ),
         })?;
         match outcome {
             Ok(rows) => {
@@ -1046,6 +1106,12 @@ impl NodeServer {
         Ok(links)
     }
 
+    /// The FHE gate's threshold when a node took part without its data:
+    /// every joint count is under it, since each node's count is under
+    /// 2^32 / nodes (`Encryptor::encrypt` refuses more) and there are at
+    /// least three nodes.
+    const NO_CELL_PASSES: u32 = u32::MAX;
+
     /// The aggregator's server key: read and checked once per key holder
     /// and key (the holder's signed statement names the key in use, so
     /// rotated keys are picked up).
@@ -1086,12 +1152,12 @@ impl NodeServer {
         nodes: &[String],
         me: usize,
         session: [u8; 32],
-        plan: &kexin_engine::federated::JointPlan,
-        input: &[i128],
+        partial: &kexin_engine::federated::JointPartial,
         gate: &kexin_engine::policy::FheGate,
         rx: Receiver<Inbound>,
     ) -> std::result::Result<JointRows, &'static str> {
         use kexin_mpc::fhe::Layout;
+        let plan = &partial.plan;
         let t = self.cfg.round_timeout();
         let pos = |n: &str| nodes.iter().position(|x| x == n);
         let agg = pos(&gate.aggregator).ok_or("the FHE aggregator is not a party")?;
@@ -1108,9 +1174,23 @@ impl NodeServer {
             .map_err(|_| "the key holder has no certified key")?;
         let enc = crate::fhe::encryptor(&self.space, &holder_key, &gate.key_holder)
             .map_err(|_| "the key holder's public key is missing or not verified")?;
-        let mine = enc
-            .encrypt(&layout, input, nodes.len())
-            .map_err(|_| "a partial total is out of range for the FHE gate")?;
+        // Round 0's payload: one byte, 1 when this node takes part without
+        // its data (its execution failed; it then encrypts zeros, the same
+        // work), then the sealed ciphertexts. Under any 1 the aggregator
+        // gates at a threshold no joint count reaches, so every cell is
+        // suppressed: what the researcher sees does not say which node
+        // failed, or that one did.
+        let zeros = vec![0; plan.len()];
+        let input = if partial.withheld {
+            &zeros
+        } else {
+            &partial.input
+        };
+        let mut mine = vec![u8::from(partial.withheld)];
+        mine.extend(
+            enc.encrypt(&layout, input, nodes.len())
+                .map_err(|_| "a partial total is out of range for the FHE gate")?,
+        );
         let k = u32::try_from(k).map_err(|_| "the threshold is out of range")?;
         // The keys are checked before Ready: a node without usable keys
         // stops the query before anyone waits on it.
@@ -1177,7 +1257,19 @@ impl NodeServer {
                 for _ in 0..others.len() {
                     all.push(next_payload(&rx, &mut inbox, t)?);
                 }
-                let totals = aggregator.sum(&layout, &all).map_err(mpc_rule)?;
+                let mut withheld = false;
+                let mut sealed = Vec::with_capacity(all.len());
+                for mut p in all {
+                    match p.first() {
+                        Some(0) => {}
+                        Some(1) => withheld = true,
+                        _ => return Err("a node sent a malformed contribution"),
+                    }
+                    p.remove(0);
+                    sealed.push(p);
+                }
+                let k = if withheld { Self::NO_CELL_PASSES } else { k };
+                let totals = aggregator.sum(&layout, &sealed).map_err(mpc_rule)?;
                 tracing::info!(
                     target: "kexin::node",
                     "FHE gate: {} unchecked additions, {} carry propagations, {} cells",
@@ -2142,5 +2234,45 @@ mod tests {
         let s = a.state.lock().expect("lock");
         assert_eq!(s.0, 0, "every slot is given back");
         assert!(s.1.is_empty());
+    }
+
+    #[test]
+    fn admission_limits_authenticated_connections_per_member() {
+        let a = Arc::new(Admission::default());
+        // A researcher behind many addresses: its places are per member.
+        let mut held = Vec::new();
+        for i in 0..MAX_PER_MEMBER {
+            let mut t =
+                Admission::enter(&a, std::net::IpAddr::from([10, 0, 0, i as u8])).expect("a slot");
+            t.handshake_over();
+            assert!(t.authenticated("alice", "researcher"));
+            held.push(t);
+        }
+        let mut more = Admission::enter(&a, std::net::IpAddr::from([10, 0, 1, 1])).expect("slot");
+        more.handshake_over();
+        assert!(
+            !more.authenticated("alice", "researcher"),
+            "alice holds all hers"
+        );
+        assert!(more.authenticated("bob", "researcher"), "bob still gets in");
+        drop(more);
+        // A peer node has more places (one link per session and peer).
+        let mut links = Vec::new();
+        for _ in 0..MAX_PER_MEMBER + 1 {
+            let mut t = Admission::enter(&a, std::net::IpAddr::from([10, 0, 2, 1])).expect("slot");
+            t.handshake_over();
+            assert!(t.authenticated("node-h2", "node"));
+            links.push(t);
+        }
+        // Closing a connection gives its member's place back.
+        held.pop();
+        let mut again = Admission::enter(&a, std::net::IpAddr::from([10, 0, 1, 2])).expect("slot");
+        again.handshake_over();
+        assert!(again.authenticated("alice", "researcher"));
+        drop(again);
+        drop(held);
+        drop(links);
+        assert!(a.members.lock().expect("lock").is_empty());
+        assert_eq!(a.state.lock().expect("lock").0, 0);
     }
 }

@@ -18,6 +18,9 @@ use serde_json::Value;
 #[allow(dead_code)]
 mod support;
 
+#[path = "../sandbox/tests/fixtures/mod.rs"]
+mod fixtures;
+
 use support::nodes::{BIN, Federation, path};
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -44,6 +47,35 @@ fn the_fhe_gate_releases_what_the_plaintext_gate_releases() {
     let d = f.dir.clone();
     let (code, out) = run(&["fhe", "keygen", "--space", path(&d), "--node", "h3"]);
     assert_eq!(code, 0, "{out}");
+    // `evil` doubles at h1 and h3 and faults on every row at h2, for the
+    // failed-execution check below.
+    let unreachable = fixtures::hostile()
+        .into_iter()
+        .find(|(n, _)| *n == "unreachable")
+        .unwrap()
+        .1;
+    for (n, module) in [
+        ("h1", fixtures::doubler()),
+        ("h2", unreachable),
+        ("h3", fixtures::doubler()),
+    ] {
+        let file = d.join(format!("evil-{n}.wasm"));
+        std::fs::write(&file, module).unwrap();
+        for scene in ["joint-diabetes", "joint-diabetes-fhe"] {
+            let (code, out) = run(&[
+                "udf",
+                "register",
+                "--space",
+                path(&d),
+                "--scene",
+                scene,
+                "--node",
+                n,
+                path(&file),
+            ]);
+            assert_eq!(code, 0, "{out}");
+        }
+    }
     for n in ["h1", "h2", "h3"] {
         f.start(n, None);
     }
@@ -85,6 +117,31 @@ fn the_fhe_gate_releases_what_the_plaintext_gate_releases() {
     let (code, again) = f.federate("joint-diabetes-fhe", "h1,h2,h3", GATED_SQL);
     assert_eq!(code, 0, "{again}");
     assert_eq!(again["rows"], plain["rows"]);
+
+    // h2's execution fails (its module faults on every row): under either
+    // gate the researcher gets a release with every cell suppressed, the
+    // answer of a world where no cell reaches the threshold, not an abort
+    // that only this world would show. h2 audits the cause.
+    let failing = "SELECT sex, COUNT(evil(weight_kg)) AS n FROM patients GROUP BY sex";
+    for scene in ["joint-diabetes", "joint-diabetes-fhe"] {
+        let (code, v) = f.federate(scene, "h1,h2,h3", failing);
+        assert_eq!(code, 0, "{scene}: {v}");
+        assert_eq!(v["status"], "released", "{scene}: {v}");
+        assert!(v["code"].is_null(), "{scene}: {v}");
+        assert!(v["rows"].as_array().unwrap().is_empty(), "{scene}: {v}");
+        assert_eq!(v["suppressed_groups"], 2, "{scene}: {v}");
+        let session = v["session"].as_str().unwrap();
+        for n in ["h1", "h2", "h3"] {
+            let e = f.entry(n, session);
+            assert_eq!(e["decision"], "released", "{scene} {n}: {e}");
+            let want = if n == "h2" { Some("KX-UDF-TRAP") } else { None };
+            assert_eq!(e["code"].as_str(), want, "{scene} {n}: {e}");
+        }
+        for r in v["nodes"].as_array().unwrap() {
+            assert_eq!(r["decision"], "released", "{scene}: {v}");
+            assert!(r["rule"].is_null(), "{scene}: {v}");
+        }
+    }
 
     // A public key that does not match the key holder's signed statement:
     // no node encrypts, nothing is released.

@@ -653,3 +653,123 @@ async fn udfs_see_only_masked_values() {
         "{got:?} vs raw {raw:?}"
     );
 }
+
+/// A federated scene with UDFs, for the test below.
+const JOINT_LAB_SCENE: &str = r#"
+[scene.joint-udf-lab]
+contract  = "none"
+purpose   = "DUO:0000006"
+requester = "org:whu-med"
+datasets  = ["patients"]
+valid     = ["2026-01-01", "2030-12-31"]
+federated = true
+output    = { min_persons = 10, round_to = 1, decimals = 2 }
+udf_limits = { fuel_per_call = 2000000, fuel_per_row = 2000, call_timeout_ms = 2000, memory_mb = 16 }
+"#;
+
+/// Two worlds of a federated query: in one, h2's execution fails in a way
+/// that can depend on its data (here a module faulting on every row). h2
+/// must still take part, with a plan every node agrees on, and the joint
+/// result is what a round whose every cell missed the threshold releases:
+/// same status, no code, every cell of the public domain suppressed. Before,
+/// h2 refused and the researcher saw KX-FED-ABORT in that world only. The
+/// cause is in h2's audit entry. The opened sums are formed here as the
+/// protocol opens them (the shares of every node's vector add up to the
+/// sum of the vectors).
+#[tokio::test]
+async fn a_node_whose_execution_fails_takes_part_with_every_cell_suppressed() {
+    use kexin_engine::federated::{JointDecision, JointPartial};
+    use kexin_engine::node::QueryRequest;
+    let dir = support::generated_space(3, 300, 13);
+    let toml = dir.join("space.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str(JOINT_LAB_SCENE);
+    std::fs::write(&toml, text).unwrap();
+    let nodes: Vec<String> = ["h1", "h2", "h3"].map(String::from).to_vec();
+    let req = QueryRequest::new(
+        "joint-udf-lab",
+        "alice",
+        "SELECT sex, COUNT(evil(weight_kg)) AS n FROM patients GROUP BY sex",
+    );
+    let unreachable = fixtures::hostile()
+        .into_iter()
+        .find(|(n, _)| *n == "unreachable")
+        .unwrap()
+        .1;
+    let mut worlds = Vec::new();
+    for h2_module in [fixtures::doubler(), unreachable] {
+        let world = tempfile::tempdir().unwrap().keep();
+        std::fs::copy(&toml, world.join("space.toml")).unwrap();
+        for n in &nodes {
+            std::fs::create_dir_all(world.join(n)).unwrap();
+            for t in ["patients", "admissions", "labs"] {
+                let f = format!("{n}/{t}.parquet");
+                std::fs::copy(dir.join(&f), world.join(&f)).unwrap();
+            }
+        }
+        let space = Arc::new(Space::load(&world).unwrap());
+        let mut partials: Vec<JointPartial> = Vec::new();
+        let mut traces = Vec::new();
+        let mut opened_nodes = Vec::new();
+        for n in &nodes {
+            let node = Node::open(Arc::clone(&space), n).await.unwrap();
+            let module = if n == "h2" {
+                h2_module.clone()
+            } else {
+                fixtures::doubler()
+            };
+            node.register_udf("joint-udf-lab", &module, "operator")
+                .unwrap();
+            let (p, t) = node.joint_partial(&req, &nodes).await;
+            partials.push(p.unwrap_or_else(|e| panic!("{n} takes part: {e}")));
+            traces.push(t);
+            opened_nodes.push(node);
+        }
+        let plan = &partials[0].plan;
+        assert!(partials.iter().all(|p| p.plan.digest == plan.digest));
+        let sum: Vec<i128> = (0..plan.len())
+            .map(|i| partials.iter().map(|p| p.input[i]).sum())
+            .collect();
+        let persons: Vec<i128> = plan.person_positions().iter().map(|&i| sum[i]).collect();
+        let passing = plan.passing(&persons);
+        let values: Vec<i128> = plan
+            .value_positions(&passing)
+            .iter()
+            .map(|&i| sum[i])
+            .collect();
+        let rows = plan.release(&passing, &values, 3).unwrap();
+        let seq = opened_nodes[1]
+            .audit_joint(
+                &req,
+                "federated",
+                &[7; 32],
+                &traces[1],
+                JointDecision::Released(&rows),
+            )
+            .unwrap();
+        let entry = kexin_engine::store::Store::open(&world.join("h2"), "x")
+            .unwrap()
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.seq == seq)
+            .unwrap();
+        worlds.push((partials[1].withheld, plan.digest.clone(), rows, entry.code));
+    }
+    let (ok, failed) = (&worlds[0], &worlds[1]);
+    assert!(!ok.0 && failed.0, "only the faulting world withholds h2");
+    assert_eq!(ok.1, failed.1, "the plans agree in both worlds");
+    assert_eq!(ok.2.rows.len(), 2, "both sexes pass: {:?}", ok.2);
+    assert_eq!(ok.3, None);
+    // The faulting world: a release in which every cell was suppressed.
+    let r = &failed.2;
+    assert!(r.rows.is_empty(), "{r:?}");
+    assert_eq!(r.suppressed_groups, 2, "sex has a public domain of two");
+    assert_eq!(r.columns, ok.2.columns);
+    assert_eq!(r.explanation[..2], ok.2.explanation[..2]);
+    assert_eq!(
+        failed.3.as_deref(),
+        Some("KX-UDF-TRAP"),
+        "h2 audits the cause"
+    );
+}

@@ -1135,6 +1135,98 @@ pub struct DpQuery {
     key_types: Vec<DataType>,
 }
 
+/// Declared bounds of a base column, by (dataset, column).
+type BaseBounds<'a> = dyn Fn(&(String, String)) -> Option<(f64, f64)> + 'a;
+
+/// Public bounds of a measured aggregate argument: a column with declared
+/// bounds (through casts, aliases and derived tables), an approved UDF
+/// with a declared range, a numeric literal, or a CASE whose every
+/// non-NULL branch has bounds (their union). The mechanism clamps the
+/// argument to these bounds whatever it computes, so they set the
+/// sensitivity; a wrong guess here costs accuracy, never privacy.
+fn value_bounds(
+    e: &Expr,
+    input: &LogicalPlan,
+    base: &BaseBounds<'_>,
+    udfs: &QueryUdfs,
+    depth: usize,
+) -> Option<(f64, f64)> {
+    if depth > 32 {
+        return None;
+    }
+    let union = |a: Option<(f64, f64)>, b: (f64, f64)| match a {
+        None => Some(b),
+        Some((lo, hi)) => Some((lo.min(b.0), hi.max(b.1))),
+    };
+    match strip(e) {
+        Expr::ScalarFunction(s) => udfs
+            .facts
+            .get(s.func.name())
+            .and_then(|u| u.range)
+            .map(|(lo, hi)| (lo as f64, hi as f64)),
+        Expr::Literal(v, _) => match v.cast_to(&DataType::Float64).ok()? {
+            datafusion::common::ScalarValue::Float64(Some(x)) if x.is_finite() => Some((x, x)),
+            _ => None,
+        },
+        Expr::Cast(c) => value_bounds(&c.expr, input, base, udfs, depth + 1),
+        Expr::TryCast(c) => value_bounds(&c.expr, input, base, udfs, depth + 1),
+        Expr::Case(c) => {
+            let mut b = None;
+            let branches = c
+                .when_then_expr
+                .iter()
+                .map(|(_, then)| then.as_ref())
+                .chain(c.else_expr.as_deref());
+            for branch in branches {
+                if matches!(strip(branch), Expr::Literal(v, _) if v.is_null()) {
+                    continue;
+                }
+                b = union(b, value_bounds(branch, input, base, udfs, depth + 1)?);
+            }
+            b
+        }
+        Expr::Column(c) => {
+            if let Some(o) = expr_origin(e, input) {
+                return base(&o);
+            }
+            // A computed column of a derived table: its defining expression.
+            let i = input.schema().index_of_column(c).ok()?;
+            let (def, below) = defining(input, i)?;
+            value_bounds(def, below, base, udfs, depth + 1)
+        }
+        _ => None,
+    }
+}
+
+/// The expression that computes column `idx` of `plan`, and the plan it is
+/// computed over (through aliases, filters and joins).
+fn defining(plan: &LogicalPlan, idx: usize) -> Option<(&Expr, &LogicalPlan)> {
+    match plan {
+        LogicalPlan::Projection(p) => match strip(p.expr.get(idx)?) {
+            Expr::Column(c) => defining(&p.input, p.input.schema().index_of_column(c).ok()?),
+            other => Some((other, p.input.as_ref())),
+        },
+        LogicalPlan::SubqueryAlias(a) => defining(&a.input, idx),
+        LogicalPlan::Filter(f) => defining(&f.input, idx),
+        LogicalPlan::Join(j) => {
+            let nl = j.left.schema().fields().len();
+            match j.join_type {
+                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
+                    if idx < nl {
+                        defining(&j.left, idx)
+                    } else {
+                        defining(&j.right, idx - nl)
+                    }
+                }
+                JoinType::LeftSemi | JoinType::LeftAnti => defining(&j.left, idx),
+                JoinType::RightSemi | JoinType::RightAnti => defining(&j.right, idx),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Where a plan column comes from: a base column of a dataset.
 fn origin(plan: &LogicalPlan, idx: usize) -> Option<(String, String)> {
     match plan {
@@ -1194,12 +1286,39 @@ fn expr_origin(e: &Expr, input: &LogicalPlan) -> Option<(String, String)> {
     }
 }
 
-/// Resolve the researcher's output columns to the releasing aggregate's
-/// output columns.
-fn outputs(plan: &LogicalPlan) -> Result<(&datafusion::logical_expr::Aggregate, Vec<usize>)> {
+/// Whether the query has post-processing that runs on the released rows
+/// as a table: HAVING, ORDER BY or LIMIT above the releasing aggregate.
+pub fn has_post_processing(plan: &LogicalPlan) -> bool {
     match plan {
+        LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::Filter(_) => true,
+        LogicalPlan::Projection(p) => has_post_processing(&p.input),
+        LogicalPlan::SubqueryAlias(a) => has_post_processing(&a.input),
+        _ => false,
+    }
+}
+
+/// For a query with post-processing: which column of the releasing
+/// aggregate each output column is. As without post-processing, each
+/// output column is a group key or one aggregate call (its interval then
+/// follows it); HAVING, ORDER BY and LIMIT may use any of the aggregate's
+/// columns.
+pub fn post_output_map(plan: &LogicalPlan) -> Result<Vec<usize>> {
+    outputs(plan, true).map(|(_, m)| m)
+}
+
+/// Resolve the researcher's output columns to the releasing aggregate's
+/// output columns; `through_post` lets HAVING, ORDER BY and LIMIT pass
+/// (they run on released rows, see [`post_output_map`]).
+fn outputs(
+    plan: &LogicalPlan,
+    through_post: bool,
+) -> Result<(&datafusion::logical_expr::Aggregate, Vec<usize>)> {
+    match plan {
+        LogicalPlan::Sort(s) if through_post => outputs(&s.input, true),
+        LogicalPlan::Limit(l) if through_post => outputs(&l.input, true),
+        LogicalPlan::Filter(f) if through_post => outputs(&f.input, true),
         LogicalPlan::Projection(p) => {
-            let (agg, below) = outputs(&p.input)?;
+            let (agg, below) = outputs(&p.input, through_post)?;
             let mut out = Vec::new();
             for e in &p.expr {
                 let Expr::Column(c) = strip(e) else {
@@ -1213,15 +1332,15 @@ fn outputs(plan: &LogicalPlan) -> Result<(&datafusion::logical_expr::Aggregate, 
             }
             Ok((agg, out))
         }
-        LogicalPlan::SubqueryAlias(a) => outputs(&a.input),
+        LogicalPlan::SubqueryAlias(a) => outputs(&a.input, through_post),
         LogicalPlan::Aggregate(a) => Ok((a, (0..a.schema.fields().len()).collect())),
         LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => refuse(
             Code::DpShape,
-            "ORDER BY and LIMIT are not supported in DP mode (released rows come sorted by group key)",
+            "ORDER BY and LIMIT are not supported in federated scenes (released rows come sorted by group key)",
         ),
         LogicalPlan::Filter(_) => refuse(
             Code::ShapeHaving,
-            "HAVING is not supported in DP mode (filter the released rows yourself)",
+            "HAVING is not supported in federated scenes (filter the released rows yourself)",
         ),
         _ => Err(internal("no releasing aggregate")),
     }
@@ -1244,7 +1363,7 @@ pub fn plan(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let (agg, map) = outputs(&plan)?;
+    let (agg, map) = outputs(&plan, false)?;
     let input = agg.input.as_ref();
     let nkeys = agg.group_expr.len();
     let column_policy = |o: &(String, String)| {
@@ -1348,18 +1467,11 @@ pub fn plan(
                 "in DP mode COUNT(DISTINCT …) counts the person key only",
             );
         }
-        let bounds = match strip(&arg) {
-            Expr::ScalarFunction(s) => udfs
-                .facts
-                .get(s.func.name())
-                .and_then(|u| u.range)
-                .map(|(lo, hi)| (lo as f64, hi as f64)),
-            e => expr_origin(e, input).and_then(|o| column_policy(&o).and_then(|(_, c)| c.bounds)),
-        };
-        let Some((lo, hi)) = bounds else {
+        let base = |o: &(String, String)| column_policy(o).and_then(|(_, c)| c.bounds);
+        let Some((lo, hi)) = value_bounds(&arg, input, &base, udfs, 0) else {
             return refuse(
                 Code::DpBounds,
-                "DP aggregates take a column with public bounds (or an approved UDF with a declared range)",
+                "DP aggregates take a column with public bounds, an approved UDF with a declared range, or a CASE whose every branch is one of these or a number",
             );
         };
         let spec = ArgSpec::new(lo, hi, output.decimals);

@@ -93,6 +93,24 @@ pub struct JointPlan {
     pub digest: String,
 }
 
+/// One node's part of a federated computation: the plan every node must
+/// agree on and this node's partial totals (noise shares included).
+#[derive(Debug, Clone)]
+pub struct JointPartial {
+    pub plan: JointPlan,
+    /// Cells × stats, in the plan's order.
+    pub input: Vec<i128>,
+    /// The node's execution failed in a way that can depend on its data:
+    /// `input` is [`JointPlan::withheld_input`], and the FHE gate is told to
+    /// pass no cell. The cause is in the node's trace, for its audit entry.
+    pub withheld: bool,
+}
+
+/// What a node whose execution failed adds to every cell's person count:
+/// far below any other party's (at most 2^64) and within the shares'
+/// range (2^120), so that no joint cell reaches the threshold.
+pub const WITHHELD_PERSONS: i128 = 1 << 100;
+
 /// A released joint result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JointRows {
@@ -128,6 +146,19 @@ impl JointPlan {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The partial vector of a node that cannot take part with its data:
+    /// every cell's person count is `-WITHHELD_PERSONS` and every other
+    /// total 0, so the opened joint person counts stay negative and the
+    /// round releases what a round whose every cell missed the threshold
+    /// releases (no rows, every cell of the domain suppressed).
+    pub fn withheld_input(&self) -> Vec<i128> {
+        let mut v = vec![0; self.len()];
+        for p in self.person_positions() {
+            v[p] = -WITHHELD_PERSONS;
+        }
+        v
     }
 
     /// Positions of every cell's person count (opened first).
@@ -481,7 +512,7 @@ impl Node {
         &self,
         req: &QueryRequest,
         nodes: &[String],
-    ) -> (Result<(JointPlan, Vec<i128>)>, JointTrace) {
+    ) -> (Result<JointPartial>, JointTrace) {
         let mut trace = Trace::default();
         let r = self.joint_partial_inner(req, nodes, &mut trace).await;
         (r, JointTrace(trace))
@@ -492,7 +523,7 @@ impl Node {
         req: &QueryRequest,
         nodes: &[String],
         trace: &mut Trace,
-    ) -> Result<(JointPlan, Vec<i128>)> {
+    ) -> Result<JointPartial> {
         let parties = nodes.len();
         if !self.scene_for_joint(req)?.federated {
             return refuse(
@@ -601,17 +632,33 @@ impl Node {
                     "the query does not plan against the scene's schema",
                 )
             })?;
-        let scans = self.scan_partitions(&state, physical, &q).await?;
-        let totals = if exact {
-            q.mechanism.exact_totals(&scans)?
-        } else {
-            q.mechanism.totals(&q.bounding, &scans)?
+        // A failure here can depend on the data (a deadline, the memory
+        // pool, a module that faults on too many rows). It must not show:
+        // the node still takes part with a vector that suppresses every
+        // joint cell (see [`JointPlan::withheld_input`]), so the researcher
+        // gets the answer of a round whose every cell missed the
+        // threshold, and the cause goes to this node's audit entry only.
+        let totals = match self.scan_partitions(&state, physical, &q).await {
+            Ok(scans) if exact => q.mechanism.exact_totals(&scans),
+            Ok(scans) => q.mechanism.totals(&q.bounding, &scans),
+            Err(e) => Err(e),
+        };
+        let totals = match totals {
+            Ok(t) => Some(t),
+            Err(Error::Refused(r)) if r.code.data_dependent() => {
+                trace.withheld = Some(r);
+                None
+            }
+            Err(e) => return Err(e),
         };
         // Align to the public domain: every node's vector has the same
         // cells in the same order; keys outside the domain are dropped.
         let nstats = q.mechanism.stats.len();
-        let mut by_key: BTreeMap<String, Vec<i128>> =
-            totals.into_iter().map(|(k, t)| (key_text(&k), t)).collect();
+        let mut by_key: BTreeMap<String, Vec<i128>> = totals
+            .iter()
+            .flatten()
+            .map(|(k, t)| (key_text(k), t.clone()))
+            .collect();
         let mut input = Vec::with_capacity(cells.len() * nstats);
         for c in &cells {
             match by_key.remove(&key_text(c)) {
@@ -619,7 +666,7 @@ impl Node {
                 None => input.extend(std::iter::repeat_n(0, nstats)),
             }
         }
-        if !exact {
+        if !exact && totals.is_some() {
             // This node's share of the noise of every total.
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).map_err(Error::internal)?;
@@ -644,18 +691,27 @@ impl Node {
             )
             .as_bytes(),
         ));
-        Ok((
-            JointPlan {
-                mechanism: q.mechanism,
-                columns: q.columns,
-                cells,
-                exact,
-                output: scene.output.clone(),
-                bounding: (q.bounding.k, q.bounding.l),
-                digest,
+        let plan = JointPlan {
+            mechanism: q.mechanism,
+            columns: q.columns,
+            cells,
+            exact,
+            output: scene.output.clone(),
+            bounding: (q.bounding.k, q.bounding.l),
+            digest,
+        };
+        Ok(match totals {
+            Some(_) => JointPartial {
+                plan,
+                input,
+                withheld: false,
             },
-            input,
-        ))
+            None => JointPartial {
+                input: plan.withheld_input(),
+                plan,
+                withheld: true,
+            },
+        })
     }
 
     /// The distinct raw person keys this node may contribute to a PSI
@@ -888,6 +944,9 @@ impl Node {
                 e.output_sha256 = Some(rows.digest());
                 e.rows_released = rows.rows.len() as u64;
                 e.suppressed_groups = rows.suppressed_groups as u64;
+                // This node took part without its data: the cause.
+                e.code = t.withheld.map(|w| w.code.as_str().to_string());
+                e.rule = t.withheld.map(|w| w.rule.to_string());
             }
             JointDecision::Refused(r) => {
                 e.code = Some(r.code.as_str().to_string());

@@ -331,6 +331,26 @@ fn snap(col: &ArrayRef, out: Output, rules: &OutputRules) -> Result<(ArrayRef, O
 /// The post-processing of `plan` (everything above its releasing aggregate)
 /// over the released cells in place of the aggregate.
 pub fn post_process(plan: &LogicalPlan, released: RecordBatch) -> Result<LogicalPlan> {
+    post_process_with(plan, released, false)
+}
+
+/// The column [`post_process_tracked`] carries through the post-processing.
+pub const ROW: &str = "__kexin_row";
+
+/// [`post_process`] where `released` has one more column than the
+/// aggregate, last: a row number that every projection above keeps (as
+/// its last column, [`ROW`]), so that what the researcher gets can be
+/// traced back to the released row it came from (in DP scenes, to carry
+/// each value's interval).
+pub fn post_process_tracked(plan: &LogicalPlan, released: RecordBatch) -> Result<LogicalPlan> {
+    post_process_with(plan, released, true)
+}
+
+fn post_process_with(
+    plan: &LogicalPlan,
+    released: RecordBatch,
+    tracked: bool,
+) -> Result<LogicalPlan> {
     let agg = releasing(plan)?;
     let names: Vec<Field> = released
         .schema()
@@ -347,7 +367,7 @@ pub fn post_process(plan: &LogicalPlan, released: RecordBatch) -> Result<Logical
     let scan = LogicalPlanBuilder::scan(name.clone(), provider_as_source(Arc::new(table)), None)
         .and_then(LogicalPlanBuilder::build)
         .map_err(internal)?;
-    let exprs: Vec<Expr> = agg
+    let mut exprs: Vec<Expr> = agg
         .schema()
         .iter()
         .enumerate()
@@ -356,12 +376,19 @@ pub fn post_process(plan: &LogicalPlan, released: RecordBatch) -> Result<Logical
                 .alias_qualified(q.cloned(), f.name())
         })
         .collect();
+    if tracked {
+        let n = agg.schema().fields().len();
+        if released.num_columns() != n + 1 {
+            return Err(internal("released rows without their row numbers"));
+        }
+        exprs.push(Expr::Column(Column::new(Some(name.clone()), format!("c{n}"))).alias(ROW));
+    }
     let cells =
         LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(scan)).map_err(internal)?);
-    rebuild(plan, cells)
+    rebuild(plan, cells, tracked)
 }
 
-fn rebuild(plan: &LogicalPlan, cells: LogicalPlan) -> Result<LogicalPlan> {
+fn rebuild(plan: &LogicalPlan, cells: LogicalPlan, tracked: bool) -> Result<LogicalPlan> {
     if let LogicalPlan::Aggregate(_) = plan {
         return Ok(cells);
     }
@@ -369,9 +396,12 @@ fn rebuild(plan: &LogicalPlan, cells: LogicalPlan) -> Result<LogicalPlan> {
     let [input] = inputs.as_slice() else {
         return Err(internal("no releasing aggregate"));
     };
-    let input = rebuild(input, cells)?;
-    plan.with_new_exprs(plan.expressions(), vec![input])
-        .map_err(internal)
+    let input = rebuild(input, cells, tracked)?;
+    let mut exprs = plan.expressions();
+    if tracked && matches!(plan, LogicalPlan::Projection(_)) {
+        exprs.push(Expr::Column(Column::from_name(ROW)));
+    }
+    plan.with_new_exprs(exprs, vec![input]).map_err(internal)
 }
 
 /// How far above `min_persons` the noisy threshold can go.
@@ -472,6 +502,82 @@ impl Cell {
             Cell::Text(s) => format!("s{s}"),
         }
     }
+}
+
+/// Released rows as a table for their post-processing: each column in the
+/// type its cells have (integers, floats when any cell is one, text,
+/// booleans; `types[c]` when every cell is NULL), and with `row_numbers`
+/// a last Int64 column numbering the rows.
+pub(crate) fn cells_batch(
+    rows: &[Vec<Cell>],
+    types: &[DataType],
+    row_numbers: bool,
+) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{StringArray, new_null_array};
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (c, t) in types.iter().enumerate() {
+        let cells: Vec<&Cell> = rows
+            .iter()
+            .map(|r| r.get(c).unwrap_or(&Cell::Null))
+            .collect();
+        let has = |f: fn(&Cell) -> bool| cells.iter().any(|x| f(x));
+        let col: ArrayRef = if has(|x| matches!(x, Cell::Text(_))) {
+            Arc::new(
+                cells
+                    .iter()
+                    .map(|x| match x {
+                        Cell::Null => None,
+                        Cell::Text(s) => Some(s.clone()),
+                        other => Some(other.key_text()),
+                    })
+                    .collect::<StringArray>(),
+            )
+        } else if has(|x| matches!(x, Cell::Float(_))) {
+            Arc::new(
+                cells
+                    .iter()
+                    .map(|x| match x {
+                        Cell::Float(f) => Some(*f),
+                        Cell::Int(i) => Some(*i as f64),
+                        _ => None,
+                    })
+                    .collect::<Float64Array>(),
+            )
+        } else if has(|x| matches!(x, Cell::Int(_))) {
+            Arc::new(
+                cells
+                    .iter()
+                    .map(|x| match x {
+                        Cell::Int(i) => Some(*i),
+                        _ => None,
+                    })
+                    .collect::<Int64Array>(),
+            )
+        } else if has(|x| matches!(x, Cell::Bool(_))) {
+            Arc::new(
+                cells
+                    .iter()
+                    .map(|x| match x {
+                        Cell::Bool(b) => Some(*b),
+                        _ => None,
+                    })
+                    .collect::<BooleanArray>(),
+            )
+        } else {
+            new_null_array(t, rows.len())
+        };
+        fields.push(Field::new(format!("c{c}"), col.data_type().clone(), true));
+        columns.push(col);
+    }
+    if row_numbers {
+        let n = types.len();
+        fields.push(Field::new(format!("c{n}"), DataType::Int64, false));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            (0..rows.len()).map(|i| i as i64),
+        )));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(internal)
 }
 
 pub(crate) fn column_cells(arr: &ArrayRef) -> Result<Vec<Cell>> {

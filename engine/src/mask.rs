@@ -134,9 +134,26 @@ impl MaskKind {
     }
 }
 
-/// A 32-byte secret key with redacted `Debug` that is wiped on drop.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// A 32-byte secret key with redacted `Debug` that is wiped on drop and
+/// compares in constant time.
+#[derive(Clone)]
 pub struct SecretKey([u8; 32]);
+
+impl PartialEq for SecretKey {
+    fn eq(&self, o: &Self) -> bool {
+        subtle::ConstantTimeEq::ct_eq(&self.0[..], &o.0[..]).into()
+    }
+}
+impl Eq for SecretKey {}
+
+impl Hash for SecretKey {
+    /// Hashes a digest of the key, never the key's bytes (a mask's hash
+    /// only tells DataFusion's function registry two masks apart).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        use sha2::Digest;
+        Sha256::digest(self.0).hash(state);
+    }
+}
 
 impl SecretKey {
     pub fn from_bytes(b: [u8; 32]) -> Self {

@@ -1059,8 +1059,18 @@ impl Node {
             b.copy_from_slice(&k.expose()[..8]);
             u64::from_le_bytes(b)
         };
+        // HAVING, ORDER BY and LIMIT run after the mechanism, on the
+        // released rows, as in threshold scenes (post-processing costs no
+        // budget): the mechanism then releases every column of the
+        // releasing aggregate, and the query's plan above it runs on them.
+        let (aggregate, post) = if dp::has_post_processing(&plan) {
+            let map = dp::post_output_map(&plan)?;
+            (gate::releasing(&plan)?.clone(), Some((plan, map)))
+        } else {
+            (plan, None)
+        };
         let q = dp::plan(
-            plan,
+            aggregate,
             &datasets,
             udfs,
             privacy,
@@ -1186,12 +1196,23 @@ impl Node {
                 released.suppressed
             ));
         }
-        report.accuracy = released.accuracy;
+        let (columns, rows, accuracy) = match &post {
+            None => (q.columns, released.rows, released.accuracy),
+            Some((plan, map)) => {
+                explanation.push(
+                    "HAVING, ORDER BY and LIMIT ran after the noise, on the released rows only"
+                        .into(),
+                );
+                self.dp_post_process(state, plan, map, released.rows, released.accuracy)
+                    .await?
+            }
+        };
+        report.accuracy = accuracy;
         Ok((
             Outcome {
                 status: Status::Released,
-                columns: q.columns,
-                rows: released.rows,
+                columns,
+                rows,
                 suppressed_groups: released.suppressed,
                 code: None,
                 rule: None,
@@ -1204,6 +1225,68 @@ impl Node {
             },
             digest,
         ))
+    }
+
+    /// A DP query's post-processing (HAVING, ORDER BY, LIMIT, its output
+    /// columns) over the rows the mechanism released for the releasing
+    /// aggregate's columns; each output value keeps its interval (`map`:
+    /// the aggregate column of each output column). Returns the output
+    /// columns, rows and intervals.
+    #[allow(clippy::type_complexity)]
+    async fn dp_post_process(
+        &self,
+        state: &datafusion::execution::SessionState,
+        plan: &datafusion::logical_expr::LogicalPlan,
+        map: &[usize],
+        rows: Vec<Vec<Cell>>,
+        accuracy: Vec<Vec<Option<dp::Accuracy>>>,
+    ) -> Result<(Vec<String>, Vec<Vec<Cell>>, Vec<Vec<Option<dp::Accuracy>>>)> {
+        let types: Vec<_> = gate::releasing(plan)?
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let table = gate::cells_batch(&rows, &types, true)?;
+        let post = gate::post_process_tracked(plan, table)?;
+        let physical = state
+            .create_physical_plan(&post)
+            .await
+            .map_err(plan_refusal)?;
+        let batches = self.execute(state, physical).await?;
+        let mut out_rows = Vec::new();
+        let mut out_accuracy = Vec::new();
+        for b in &batches {
+            let columns: Vec<Vec<Cell>> = b
+                .columns()
+                .iter()
+                .map(gate::column_cells)
+                .collect::<Result<_>>()?;
+            let Some((numbers, values)) = columns.split_last() else {
+                continue;
+            };
+            for (r, n) in numbers.iter().enumerate() {
+                let Cell::Int(n) = n else {
+                    return Err(Error::internal("a post-processed row without its number"));
+                };
+                let source = accuracy
+                    .get(*n as usize)
+                    .ok_or_else(|| Error::internal("a post-processed row number"))?;
+                out_rows.push(values.iter().map(|c| c[r].clone()).collect());
+                out_accuracy.push(
+                    map.iter()
+                        .map(|j| source.get(*j).copied().flatten())
+                        .collect(),
+                );
+            }
+        }
+        let columns = plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        Ok((columns, out_rows, out_accuracy))
     }
 
     /// Step 6 in DP mode: every partition of the scan streams into its own

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::message::{Inbox, Message};
 use crate::share::{add, decode_int, from_bytes, split, to_bytes};
 
-/// One party's state in one aggregation session.
-#[derive(Debug)]
+/// One party's state in one aggregation session. It holds shares: its
+/// `Debug` names none, and they are wiped on drop.
 pub struct Aggregation {
     session: [u8; 32],
     me: u16,
@@ -37,6 +37,30 @@ pub struct Aggregation {
     held: Option<Vec<Scalar>>,
     summed: bool,
     next_open: u32,
+}
+
+impl std::fmt::Debug for Aggregation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregation")
+            .field("me", &self.me)
+            .field("parties", &self.parties)
+            .field("len", &self.len)
+            .field("pending", &self.pending.len())
+            .field("summed", &self.summed)
+            .field("next_open", &self.next_open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Aggregation {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.as_mut() {
+            zeroize::Zeroize::zeroize(held);
+        }
+        for p in self.pending.values_mut() {
+            zeroize::Zeroize::zeroize(p);
+        }
+    }
 }
 
 impl Aggregation {
