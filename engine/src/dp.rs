@@ -1209,20 +1209,27 @@ fn defining(plan: &LogicalPlan, idx: usize) -> Option<(&Expr, &LogicalPlan)> {
         LogicalPlan::SubqueryAlias(a) => defining(&a.input, idx),
         LogicalPlan::Filter(f) => defining(&f.input, idx),
         LogicalPlan::Join(j) => {
-            let nl = j.left.schema().fields().len();
-            match j.join_type {
-                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
-                    if idx < nl {
-                        defining(&j.left, idx)
-                    } else {
-                        defining(&j.right, idx - nl)
-                    }
-                }
-                JoinType::LeftSemi | JoinType::LeftAnti => defining(&j.left, idx),
-                JoinType::RightSemi | JoinType::RightAnti => defining(&j.right, idx),
-                _ => None,
+            let (side, i) = join_side(j, idx)?;
+            defining(side, i)
+        }
+        _ => None,
+    }
+}
+
+/// The input of join `j` that its output column `idx` comes from, and the
+/// column's index there.
+fn join_side(j: &datafusion::logical_expr::Join, idx: usize) -> Option<(&LogicalPlan, usize)> {
+    let nl = j.left.schema().fields().len();
+    match j.join_type {
+        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
+            if idx < nl {
+                Some((&j.left, idx))
+            } else {
+                Some((&j.right, idx - nl))
             }
         }
+        JoinType::LeftSemi | JoinType::LeftAnti => Some((&j.left, idx)),
+        JoinType::RightSemi | JoinType::RightAnti => Some((&j.right, idx)),
         _ => None,
     }
 }
@@ -1247,19 +1254,8 @@ fn origin(plan: &LogicalPlan, idx: usize) -> Option<(String, String)> {
         LogicalPlan::SubqueryAlias(a) => origin(&a.input, idx),
         LogicalPlan::Filter(f) => origin(&f.input, idx),
         LogicalPlan::Join(j) => {
-            let nl = j.left.schema().fields().len();
-            match j.join_type {
-                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
-                    if idx < nl {
-                        origin(&j.left, idx)
-                    } else {
-                        origin(&j.right, idx - nl)
-                    }
-                }
-                JoinType::LeftSemi | JoinType::LeftAnti => origin(&j.left, idx),
-                JoinType::RightSemi | JoinType::RightAnti => origin(&j.right, idx),
-                _ => None,
-            }
+            let (side, i) = join_side(j, idx)?;
+            origin(side, i)
         }
         LogicalPlan::TableScan(s) => Some((
             s.table_name.table().to_string(),

@@ -15,11 +15,9 @@ use kexin_engine::identity::{Signed, nonce, tag};
 use kexin_engine::policy::Space;
 use serde_json::Value;
 
-#[allow(dead_code)]
-mod support;
+use crate::support;
 
-#[path = "../sandbox/tests/fixtures/mod.rs"]
-mod fixtures;
+use crate::fixtures;
 
 use support::nodes::{BIN, Federation, path};
 

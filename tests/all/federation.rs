@@ -23,8 +23,7 @@ use kexin_engine::identity::tag;
 use kexin_engine::policy::Space;
 use serde_json::Value;
 
-#[allow(dead_code)]
-mod support;
+use crate::support;
 
 use support::nodes::{BIN, Federation, path};
 

@@ -556,7 +556,7 @@ fn audit_list_does_not_create_state() {
 #[test]
 fn dp_query_json_and_budget_show() {
     // One hospital: no other node has to accept the charge (with several,
-    // their node servers must run; tests/federation.rs covers that).
+    // their node servers must run; tests/all/federation.rs covers that).
     let t = tempfile::tempdir().expect("tempdir");
     generate_hospitals(t.path(), "1");
     let dir = t.path().to_str().expect("utf8");

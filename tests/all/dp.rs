@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -710,7 +710,7 @@ fn first_value(o: &Outcome) -> Option<f64> {
 /// e^ε / (1 + e^ε) (plus δ); the attacks used to give a certain bit, which
 /// this catches at any plausible sampling error. Classes 5–8 (availability,
 /// budget scope, timing, evidence) have no neighbouring-database form; they
-/// are tested in `tests/release_boundary.rs`, `tests/federation.rs` and the
+/// are tested in `tests/all/release_boundary.rs`, `tests/all/federation.rs` and the
 /// node's unit tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_attack_class_is_a_neighbouring_pair_under_dp() {
