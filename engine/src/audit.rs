@@ -95,7 +95,7 @@ impl AuditEntry {
     ) -> AuditEntry {
         AuditEntry {
             seq: 0,
-            time: crate::store::now_utc().1,
+            time: crate::clock::now_utc().1,
             node: node.to_string(),
             actor: actor.to_string(),
             scene: scene.to_string(),

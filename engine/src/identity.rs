@@ -22,10 +22,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::error::{Code, Error, Result, refuse};
-use crate::store::now_utc;
 
-/// How far a request's timestamp may be from the receiver's clock.
-pub const FRESHNESS_SECONDS: i64 = 300;
+pub use crate::clock::{FRESHNESS_SECONDS, fresh, parse_time, valid_date};
 
 /// The largest signed envelope a node parses (a query's SQL is limited
 /// separately, and more tightly, by the space's limits).
@@ -225,42 +223,6 @@ pub fn nonce() -> Result<String> {
     Ok(hex::encode(b))
 }
 
-/// Seconds since the epoch of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn parse_time(ts: &str) -> Option<i64> {
-    let b = ts.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let days = crate::mask::days_from_civil(y, mo as u32, d as u32);
-    Some(days * 86_400 + h * 3600 + mi * 60 + s)
-}
-
-/// Is `time` within the freshness window of the receiver's clock?
-pub fn fresh(time: &str) -> Result<()> {
-    let now = parse_time(&now_utc().1).ok_or_else(|| Error::internal("clock"))?;
-    match parse_time(time) {
-        None => refuse(Code::Auth, "the request's timestamp is malformed"),
-        Some(t) if (t - now).abs() > FRESHNESS_SECONDS => {
-            refuse(Code::Auth, "the request is stale or from the future")
-        }
-        Some(_) => Ok(()),
-    }
-}
-
-/// A calendar date `YYYY-MM-DD` that exists.
-pub fn valid_date(d: &str) -> bool {
-    parse_time(&format!("{d}T00:00:00Z")).is_some_and(|t| {
-        let (y, m, dd) = crate::mask::civil_from_days(t.div_euclid(86_400));
-        format!("{y:04}-{m:02}-{dd:02}") == d
-    })
-}
-
 /// GB 11643-1999 check character of the first 17 digits (ISO 7064 MOD 11-2).
 pub fn gb11643_check(first17: &str) -> Option<char> {
     const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
@@ -304,6 +266,7 @@ impl std::fmt::Debug for IdCardNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::now_utc;
 
     #[test]
     fn signatures_bind_tag_and_body() {

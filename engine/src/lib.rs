@@ -2,10 +2,12 @@
 //!
 //! A researcher's SQL is data: it is parsed, checked and rewritten before it
 //! runs, and only what passes the output gate leaves. The modules follow the
-//! query path of DESIGN.md:
+//! query path of `docs/query-path.md`, with time and purposes at the ground:
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`clock`] | the one clock source, timestamps, calendar days, the freshness window of signed requests |
+//! | [`purpose`] | DUO purposes of use and their matching (ICD-10 disease codes) |
 //! | [`policy`] | `space.toml`: datasets, column grades/kinds/masks/bounds, scenes, members, limits |
 //! | [`mask`] | the column masks and clamps applied at the scan (`kexin_mask`) |
 //! | [`disclosure`] | lineage checks: what each output column derives from, refusal rules |
@@ -19,7 +21,7 @@
 //! | [`dp`] | DP mode: contribution bounding, noise calibration, partition selection, accuracy |
 //! | [`udf`] | approved WebAssembly UDFs bound into a query as DataFusion functions |
 //! | [`identity`] | member key files, operator-signed certificates, signed requests, GB 11643 ID numbers |
-//! | [`consent`] | DUO purposes and their matching, consent receipts, the consent filter at the scan |
+//! | [`consent`] | consent receipts, the consent filter at the scan |
 //! | [`contribution`] | individuals' Prio3 reports at an aggregator: grants, storage, batches, audit |
 //! | [`registry`] | the space's registry: issued certificates and consent receipts (SQLite, audited) |
 //! | [`ledger`] | one DP budget per requester organisation over all scenes and nodes; peers accept each charge first |
@@ -50,6 +52,7 @@
 pub mod airlock;
 pub mod audit;
 pub mod cells;
+pub mod clock;
 pub mod consent;
 pub mod contract;
 pub mod contribution;
@@ -64,6 +67,7 @@ pub mod mask;
 pub mod node;
 pub mod noise;
 pub mod policy;
+pub mod purpose;
 pub mod registry;
 pub mod rewrite;
 pub mod store;

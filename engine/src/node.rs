@@ -38,6 +38,10 @@ use crate::rewrite::{Harden, PolicyRewrite, TableRewrite, harden};
 use crate::store::{NodeKeys, Store, UdfApproval, now_utc};
 use crate::udf::{QueryUdfs, UdfHost, fault_refusal, find_fault};
 
+// The node's services, as child modules (they see its private fields).
+mod budget;
+mod contracts;
+
 /// A researcher's request.
 #[derive(Debug, Clone)]
 pub struct QueryRequest {

@@ -161,7 +161,7 @@ pub struct Scene {
     pub purpose: String,
     pub disease: Option<String>,
     /// The DUO purpose parsed from `purpose` and `disease`.
-    pub purpose_code: crate::consent::Purpose,
+    pub purpose_code: crate::purpose::Purpose,
     /// The purpose as stated to data subjects in Chinese (处理目的), shown
     /// with consent receipts and history.
     pub purpose_zh: Option<String>,
@@ -825,7 +825,7 @@ impl Space {
                     ));
                 }
             };
-            let purpose_code = crate::consent::Purpose::parse(&s.purpose, s.disease.as_deref())
+            let purpose_code = crate::purpose::Purpose::parse(&s.purpose, s.disease.as_deref())
                 .map_err(|e| err(at("purpose"), e))?;
             let scene_nodes = s.nodes.clone().unwrap_or_else(|| raw.space.nodes.clone());
             if s.nodes.is_some() && !s.federated {

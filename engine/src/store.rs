@@ -13,7 +13,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -21,21 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, Checkpoint, Hash, NoteKey, leaf_hash, tree_root};
 use crate::error::{Error, Result};
-use crate::mask::{SecretKey, civil_from_days};
+use crate::mask::SecretKey;
 
-/// The current UTC time as (`YYYY-MM-DD`, RFC 3339 with seconds). The one
-/// clock source for validity windows and audit timestamps.
-pub fn now_utc() -> (String, String) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    let date = format!("{y:04}-{m:02}-{d:02}");
-    let ts = format!("{date}T{:02}:{:02}:{:02}Z", s / 3600, (s / 60) % 60, s % 60);
-    (date, ts)
-}
+pub use crate::clock::now_utc;
 
 #[derive(Serialize, Deserialize)]
 struct KeyFile {
@@ -423,7 +410,7 @@ impl Store {
     /// replay. Nonces older than twice the freshness window are dropped:
     /// requests that old are refused as stale anyway.
     pub fn take_nonce(&mut self, member: &str, nonce: &str, time: &str) -> Result<()> {
-        let t = crate::identity::parse_time(time).ok_or_else(|| {
+        let t = crate::clock::parse_time(time).ok_or_else(|| {
             Error::refused(crate::Code::Auth, "the request's timestamp is malformed")
         })?;
         if nonce.len() < 16 || nonce.len() > 128 {
@@ -437,7 +424,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "DELETE FROM request_nonce WHERE time < ?1",
-            params![t - 2 * crate::identity::FRESHNESS_SECONDS],
+            params![t - 2 * crate::clock::FRESHNESS_SECONDS],
         )?;
         let fresh = tx.execute(
             "INSERT OR IGNORE INTO request_nonce (member, nonce, time) VALUES (?1, ?2, ?3)",

@@ -8,6 +8,7 @@
 //! - `udf`: WebAssembly UDFs, hostile modules included;
 //! - `governance`: consent, contracts, the airlock, signed requests;
 //! - `cli`, `durability`: the command line, audit tampering, kill -9;
+//! - `layers`: the engine's import circles (only the known ones remain);
 //! - `federation`, `encrypted`: node processes, joint queries, PSI, the
 //!   FHE gate and Prio3.
 //!
@@ -31,6 +32,7 @@ mod encrypted;
 mod federation;
 mod gate_rules;
 mod governance;
+mod layers;
 mod query_path;
 mod release_boundary;
 mod udf;

@@ -1,0 +1,194 @@
+//! The engine's module graph: which modules import which (`crate::x`,
+//! outside `#[cfg(test)]`), and the import circles in it. A circle that is
+//! not listed in [`KNOWN`] fails (a new one was introduced); a listed one
+//! that is gone fails too, so the list only shrinks as the layout of
+//! `docs/contributing.md` is reached. `.ci/layers` checks the crate level.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Circles that remain, each as its sorted member modules. None: the last
+/// three (audit–identity–store, consent–policy, contract–ledger–node) were
+/// broken by `clock`, `purpose` and `node`'s child modules.
+const KNOWN: &[&[&str]] = &[];
+
+/// The first path segment of every `crate::…` reference in `code`,
+/// including each item of a `crate::{a, b::c}` group.
+fn references(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Top-level items of a (possibly nested) group.
+            let mut depth = 0;
+            let mut item = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.insert(first_segment(&item));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(c);
+            }
+            out.insert(first_segment(&item));
+        } else {
+            out.insert(first_segment(rest));
+        }
+    }
+    out.remove("");
+    out
+}
+
+fn first_segment(s: &str) -> String {
+    s.trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The references of a source file outside its test module (tests may
+/// import what they test against).
+fn file_references(p: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(p).unwrap();
+    references(text.split("#[cfg(test)]").next().unwrap_or_default())
+}
+
+/// Module → the crate's modules it imports, for `engine/src/*.rs`; the
+/// files of a module's folder (`engine/src/node/*.rs`, its child modules)
+/// count as the module.
+fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut modules: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        if p.is_dir() {
+            let mut all = BTreeSet::new();
+            for c in std::fs::read_dir(&p).unwrap() {
+                let c = c.unwrap().path();
+                if c.extension().is_some_and(|x| x == "rs") {
+                    all.extend(file_references(&c));
+                }
+            }
+            modules.entry(name).or_default().extend(all);
+            continue;
+        }
+        if p.extension().is_none_or(|x| x != "rs") || name == "lib" {
+            continue;
+        }
+        modules.entry(name).or_default().extend(file_references(&p));
+    }
+    let names: BTreeSet<String> = modules.keys().cloned().collect();
+    for (m, deps) in modules.iter_mut() {
+        deps.retain(|d| d != m && names.contains(d));
+    }
+    modules
+}
+
+/// The strongly connected components with more than one module (Tarjan).
+fn circles(g: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct T<'a> {
+        g: &'a BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on: BTreeSet<&'a str>,
+        out: Vec<Vec<String>>,
+    }
+    fn visit<'a>(t: &mut T<'a>, v: &'a str) {
+        let i = t.index.len();
+        t.index.insert(v, i);
+        t.low.insert(v, i);
+        t.stack.push(v);
+        t.on.insert(v);
+        for w in &t.g[v] {
+            let w = w.as_str();
+            if !t.index.contains_key(w) {
+                visit(t, w);
+                let l = t.low[w].min(t.low[v]);
+                t.low.insert(v, l);
+            } else if t.on.contains(w) {
+                let l = t.index[w].min(t.low[v]);
+                t.low.insert(v, l);
+            }
+        }
+        if t.low[v] == t.index[v] {
+            let mut c = Vec::new();
+            while let Some(w) = t.stack.pop() {
+                t.on.remove(w);
+                c.push(w.to_string());
+                if w == v {
+                    break;
+                }
+            }
+            if c.len() > 1 {
+                c.sort();
+                t.out.push(c);
+            }
+        }
+    }
+    let mut t = T {
+        g,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on: BTreeSet::new(),
+        out: Vec::new(),
+    };
+    for v in g.keys() {
+        if !t.index.contains_key(v.as_str()) {
+            visit(&mut t, v);
+        }
+    }
+    t.out.sort();
+    t.out
+}
+
+#[test]
+fn the_engine_has_only_the_known_import_circles() {
+    let g = graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/src"));
+    let found = circles(&g);
+    let known: Vec<Vec<String>> = KNOWN
+        .iter()
+        .map(|c| c.iter().map(|s| s.to_string()).collect())
+        .collect();
+    assert_eq!(
+        found, known,
+        "the engine's import circles changed; a new circle is a layering error (see docs/contributing.md), a broken one is progress: update KNOWN"
+    );
+    // The ground floor imports nothing above it.
+    for ground in ["error", "clock", "purpose", "noise", "cells", "mask"] {
+        let above: Vec<&String> = g[ground]
+            .iter()
+            .filter(|d| !["error", "clock"].contains(&d.as_str()))
+            .collect();
+        assert!(above.is_empty(), "{ground} imports {above:?}");
+    }
+}
+
+#[test]
+fn references_read_groups_and_paths() {
+    let r =
+        references("use crate::{audit::{A, B}, store::now, error};\nlet x = crate::dp::plan();");
+    let want: BTreeSet<String> = ["audit", "store", "error", "dp"]
+        .map(String::from)
+        .into_iter()
+        .collect();
+    assert_eq!(r, want);
+    let g: BTreeMap<String, BTreeSet<String>> = [
+        ("a", vec!["b"]),
+        ("b", vec!["c"]),
+        ("c", vec!["a"]),
+        ("d", vec!["a"]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+    .collect();
+    assert_eq!(circles(&g), vec![vec!["a", "b", "c"]]);
+}
