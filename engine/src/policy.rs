@@ -481,42 +481,23 @@ struct RawPrivacy {
     groups_per_person: Option<u32>,
 }
 
-// ---------------------------------------------------------------- loading
+/// `space.toml` read one section at a time; `file` names it in errors.
+struct Sections<'a> {
+    file: &'a str,
+}
 
-impl Space {
-    /// Load `DIR/space.toml`.
-    pub fn load(dir: &Path) -> Result<Space> {
-        let path = dir.join("space.toml");
-        let file = path.display().to_string();
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Error::config(&file, "(file)", format!("cannot read: {e}")))?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| Error::config(&file, "(file)", "not valid UTF-8"))?;
-        Self::parse(dir, &file, text, Sha256::digest(&bytes).into())
-    }
-
-    /// Parse and validate policy text. `file` is only used in error messages.
-    pub fn parse(dir: &Path, file: &str, text: &str, policy_digest: [u8; 32]) -> Result<Space> {
-        let raw: RawSpaceFile = toml::from_str(text).map_err(|e| {
-            let field = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].lines().count().max(1);
-                    format!("line {line}")
-                })
-                .unwrap_or_else(|| "(document)".into());
-            Error::config(file, field, e.message().to_string())
-        })?;
-        let err = |field: String, reason: String| Error::config(file, field, reason);
-
-        let name = raw.space.name.trim().to_string();
+impl Sections<'_> {
+    /// `[space]`: the name and the nodes.
+    fn space(&self, space: &RawSpace) -> Result<String> {
+        let err = |field: String, reason: String| Error::config(self.file, field, reason);
+        let name = space.name.trim().to_string();
         if name.is_empty() {
             return Err(err("space.name".into(), "must not be empty".into()));
         }
-        if raw.space.nodes.is_empty() {
+        if space.nodes.is_empty() {
             return Err(err("space.nodes".into(), "list at least one node".into()));
         }
-        for n in &raw.space.nodes {
+        for n in &space.nodes {
             if !valid_name(n) {
                 return Err(err(
                     "space.nodes".into(),
@@ -524,9 +505,14 @@ impl Space {
                 ));
             }
         }
+        Ok(name)
+    }
 
+    /// `[limits]`, each within its range.
+    fn limits(&self, raw: Option<RawLimits>) -> Result<Limits> {
+        let err = |field: String, reason: String| Error::config(self.file, field, reason);
         let mut limits = Limits::default();
-        if let Some(l) = raw.limits {
+        if let Some(l) = raw {
             if let Some(v) = l.max_sql_bytes {
                 if !(64..=1 << 20).contains(&v) {
                     return Err(err(
@@ -579,9 +565,18 @@ impl Space {
                 limits.response_quantum_ms = v;
             }
         }
+        Ok(limits)
+    }
 
+    /// `[member.*]`: names, roles, the nodes they act for, jurisdictions.
+    fn members(
+        &self,
+        raw: BTreeMap<String, RawMember>,
+        nodes: &[String],
+    ) -> Result<BTreeMap<String, Member>> {
+        let err = |field: String, reason: String| Error::config(self.file, field, reason);
         let mut members = BTreeMap::new();
-        for (mname, m) in raw.member {
+        for (mname, m) in raw {
             if !valid_name(&mname) {
                 return Err(err(
                     format!("member.{mname}"),
@@ -600,7 +595,7 @@ impl Space {
                 ));
             }
             for n in &m.nodes {
-                if !raw.space.nodes.contains(n) {
+                if !nodes.contains(n) {
                     return Err(err(
                         format!("member.{mname}.nodes"),
                         format!("{n:?} is not a node of the space"),
@@ -626,9 +621,14 @@ impl Space {
                 },
             );
         }
+        Ok(members)
+    }
 
+    /// `[dataset.*]`: sources, person keys, and every column's policy.
+    fn datasets(&self, raw: BTreeMap<String, RawDataset>) -> Result<BTreeMap<String, Dataset>> {
+        let err = |field: String, reason: String| Error::config(self.file, field, reason);
         let mut datasets = BTreeMap::new();
-        for (dname, d) in raw.dataset {
+        for (dname, d) in raw {
             let at = |f: &str| format!("dataset.{dname}.{f}");
             if !valid_name(&dname) {
                 return Err(err(
@@ -759,9 +759,19 @@ impl Space {
                 },
             );
         }
+        Ok(datasets)
+    }
 
+    /// `[scene.*]`, against the datasets and nodes already read.
+    fn scenes(
+        &self,
+        raw: BTreeMap<String, RawScene>,
+        datasets: &BTreeMap<String, Dataset>,
+        nodes: &[String],
+    ) -> Result<BTreeMap<String, Scene>> {
+        let err = |field: String, reason: String| Error::config(self.file, field, reason);
         let mut scenes = BTreeMap::new();
-        for (sname, s) in raw.scene {
+        for (sname, s) in raw {
             let at = |f: &str| format!("scene.{sname}.{f}");
             if !valid_name(&sname) {
                 return Err(err(
@@ -827,14 +837,14 @@ impl Space {
             };
             let purpose_code = crate::purpose::Purpose::parse(&s.purpose, s.disease.as_deref())
                 .map_err(|e| err(at("purpose"), e))?;
-            let scene_nodes = s.nodes.clone().unwrap_or_else(|| raw.space.nodes.clone());
+            let scene_nodes = s.nodes.clone().unwrap_or_else(|| nodes.to_vec());
             if s.nodes.is_some() && !s.federated {
                 return Err(err(
                     at("nodes"),
                     "only federated scenes list their nodes".into(),
                 ));
             }
-            if let Some(n) = scene_nodes.iter().find(|n| !raw.space.nodes.contains(n)) {
+            if let Some(n) = scene_nodes.iter().find(|n| !nodes.contains(n)) {
                 return Err(err(at("nodes"), format!("{n:?} is not in space.nodes")));
             }
             if s.federated && release == Release::Review {
@@ -892,7 +902,7 @@ impl Space {
                         }
                     };
                     let [a, b] = c.aggregators;
-                    if a == b || !raw.space.nodes.contains(&a) || !raw.space.nodes.contains(&b) {
+                    if a == b || !nodes.contains(&a) || !nodes.contains(&b) {
                         return Err(bad("aggregators must be two different nodes of the space"));
                     }
                     let min_batch = c.min_batch.unwrap_or(100);
@@ -1067,7 +1077,64 @@ impl Space {
                 },
             );
         }
+        Ok(scenes)
+    }
 
+    /// `[privacy]`: the budget per requester organisation.
+    fn privacy(&self, raw: Option<RawSpacePrivacy>) -> Result<Option<f64>> {
+        let err = |field: String, reason: String| Error::config(self.file, field, reason);
+        let epsilon_per_requester = match raw {
+            None => None,
+            Some(p)
+                if p.epsilon_per_requester.is_finite()
+                    && (1e-4..=100.0).contains(&p.epsilon_per_requester) =>
+            {
+                Some(p.epsilon_per_requester)
+            }
+            Some(_) => {
+                return Err(err(
+                    "privacy.epsilon_per_requester".into(),
+                    "must be 0.0001..=100".into(),
+                ));
+            }
+        };
+        Ok(epsilon_per_requester)
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+impl Space {
+    /// Load `DIR/space.toml`.
+    pub fn load(dir: &Path) -> Result<Space> {
+        let path = dir.join("space.toml");
+        let file = path.display().to_string();
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::config(&file, "(file)", format!("cannot read: {e}")))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| Error::config(&file, "(file)", "not valid UTF-8"))?;
+        Self::parse(dir, &file, text, Sha256::digest(&bytes).into())
+    }
+
+    /// Parse and validate policy text. `file` is only used in error messages.
+    pub fn parse(dir: &Path, file: &str, text: &str, policy_digest: [u8; 32]) -> Result<Space> {
+        let raw: RawSpaceFile = toml::from_str(text).map_err(|e| {
+            let field = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "(document)".into());
+            Error::config(file, field, e.message().to_string())
+        })?;
+        let err = |field: String, reason: String| Error::config(file, field, reason);
+        let sections = Sections { file };
+        let name = sections.space(&raw.space)?;
+        let limits = sections.limits(raw.limits)?;
+        let members = sections.members(raw.member, &raw.space.nodes)?;
+        let datasets = sections.datasets(raw.dataset)?;
+        let scenes = sections.scenes(raw.scene, &datasets, &raw.space.nodes)?;
         let operator_key = match &raw.space.operator_key {
             None => None,
             Some(k) => Some(crate::identity::parse_public_key(k).ok_or_else(|| {
@@ -1092,21 +1159,7 @@ impl Space {
                 ));
             }
         }
-        let epsilon_per_requester = match raw.privacy {
-            None => None,
-            Some(p)
-                if p.epsilon_per_requester.is_finite()
-                    && (1e-4..=100.0).contains(&p.epsilon_per_requester) =>
-            {
-                Some(p.epsilon_per_requester)
-            }
-            Some(_) => {
-                return Err(err(
-                    "privacy.epsilon_per_requester".into(),
-                    "must be 0.0001..=100".into(),
-                ));
-            }
-        };
+        let epsilon_per_requester = sections.privacy(raw.privacy)?;
         exact_beside_dp(&scenes, &datasets).map_err(|(f, r)| err(f, r))?;
         Ok(Space {
             dir: dir.to_path_buf(),
