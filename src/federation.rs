@@ -27,11 +27,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
-use kexin_engine::federated::{
-    FederateBody, JointDecision, JointRows, JointTrace, PsiBody, session_id,
-};
+use kexin_engine::federated::{FederateBody, JointDecision, JointRows, PsiBody, session_id};
 use kexin_engine::identity::{Signed, tag};
-use kexin_engine::node::{Node, QueryRequest};
+use kexin_engine::node::{JointTrace, Node, QueryRequest};
 use kexin_engine::policy::Space;
 use kexin_engine::{Code, Refusal};
 use kexin_mpc::aggregate::Aggregation;

@@ -41,6 +41,9 @@ use crate::udf::{QueryUdfs, UdfHost, fault_refusal, find_fault};
 // The node's services, as child modules (they see its private fields).
 mod budget;
 mod contracts;
+mod joint;
+
+pub use joint::JointTrace;
 
 /// A researcher's request.
 #[derive(Debug, Clone)]
