@@ -1057,15 +1057,6 @@ impl Node {
             .iter()
             .filter_map(|d| self.space.datasets.get(d).map(|x| (d.clone(), x)))
             .collect();
-        let key = |label: &str| {
-            let k = self
-                .keys
-                .master
-                .derive(format!("kexin/dp-{label}/v1/{}", scene.name).as_bytes());
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&k.expose()[..8]);
-            u64::from_le_bytes(b)
-        };
         // HAVING, ORDER BY and LIMIT run after the mechanism, on the
         // released rows, as in threshold scenes (post-processing costs no
         // budget): the mechanism then releases every column of the
@@ -1082,8 +1073,8 @@ impl Node {
             udfs,
             privacy,
             &scene.output,
-            key("rows"),
-            key("groups"),
+            self.dp_key(scene, "rows"),
+            self.dp_key(scene, "groups"),
         )?;
         let optimized = state.optimize(&q.plan).map_err(plan_refusal)?;
         // A different consent set is a different computation: never answered
@@ -1232,6 +1223,19 @@ impl Node {
             },
             digest,
         ))
+    }
+
+    /// The keyed-priority key `label` (`rows` or `groups`) of DP bounding
+    /// under `scene`, derived from the node's master key: the same rows and
+    /// groups are kept for a person whatever the file order.
+    pub(crate) fn dp_key(&self, scene: &Scene, label: &str) -> u64 {
+        let k = self
+            .keys
+            .master
+            .derive(format!("kexin/dp-{label}/v1/{}", scene.name).as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&k.expose()[..8]);
+        u64::from_le_bytes(b)
     }
 
     /// A DP query's post-processing (HAVING, ORDER BY, LIMIT, its output

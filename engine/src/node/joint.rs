@@ -177,23 +177,14 @@ impl Node {
             rows_per_person: 1,
             groups_per_person: 1,
         });
-        let derive = |label: &str| {
-            let k = self
-                .keys
-                .master
-                .derive(format!("kexin/dp-{label}/v1/{}", scene.name).as_bytes());
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&k.expose()[..8]);
-            u64::from_le_bytes(b)
-        };
         let mut q = dp::plan(
             admitted.plan,
             &datasets,
             &admitted.udfs,
             &privacy,
             &scene.output,
-            derive("rows"),
-            derive("groups"),
+            self.dp_key(scene, "rows"),
+            self.dp_key(scene, "groups"),
         )?;
         let Some(cells) = q.mechanism.domain.clone() else {
             return refuse(
@@ -214,17 +205,7 @@ impl Node {
             }
         }
         let state = admitted.state;
-        let optimized = state.optimize(&q.plan).map_err(|e| {
-            tracing::debug!(
-                target: "kexin::node",
-                "federated planning failed: {}",
-                crate::node::scrubbed(&e)
-            );
-            refusal(
-                Code::SqlUnknown,
-                "the query does not plan against the scene's schema",
-            )
-        })?;
+        let optimized = state.optimize(&q.plan).map_err(unplanned)?;
         if let (false, Some(p)) = (exact, &scene.privacy) {
             // Every party charges itself; the first also charges the nodes
             // of the space outside the computation, so that every ledger
@@ -250,17 +231,7 @@ impl Node {
             .query_planner()
             .create_physical_plan(&optimized, &state)
             .await
-            .map_err(|e| {
-                tracing::debug!(
-                    target: "kexin::node",
-                    "federated planning failed: {}",
-                    crate::node::scrubbed(&e)
-                );
-                refusal(
-                    Code::SqlUnknown,
-                    "the query does not plan against the scene's schema",
-                )
-            })?;
+            .map_err(unplanned)?;
         // A failure here can depend on the data (a deadline, the memory
         // pool, a module that faults on too many rows). It must not show:
         // the node still takes part with a vector that suppresses every
@@ -272,22 +243,19 @@ impl Node {
             Ok(scans) => q.mechanism.totals(&q.bounding, &scans),
             Err(e) => Err(e),
         };
-        let totals = match totals {
-            Ok(t) => Some(t),
+        let (totals, withheld) = match totals {
+            Ok(t) => (t, false),
             Err(Error::Refused(r)) if r.code.data_dependent() => {
                 trace.withheld = Some(r);
-                None
+                (Vec::new(), true)
             }
             Err(e) => return Err(e),
         };
         // Align to the public domain: every node's vector has the same
         // cells in the same order; keys outside the domain are dropped.
         let nstats = q.mechanism.stats.len();
-        let mut by_key: BTreeMap<String, Vec<i128>> = totals
-            .iter()
-            .flatten()
-            .map(|(k, t)| (key_text(k), t.clone()))
-            .collect();
+        let mut by_key: BTreeMap<String, Vec<i128>> =
+            totals.into_iter().map(|(k, t)| (key_text(&k), t)).collect();
         let mut input = Vec::with_capacity(cells.len() * nstats);
         for c in &cells {
             match by_key.remove(&key_text(c)) {
@@ -295,7 +263,7 @@ impl Node {
                 None => input.extend(std::iter::repeat_n(0, nstats)),
             }
         }
-        if !exact && totals.is_some() {
+        if !exact && !withheld {
             // This node's share of the noise of every total.
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).map_err(Error::internal)?;
@@ -329,17 +297,14 @@ impl Node {
             bounding: (q.bounding.k, q.bounding.l),
             digest,
         };
-        Ok(match totals {
-            Some(_) => JointPartial {
-                plan,
-                input,
-                withheld: false,
+        Ok(JointPartial {
+            input: if withheld {
+                plan.withheld_input()
+            } else {
+                input
             },
-            None => JointPartial {
-                input: plan.withheld_input(),
-                plan,
-                withheld: true,
-            },
+            plan,
+            withheld,
         })
     }
 
@@ -591,4 +556,18 @@ impl Node {
             .append_with(e, &self.keys, |_, _| Ok(()))?;
         Ok(seq)
     }
+}
+
+/// A federated query that does not plan against the scene's schema. The
+/// DataFusion text may quote values: only its kind is logged.
+fn unplanned(e: datafusion::error::DataFusionError) -> Error {
+    tracing::debug!(
+        target: "kexin::node",
+        "federated planning failed: {}",
+        crate::node::scrubbed(&e)
+    );
+    refusal(
+        Code::SqlUnknown,
+        "the query does not plan against the scene's schema",
+    )
 }
