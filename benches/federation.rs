@@ -9,7 +9,12 @@
 
 // Bench code: a panic is the failure report, and plain DataFusion sessions
 // are the independent reference.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "a bench aborts on setup failure and compares against plain DataFusion"
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

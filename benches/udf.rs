@@ -9,13 +9,19 @@
 //! code versus LLVM's. Rows: `KEXIN_BENCH_ROWS` (default 10,000,000). The
 //! modules come from `udfs/target/wasm` (run `bash udfs/build.sh` first).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "a bench aborts on setup failure and compares against plain DataFusion"
+)]
 
 #[allow(
     unused_attributes,
     unused_imports,
     dead_code,
-    clippy::unnecessary_map_or
+    clippy::unnecessary_map_or,
+    reason = "the UDF's own source, compiled natively for the wasm-vs-native comparison; the bench calls part of it"
 )]
 #[path = "../udfs/age_band/src/lib.rs"]
 mod age_band;
@@ -23,7 +29,8 @@ mod age_band;
     unused_attributes,
     unused_imports,
     dead_code,
-    clippy::unnecessary_map_or
+    clippy::unnecessary_map_or,
+    reason = "the UDF's own source, compiled natively for the wasm-vs-native comparison; the bench calls part of it"
 )]
 #[path = "../udfs/bmi/src/lib.rs"]
 mod bmi;
@@ -31,7 +38,8 @@ mod bmi;
     unused_attributes,
     unused_imports,
     dead_code,
-    clippy::unnecessary_map_or
+    clippy::unnecessary_map_or,
+    reason = "the UDF's own source, compiled natively for the wasm-vs-native comparison; the bench calls part of it"
 )]
 #[path = "../udfs/charlson/src/lib.rs"]
 mod charlson;
@@ -39,7 +47,8 @@ mod charlson;
     unused_attributes,
     unused_imports,
     dead_code,
-    clippy::unnecessary_map_or
+    clippy::unnecessary_map_or,
+    reason = "the UDF's own source, compiled natively for the wasm-vs-native comparison; the bench calls part of it"
 )]
 #[path = "../udfs/eag/src/lib.rs"]
 mod eag;
@@ -47,7 +56,8 @@ mod eag;
     unused_attributes,
     unused_imports,
     dead_code,
-    clippy::unnecessary_map_or
+    clippy::unnecessary_map_or,
+    reason = "the UDF's own source, compiled natively for the wasm-vs-native comparison; the bench calls part of it"
 )]
 #[path = "../udfs/egfr/src/lib.rs"]
 mod egfr;
@@ -55,7 +65,8 @@ mod egfr;
     unused_attributes,
     unused_imports,
     dead_code,
-    clippy::unnecessary_map_or
+    clippy::unnecessary_map_or,
+    reason = "the UDF's own source, compiled natively for the wasm-vs-native comparison; the bench calls part of it"
 )]
 #[path = "../udfs/geomean/src/lib.rs"]
 mod geomean;

@@ -100,7 +100,10 @@ pub fn certificate(
 
 /// A person's signed grant or revocation for a scene. The purpose defaults
 /// to the scene's.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a consent receipt's fields, in the order the CLI takes them"
+)]
 pub fn receipt(
     space: &Space,
     person: &str,
@@ -134,7 +137,10 @@ pub fn receipt(
 }
 
 /// Contract terms offered by `holder` for `node`, signed.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a contract offer's terms, in the order the CLI takes them"
+)]
 pub fn offer(
     space: &Space,
     node: &str,

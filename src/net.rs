@@ -32,7 +32,7 @@ use rustls::{
 
 /// The largest frame accepted: shares of 10 000 cells × 6 totals, or a
 /// PSI set of a million blinded points.
-pub const MAX_FRAME: usize = 40 << 20;
+pub const MAX_FRAME: usize = kexin_engine::federated::rounds::MAX_PAYLOAD;
 
 pub const CONTROL: u8 = 0;
 pub const MPC: u8 = 1;

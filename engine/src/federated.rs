@@ -26,6 +26,8 @@ use crate::gate::Cell;
 use crate::identity::Signed;
 use crate::policy::OutputRules;
 
+pub mod rounds;
+
 /// The smallest federation: with two parties, the total minus your own
 /// input is the other's input.
 pub const MIN_NODES: usize = 3;
@@ -172,7 +174,10 @@ impl JointPlan {
     /// For the FHE gate: (cells, totals per cell, position of the person
     /// count within a cell, threshold, positions of the other plain counts
     /// within a cell). Exact plans only.
-    #[allow(clippy::type_complexity)]
+    #[allow(
+        clippy::type_complexity,
+        reason = "the five parts of the gate's shape are named in the doc comment; a struct would be read once"
+    )]
     pub fn gate_shape(&self) -> Result<(usize, usize, usize, u64, Vec<usize>)> {
         let persons = self
             .mechanism

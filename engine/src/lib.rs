@@ -22,7 +22,8 @@
 //! | [`udf`] | approved WebAssembly UDFs bound into a query as DataFusion functions |
 //! | [`identity`] | member key files, operator-signed certificates, signed requests, GB 11643 ID numbers |
 //! | [`consent`] | consent receipts, the consent filter at the scan |
-//! | [`contribution`] | individuals' Prio3 reports at an aggregator: grants, storage, batches, audit |
+//! | [`contribution`] | individuals' Prio3 reports: bodies, measurements, noise shares, the released batch (the node's side is `node/contributions.rs`) |
+//! | [`federated`] | a joint computation: the signed requests, the plan every node agrees on, and [`federated::rounds`], each federated protocol as transport-free role types tested in memory |
 //! | [`registry`] | the space's registry: issued certificates and consent receipts (SQLite, audited) |
 //! | [`ledger`] | one DP budget per requester organisation over all scenes and nodes; peers accept each charge first |
 //! | [`witness`] | peers keep and countersign each node's latest checkpoint, so truncation and rollback are caught |

@@ -41,6 +41,7 @@ use crate::udf::{QueryUdfs, UdfHost, fault_refusal, find_fault};
 // The node's services, as child modules (they see its private fields).
 mod budget;
 mod contracts;
+mod contributions;
 mod joint;
 
 pub use joint::JointTrace;
@@ -258,7 +259,10 @@ impl Node {
         let keys = NodeKeys::load_or_create(&dir, &origin)?;
         let store = Store::open(&dir, &origin)?;
         // Only used to read the data files' schemas; no query runs here.
-        #[allow(clippy::disallowed_methods)]
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "schema discovery only: no researcher SQL runs in this context, it never reaches the session builder"
+        )]
         let ctx = SessionContext::new();
         let mut tables = HashMap::new();
         for ds in space.datasets.values() {
@@ -1039,7 +1043,10 @@ impl Node {
 
     /// Steps 5–7 in DP mode: plan the bounded contributions, answer a repeat
     /// from the cache, charge the budget durably, execute, add noise.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the DP path's inputs, each from one earlier step of the query path"
+    )]
     async fn run_dp(
         &self,
         req: &QueryRequest,
@@ -1243,7 +1250,10 @@ impl Node {
     /// aggregate's columns; each output value keeps its interval (`map`:
     /// the aggregate column of each output column). Returns the output
     /// columns, rows and intervals.
-    #[allow(clippy::type_complexity)]
+    #[allow(
+        clippy::type_complexity,
+        reason = "the released batch and its row map, returned together to the one caller"
+    )]
     async fn dp_post_process(
         &self,
         state: &datafusion::execution::SessionState,

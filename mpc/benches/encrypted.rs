@@ -7,7 +7,7 @@
 //!   aggregation per report (a batch of 1 000).
 
 // Bench code: a panic is the failure report.
-#![allow(clippy::expect_used)]
+#![allow(clippy::expect_used, reason = "a bench aborts on setup failure")]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kexin_mpc::fhe::{Aggregator, Encryptor, KeyHolder, Layout};

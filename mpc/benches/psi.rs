@@ -3,7 +3,7 @@
 //! (rayon), and splitting/opening a share vector.
 
 // Bench code: a panic is the failure report.
-#![allow(clippy::expect_used)]
+#![allow(clippy::expect_used, reason = "a bench aborts on setup failure")]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kexin_mpc::psi::Party;

@@ -621,7 +621,7 @@ pub fn plaintext_gate(layout: &Layout, contributions: &[Vec<i128>], k: u32) -> V
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
     use super::*;
     use std::sync::OnceLock;
 

@@ -487,7 +487,7 @@ fn split_items(mut b: &[u8], n: usize) -> Result<Vec<&[u8]>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
     use super::*;
 
     fn stored(r: &Report, agg: usize) -> Stored {

@@ -9,7 +9,7 @@
 //! negative ones as their field negation; [`decode_fixed`] maps back and
 //! refuses anything outside ±2^120, which no honest sum reaches.
 
-use curve25519_dalek::scalar::Scalar;
+pub use curve25519_dalek::scalar::Scalar;
 
 use crate::MIN_PARTIES;
 use crate::error::{Error, Result};

@@ -1,6 +1,6 @@
 //! Hostile modules against the sandbox itself: each fails with its fixed
 //! fault, and the same sandbox keeps serving well-behaved modules.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod fixtures;
 

@@ -4,7 +4,12 @@
 //! reconstruction — each run against a threshold-only scene as well, where
 //! it succeeds, so the tests show DP is what stops them.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests fail loudly and build reference contexts with plain DataFusion"
+)]
 
 use crate::support;
 

@@ -2,7 +2,7 @@
 //! contracts and airlock approvals: everything a command acknowledged is
 //! still there afterwards, and both audit logs verify.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 use crate::support;
 

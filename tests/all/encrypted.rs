@@ -2,7 +2,7 @@
 //! release (TFHE) against the plaintext gate, and individuals' Prio3
 //! contributions from `kexin contribute` to `kexin collect`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 use std::process::Command;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! Every fault must end with no release anywhere and an `aborted` audit
 //! entry, under the same session digest, at the honest nodes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -31,7 +31,10 @@ use support::nodes::{BIN, Federation, path};
 /// over every node's file, each node's part computed separately (persons
 /// are counted per node) and summed. The independent reference, so plain
 /// DataFusion on purpose.
-#[allow(clippy::disallowed_methods)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the pooled plaintext reference: plain DataFusion over every node's files, outside the engine"
+)]
 async fn pooled(dir: &Path, nodes: &[&str], per_node: &str, combine: &str) -> Vec<Vec<String>> {
     let ctx = SessionContext::new();
     let mut parts = Vec::new();

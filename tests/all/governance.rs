@@ -3,7 +3,7 @@
 //! history. Each test generates its own small space (real files, SQLite,
 //! keys), so state changes in one never leak into another.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 use crate::support;
 

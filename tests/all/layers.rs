@@ -60,22 +60,30 @@ fn file_references(p: &Path) -> BTreeSet<String> {
     references(text.split("#[cfg(test)]").next().unwrap_or_default())
 }
 
+/// The references of every `.rs` file under `dir`, at any depth.
+fn folder_references(dir: &Path) -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for c in std::fs::read_dir(dir).unwrap() {
+        let c = c.unwrap().path();
+        if c.is_dir() {
+            all.extend(folder_references(&c));
+        } else if c.extension().is_some_and(|x| x == "rs") {
+            all.extend(file_references(&c));
+        }
+    }
+    all
+}
+
 /// Module → the crate's modules it imports, for `engine/src/*.rs`; the
-/// files of a module's folder (`engine/src/node/*.rs`, its child modules)
-/// count as the module.
+/// files of a module's folder (`engine/src/node/*.rs`, its child modules,
+/// and theirs) count as the module.
 fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut modules: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for e in std::fs::read_dir(src).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_stem().unwrap().to_string_lossy().into_owned();
         if p.is_dir() {
-            let mut all = BTreeSet::new();
-            for c in std::fs::read_dir(&p).unwrap() {
-                let c = c.unwrap().path();
-                if c.extension().is_some_and(|x| x == "rs") {
-                    all.extend(file_references(&c));
-                }
-            }
+            let all = folder_references(&p);
             modules.entry(name).or_default().extend(all);
             continue;
         }
@@ -170,6 +178,36 @@ fn the_engine_has_only_the_known_import_circles() {
             .collect();
         assert!(above.is_empty(), "{ground} imports {above:?}");
     }
+}
+
+/// The federated protocols' roles are transport-free and stateless: they
+/// read the policy model and the plan, never the node, its store, its
+/// audit log or a socket.
+#[test]
+fn the_protocol_roles_read_only_the_model() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/src/federated");
+    let mut refs = file_references(&src.join("rounds.rs"));
+    refs.extend(folder_references(&src.join("rounds")));
+    let model = ["error", "federated", "contribution", "policy", "dp", "gate"];
+    let beyond: Vec<&String> = refs
+        .iter()
+        .filter(|r| !model.contains(&r.as_str()))
+        .collect();
+    assert!(beyond.is_empty(), "the protocol roles import {beyond:?}");
+    for f in std::fs::read_dir(src.join("rounds")).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        for io in [
+            "std::net",
+            "std::thread",
+            "Instant::now",
+            "tokio",
+            "std::fs",
+        ] {
+            assert!(!text.contains(io), "a protocol role uses {io}");
+        }
+    }
+    // The contribution model does not reach back into the node.
+    assert!(!file_references(&src.with_file_name("contribution.rs")).contains("node"));
 }
 
 #[test]

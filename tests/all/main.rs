@@ -16,10 +16,15 @@
 
 // Test code: a panic is the failure report, and plain DataFusion over the
 // raw files is the independent reference some areas check against.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests fail loudly and build reference contexts with plain DataFusion"
+)]
 
 // Each area uses its part of the shared helpers.
-#[allow(dead_code)]
+#[allow(dead_code, reason = "each test area uses part of the shared helpers")]
 mod support;
 
 #[path = "../../sandbox/tests/fixtures/mod.rs"]

@@ -7,7 +7,12 @@
 
 // Test and bench code: a panic is the failure report, and plain DataFusion
 // sessions are the independent reference.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests fail loudly and build reference contexts with plain DataFusion"
+)]
 
 use crate::support;
 

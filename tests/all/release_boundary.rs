@@ -11,7 +11,12 @@
 
 // Test code: a panic is the failure report, and plain DataFusion over the
 // raw files is the independent check that the worlds really differ.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests fail loudly and build reference contexts with plain DataFusion"
+)]
 
 use crate::support;
 

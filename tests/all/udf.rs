@@ -3,7 +3,12 @@
 //! independent references; hostile modules failing closed while the node
 //! keeps serving; approval, tampering and audit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests fail loudly and build reference contexts with plain DataFusion"
+)]
 
 use crate::fixtures;
 

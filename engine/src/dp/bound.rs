@@ -340,7 +340,10 @@ impl PersonTable {
 
     /// Keep a row of `person` in group `g` if its group and row priorities
     /// are among the smallest.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one row of the bounding scan: its key, person, group and argument values"
+    )]
     pub(super) fn add(
         &mut self,
         k: usize,
@@ -398,7 +401,10 @@ impl PersonTable {
 
 /// One numbering of the group keys across partitions: the groups, each
 /// partition's local-to-global ids, and the keys as cells.
-#[allow(clippy::type_complexity)]
+#[allow(
+    clippy::type_complexity,
+    reason = "groups, ids and keys are built in one pass and consumed together"
+)]
 pub(super) fn merge_groups(scans: &[Scan]) -> Result<(Groups, Vec<Vec<u32>>, Vec<Vec<Cell>>)> {
     let mut groups = Groups::default();
     let ids: Vec<Vec<u32>> = scans

@@ -74,7 +74,10 @@ pub struct Mechanism {
 impl Mechanism {
     /// Calibrate noise for `outputs` over `args`: ε split evenly over the
     /// measured totals, each scaled to its per-person L1 sensitivity.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the calibration's inputs mirror the scene's privacy and output rules"
+    )]
     pub fn new(
         privacy: &PrivacyRules,
         output: &OutputRules,

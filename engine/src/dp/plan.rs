@@ -229,7 +229,10 @@ pub(super) fn outputs(
 }
 
 /// Plan a DP query from the rewritten, checked plan.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the plan rewrite needs the policy, the scene and the bounds it enforces"
+)]
 pub fn plan(
     plan: LogicalPlan,
     datasets: &BTreeMap<String, &Dataset>,

@@ -55,7 +55,7 @@ pub async fn ask(node: &Node, scene: &str, actor: &str, sql: &str) -> Outcome {
 /// node servers: every DP charge a node makes is recorded in their ledgers
 /// too, through the same [`Node::accept_peer_charge`] the servers call.
 #[derive(Debug)]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "used by some test areas only")]
 pub struct LocalPeers {
     me: String,
     peers: Vec<Node>,
@@ -81,7 +81,7 @@ impl kexin_engine::ledger::PeerLedger for LocalPeers {
 
 /// Node `name` of the space in `dir`, with the space's other nodes as its
 /// in-process peers.
-#[allow(dead_code)]
+#[allow(dead_code, reason = "used by some test areas only")]
 pub async fn open_with_peers(dir: &Path, name: &str) -> Node {
     let space = Arc::new(Space::load(dir).expect("space loads"));
     let node = Node::open(Arc::clone(&space), name)

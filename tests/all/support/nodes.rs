@@ -2,7 +2,7 @@
 //! a generated space with its own ports, `kexin node` children killed on
 //! drop, and the researcher's commands.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "used by some test areas only")]
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

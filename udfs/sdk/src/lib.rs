@@ -34,9 +34,15 @@ pub mod ty {
     pub const DATE: u32 = 6;
 }
 
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    allow(dead_code, reason = "the ABI exports are called by the wasm host only")
+)]
 const HEADER: usize = 16;
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    allow(dead_code, reason = "the ABI exports are called by the wasm host only")
+)]
 const SLOT: usize = 20;
 
 #[cfg(target_arch = "wasm32")]
@@ -185,7 +191,10 @@ mod raw {
         // Safety: the host wrote `rows` f64 values at this aligned address.
         Some(unsafe { core::slice::from_raw_parts(addr as *const f64, rows) })
     }
-    #[allow(clippy::mut_from_ref)]
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "the host hands the guest a fresh output buffer per call; no other reference to it exists"
+    )]
     pub fn f64s_mut<'a>(addr: usize, rows: usize) -> &'a mut [f64] {
         if rows == 0 {
             return &mut [];
@@ -200,7 +209,10 @@ mod raw {
         // Safety: host-written buffer of `len` bytes.
         unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
     }
-    #[allow(clippy::mut_from_ref)]
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "the host hands the guest a fresh output buffer per call; no other reference to it exists"
+    )]
     pub fn bytes_mut<'a>(addr: usize, len: usize) -> &'a mut [u8] {
         if len == 0 {
             return &mut [];
@@ -245,7 +257,10 @@ const MAX_ARGS: usize = 8;
 
 /// A call's input batch.
 pub struct Call<'a> {
-    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        allow(dead_code, reason = "the ABI exports are called by the wasm host only")
+    )]
     addr: usize,
     rows: usize,
     cols: [Option<Col<'a>>; MAX_ARGS],

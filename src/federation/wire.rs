@@ -1,0 +1,114 @@
+//! The control messages between researchers (or individuals) and nodes,
+//! as JSON frames. Peer messages of the protocols are
+//! [`kexin_mpc::message::Message`]s, made by the roles of
+//! [`kexin_engine::federated::rounds`].
+
+use kexin_engine::Refusal;
+use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
+use kexin_engine::federated::{FederateBody, JointRows, PsiBody};
+use kexin_engine::identity::Signed;
+use serde::{Deserialize, Serialize};
+
+/// Researcher → node.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToNode {
+    Federate(Signed<FederateBody>),
+    Go,
+    Cancel,
+    Psi(Signed<PsiBody>),
+    /// An individual's report for this aggregator.
+    Contribute(Signed<ContributionBody>),
+    /// A researcher collects a contribution scene's open batch.
+    Collect(Signed<CollectBody>),
+    /// Node → node: a DP charge to record before the sender computes.
+    Charge(kexin_engine::ledger::Charge),
+    /// Node → node: the sender's latest signed checkpoint, to witness.
+    Witness {
+        verifier: String,
+        note: String,
+    },
+    /// Anyone → node: which checkpoint of `node` do you hold?
+    Witnessed {
+        node: String,
+    },
+}
+
+/// Node → researcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromNode {
+    Ready {
+        plan: String,
+        len: usize,
+    },
+    Refused {
+        code: String,
+        rule: String,
+        audit_seq: Option<u64>,
+    },
+    Released {
+        result: JointRows,
+        audit_seq: u64,
+    },
+    Aborted {
+        rule: String,
+        audit_seq: Option<u64>,
+    },
+    PsiResult {
+        result: PsiResult,
+        audit_seq: u64,
+    },
+    /// The PSI party that supplied its blinded set and releases nothing.
+    Done {
+        audit_seq: u64,
+    },
+    /// A contribution stored in the open batch.
+    Accepted {
+        audit_seq: u64,
+    },
+    /// A collected batch.
+    Collected {
+        result: BatchResult,
+        audit_seq: u64,
+    },
+    /// A peer's DP charge recorded here; what the requester has now spent
+    /// under the scene.
+    Charged {
+        epsilon_spent: f64,
+    },
+    /// The witness's countersignature of a checkpoint it now holds.
+    Cosigned {
+        note: String,
+    },
+    /// The latest checkpoint of a node this node witnessed.
+    Checkpoint {
+        note: Option<String>,
+    },
+}
+
+impl FromNode {
+    /// A refusal with its fixed code and rule.
+    pub(crate) fn refused(r: Refusal, audit_seq: Option<u64>) -> FromNode {
+        FromNode::Refused {
+            code: r.code.as_str().into(),
+            rule: r.rule.into(),
+            audit_seq,
+        }
+    }
+}
+
+/// What `kexin psi` releases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PsiResult {
+    pub mode: String,
+    pub column: Option<String>,
+    /// The noisy value (cardinality, or the sum over the intersection).
+    pub value: f64,
+    /// 95% interval of the noise.
+    pub interval: [f64; 2],
+    pub epsilon: f64,
+    pub explanation: Vec<String>,
+}
+
+// ---------------------------------------------------------------- the node
