@@ -9,6 +9,7 @@
 //! - `governance`: consent, contracts, the airlock, signed requests;
 //! - `cli`, `durability`: the command line, audit tampering, kill -9;
 //! - `layers`: the engine's import circles (only the known ones remain);
+//! - `compat`: an audit log written by an earlier version still verifies;
 //! - `federation`, `encrypted`: node processes, joint queries, PSI, the
 //!   FHE gate and Prio3.
 //!
@@ -31,6 +32,7 @@ mod support;
 mod fixtures;
 
 mod cli;
+mod compat;
 mod dp;
 mod durability;
 mod encrypted;

@@ -1,0 +1,142 @@
+//! Old evidence stays evidence. `tests/fixtures/audit-v1/` is a node's
+//! audit log (state database, head file, verifier key) written by kexin
+//! before the closed sets of audit entries became types (main at 5ed3ad1's
+//! audit code). It holds an entry of every kind and decision the code
+//! wrote then, and entries with every optional field set. Whatever the
+//! types become, that log must verify, and every entry must parse and
+//! serialize to the bytes that were signed.
+//!
+//! The fixture was made by [`write_the_audit_fixture`] (ignored: run it
+//! only to pin a new format version, into a new folder).
+
+use std::path::{Path, PathBuf};
+
+use kexin_engine::audit::AuditEntry;
+use kexin_engine::store::{NodeKeys, Store, verify};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit-v1")
+}
+
+/// (kind, decision) of every entry the code wrote at the time, governance
+/// refusals included. A refused contract or airlock action was audited
+/// under `contract-<action>` / `airlock-<action>` with the action as the
+/// caller sent it (`launch`, `publish` here), so old logs hold kinds
+/// outside any list: reading must keep accepting them.
+const WRITTEN: &[(&str, &str)] = &[
+    ("query", "released"),
+    ("query", "refused"),
+    ("query", "held"),
+    ("federated", "released"),
+    ("federated", "refused"),
+    ("federated", "aborted"),
+    ("psi", "released"),
+    ("psi", "refused"),
+    ("psi", "aborted"),
+    ("collection", "released"),
+    ("collection", "refused"),
+    ("collection", "aborted"),
+    ("contribution", "accepted"),
+    ("contribution", "refused"),
+    ("budget-charge", "released"),
+    ("udf-register", "approved"),
+    ("udf-register", "refused"),
+    ("contract-offer", "offered"),
+    ("contract-offer", "refused"),
+    ("contract-agree", "agreed"),
+    ("contract-agree", "refused"),
+    ("contract-finalize", "finalized"),
+    ("contract-terminate", "terminated"),
+    ("contract-launch", "refused"),
+    ("airlock-approve", "approved"),
+    ("airlock-approve", "refused"),
+    ("airlock-reject", "rejected"),
+    ("airlock-release", "released"),
+    ("airlock-publish", "refused"),
+    ("consent-grant", "recorded"),
+    ("consent-revoke", "recorded"),
+    ("consent-grant", "refused"),
+    ("identity-issue", "issued"),
+    ("identity-issue", "refused"),
+];
+
+/// Writes `tests/fixtures/audit-v1` (or `$KEXIN_AUDIT_FIXTURE`) afresh.
+#[test]
+#[ignore = "writes the fixture; run once per pinned format version"]
+fn write_the_audit_fixture() {
+    let dir = std::env::var_os("KEXIN_AUDIT_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(fixture);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let origin = "kexin/fixture/h1";
+    let keys = NodeKeys::load_or_create(&dir, origin).unwrap();
+    let mut store = Store::open(&dir, origin).unwrap();
+    let digest = [7u8; 32];
+    for (i, (kind, decision)) in WRITTEN.iter().enumerate() {
+        let mut e = AuditEntry::new("h1", "alice", "diabetes-2027", kind, decision, &digest);
+        if *decision == "refused" || *decision == "aborted" {
+            e.code = Some("KX-CONTRACT".into());
+            e.rule = Some("this member may not take this action on the contract".into());
+        }
+        // Every optional field, on a few entries.
+        if i % 5 == 0 {
+            e.sql_sha256 = Some(hex(1));
+            e.plan_sha256 = Some(hex(2));
+            e.output_sha256 = Some(hex(3));
+            e.rows_released = 4;
+            e.suppressed_groups = 2;
+            e.udfs = vec![format!("age_band@{}", hex(4))];
+            e.epsilon = Some(0.25);
+            e.repeat_of = Some(1);
+            e.contract = Some("c-0001".into());
+            e.consent_seq = Some(42);
+            e.consent_sha256 = Some(hex(5));
+            e.session = Some(hex(6));
+            e.charged_by = Some("h2".into());
+        }
+        store.append(e, &keys).unwrap();
+    }
+    drop(store);
+    // The verifier needs the public key only.
+    std::fs::remove_file(dir.join("node.key")).unwrap();
+}
+
+fn hex(b: u8) -> String {
+    format!("{b:02x}").repeat(32)
+}
+
+#[test]
+fn an_audit_log_written_before_the_typed_sets_still_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["kexin.db", "audit.head", "node.pub"] {
+        std::fs::copy(fixture().join(f), tmp.path().join(f)).unwrap();
+    }
+    let report = verify(tmp.path(), None).expect("the old log verifies");
+    assert_eq!(report.entries, WRITTEN.len() as u64);
+    // Every entry parses and serializes to the signed bytes.
+    let db = rusqlite::Connection::open(tmp.path().join("kexin.db")).unwrap();
+    let mut stmt = db.prepare("SELECT entry FROM audit ORDER BY seq").unwrap();
+    let rows: Vec<Vec<u8>> = stmt
+        .query_map([], |r| Ok(r.get_ref(0)?.as_bytes()?.to_vec()))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), WRITTEN.len());
+    for (bytes, (kind, decision)) in rows.iter().zip(WRITTEN) {
+        let e: AuditEntry = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(&serde_json::to_vec(&e).unwrap(), bytes);
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(v["kind"], *kind);
+        assert_eq!(v["decision"], *decision);
+    }
+    // One edited byte fails, so the check above is not vacuous.
+    db.execute(
+        "UPDATE audit SET entry = replace(entry, 'alice', 'alicf') WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    drop(stmt);
+    drop(db);
+    assert!(verify(tmp.path(), None).is_err());
+}
