@@ -80,7 +80,12 @@ fn bench(c: &mut Criterion) {
     let run = || {
         let out =
             federate(&space, "alice", &alice, "joint-diabetes", &nodes, SQL).expect("federate");
-        assert_eq!(out.status, "released", "{:?}", out.rule);
+        assert_eq!(
+            out.status,
+            kexin::federation::JointStatus::Released,
+            "{:?}",
+            out.rule
+        );
         out
     };
     run();

@@ -24,7 +24,8 @@ use kexin_engine::policy::Space;
 use serde::Serialize;
 
 use crate::federation::{
-    Answer, FedConfig, FromNode, NodeReport, ToNode, connect_all, converse, reports,
+    Answer, FedConfig, FromNode, JointStatus, NodeDecision, NodeReport, ToNode, connect_all,
+    converse, reports,
 };
 
 /// What `kexin contribute` reports. The JSON shape is a contract.
@@ -32,7 +33,7 @@ use crate::federation::{
 pub struct ContributeOutcome {
     /// `accepted` (both aggregators stored their share), `refused`, or
     /// `partial` (one aggregator stored it: the report is never counted).
-    pub status: String,
+    pub status: JointStatus,
     pub scene: String,
     /// The report's nonce (hex), the same at both aggregators.
     pub report: String,
@@ -45,11 +46,7 @@ pub struct ContributeOutcome {
 
 impl ContributeOutcome {
     pub fn exit_status(&self) -> i32 {
-        match self.status.as_str() {
-            "accepted" => 0,
-            "partial" => Code::FedAbort.exit_status(),
-            _ => 3,
-        }
+        self.status.exit_status()
     }
 }
 
@@ -66,7 +63,7 @@ pub fn contribute(
         .get(scene)
         .ok_or_else(|| anyhow!("no scene {scene:?} in space.toml"))?;
     let mut out = ContributeOutcome {
-        status: "refused".into(),
+        status: JointStatus::Refused,
         scene: scene.into(),
         report: String::new(),
         code: None,
@@ -112,25 +109,24 @@ pub fn contribute(
         link.send_json(&ToNode::Contribute(env))?;
         match link.recv_json::<FromNode>() {
             Ok(FromNode::Accepted { audit_seq }) => {
-                rep.decision = "accepted".into();
+                rep.decision = NodeDecision::Accepted;
                 rep.audit_seq = Some(audit_seq);
                 accepted += 1;
             }
             Ok(FromNode::Refused { code, rule, .. }) => {
-                rep.decision = "refused".into();
+                rep.decision = NodeDecision::Refused;
                 rep.rule = Some(rule.clone());
                 out.code.get_or_insert(code);
                 out.rule.get_or_insert(rule);
             }
-            _ => rep.decision = "no answer".into(),
+            _ => rep.decision = NodeDecision::NoAnswer,
         }
     }
     out.status = match accepted {
-        2 => "accepted",
-        1 => "partial",
-        _ => "refused",
-    }
-    .into();
+        2 => JointStatus::Accepted,
+        1 => JointStatus::Partial,
+        _ => JointStatus::Refused,
+    };
     if accepted < 2 && out.rule.is_none() {
         out.code = Some(Code::FedAbort.as_str().into());
         out.rule = Some("an aggregator is unreachable or did not answer".into());
@@ -142,7 +138,7 @@ pub fn contribute(
 #[derive(Debug, Clone, Serialize)]
 pub struct CollectOutcome {
     /// `released`, `refused` or `aborted`.
-    pub status: String,
+    pub status: JointStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<BatchResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,11 +151,7 @@ pub struct CollectOutcome {
 
 impl CollectOutcome {
     pub fn exit_status(&self) -> i32 {
-        match self.status.as_str() {
-            "released" => 0,
-            "aborted" => Code::FedAbort.exit_status(),
-            _ => 3,
-        }
+        self.status.exit_status()
     }
 }
 
@@ -189,7 +181,7 @@ pub fn collect(
     };
     let env = Signed::sign(tag::COLLECT, body, key)?;
     let mut out = CollectOutcome {
-        status: "aborted".into(),
+        status: JointStatus::Aborted,
         result: None,
         code: None,
         rule: None,
@@ -216,18 +208,18 @@ pub fn collect(
         match r {
             Ok(FromNode::Collected { result, .. }) => results.push(result.clone()),
             Ok(FromNode::Refused { code, rule, .. }) => {
-                out.status = "refused".into();
+                out.status = JointStatus::Refused;
                 out.code.get_or_insert(code.clone());
                 out.rule.get_or_insert(rule.clone());
             }
             _ => {}
         }
     }
-    if out.status == "refused" {
+    if out.status == JointStatus::Refused {
         return Ok(out);
     }
     if results.len() == 2 && results[0] == results[1] {
-        out.status = "released".into();
+        out.status = JointStatus::Released;
         out.result = results.pop();
     } else {
         out.code = Some(Code::FedAbort.as_str().into());

@@ -4,6 +4,7 @@
 //! then the audit log's verification. Every query is signed with the
 //! researcher's key file, as `kexin query` signs it.
 
+use crate::federation::JointStatus;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -385,7 +386,7 @@ fn federation_step(
         );
         let out = federation::federate(space, who, key, scene, &nodes, sql)?;
         print!("{}", crate::render::federated(&out, crate::Format::Table)?);
-        ok &= out.status == "released" && out.rows.len() == 10;
+        ok &= out.status == JointStatus::Released && out.rows.len() == 10;
     }
     println!(
         "   kexin federate ... --nodes h1,h2   # two parties: each would learn the other's input"
@@ -450,7 +451,7 @@ fn fhe_step(
         "   ({:.1} s, almost all of it TFHE at h1)\n",
         t.elapsed().as_secs_f64()
     );
-    Ok(out.status == "released" && !out.rows.is_empty())
+    Ok(out.status == JointStatus::Released && !out.rows.is_empty())
 }
 
 /// 1,000 simulated individuals contribute a histogram entry each (Prio3);
@@ -496,7 +497,7 @@ fn contribution_step(
             .enumerate()
             .map(|(i, (name, key))| {
                 crate::contribute::contribute(space, name, key, "wearable-steps", bands[band(i)])
-                    .map(|o| usize::from(o.status == "accepted"))
+                    .map(|o| usize::from(o.status == JointStatus::Accepted))
             })
             .sum::<Result<usize>>()
     })?;

@@ -1,5 +1,6 @@
 //! Rendering a query outcome as a table, one JSON object, or CSV.
 
+use crate::federation::JointStatus;
 use anyhow::Result;
 use kexin_engine::Code;
 use kexin_engine::gate::Cell;
@@ -158,7 +159,7 @@ pub fn federated(o: &crate::federation::FederatedOutcome, format: Format) -> Res
         Format::Json => format!("{}\n", serde_json::to_string(o)?),
         Format::Csv => {
             let mut out = String::new();
-            if o.status == "released" {
+            if o.status == JointStatus::Released {
                 out.push_str(&csv(&o.columns, &o.rows));
             } else {
                 eprintln!(
@@ -171,7 +172,7 @@ pub fn federated(o: &crate::federation::FederatedOutcome, format: Format) -> Res
         }
         Format::Table => {
             let mut out = String::new();
-            if o.status == "released" {
+            if o.status == JointStatus::Released {
                 let acc = (!o.accuracy.is_empty()).then_some(&o.accuracy);
                 out.push_str(&grid(&o.columns, &o.rows, acc));
                 out.push_str(&format!(
@@ -180,7 +181,11 @@ pub fn federated(o: &crate::federation::FederatedOutcome, format: Format) -> Res
                     o.suppressed_groups
                 ));
             } else {
-                out.push_str(&stopped(&o.status, o.code.as_deref(), o.rule.as_deref()));
+                out.push_str(&stopped(
+                    o.status.as_str(),
+                    o.code.as_deref(),
+                    o.rule.as_deref(),
+                ));
             }
             for e in &o.explanation {
                 out.push_str(&format!("  · {e}\n"));
@@ -221,7 +226,11 @@ pub fn psi(o: &crate::federation::PsiOutcome, format: Format) -> Result<String> 
                         out.push_str(&format!("  · {e}\n"));
                     }
                 }
-                None => out.push_str(&stopped(&o.status, o.code.as_deref(), o.rule.as_deref())),
+                None => out.push_str(&stopped(
+                    o.status.as_str(),
+                    o.code.as_deref(),
+                    o.rule.as_deref(),
+                )),
             }
             out.push_str(&format!("session {}\n", o.session));
             for n in &o.nodes {
@@ -328,7 +337,11 @@ pub fn collection(o: &crate::contribute::CollectOutcome, format: Format) -> Resu
                         out.push_str(&format!("  · {e}\n"));
                     }
                 }
-                None => out.push_str(&stopped(&o.status, o.code.as_deref(), o.rule.as_deref())),
+                None => out.push_str(&stopped(
+                    o.status.as_str(),
+                    o.code.as_deref(),
+                    o.rule.as_deref(),
+                )),
             }
             out.push_str(&format!("session {}\n", o.session));
             out.push_str(&node_lines(&o.nodes));

@@ -12,6 +12,7 @@
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{self, Kind};
 use crate::error::{Code, Error, Result, refuse};
 use crate::identity::{Signed, tag};
 use crate::node::Node;
@@ -125,7 +126,7 @@ impl Node {
             .map(|(h, _)| h.scene.clone())
             .unwrap_or_default();
         let r = self.act_on_held(env, found);
-        self.audit_refusal(r, &d.member, &scene, &format!("airlock-{}", d.action), None)
+        self.audit_refusal(r, &d.member, &scene, Kind::airlock(&d.action), None)
     }
 
     /// `found` is the held result the decision names, as already looked up.
@@ -188,13 +189,13 @@ impl Node {
         self.check_signed(env, tag::REVIEW, &d.member, &d.nonce, &d.time, Code::Review)?;
         let mut approvals = h.approvals.clone();
         let (state, kind, decision) = if d.action == "reject" {
-            ("rejected", "airlock-reject", "rejected")
+            ("rejected", Kind::AirlockReject, audit::Decision::Rejected)
         } else {
             approvals.push(d.member.clone());
             if approvals.len() >= h.approvers_needed as usize {
-                ("released", "airlock-release", "released")
+                ("released", Kind::AirlockRelease, audit::Decision::Released)
             } else {
-                ("held", "airlock-approve", "approved")
+                ("held", Kind::AirlockApprove, audit::Decision::Approved)
             }
         };
         let mut e = self.governance_entry(&d.member, &h.scene, kind, decision);

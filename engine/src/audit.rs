@@ -35,12 +35,11 @@ pub struct AuditEntry {
     pub node: String,
     pub actor: String,
     pub scene: String,
-    /// `query`, `udf-register`, `identity-issue`, `consent-grant`,
-    /// `consent-revoke`, `contract-<action>`, `airlock-<action>`, `federated`,
-    /// `psi`.
+    /// A [`Kind`]'s string. Kept as text: logs written before the kinds
+    /// were a closed set hold `contract-<action>` and `airlock-<action>`
+    /// with the action as a caller sent it, and must still verify.
     pub kind: String,
-    /// `released`, `refused`, `held`, or `aborted` (a federated round that
-    /// ended with no release).
+    /// A [`Decision`]'s string (text, like `kind`).
     pub decision: String,
     pub code: Option<String>,
     pub rule: Option<String>,
@@ -82,6 +81,134 @@ pub struct AuditEntry {
     pub charged_by: Option<String>,
 }
 
+/// Generates a closed set whose members are written as fixed strings.
+macro_rules! written_as {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $v:ident => $s:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $v,)*
+        }
+
+        impl $name {
+            /// Every member, in declaration order.
+            pub const ALL: &[$name] = &[$($name::$v,)*];
+
+            /// The string written to the audit log.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $s,)*
+                }
+            }
+
+            /// The member written as `s`, if any.
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($s => Some($name::$v),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+written_as! {
+    /// What an audit entry records.
+    Kind {
+        /// A researcher's query on one node.
+        Query => "query",
+        /// One node's part of a federated query.
+        Federated => "federated",
+        /// One node's part of a private set intersection.
+        Psi => "psi",
+        /// A Prio3 batch collection.
+        Collection => "collection",
+        /// An individual's Prio3 report.
+        Contribution => "contribution",
+        /// A DP charge recorded for a node of the space.
+        BudgetCharge => "budget-charge",
+        /// A UDF module approved for a scene.
+        UdfRegister => "udf-register",
+        ContractOffer => "contract-offer",
+        ContractAgree => "contract-agree",
+        ContractFinalize => "contract-finalize",
+        ContractTerminate => "contract-terminate",
+        /// A refused contract action that names no known action.
+        ContractUnknown => "contract-unknown",
+        AirlockApprove => "airlock-approve",
+        AirlockReject => "airlock-reject",
+        /// The approval that released a held result.
+        AirlockRelease => "airlock-release",
+        /// A refused airlock decision that names no known action.
+        AirlockUnknown => "airlock-unknown",
+        ConsentGrant => "consent-grant",
+        ConsentRevoke => "consent-revoke",
+        /// A refused consent receipt that names no known action.
+        ConsentUnknown => "consent-unknown",
+        /// A member certificate issued by the registry.
+        IdentityIssue => "identity-issue",
+    }
+}
+
+impl Kind {
+    /// The kind of a contract action as a caller named it: an unknown
+    /// name is never written to the log.
+    pub fn contract(action: &str) -> Kind {
+        match action {
+            "offer" => Kind::ContractOffer,
+            "agree" => Kind::ContractAgree,
+            "finalize" => Kind::ContractFinalize,
+            "terminate" => Kind::ContractTerminate,
+            _ => Kind::ContractUnknown,
+        }
+    }
+
+    /// The kind of an airlock decision as a caller named it.
+    pub fn airlock(action: &str) -> Kind {
+        match action {
+            "approve" => Kind::AirlockApprove,
+            "reject" => Kind::AirlockReject,
+            _ => Kind::AirlockUnknown,
+        }
+    }
+
+    /// The kind of a consent receipt as its signer named it.
+    pub fn consent(action: &str) -> Kind {
+        match action {
+            "grant" => Kind::ConsentGrant,
+            "revoke" => Kind::ConsentRevoke,
+            _ => Kind::ConsentUnknown,
+        }
+    }
+}
+
+written_as! {
+    /// How an audited action ended.
+    Decision {
+        Released => "released",
+        Refused => "refused",
+        /// A federated round that ended with no release.
+        Aborted => "aborted",
+        /// A result held in the airlock for review.
+        Held => "held",
+        Accepted => "accepted",
+        Approved => "approved",
+        Rejected => "rejected",
+        Offered => "offered",
+        Agreed => "agreed",
+        Finalized => "finalized",
+        Terminated => "terminated",
+        Recorded => "recorded",
+        Issued => "issued",
+    }
+}
+
 impl AuditEntry {
     /// An entry stamped now, with no digests, counts or optional facts:
     /// what governance actions record. Callers set the fields that apply.
@@ -89,8 +216,8 @@ impl AuditEntry {
         node: &str,
         actor: &str,
         scene: &str,
-        kind: &str,
-        decision: &str,
+        kind: Kind,
+        decision: Decision,
         policy_digest: &[u8; 32],
     ) -> AuditEntry {
         AuditEntry {
@@ -99,8 +226,8 @@ impl AuditEntry {
             node: node.to_string(),
             actor: actor.to_string(),
             scene: scene.to_string(),
-            kind: kind.to_string(),
-            decision: decision.to_string(),
+            kind: kind.as_str().to_string(),
+            decision: decision.as_str().to_string(),
             code: None,
             rule: None,
             sql_sha256: None,
@@ -118,6 +245,11 @@ impl AuditEntry {
             session: None,
             charged_by: None,
         }
+    }
+
+    /// Record how the action ended.
+    pub fn decide(&mut self, d: Decision) {
+        self.decision = d.as_str().to_string();
     }
 }
 

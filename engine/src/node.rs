@@ -26,7 +26,7 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, Decision, Kind};
 use crate::disclosure::Checker;
 use crate::dp;
 use crate::error::{Code, Error, Refusal, Result};
@@ -474,12 +474,13 @@ impl Node {
             node: self.name.clone(),
             actor: req.actor.clone(),
             scene: req.scene.clone(),
-            kind: "query".into(),
+            kind: Kind::Query.as_str().into(),
             decision: match outcome.status {
-                Status::Released => "released",
-                Status::Refused => "refused",
-                Status::Held => "held",
+                Status::Released => Decision::Released,
+                Status::Refused => Decision::Refused,
+                Status::Held => Decision::Held,
             }
+            .as_str()
             .into(),
             code: outcome
                 .code
@@ -645,7 +646,7 @@ impl Node {
         std::fs::rename(&tmp, &path)?;
         let manifest = serde_json::to_string(module.manifest()).map_err(Error::internal)?;
         let now = now_utc().1;
-        let mut entry = self.governance_entry(by, scene, "udf-register", "approved");
+        let mut entry = self.governance_entry(by, scene, Kind::UdfRegister, Decision::Approved);
         entry.time = now.clone();
         entry.udfs = vec![digest.clone()];
         let (seq, _) = self

@@ -20,7 +20,7 @@ use ed25519_dalek::VerifyingKey;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, Decision, Kind};
 use crate::consent::{self, ConsentReceipt, ConsentRecord, ConsentSet, MODIFIERS, Purpose};
 use crate::error::{Code, Error, Result, refuse};
 use crate::identity::{self, Certificate, Signed, tag};
@@ -109,7 +109,7 @@ fn load_id_key(dir: &Path) -> Result<SecretKey> {
     Ok(SecretKey::from_bytes(bytes))
 }
 
-fn entry(space: &Space, actor: &str, scene: &str, kind: &str, decision: &str) -> AuditEntry {
+fn entry(space: &Space, actor: &str, scene: &str, kind: Kind, decision: Decision) -> AuditEntry {
     AuditEntry::new(
         "registry",
         actor,
@@ -155,7 +155,7 @@ impl Registry {
     pub fn issue(&mut self, cert: Signed<Certificate>) -> Result<u64> {
         let member = cert.body.member.clone();
         let r = self.issue_many(vec![cert]).map(|s| s[0]);
-        self.audit_refusal(r, &member, "", "identity-issue")
+        self.audit_refusal(r, &member, "", Kind::IdentityIssue)
     }
 
     /// Record a refused registry action in the registry's audit log.
@@ -164,10 +164,10 @@ impl Registry {
         result: Result<T>,
         actor: &str,
         scene: &str,
-        kind: &str,
+        kind: Kind,
     ) -> Result<T> {
         if let Err(Error::Refused(r)) = &result {
-            let mut e = entry(&self.space, actor, scene, kind, "refused");
+            let mut e = entry(&self.space, actor, scene, kind, Decision::Refused);
             e.code = Some(r.code.as_str().to_string());
             e.rule = Some(r.rule.to_string());
             if let Err(x) = self.store.append(e, &self.keys) {
@@ -228,8 +228,8 @@ impl Registry {
                 &self.space,
                 &c.member,
                 "",
-                "identity-issue",
-                "issued",
+                Kind::IdentityIssue,
+                Decision::Issued,
             ));
         }
         self.store.append_many(entries, &self.keys, |tx, seqs| {
@@ -286,11 +286,11 @@ impl Registry {
     /// Record a signed grant or revocation. Effective from its commit.
     pub fn record_consent(&mut self, receipt: Signed<ConsentReceipt>) -> Result<ConsentRecord> {
         let (person, scene) = (receipt.body.person.clone(), receipt.body.scene.clone());
-        let kind = format!("consent-{}", receipt.body.action);
+        let kind = Kind::consent(&receipt.body.action);
         let r = self
             .record_many(vec![receipt])
             .and_then(|mut v| v.pop().ok_or_else(|| Error::internal("no record")));
-        self.audit_refusal(r, &person, &scene, &kind)
+        self.audit_refusal(r, &person, &scene, kind)
     }
 
     fn check_receipt(&self, receipt: &Signed<ConsentReceipt>) -> Result<()> {
@@ -350,8 +350,8 @@ impl Registry {
                 &self.space,
                 &r.person,
                 &r.scene,
-                &format!("consent-{}", r.action),
-                "recorded",
+                Kind::consent(&r.action),
+                Decision::Recorded,
             ));
         }
         let now = now_utc().1;
@@ -427,7 +427,7 @@ impl Registry {
                 ) else {
                     continue;
                 };
-                if e.kind != "query" {
+                if e.kind != Kind::Query.as_str() {
                     continue;
                 }
                 let Some(scene) = self.space.scenes.get(&e.scene) else {

@@ -147,7 +147,14 @@ mod tests {
     }
 
     fn entry() -> AuditEntry {
-        AuditEntry::new("h1", "alice", "s", "query", "released", &[0; 32])
+        AuditEntry::new(
+            "h1",
+            "alice",
+            "s",
+            crate::audit::Kind::Query,
+            crate::audit::Decision::Released,
+            &[0; 32],
+        )
     }
 
     #[test]

@@ -21,7 +21,7 @@ use curve25519_dalek::scalar::Scalar;
 use crate::MIN_PARTIES;
 use crate::error::{Error, Result};
 use crate::message::{Inbox, Message};
-use crate::share::{add, decode_int, from_bytes, split, to_bytes};
+use crate::share::{ShareVec, add, decode_int, from_bytes, split, to_bytes};
 
 /// One party's state in one aggregation session. It holds shares: its
 /// `Debug` names none, and they are wiped on drop.
@@ -34,7 +34,7 @@ pub struct Aggregation {
     /// Payloads received, by (round, sender), checked when consumed.
     pending: BTreeMap<(u32, u16), Vec<u8>>,
     /// My share of my own input, then the sum of all shares I hold.
-    held: Option<Vec<Scalar>>,
+    held: Option<ShareVec>,
     summed: bool,
     next_open: u32,
 }
@@ -54,9 +54,6 @@ impl std::fmt::Debug for Aggregation {
 
 impl Drop for Aggregation {
     fn drop(&mut self) {
-        if let Some(held) = self.held.as_mut() {
-            zeroize::Zeroize::zeroize(held);
-        }
         for p in self.pending.values_mut() {
             zeroize::Zeroize::zeroize(p);
         }
@@ -118,7 +115,7 @@ impl Aggregation {
                         session: self.session,
                         round: 0,
                         sender: self.me,
-                        payload: to_bytes(&s),
+                        payload: to_bytes(s.as_slice()),
                     },
                 )
             })
@@ -167,16 +164,13 @@ impl Aggregation {
             return Err(Error::State("opening out of order"));
         }
         let held = self.held.as_ref().ok_or(Error::State("no shares"))?;
-        let values: Vec<Scalar> = positions
-            .iter()
-            .map(|i| held.get(*i).copied().ok_or(Error::LengthMismatch))
-            .collect::<Result<_>>()?;
+        let values = held.pick(positions)?;
         self.next_open += 1;
         Ok(Message {
             session: self.session,
             round,
             sender: self.me,
-            payload: to_bytes(&values),
+            payload: to_bytes(values.as_slice()),
         })
     }
 
@@ -186,11 +180,7 @@ impl Aggregation {
             return Err(Error::State("round not opened yet"));
         }
         let held = self.held.as_ref().ok_or(Error::State("no shares"))?;
-        let mine: Vec<Scalar> = positions
-            .iter()
-            .map(|i| held.get(*i).copied().ok_or(Error::LengthMismatch))
-            .collect::<Result<_>>()?;
-        let mut all = vec![mine];
+        let mut all = vec![held.pick(positions)?];
         for p in self.others().collect::<Vec<_>>() {
             let bytes = self
                 .pending
@@ -198,7 +188,7 @@ impl Aggregation {
                 .ok_or(Error::State("opening incomplete"))?;
             all.push(from_bytes(&bytes, positions.len())?);
         }
-        add(&all)?.iter().map(decode_int).collect()
+        add(&all)?.as_slice().iter().map(decode_int).collect()
     }
 }
 

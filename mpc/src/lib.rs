@@ -21,12 +21,12 @@
 //! use kexin_mpc::share::{decode_fixed, encode_fixed, reconstruct, split};
 //! // Three hospitals' totals, each split into three shares.
 //! let totals = [120.5, 80.25, 99.0];
-//! let per_hospital: Vec<Vec<Vec<_>>> = totals
+//! let per_hospital: Vec<Vec<_>> = totals
 //!     .iter()
 //!     .map(|t| split(&[encode_fixed(*t, 2).unwrap()], 3).unwrap())
 //!     .collect();
 //! // Party i adds the i-th share of every hospital; only the sum is opened.
-//! let sums: Vec<Vec<_>> = (0..3)
+//! let sums: Vec<_> = (0..3)
 //!     .map(|i| kexin_mpc::share::add(&per_hospital.iter().map(|s| s[i].clone()).collect::<Vec<_>>()).unwrap())
 //!     .collect();
 //! let total = decode_fixed(&reconstruct(&sums).unwrap()[0], 2).unwrap();

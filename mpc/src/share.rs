@@ -10,9 +10,77 @@
 //! refuses anything outside ±2^120, which no honest sum reaches.
 
 pub use curve25519_dalek::scalar::Scalar;
+use subtle::{Choice, ConstantTimeEq};
+use zeroize::Zeroize;
 
 use crate::MIN_PARTIES;
 use crate::error::{Error, Result};
+
+/// One party's share vector (or a sum of them): a secret until every
+/// party's is added. `Debug` shows its length only, it is wiped on drop,
+/// and equality runs in constant time.
+#[derive(Clone, Default)]
+pub struct ShareVec(Vec<Scalar>);
+
+impl ShareVec {
+    pub fn new(v: Vec<Scalar>) -> ShareVec {
+        ShareVec(v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[Scalar] {
+        &self.0
+    }
+
+    /// The elements at `positions` (a party's part of an opening).
+    pub fn pick(&self, positions: &[usize]) -> Result<ShareVec> {
+        positions
+            .iter()
+            .map(|i| self.0.get(*i).copied().ok_or(Error::LengthMismatch))
+            .collect::<Result<_>>()
+            .map(ShareVec)
+    }
+}
+
+impl std::fmt::Debug for ShareVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShareVec(len = {}, ..)", self.0.len())
+    }
+}
+
+impl Drop for ShareVec {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ConstantTimeEq for ShareVec {
+    fn ct_eq(&self, other: &ShareVec) -> Choice {
+        // The lengths are public (the plan fixes them).
+        if self.0.len() != other.0.len() {
+            return Choice::from(0);
+        }
+        self.0
+            .iter()
+            .zip(&other.0)
+            .fold(Choice::from(1), |acc, (a, b)| acc & a.ct_eq(b))
+    }
+}
+
+impl PartialEq for ShareVec {
+    fn eq(&self, other: &ShareVec) -> bool {
+        self.ct_eq(other).into()
+    }
+}
+
+impl Eq for ShareVec {}
 
 /// Largest magnitude a decoded fixed-point value may have.
 const RANGE: u128 = 1 << 120;
@@ -91,7 +159,7 @@ pub fn to_bytes(v: &[Scalar]) -> Vec<u8> {
 
 /// Parse a share vector of exactly `len` elements; every element must be
 /// the canonical encoding of a field element (a reduced 32-byte integer).
-pub fn from_bytes(bytes: &[u8], len: usize) -> Result<Vec<Scalar>> {
+pub fn from_bytes(bytes: &[u8], len: usize) -> Result<ShareVec> {
     if bytes.len() != len * 32 {
         return Err(Error::LengthMismatch);
     }
@@ -102,11 +170,12 @@ pub fn from_bytes(bytes: &[u8], len: usize) -> Result<Vec<Scalar>> {
             b.copy_from_slice(c);
             Option::<Scalar>::from(Scalar::from_canonical_bytes(b)).ok_or(Error::InvalidScalar)
         })
-        .collect()
+        .collect::<Result<_>>()
+        .map(ShareVec)
 }
 
 /// Split `secret` into `parties` additive share vectors.
-pub fn split(secret: &[Scalar], parties: usize) -> Result<Vec<Vec<Scalar>>> {
+pub fn split(secret: &[Scalar], parties: usize) -> Result<Vec<ShareVec>> {
     if parties < MIN_PARTIES {
         return Err(Error::TooFewParties {
             min: MIN_PARTIES,
@@ -122,15 +191,15 @@ pub fn split(secret: &[Scalar], parties: usize) -> Result<Vec<Vec<Scalar>>> {
         for (l, x) in last.iter_mut().zip(&r) {
             *l -= x;
         }
-        shares.push(r);
+        shares.push(ShareVec(r));
     }
-    shares.push(last);
+    shares.push(ShareVec(last));
     Ok(shares)
 }
 
 /// Element-wise sum of share vectors (a party adding what it holds, or the
 /// opening of a total from every party's sum).
-pub fn add(vectors: &[Vec<Scalar>]) -> Result<Vec<Scalar>> {
+pub fn add(vectors: &[ShareVec]) -> Result<ShareVec> {
     let Some(first) = vectors.first() else {
         return Err(Error::LengthMismatch);
     };
@@ -139,7 +208,7 @@ pub fn add(vectors: &[Vec<Scalar>]) -> Result<Vec<Scalar>> {
         if v.len() != out.len() {
             return Err(Error::LengthMismatch);
         }
-        for (o, x) in out.iter_mut().zip(v) {
+        for (o, x) in out.0.iter_mut().zip(&v.0) {
             *o += x;
         }
     }
@@ -147,15 +216,15 @@ pub fn add(vectors: &[Vec<Scalar>]) -> Result<Vec<Scalar>> {
 }
 
 /// Open a total from one share vector per party; fewer than
-/// [`MIN_PARTIES`] is refused.
-pub fn reconstruct(shares: &[Vec<Scalar>]) -> Result<Vec<Scalar>> {
+/// [`MIN_PARTIES`] is refused. The opened total is public.
+pub fn reconstruct(shares: &[ShareVec]) -> Result<Vec<Scalar>> {
     if shares.len() < MIN_PARTIES {
         return Err(Error::TooFewParties {
             min: MIN_PARTIES,
             got: shares.len(),
         });
     }
-    add(shares)
+    Ok(add(shares)?.as_slice().to_vec())
 }
 
 #[cfg(test)]
@@ -184,7 +253,7 @@ mod tests {
             let sa = split(&[encode_fixed(a, 2).unwrap()], 3).unwrap();
             let sb = split(&[encode_fixed(b, 2).unwrap()], 3).unwrap();
             // Each party adds its two shares locally; only the total opens.
-            let per_party: Vec<Vec<Scalar>> =
+            let per_party: Vec<ShareVec> =
                 (0..3).map(|i| add(&[sa[i].clone(), sb[i].clone()]).unwrap()).collect();
             let total = decode_fixed(&reconstruct(&per_party).unwrap()[0], 2).unwrap();
             let want = (a * 100.0).round() / 100.0 + (b * 100.0).round() / 100.0;
@@ -208,8 +277,11 @@ mod tests {
         for _ in 0..100 {
             let shares = split(&s, 3).unwrap();
             let partial = add(&shares[..2]).unwrap();
-            assert_ne!(partial, s.to_vec());
-            assert!(decode_fixed(&partial[0], 0).is_err(), "out of range w.h.p.");
+            assert_ne!(partial, ShareVec::new(s.to_vec()));
+            assert!(
+                decode_fixed(&partial.as_slice()[0], 0).is_err(),
+                "out of range w.h.p."
+            );
         }
     }
 
@@ -223,7 +295,7 @@ mod tests {
             .iter()
             .map(|x| encode_int(*x).unwrap())
             .collect();
-        assert_eq!(from_bytes(&to_bytes(&v), 2).unwrap(), v);
+        assert_eq!(from_bytes(&to_bytes(&v), 2).unwrap().as_slice(), &v[..]);
         assert_eq!(from_bytes(&to_bytes(&v), 3), Err(Error::LengthMismatch));
         // ℓ itself and 2^256 − 1 are not canonical scalars.
         let mut bad = to_bytes(&v);
@@ -244,6 +316,23 @@ mod tests {
             decode_fixed(&encode_fixed(-12.5, 1).unwrap(), 1).unwrap(),
             -12.5
         );
-        assert!(add(&[vec![Scalar::ONE], vec![]]).is_err());
+        assert!(add(&[ShareVec::new(vec![Scalar::ONE]), ShareVec::default()]).is_err());
+    }
+
+    #[test]
+    fn a_share_vector_hides_its_values_and_compares_by_value() {
+        let a = ShareVec::new(vec![Scalar::from(1234567u64), Scalar::from(89u64)]);
+        assert_eq!(format!("{a:?}"), "ShareVec(len = 2, ..)");
+        assert_eq!(a, a.clone());
+        assert_ne!(
+            a,
+            ShareVec::new(vec![Scalar::from(1234567u64), Scalar::from(88u64)])
+        );
+        assert_ne!(a, ShareVec::new(vec![Scalar::from(1234567u64)]));
+        assert_eq!(
+            a.pick(&[1]).unwrap(),
+            ShareVec::new(vec![Scalar::from(89u64)])
+        );
+        assert!(a.pick(&[2]).is_err());
     }
 }

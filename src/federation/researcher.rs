@@ -16,11 +16,91 @@ use super::config::{FedConfig, node_key};
 use super::wire::{FromNode, PsiResult, ToNode};
 use crate::net::Link;
 
+/// How a joint request ended for the researcher (or the individual): a
+/// closed set, written as the strings scripts read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JointStatus {
+    Released,
+    Refused,
+    /// A round started and ended with no release.
+    Aborted,
+    /// `kexin contribute`: both aggregators stored their share.
+    Accepted,
+    /// `kexin contribute`: one aggregator stored it (never counted).
+    Partial,
+}
+
+impl JointStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JointStatus::Released => "released",
+            JointStatus::Refused => "refused",
+            JointStatus::Aborted => "aborted",
+            JointStatus::Accepted => "accepted",
+            JointStatus::Partial => "partial",
+        }
+    }
+
+    /// The command's exit status: 0 released or accepted, the federated
+    /// abort's status for a round that broke off (or half a contribution),
+    /// 3 refused.
+    pub fn exit_status(self) -> i32 {
+        match self {
+            JointStatus::Released | JointStatus::Accepted => 0,
+            JointStatus::Aborted | JointStatus::Partial => Code::FedAbort.exit_status(),
+            JointStatus::Refused => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for JointStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one node stands, as the researcher saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeDecision {
+    /// No answer to the request (not connected, or it went away).
+    Unreachable,
+    Ready,
+    Refused,
+    Released,
+    Aborted,
+    Accepted,
+    /// Ready, then no final answer.
+    #[serde(rename = "no answer")]
+    NoAnswer,
+}
+
+impl NodeDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeDecision::Unreachable => "unreachable",
+            NodeDecision::Ready => "ready",
+            NodeDecision::Refused => "refused",
+            NodeDecision::Released => "released",
+            NodeDecision::Aborted => "aborted",
+            NodeDecision::Accepted => "accepted",
+            NodeDecision::NoAnswer => "no answer",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How one node ended a federated query, as the researcher saw it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
     pub node: String,
-    pub decision: String,
+    pub decision: NodeDecision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -30,8 +110,7 @@ pub struct NodeReport {
 /// The researcher's result of `kexin federate`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FederatedOutcome {
-    /// `released`, `refused` or `aborted`.
-    pub status: String,
+    pub status: JointStatus,
     pub columns: Vec<String>,
     pub rows: Vec<Vec<kexin_engine::gate::Cell>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -49,11 +128,7 @@ pub struct FederatedOutcome {
 
 impl FederatedOutcome {
     pub fn exit_status(&self) -> i32 {
-        match self.status.as_str() {
-            "released" => 0,
-            "aborted" => Code::FedAbort.exit_status(),
-            _ => 3,
-        }
+        self.status.exit_status()
     }
 }
 
@@ -132,7 +207,7 @@ pub fn federate(
     let env = Signed::sign(tag::FEDERATE, body, key)?;
     let session = hex::encode(session_id(tag::FEDERATE, &env)?);
     let mut out = FederatedOutcome {
-        status: "aborted".into(),
+        status: JointStatus::Aborted,
         columns: vec![],
         rows: vec![],
         accuracy: vec![],
@@ -181,7 +256,7 @@ pub fn federate(
     let consistent = released.windows(2).all(|w| w[0].digest() == w[1].digest());
     if released.len() == nodes.len() && consistent {
         let r = released[0].clone();
-        out.status = "released".into();
+        out.status = JointStatus::Released;
         out.columns = r.columns;
         out.rows = r.rows;
         out.accuracy = r.accuracy;
@@ -200,7 +275,7 @@ pub(crate) fn reports(nodes: &[String]) -> Vec<NodeReport> {
         .iter()
         .map(|n| NodeReport {
             node: n.clone(),
-            decision: "unreachable".into(),
+            decision: NodeDecision::Unreachable,
             audit_seq: None,
             rule: None,
         })
@@ -215,7 +290,7 @@ pub(crate) enum Answer {
     /// Nothing started (the ready nodes were cancelled): `refused` with the
     /// first refusal's code and rule, else `aborted`.
     Stopped {
-        status: String,
+        status: JointStatus,
         code: String,
         rule: String,
     },
@@ -248,7 +323,7 @@ pub(crate) fn converse(
         let rep = &mut reports[i];
         match r {
             Ok(FromNode::Ready { plan, len }) => {
-                rep.decision = "ready".into();
+                rep.decision = NodeDecision::Ready;
                 plans.push((plan.clone(), *len));
             }
             Ok(FromNode::Refused {
@@ -256,7 +331,7 @@ pub(crate) fn converse(
                 rule,
                 audit_seq,
             }) => {
-                rep.decision = "refused".into();
+                rep.decision = NodeDecision::Refused;
                 rep.audit_seq = *audit_seq;
                 rep.rule = Some(rule.clone());
                 refused.get_or_insert((code.clone(), rule.clone()));
@@ -279,12 +354,12 @@ pub(crate) fn converse(
     record(reports, &done);
     match refused {
         Some((code, rule)) => Answer::Stopped {
-            status: "refused".into(),
+            status: JointStatus::Refused,
             code,
             rule,
         },
         None => Answer::Stopped {
-            status: "aborted".into(),
+            status: JointStatus::Aborted,
             code: Code::FedAbort.as_str().into(),
             rule: if all_ready {
                 "the nodes computed different plans (their policies differ)".into()
@@ -325,25 +400,25 @@ fn record(nodes: &mut [NodeReport], replies: &[Result<FromNode>]) {
                 | FromNode::Accepted { audit_seq }
                 | FromNode::Collected { audit_seq, .. },
             ) => {
-                rep.decision = "released".into();
+                rep.decision = NodeDecision::Released;
                 rep.audit_seq = Some(*audit_seq);
             }
             Ok(FromNode::Refused {
                 rule, audit_seq, ..
             }) => {
-                rep.decision = "refused".into();
+                rep.decision = NodeDecision::Refused;
                 rep.audit_seq = *audit_seq;
                 rep.rule = Some(rule.clone());
             }
             Ok(FromNode::Aborted { rule, audit_seq }) => {
-                rep.decision = "aborted".into();
+                rep.decision = NodeDecision::Aborted;
                 rep.audit_seq = *audit_seq;
                 rep.rule = Some(rule.clone());
             }
             Ok(_) => {}
             Err(_) => {
-                if rep.decision == "ready" {
-                    rep.decision = "no answer".into();
+                if rep.decision == NodeDecision::Ready {
+                    rep.decision = NodeDecision::NoAnswer;
                 }
             }
         }
@@ -353,7 +428,7 @@ fn record(nodes: &mut [NodeReport], replies: &[Result<FromNode>]) {
 /// The researcher's result of `kexin psi`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PsiOutcome {
-    pub status: String,
+    pub status: JointStatus,
     /// The noisy overlap size (released by the first node).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub result: Option<PsiResult>,
@@ -392,7 +467,7 @@ pub fn psi(
     };
     let env = Signed::sign(tag::PSI, body, key)?;
     let mut out = PsiOutcome {
-        status: "aborted".into(),
+        status: JointStatus::Aborted,
         result: None,
         sum: None,
         code: None,
@@ -426,7 +501,7 @@ pub fn psi(
         _ => count.is_some() && second_done,
     };
     if complete {
-        out.status = "released".into();
+        out.status = JointStatus::Released;
         out.result = count;
         out.sum = second;
     } else {
@@ -434,4 +509,43 @@ pub fn psi(
         out.rule = Some(abort_rule(&out.nodes));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statuses serialize to the strings scripts have always read.
+    #[test]
+    fn statuses_are_written_as_before() {
+        let all = [
+            JointStatus::Released,
+            JointStatus::Refused,
+            JointStatus::Aborted,
+            JointStatus::Accepted,
+            JointStatus::Partial,
+        ];
+        for s in all {
+            assert_eq!(
+                serde_json::to_string(&s).ok(),
+                Some(format!("\"{}\"", s.as_str()))
+            );
+        }
+        let all = [
+            NodeDecision::Unreachable,
+            NodeDecision::Ready,
+            NodeDecision::Refused,
+            NodeDecision::Released,
+            NodeDecision::Aborted,
+            NodeDecision::Accepted,
+            NodeDecision::NoAnswer,
+        ];
+        for d in all {
+            assert_eq!(
+                serde_json::to_string(&d).ok(),
+                Some(format!("\"{}\"", d.as_str()))
+            );
+        }
+        assert_eq!(NodeDecision::NoAnswer.as_str(), "no answer");
+    }
 }

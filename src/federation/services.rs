@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
+use kexin_engine::audit::Kind;
 use kexin_engine::contribution::{CollectBody, ContributionBody};
 use kexin_engine::federated::rounds::collect::{Collect, Collected};
 use kexin_engine::federated::rounds::fhe_gate::{self, FheParty, Part};
@@ -49,7 +50,7 @@ impl NodeServer {
         &self,
         link: &mut Link,
         req: &QueryRequest,
-        kind: &str,
+        kind: Kind,
         session: &[u8; 32],
         trace: &JointTrace,
         r: Refusal,
@@ -67,7 +68,7 @@ impl NodeServer {
         &self,
         link: &mut Link,
         req: &QueryRequest,
-        kind: &str,
+        kind: Kind,
         session: &[u8; 32],
         trace: &JointTrace,
         why: &'static str,
@@ -96,13 +97,20 @@ impl NodeServer {
         let req = QueryRequest::new(&b.scene, &b.member, &b.sql);
         let none = JointTrace::default();
         if member != b.member {
-            return self.refuse(&mut link, &req, "federated", &session, &none, OTHER_SIGNER);
+            return self.refuse(
+                &mut link,
+                &req,
+                Kind::Federated,
+                &session,
+                &none,
+                OTHER_SIGNER,
+            );
         }
         let me = match self.node.authenticate_federate(&env) {
             Ok(i) => i,
             Err(e) => {
                 let r = e.as_refusal();
-                return self.refuse(&mut link, &req, "federated", &session, &none, r);
+                return self.refuse(&mut link, &req, Kind::Federated, &session, &none, r);
             }
         };
         let (partial, trace) = self.rt.block_on(self.node.joint_partial(&req, &b.nodes));
@@ -110,7 +118,7 @@ impl NodeServer {
             Ok(p) => p,
             Err(e) => {
                 let r = e.as_refusal();
-                return self.refuse(&mut link, &req, "federated", &session, &trace, r);
+                return self.refuse(&mut link, &req, Kind::Federated, &session, &trace, r);
             }
         };
         let gate = self
@@ -128,7 +136,7 @@ impl NodeServer {
             Ok(rows) => {
                 let seq = self.node.audit_joint(
                     &req,
-                    "federated",
+                    Kind::Federated,
                     &session,
                     &trace,
                     JointDecision::Released(&rows),
@@ -138,7 +146,7 @@ impl NodeServer {
                     audit_seq: seq,
                 })
             }
-            Err(a) => self.abort(&mut link, &req, "federated", &session, &trace, a.rule),
+            Err(a) => self.abort(&mut link, &req, Kind::Federated, &session, &trace, a.rule),
         }
     }
 
@@ -364,11 +372,13 @@ impl NodeServer {
         );
         let mut trace = JointTrace::default();
         if member != b.member {
-            return self.refuse(&mut link, &req, "psi", &session, &trace, OTHER_SIGNER);
+            return self.refuse(&mut link, &req, Kind::Psi, &session, &trace, OTHER_SIGNER);
         }
         let me = match self.node.authenticate_psi(&env) {
             Ok(i) => i,
-            Err(e) => return self.refuse(&mut link, &req, "psi", &session, &trace, e.as_refusal()),
+            Err(e) => {
+                return self.refuse(&mut link, &req, Kind::Psi, &session, &trace, e.as_refusal());
+            }
         };
         let column = b.column.clone();
         let sum = match (b.mode.as_str(), &column) {
@@ -379,7 +389,7 @@ impl NodeServer {
                     Code::Federation,
                     "--mode sum takes --column; --mode cardinality takes none",
                 );
-                return self.refuse(&mut link, &req, "psi", &session, &trace, r);
+                return self.refuse(&mut link, &req, Kind::Psi, &session, &trace, r);
             }
         };
         let (items, t) = self
@@ -388,7 +398,9 @@ impl NodeServer {
         trace = t;
         let items = match items {
             Ok(i) => i,
-            Err(e) => return self.refuse(&mut link, &req, "psi", &session, &trace, e.as_refusal()),
+            Err(e) => {
+                return self.refuse(&mut link, &req, Kind::Psi, &session, &trace, e.as_refusal());
+            }
         };
         let outcome = self.in_session(session, &b.nodes, |rx| -> Result<PsiDone, Abort> {
             self.await_go(
@@ -428,7 +440,7 @@ impl NodeServer {
         })?;
         let done = match outcome {
             Ok(d) => d,
-            Err(a) => return self.abort(&mut link, &req, "psi", &session, &trace, a.rule),
+            Err(a) => return self.abort(&mut link, &req, Kind::Psi, &session, &trace, a.rule),
         };
         let result = match done {
             PsiDone::Nothing => {
@@ -441,7 +453,7 @@ impl NodeServer {
                 };
                 let seq = self.node.audit_joint(
                     &req,
-                    "psi",
+                    Kind::Psi,
                     &session,
                     &trace,
                     JointDecision::Released(&rows),
@@ -456,7 +468,7 @@ impl NodeServer {
                     Ok(v) => v,
                     Err(e) => {
                         let r = e.as_refusal();
-                        return self.refuse(&mut link, &req, "psi", &session, &trace, r);
+                        return self.refuse(&mut link, &req, Kind::Psi, &session, &trace, r);
                     }
                 };
                 PsiResult {
@@ -482,7 +494,7 @@ impl NodeServer {
                     Ok(e) => e,
                     Err(e) => {
                         let r = e.as_refusal();
-                        return self.refuse(&mut link, &req, "psi", &session, &trace, r);
+                        return self.refuse(&mut link, &req, Kind::Psi, &session, &trace, r);
                     }
                 };
                 let q = items.quantum;
@@ -524,7 +536,7 @@ impl NodeServer {
         };
         let seq = self.node.audit_joint(
             &req,
-            "psi",
+            Kind::Psi,
             &session,
             &trace,
             JointDecision::Released(&rows),

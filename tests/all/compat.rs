@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kexin_engine::audit::AuditEntry;
+use kexin_engine::audit::{AuditEntry, Decision, Kind};
 use kexin_engine::store::{NodeKeys, Store, verify};
 
 fn fixture() -> PathBuf {
@@ -74,7 +74,17 @@ fn write_the_audit_fixture() {
     let mut store = Store::open(&dir, origin).unwrap();
     let digest = [7u8; 32];
     for (i, (kind, decision)) in WRITTEN.iter().enumerate() {
-        let mut e = AuditEntry::new("h1", "alice", "diabetes-2027", kind, decision, &digest);
+        let mut e = AuditEntry::new(
+            "h1",
+            "alice",
+            "diabetes-2027",
+            Kind::Query,
+            Decision::Released,
+            &digest,
+        );
+        // The strings as the code of the time wrote them.
+        e.kind = kind.to_string();
+        e.decision = decision.to_string();
         if *decision == "refused" || *decision == "aborted" {
             e.code = Some("KX-CONTRACT".into());
             e.rule = Some("this member may not take this action on the contract".into());
@@ -130,6 +140,23 @@ fn an_audit_log_written_before_the_typed_sets_still_verifies() {
         assert_eq!(v["kind"], *kind);
         assert_eq!(v["decision"], *decision);
     }
+    // The typed sets write what the old code wrote: every kind and decision
+    // is in the old log, except the kinds that now stand for an action no
+    // one knows (the old code wrote the caller's text there).
+    let old_kinds: Vec<&str> = WRITTEN.iter().map(|(k, _)| *k).collect();
+    let old_decisions: Vec<&str> = WRITTEN.iter().map(|(_, d)| *d).collect();
+    for k in Kind::ALL {
+        assert_eq!(Kind::parse(k.as_str()), Some(*k));
+        if !k.as_str().ends_with("-unknown") {
+            assert!(old_kinds.contains(&k.as_str()), "{k} is new");
+        }
+    }
+    for d in Decision::ALL {
+        assert_eq!(Decision::parse(d.as_str()), Some(*d));
+        assert!(old_decisions.contains(&d.as_str()), "{d} is new");
+    }
+    assert_eq!(Kind::contract("launch"), Kind::ContractUnknown);
+    assert_eq!(Kind::airlock("publish"), Kind::AirlockUnknown);
     // One edited byte fails, so the check above is not vacuous.
     db.execute(
         "UPDATE audit SET entry = replace(entry, 'alice', 'alicf') WHERE seq = 3",

@@ -266,7 +266,7 @@ fn individuals_contribute_and_only_a_full_batch_is_released() {
     for (i, (name, key)) in people[..120].iter().enumerate() {
         let o = kexin::contribute::contribute(&space, name, key, "wearable-steps", bands[i % 5])
             .unwrap();
-        assert_eq!(o.status, "accepted");
+        assert_eq!(o.status, kexin::federation::JointStatus::Accepted);
         expected[i % 5] += 1;
     }
     let (poisoner, pkey) = &people[120];
@@ -325,7 +325,7 @@ fn a_dp_sum_scene_releases_a_noisy_total_and_withholds_counts() {
         let o =
             kexin::contribute::contribute(&space, name, key, "hba1c-self-report", &v.to_string())
                 .unwrap();
-        assert_eq!(o.status, "accepted");
+        assert_eq!(o.status, kexin::federation::JointStatus::Accepted);
     }
     let o = kexin::contribute::contribute(
         &space,
@@ -338,7 +338,11 @@ fn a_dp_sum_scene_releases_a_noisy_total_and_withholds_counts() {
     assert_eq!(o.code.as_deref(), Some("KX-CONTRIB"));
     let alice = kexin::members::load_key(&d, "alice", None).unwrap();
     let out = kexin::contribute::collect(&space, "alice", &alice, "hba1c-self-report").unwrap();
-    assert_eq!(out.status, "released", "{out:?}");
+    assert_eq!(
+        out.status,
+        kexin::federation::JointStatus::Released,
+        "{out:?}"
+    );
     let r = out.result.unwrap();
     assert_eq!(r.reports, None);
     let hw = r.half_width_95.unwrap();

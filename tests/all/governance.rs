@@ -281,6 +281,15 @@ async fn contracts_gate_every_query() {
         )
         .is_err()
     );
+    // An action no one knows is refused, and audited under a fixed kind:
+    // the caller's text never reaches the log.
+    assert!(
+        node.contract_act(
+            &members::contract_action(&sp, "h1", "bob", &bob, &offered.id, "agree\nforged")
+                .unwrap()
+        )
+        .is_err()
+    );
     node.contract_act(
         &members::contract_action(&sp, "h1", "bob", &bob, &offered.id, "agree").unwrap(),
     )
@@ -390,6 +399,8 @@ async fn contracts_gate_every_query() {
         .map(|e| e.kind)
         .collect();
     assert!(kinds.iter().any(|k| k == "contract-terminate"));
+    assert!(kinds.iter().any(|k| k == "contract-unknown"));
+    assert!(!kinds.iter().any(|k| k.contains("forged")));
     assert!(kinds.iter().filter(|k| *k == "contract-agree").count() >= 3);
 }
 

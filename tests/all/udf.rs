@@ -745,7 +745,7 @@ async fn a_node_whose_execution_fails_takes_part_with_every_cell_suppressed() {
         let seq = opened_nodes[1]
             .audit_joint(
                 &req,
-                "federated",
+                kexin_engine::audit::Kind::Federated,
                 &[7; 32],
                 &traces[1],
                 JointDecision::Released(&rows),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, Decision, Kind};
 use crate::error::{Code, Error, Result};
 use crate::ledger::{Budget, Caps, Charge, PeerLedger, Replicate, Spent};
 use crate::node::{Node, refusal};
@@ -94,11 +94,11 @@ impl Node {
             &self.name,
             &charge.actor,
             &charge.scene,
-            "budget-charge",
+            Kind::BudgetCharge,
             if spent.is_some() {
-                "released"
+                Decision::Released
             } else {
-                "refused"
+                Decision::Refused
             },
             &self.space.policy_digest,
         );

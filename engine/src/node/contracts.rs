@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, Decision, Kind};
 use crate::contract::{Action, Contract, State, Terms};
 use crate::error::{Code, Error, Result, refuse};
 use crate::identity::{self, Signed, tag};
@@ -45,8 +45,8 @@ impl Node {
         &self,
         actor: &str,
         scene: &str,
-        kind: &str,
-        decision: &str,
+        kind: Kind,
+        decision: Decision,
     ) -> AuditEntry {
         AuditEntry::new(
             &self.name,
@@ -65,11 +65,11 @@ impl Node {
         result: Result<T>,
         actor: &str,
         scene: &str,
-        kind: &str,
+        kind: Kind,
         contract: Option<&str>,
     ) -> Result<T> {
         if let Err(Error::Refused(r)) = &result {
-            let mut e = self.governance_entry(actor, scene, kind, "refused");
+            let mut e = self.governance_entry(actor, scene, kind, Decision::Refused);
             e.code = Some(r.code.as_str().to_string());
             e.rule = Some(r.rule.to_string());
             e.contract = contract.map(str::to_string);
@@ -88,7 +88,7 @@ impl Node {
     pub fn contract_offer(&self, env: &Signed<Terms>) -> Result<Contract> {
         let t = &env.body;
         let r = self.offer_checked(env);
-        self.audit_refusal(r, &t.holder, &t.scene, "contract-offer", None)
+        self.audit_refusal(r, &t.holder, &t.scene, Kind::ContractOffer, None)
     }
 
     fn offer_checked(&self, env: &Signed<Terms>) -> Result<Contract> {
@@ -164,7 +164,8 @@ impl Node {
         let terms = serde_json::to_string(t).map_err(Error::internal)?;
         let sig = serde_json::to_string(&[serde_json::to_value(env).map_err(Error::internal)?])
             .map_err(Error::internal)?;
-        let mut e = self.governance_entry(&t.holder, &t.scene, "contract-offer", "offered");
+        let mut e =
+            self.governance_entry(&t.holder, &t.scene, Kind::ContractOffer, Decision::Offered);
         e.contract = Some(id.clone());
         let now = now_utc().1;
         self.store_lock()?.append_with(e, &self.keys, |tx, _| {
@@ -195,7 +196,7 @@ impl Node {
             r,
             &a.member,
             &scene,
-            &format!("contract-{}", a.action),
+            Kind::contract(&a.action),
             Some(&a.contract),
         )
     }
@@ -236,8 +237,13 @@ impl Node {
         let mut e = self.governance_entry(
             &a.member,
             &c.terms.scene,
-            &format!("contract-{}", a.action),
-            &next.as_str().to_ascii_lowercase(),
+            Kind::contract(&a.action),
+            match next {
+                State::Offered => Decision::Offered,
+                State::Agreed => Decision::Agreed,
+                State::Finalized => Decision::Finalized,
+                State::Terminated => Decision::Terminated,
+            },
         );
         e.contract = Some(c.id.clone());
         let signed = serde_json::to_value(env).map_err(Error::internal)?;

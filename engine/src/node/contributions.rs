@@ -6,7 +6,7 @@
 use kexin_mpc::prio3::Stored;
 
 use super::{Node, refusal};
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, Decision, Kind};
 use crate::contribution::{BatchResult, CollectBody, ContributionBody, decode_b64, vdaf};
 use crate::error::{Code, Error, Result};
 use crate::identity::{Signed, tag};
@@ -87,15 +87,15 @@ impl Node {
             self.name(),
             &b.person,
             &b.scene,
-            "contribution",
-            "accepted",
+            Kind::Contribution,
+            Decision::Accepted,
             &self.space.policy_digest,
         );
         let (stored, _) = match checked {
             Ok(s) => s,
             Err(err) => {
                 if let Some(r) = err.as_refusal_parts() {
-                    e.decision = "refused".into();
+                    e.decide(Decision::Refused);
                     e.code = Some(r.0.as_str().into());
                     e.rule = Some(r.1.into());
                     self.store_lock()?.append(e, &self.keys)?;
@@ -110,7 +110,7 @@ impl Node {
             |r| r.get(0),
         )?;
         if open > 0 {
-            e.decision = "refused".into();
+            e.decide(Decision::Refused);
             e.code = Some(Code::Contribution.as_str().into());
             e.rule = Some("the person already contributed to the open batch".into());
             store.append(e, &self.keys)?;
@@ -219,8 +219,8 @@ impl Node {
             self.name(),
             &b.member,
             &b.scene,
-            "collection",
-            "released",
+            Kind::Collection,
+            Decision::Released,
             &self.space.policy_digest,
         );
         e.session = Some(hex::encode(session));
@@ -231,12 +231,11 @@ impl Node {
                 e.epsilon = r.epsilon;
             }
             Err((code, rule)) => {
-                e.decision = if code == Code::FedAbort {
-                    "aborted"
+                e.decide(if code == Code::FedAbort {
+                    Decision::Aborted
                 } else {
-                    "refused"
-                }
-                .into();
+                    Decision::Refused
+                });
                 e.code = Some(code.as_str().into());
                 e.rule = Some(rule.into());
             }

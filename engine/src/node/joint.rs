@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, Decision, Kind};
 use crate::dp;
 use crate::error::{Code, Error, Result, refuse};
 use crate::federated::{
@@ -501,13 +501,13 @@ impl Node {
             .ok_or_else(|| refusal(Code::Scene, "unknown scene"))
     }
 
-    /// Record how a federated computation (`kind` = `federated` or `psi`)
-    /// ended at this node, with the session digest every node shares.
-    /// Returns the audit sequence number.
+    /// Record how a federated computation (`kind`: [`Kind::Federated`] or
+    /// [`Kind::Psi`]) ended at this node, with the session digest every
+    /// node shares. Returns the audit sequence number.
     pub fn audit_joint(
         &self,
         req: &QueryRequest,
-        kind: &str,
+        kind: Kind,
         session: &[u8; 32],
         trace: &JointTrace,
         decision: JointDecision<'_>,
@@ -519,9 +519,9 @@ impl Node {
             &req.scene,
             kind,
             match decision {
-                JointDecision::Released(_) => "released",
-                JointDecision::Refused(_) => "refused",
-                JointDecision::Aborted(_) => "aborted",
+                JointDecision::Released(_) => Decision::Released,
+                JointDecision::Refused(_) => Decision::Refused,
+                JointDecision::Aborted(_) => Decision::Aborted,
             },
             &self.space.policy_digest,
         );
