@@ -1,35 +1,22 @@
 //! `kexin-engine`: the trusted side of the sandbox boundary.
 //!
 //! A researcher's SQL is data: it is parsed, checked and rewritten before it
-//! runs, and only what passes the output gate leaves. The modules follow the
-//! query path of `docs/query-path.md`, with time and purposes at the ground:
+//! runs, and only what passes the output gate leaves. The crate is a house
+//! of wings over a ground floor; a wing reads the ground and the wings
+//! below it, never one above (`tests/all/layers.rs` fails otherwise):
 //!
-//! | module | holds |
-//! |---|---|
-//! | [`clock`] | the one clock source, timestamps, calendar days, the freshness window of signed requests |
-//! | [`purpose`] | DUO purposes of use and their matching (ICD-10 disease codes) |
-//! | [`policy`] | `space.toml`: datasets, column grades/kinds/masks/bounds, scenes, members, limits |
-//! | [`mask`] | the column masks and clamps applied at the scan (`kexin_mask`) |
-//! | [`disclosure`] | lineage checks: what each output column derives from, refusal rules |
-//! | [`rewrite`] | the `AnalyzerRule` that masks every base-table scan; safe expression semantics |
-//! | [`gate`] | instrumentation of the releasing aggregate; suppression, rounding, release |
-//! | [`cells`] | the hidden per-cell aggregates: capped distinct persons, dominance shares |
-//! | [`audit`] | RFC 6962 Merkle hashing and C2SP signed-note checkpoints |
-//! | [`store`] | the node's SQLite state, keys, audit log storage and verification |
-//! | [`node`] | one node: opening a space and running a researcher's query end to end |
-//! | [`noise`] | exact discrete Laplace and Gaussian samplers (CKS20) for DP noise |
-//! | [`dp`] | DP mode: contribution bounding, noise calibration, partition selection, accuracy |
-//! | [`udf`] | approved WebAssembly UDFs bound into a query as DataFusion functions |
-//! | [`identity`] | member key files, operator-signed certificates, signed requests, GB 11643 ID numbers |
-//! | [`consent`] | consent receipts, the consent filter at the scan |
-//! | [`contribution`] | individuals' Prio3 reports: bodies, measurements, noise shares, the released batch (the node's side is `node/contributions.rs`) |
-//! | [`federated`] | a joint computation: the signed requests, the plan every node agrees on, and [`federated::rounds`], each federated protocol as transport-free role types tested in memory |
-//! | [`registry`] | the space's registry: issued certificates and consent receipts (SQLite, audited) |
-//! | [`ledger`] | one DP budget per requester organisation over all scenes and nodes; peers accept each charge first |
-//! | [`witness`] | peers keep and countersign each node's latest checkpoint, so truncation and rollback are caught |
-//! | [`airlock`] | results held for data-holder review, signed approvals bound to the held bytes |
-//! | [`contract`] | data-use contracts between a holder and a requester, and their negotiation states |
-//! | [`error`] | fixed refusal codes, kept apart from internal failures |
+//! | floor | modules | holds |
+//! |---|---|---|
+//! | ground | [`error`], [`clock`], [`purpose`], [`noise`], [`mask`] | fixed refusal codes; the one clock source; DUO purposes; exact discrete Laplace and Gaussian samplers (CKS20); the column masks and clamps applied at the scan, and the secret key type |
+//! | [`trust`] | [`identity`], [`audit`], [`store`], [`ledger`], [`witness`] | who is who and what is evidence: certificates and signed requests, the RFC 6962 Merkle log with C2SP signed checkpoints, the node's SQLite state, the DP budget ledger, peers' checkpoints |
+//! | [`space`] | [`policy`] | `space.toml`: datasets, column grades/kinds/masks/bounds, scenes, members, limits |
+//! | [`govern`] | [`registry`], [`consent`], [`contract`], [`airlock`], [`contribution`] | governance as data and rules: certificates and consent receipts, the consent filter, data-use contracts and their states, results held for review, individuals' Prio3 reports |
+//! | [`query`] | [`disclosure`], [`rewrite`], [`udf`], [`gate`], [`cells`], [`dp`] | the single-node query path: lineage checks, the rewrite at the scan, WebAssembly UDFs, the release gate and its hidden per-cell aggregates, DP mode |
+//! | [`federated`] | [`federated::rounds`] | a joint computation: the signed requests, the plan every node agrees on, and each federated protocol as transport-free role types tested in memory |
+//! | [`node`] | `node/` child modules | one node: opening a space, running a researcher's query end to end, and its services (contracts, airlock, contributions, joint computations, budget, witnessing) |
+//!
+//! Every module also answers at its old flat path (`kexin_engine::dp`,
+//! `kexin_engine::policy`, …).
 //!
 //! ```no_run
 //! # async fn demo() -> kexin_engine::Result<()> {
@@ -50,29 +37,27 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod airlock;
-pub mod audit;
-pub mod cells;
+// The ground: what every wing may read.
 pub mod clock;
-pub mod consent;
-pub mod contract;
-pub mod contribution;
-pub mod disclosure;
-pub mod dp;
 pub mod error;
-pub mod federated;
-pub mod gate;
-pub mod identity;
-pub mod ledger;
 pub mod mask;
-pub mod node;
 pub mod noise;
-pub mod policy;
 pub mod purpose;
-pub mod registry;
-pub mod rewrite;
-pub mod store;
-pub mod udf;
-pub mod witness;
+
+// The wings, bottom up: a wing reads the ground and the wings below it only
+// (`tests/all/layers.rs` checks it).
+pub mod federated;
+pub mod govern;
+pub mod node;
+pub mod query;
+pub mod space;
+pub mod trust;
+
+// Each module also answers at its old path (`kexin_engine::dp`, …), so
+// users' code and the crate's own paths keep working.
+pub use govern::{airlock, consent, contract, contribution, registry};
+pub use query::{cells, disclosure, dp, gate, rewrite, udf};
+pub use space::policy;
+pub use trust::{audit, identity, ledger, store, witness};
 
 pub use error::{Code, Error, Refusal, Result};

@@ -1,0 +1,192 @@
+//! UDF administration on a node: registering an approved module for a
+//! scene (content store and audit record together), listing approvals,
+//! and loading a scene's modules for a query.
+
+use super::*;
+
+/// The result of registering a UDF module on one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Registration {
+    pub node: String,
+    pub scene: String,
+    pub digest: String,
+    pub functions: Vec<kexin_sandbox::Function>,
+    /// False when the module was already approved for the scene here.
+    pub newly_approved: bool,
+    pub audit_seq: u64,
+}
+
+/// One approved module as `kexin udf list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedUdf {
+    pub node: String,
+    pub scene: String,
+    pub digest: String,
+    /// `policy` (listed in space.toml) or `registered` (by a data holder).
+    pub source: &'static str,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    pub functions: Vec<kexin_sandbox::Function>,
+    /// Whether the module file is present and matches its digest.
+    pub loadable: bool,
+}
+
+impl Node {
+    /// Every module approved for `scene` on this node: the policy's digests
+    /// and the data holder's registrations, each loaded from the content
+    /// store and checked against its digest.
+    pub(super) fn scene_modules(&self, scene: &Scene) -> Result<Vec<kexin_sandbox::Module>> {
+        let mut digests: Vec<String> = scene.udfs.clone();
+        for a in self.approvals(Some(&scene.name))? {
+            if !digests.contains(&a.digest) {
+                digests.push(a.digest);
+            }
+        }
+        digests
+            .iter()
+            .map(|d| self.udfs.load_approved(&self.space.dir, d))
+            .collect()
+    }
+
+    pub(super) fn approvals(&self, scene: Option<&str>) -> Result<Vec<UdfApproval>> {
+        self.store
+            .lock()
+            .map_err(|_| Error::internal("state store lock poisoned"))?
+            .udf_approvals(scene)
+    }
+
+    /// A data holder approves a module for a scene on this node: the module
+    /// is checked (limits, imports, manifest, export types), its function
+    /// names must not shadow built-ins or the scene's other modules, its
+    /// bytes go to the space's content store, and the approval and its
+    /// audit record commit together.
+    pub fn register_udf(&self, scene: &str, bytes: &[u8], by: &str) -> Result<Registration> {
+        let sc = self
+            .space
+            .scenes
+            .get(scene)
+            .ok_or_else(|| refusal(Code::Scene, "unknown scene"))?;
+        // Approvals come from the space operator or a data-holder member.
+        if by != "operator"
+            && self
+                .space
+                .members
+                .get(by)
+                .is_none_or(|m| m.role != "holder")
+        {
+            return Err(Error::config(
+                "space.toml",
+                format!("member.{by}"),
+                "UDF approvals need a member with role \"holder\" (or the operator)",
+            ));
+        }
+        let module = self.udfs.load_bytes(bytes)?;
+        let digest = module.digest().to_string();
+        let functions = module.manifest().functions.clone();
+        let existing = self.approvals(Some(scene))?;
+        if let Some(a) = existing.iter().find(|a| a.digest == digest) {
+            return Ok(Registration {
+                node: self.name.clone(),
+                scene: scene.to_string(),
+                digest,
+                functions,
+                newly_approved: false,
+                audit_seq: a.audit_seq,
+            });
+        }
+        // Names must be unique across the scene's modules and must not shadow
+        // DataFusion's functions.
+        let mut others = self.scene_modules(sc).unwrap_or_default();
+        others.retain(|m| m.digest() != digest);
+        others.push(module.clone());
+        let (state, _) = self.session(sc, &QueryUdfs::default(), &sc.datasets, None)?;
+        QueryUdfs::bind(&others, sc.udf_limits)?;
+        if functions.iter().any(|f| builtin_function(&state, &f.name)) {
+            return Err(refusal(
+                Code::UdfManifest,
+                "a UDF module declares a function with a built-in function's name",
+            ));
+        }
+        let path = crate::udf::module_path(&self.space.dir, &digest)
+            .ok_or_else(|| Error::internal("digest without a path"))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        let manifest = serde_json::to_string(module.manifest()).map_err(Error::internal)?;
+        let now = now_utc().1;
+        let mut entry = self.governance_entry(by, scene, Kind::UdfRegister, Decision::Approved);
+        entry.time = now.clone();
+        entry.udfs = vec![digest.clone()];
+        let (seq, _) = self
+            .store
+            .lock()
+            .map_err(|_| Error::internal("state store lock poisoned"))?
+            .append_with(entry, &self.keys, |tx, seq| {
+                tx.execute(
+                    "INSERT INTO udf_approval
+                     (scene, digest, manifest, approved_by, approved_at, audit_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    rusqlite::params![scene, digest, manifest, by, now, seq as i64],
+                )?;
+                Ok(())
+            })?;
+        Ok(Registration {
+            node: self.name.clone(),
+            scene: scene.to_string(),
+            digest,
+            functions,
+            newly_approved: true,
+            audit_seq: seq,
+        })
+    }
+
+    /// Approved modules on this node, optionally for one scene.
+    pub fn list_udfs(&self, scene: Option<&str>) -> Result<Vec<ListedUdf>> {
+        let mut out = Vec::new();
+        for sc in self.space.scenes.values() {
+            if scene.is_some_and(|s| s != sc.name) {
+                continue;
+            }
+            let mut seen = Vec::new();
+            for d in &sc.udfs {
+                seen.push(d.clone());
+                out.push(self.listed(sc, d, "policy", None));
+            }
+            for a in self.approvals(Some(&sc.name))? {
+                if seen.contains(&a.digest) {
+                    continue;
+                }
+                let d = a.digest.clone();
+                out.push(self.listed(sc, &d, "registered", Some(a)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn listed(
+        &self,
+        sc: &Scene,
+        digest: &str,
+        source: &'static str,
+        approval: Option<UdfApproval>,
+    ) -> ListedUdf {
+        let module = self.udfs.load_approved(&self.space.dir, digest).ok();
+        ListedUdf {
+            node: self.name.clone(),
+            scene: sc.name.clone(),
+            digest: digest.to_string(),
+            source,
+            approved_by: approval.as_ref().map(|a| a.approved_by.clone()),
+            approved_at: approval.as_ref().map(|a| a.approved_at.clone()),
+            functions: module
+                .as_ref()
+                .map(|m| m.manifest().functions.clone())
+                .unwrap_or_default(),
+            loadable: module.is_some(),
+        }
+    }
+}
