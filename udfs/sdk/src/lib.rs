@@ -34,15 +34,11 @@ pub mod ty {
     pub const DATE: u32 = 6;
 }
 
-#[cfg_attr(
-    not(target_arch = "wasm32"),
-    allow(dead_code, reason = "the ABI exports are called by the wasm host only")
-)]
+// Allowed: the ABI exports are called by the wasm host only.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 const HEADER: usize = 16;
-#[cfg_attr(
-    not(target_arch = "wasm32"),
-    allow(dead_code, reason = "the ABI exports are called by the wasm host only")
-)]
+// Allowed: the ABI exports are called by the wasm host only.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 const SLOT: usize = 20;
 
 #[cfg(target_arch = "wasm32")]
@@ -191,10 +187,10 @@ mod raw {
         // Safety: the host wrote `rows` f64 values at this aligned address.
         Some(unsafe { core::slice::from_raw_parts(addr as *const f64, rows) })
     }
-    #[allow(
-        clippy::mut_from_ref,
-        reason = "the host hands the guest a fresh output buffer per call; no other reference to it exists"
-    )]
+    // Allowed: the host hands the guest a fresh output buffer per call, and
+    // no other reference to it exists. (The wasm build's rustc predates
+    // `reason = ...` in lint attributes, so reasons here are comments.)
+    #[allow(clippy::mut_from_ref)]
     pub fn f64s_mut<'a>(addr: usize, rows: usize) -> &'a mut [f64] {
         if rows == 0 {
             return &mut [];
@@ -209,10 +205,10 @@ mod raw {
         // Safety: host-written buffer of `len` bytes.
         unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
     }
-    #[allow(
-        clippy::mut_from_ref,
-        reason = "the host hands the guest a fresh output buffer per call; no other reference to it exists"
-    )]
+    // Allowed: the host hands the guest a fresh output buffer per call, and
+    // no other reference to it exists. (The wasm build's rustc predates
+    // `reason = ...` in lint attributes, so reasons here are comments.)
+    #[allow(clippy::mut_from_ref)]
     pub fn bytes_mut<'a>(addr: usize, len: usize) -> &'a mut [u8] {
         if len == 0 {
             return &mut [];
@@ -257,10 +253,8 @@ const MAX_ARGS: usize = 8;
 
 /// A call's input batch.
 pub struct Call<'a> {
-    #[cfg_attr(
-        not(target_arch = "wasm32"),
-        allow(dead_code, reason = "the ABI exports are called by the wasm host only")
-    )]
+    // Allowed: the ABI exports are called by the wasm host only.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     addr: usize,
     rows: usize,
     cols: [Option<Col<'a>>; MAX_ARGS],
