@@ -304,6 +304,14 @@ pub fn id(action: IdAction) -> Result<u8> {
                 identity::valid_date(&valid_to),
                 "--valid-to is not YYYY-MM-DD"
             );
+            // A role outside the closed set is refused like any other
+            // refused certificate (KX-AUTH, exit status 3).
+            let Some(role) = identity::Role::parse(&role) else {
+                return refused(
+                    kexin_engine::Error::refused(kexin_engine::Code::Auth, "unknown role"),
+                    Format::Table,
+                );
+            };
             let mut registry = Registry::open(Arc::clone(&space))?;
             let cert = members::certificate(
                 &space,
@@ -311,7 +319,7 @@ pub fn id(action: IdAction) -> Result<u8> {
                 &operator,
                 &Issue {
                     member: &member,
-                    role: &role,
+                    role,
                     org: &org,
                     public_key: public,
                     id_number: id.as_ref(),

@@ -66,7 +66,7 @@ pub fn query(
 #[derive(Debug, Clone)]
 pub struct Issue<'a> {
     pub member: &'a str,
-    pub role: &'a str,
+    pub role: kexin_engine::identity::Role,
     pub org: &'a str,
     pub public_key: ed25519_dalek::VerifyingKey,
     pub id_number: Option<&'a IdCardNumber>,
@@ -86,7 +86,7 @@ pub fn certificate(
         Certificate {
             space: space.name.clone(),
             member: i.member.into(),
-            role: i.role.into(),
+            role: i.role,
             org: i.org.into(),
             public_key: hex::encode(i.public_key.as_bytes()),
             real_name_verified: i.real_name_verified || i.id_number.is_some(),
@@ -255,7 +255,7 @@ pub fn issue_members(space: &Space, registry: &mut Registry, operator: &SigningK
             operator,
             &Issue {
                 member: &m.name,
-                role: &m.role,
+                role: m.role,
                 org: &m.org,
                 public_key: public,
                 id_number: None,
@@ -377,7 +377,7 @@ pub async fn example_governance(
         let Some(holder) = space
             .members
             .values()
-            .find(|m| m.role == "holder" && m.nodes.contains(n))
+            .find(|m| m.role == kexin_engine::identity::Role::Holder && m.nodes.contains(n))
         else {
             continue;
         };
@@ -387,11 +387,9 @@ pub async fn example_governance(
             if sc.contract == ContractMode::None {
                 continue;
             }
-            for r in space
-                .members
-                .values()
-                .filter(|m| m.role == "researcher" && m.org == sc.requester)
-            {
+            for r in space.members.values().filter(|m| {
+                m.role == kexin_engine::identity::Role::Researcher && m.org == sc.requester
+            }) {
                 // Generating into an existing space keeps its contracts:
                 // one active contract per researcher and scene.
                 let exists = node.contracts()?.iter().any(|c| {
@@ -494,7 +492,7 @@ fn individual(
         operator,
         &Issue {
             member: name,
-            role: "individual",
+            role: kexin_engine::identity::Role::Individual,
             org: "",
             public_key: key.verifying_key(),
             id_number: Some(id),

@@ -37,7 +37,7 @@ use crate::disclosure::Checker;
 use crate::dp;
 use crate::error::{Code, Error, Refusal, Result};
 use crate::gate::{self, Cell};
-use crate::identity::{QueryBody, Signed, tag};
+use crate::identity::{QueryBody, Role, Signed, tag};
 use crate::mask::ColumnMask;
 use crate::policy::{ConsentMode, ContractMode, Dataset, PrivacyRules, Release, Scene, Space};
 use crate::rewrite::{Harden, PolicyRewrite, TableRewrite, harden};

@@ -67,7 +67,7 @@ impl Ticket {
     /// Take one of `member`'s places (its role sets how many it has);
     /// false when it holds them all, and the connection is then closed.
     pub(crate) fn authenticated(&mut self, member: &str, role: &str) -> bool {
-        let cap = if role == "node" {
+        let cap = if role == kexin_engine::identity::Role::Node.as_str() {
             MAX_PER_NODE_MEMBER
         } else {
             MAX_PER_MEMBER

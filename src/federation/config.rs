@@ -63,7 +63,7 @@ impl FedConfig {
 
     /// The node whose TLS identity is `member` (with the `node` role).
     pub(crate) fn node_of(&self, member: &str, role: &str) -> Option<String> {
-        if role != "node" {
+        if role != kexin_engine::identity::Role::Node.as_str() {
             return None;
         }
         self.node
@@ -94,13 +94,13 @@ pub fn pins(space: &Space) -> Result<Pins> {
     let mut pins = Pins::default();
     for m in space.members.values() {
         if let Ok((key, cert)) = view.member_key(&m.name) {
-            pins.insert(&m.name, &cert.body.role, &key);
+            pins.insert(&m.name, cert.body.role.as_str(), &key);
         }
     }
     // Individuals connect to contribute (`kexin contribute`).
     for p in view.individuals()? {
         if let Ok((key, cert)) = view.member_key(&p) {
-            pins.insert(&p, &cert.body.role, &key);
+            pins.insert(&p, cert.body.role.as_str(), &key);
         }
     }
     Ok(pins)
@@ -114,7 +114,7 @@ pub(crate) fn node_key(space: &Space, cfg: &FedConfig, node: &str) -> Result<Ver
         .member_key(&a.member)
         .map_err(|e| anyhow!("node {node}: member {}: {e}", a.member))?;
     anyhow::ensure!(
-        cert.body.role == "node"
+        cert.body.role == kexin_engine::identity::Role::Node
             && space
                 .members
                 .get(&a.member)

@@ -161,7 +161,10 @@ impl NodeServer {
         link.set_write_timeout(t)?;
         let (kind, first) = link.recv()?;
         if kind == MPC {
-            anyhow::ensure!(role == "node", "MPC messages come from nodes only");
+            anyhow::ensure!(
+                role == kexin_engine::identity::Role::Node.as_str(),
+                "MPC messages come from nodes only"
+            );
             return self.peer_messages(link, &member, first);
         }
         let msg: ToNode = serde_json::from_slice(&first).context("control message")?;

@@ -553,7 +553,7 @@ fn certificates_verify_offline_and_bind_id_numbers_once() {
     let sp = load(&dir);
     let view = View::open(&sp).unwrap();
     let (_, cert) = view.member_key("p00000").unwrap();
-    assert_eq!(cert.body.role, "individual");
+    assert_eq!(cert.body.role, kexin_engine::identity::Role::Individual);
     assert!(cert.body.real_name_verified);
     let digest = cert.body.id_digest.clone().unwrap();
     assert_eq!(digest.len(), 64, "a digest, never the number");
@@ -561,7 +561,7 @@ fn certificates_verify_offline_and_bind_id_numbers_once() {
     assert!(cert.check(&sp.name, &op, "2027-01-01").is_ok());
     assert!(cert.check(&sp.name, &op, "2031-01-01").is_err(), "expired");
     let mut edited = cert.clone();
-    edited.body.role = "researcher".into();
+    edited.body.role = kexin_engine::identity::Role::Researcher;
     assert!(edited.check(&sp.name, &op, "2027-01-01").is_err());
     // The same ID number cannot be bound to a second member.
     let mut registry = Registry::open(Arc::clone(&sp)).unwrap();

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::audit::{AuditEntry, Decision, Kind};
 use crate::consent::{self, ConsentReceipt, ConsentRecord, ConsentSet, MODIFIERS, Purpose};
 use crate::error::{Code, Error, Result, refuse};
-use crate::identity::{self, Certificate, Signed, tag};
+use crate::identity::{self, Certificate, Role, Signed, tag};
 use crate::mask::SecretKey;
 use crate::policy::{Scene, Space};
 use crate::store::{NodeKeys, Store, now_utc};
@@ -74,7 +74,7 @@ pub struct Registry {
 #[derive(Debug, Clone, Serialize)]
 pub struct Issued {
     pub member: String,
-    pub role: String,
+    pub role: Role,
     pub org: String,
     pub public_key: String,
     pub id_bound: bool,
@@ -192,11 +192,6 @@ impl Registry {
             // Members named in space.toml are certified only with the role
             // and organisation the policy gives them; researchers, holders
             // and operators must be named there; individuals need not be.
-            if !["researcher", "holder", "operator", "individual", "node"]
-                .contains(&c.role.as_str())
-            {
-                return refuse(Code::Auth, "unknown role");
-            }
             match self.space.members.get(&c.member) {
                 Some(m) if m.role != c.role || m.org != c.org => {
                     return refuse(
@@ -204,7 +199,7 @@ impl Registry {
                         "the member's role and organisation must match space.toml",
                     );
                 }
-                None if c.role != "individual" => {
+                None if c.role != Role::Individual => {
                     return refuse(
                         Code::Auth,
                         "researchers, holders and operators must be space.toml members",
@@ -241,7 +236,7 @@ impl Registry {
                        id_digest = ?5, cert = ?6, issued_at = ?7, audit_seq = ?8",
                     params![
                         c.member,
-                        c.role,
+                        c.role.as_str(),
                         c.org,
                         c.public_key,
                         c.id_digest,
@@ -272,7 +267,15 @@ impl Registry {
         let rows = stmt.query_map([], |r| {
             Ok(Issued {
                 member: r.get(0)?,
-                role: r.get(1)?,
+                // Written from a checked certificate: a role that does not
+                // parse means the database was edited.
+                role: Role::parse(&r.get::<_, String>(1)?).ok_or_else(|| {
+                    rusqlite::Error::InvalidColumnType(
+                        1,
+                        "role".into(),
+                        rusqlite::types::Type::Text,
+                    )
+                })?,
                 org: r.get(2)?,
                 public_key: r.get(3)?,
                 id_bound: r.get(4)?,
@@ -301,7 +304,7 @@ impl Registry {
         let (key, cert) = self.view().member_key(&r.person)?;
         receipt.verify(tag::CONSENT, &key, Code::Auth)?;
         identity::fresh(&r.time)?;
-        if cert.body.role != "individual" || cert.body.id_digest.is_none() {
+        if cert.body.role != Role::Individual || cert.body.id_digest.is_none() {
             return refuse(
                 Code::Auth,
                 "only individuals with a bound ID number can grant or revoke",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::audit::{AuditEntry, Decision, Kind};
 use crate::error::{Code, Error, Result};
+use crate::identity::Role;
 use crate::ledger::{Budget, Caps, Charge, PeerLedger, Replicate, Spent};
 use crate::node::{Node, refusal};
 use crate::policy::{PrivacyRules, Scene};
@@ -157,7 +158,7 @@ impl Node {
                 .space
                 .members
                 .values()
-                .filter(|m| m.role == "researcher" && m.org == sc.requester)
+                .filter(|m| m.role == Role::Researcher && m.org == sc.requester)
                 .map(|m| m.name.as_str())
                 .collect();
             let row = spent

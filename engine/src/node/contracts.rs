@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::audit::{AuditEntry, Decision, Kind};
 use crate::contract::{Action, Contract, State, Terms};
 use crate::error::{Code, Error, Result, refuse};
-use crate::identity::{self, Signed, tag};
+use crate::identity::{self, Role, Signed, tag};
 use crate::node::{Node, QueryRequest};
 use crate::store::now_utc;
 
@@ -23,7 +23,7 @@ impl Node {
         nonce: &str,
         time: &str,
         code: Code,
-    ) -> Result<String> {
+    ) -> Result<Role> {
         let (key, cert) = crate::registry::View::open(&self.space)
             .map_err(|_| Error::refused(Code::Auth, "the identity registry is unavailable"))?
             .member_key(member)?;
@@ -38,7 +38,7 @@ impl Node {
         self.space
             .members
             .get(member)
-            .is_some_and(|m| m.role == "holder" && m.nodes.contains(&self.name))
+            .is_some_and(|m| m.role == Role::Holder && m.nodes.contains(&self.name))
     }
 
     pub(crate) fn governance_entry(
@@ -111,7 +111,7 @@ impl Node {
             .space
             .members
             .get(&t.requester)
-            .is_some_and(|m| m.role == "researcher" && m.org == scene.requester)
+            .is_some_and(|m| m.role == Role::Researcher && m.org == scene.requester)
         {
             return refuse(
                 Code::Contract,

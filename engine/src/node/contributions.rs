@@ -9,7 +9,7 @@ use super::{Node, refusal};
 use crate::audit::{AuditEntry, Decision, Kind};
 use crate::contribution::{BatchResult, CollectBody, ContributionBody, decode_b64, vdaf};
 use crate::error::{Code, Error, Result};
-use crate::identity::{Signed, tag};
+use crate::identity::{Role, Signed, tag};
 use crate::policy::{Contribution, Scene};
 use crate::store::now_utc;
 
@@ -52,7 +52,7 @@ impl Node {
             .map_err(|_| refusal(Code::Auth, "the identity registry is unavailable"))?;
         let (key, cert) = view.member_key(&b.person)?;
         env.verify(tag::CONTRIBUTE, &key, Code::Auth)?;
-        if cert.body.role != "individual" {
+        if cert.body.role != Role::Individual {
             return Err(refusal(Code::Auth, "only individuals contribute"));
         }
         crate::identity::fresh(&b.time)?;
@@ -182,7 +182,7 @@ impl Node {
             .map_err(|_| refusal(Code::Auth, "the identity registry is unavailable"))?
             .member_key(&b.member)?;
         env.verify(tag::COLLECT, &key, Code::Auth)?;
-        if cert.body.role != "researcher" {
+        if cert.body.role != Role::Researcher {
             return Err(refusal(Code::Auth, "only researchers collect"));
         }
         crate::identity::fresh(&b.time)?;

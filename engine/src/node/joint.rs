@@ -15,7 +15,7 @@ use crate::federated::{
     key_text, psi_noise,
 };
 use crate::gate::Cell;
-use crate::identity::{Signed, tag};
+use crate::identity::{Role, Signed, tag};
 use crate::node::{Node, QueryRequest, Trace, refusal};
 use crate::policy::{Dataset, PrivacyRules};
 use crate::store::now_utc;
@@ -51,7 +51,7 @@ impl Node {
             .map_err(|_| refusal(Code::Auth, "the identity registry is unavailable"))?
             .member_key(member)?;
         verify(&key)?;
-        if cert.body.role != "researcher" {
+        if cert.body.role != Role::Researcher {
             return refuse(Code::Auth, "only researchers submit queries");
         }
         crate::identity::fresh(time)?;

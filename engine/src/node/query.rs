@@ -70,7 +70,7 @@ impl Node {
             .map_err(|_| refusal(Code::Auth, "the identity registry is unavailable"))?
             .member_key(&b.member)?;
         env.verify(tag::QUERY, &key, Code::Auth)?;
-        if cert.body.role != "researcher" {
+        if cert.body.role != Role::Researcher {
             return Err(refusal(Code::Auth, "only researchers submit queries"));
         }
         crate::identity::fresh(&b.time)?;
@@ -230,7 +230,7 @@ impl Node {
             .get(&req.scene)
             .ok_or_else(|| refusal(Code::Scene, "unknown scene"))?;
         let member = self.space.members.get(&req.actor);
-        if !member.is_some_and(|m| m.role == "researcher" && m.org == scene.requester) {
+        if !member.is_some_and(|m| m.role == Role::Researcher && m.org == scene.requester) {
             return Err(refusal(
                 Code::Scene,
                 "the caller is not a researcher of the scene's requester",

@@ -72,7 +72,7 @@ impl Node {
                 .space
                 .members
                 .get(by)
-                .is_none_or(|m| m.role != "holder")
+                .is_none_or(|m| m.role != Role::Holder)
         {
             return Err(Error::config(
                 "space.toml",

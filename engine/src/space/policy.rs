@@ -255,7 +255,7 @@ pub struct Contribution {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
     pub name: String,
-    pub role: String,
+    pub role: crate::identity::Role,
     pub org: String,
     /// Data holders: the nodes whose contracts and airlock they act for.
     pub nodes: Vec<String>,

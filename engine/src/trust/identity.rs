@@ -163,14 +163,61 @@ impl<T: Serialize + DeserializeOwned> Signed<T> {
     }
 }
 
+/// A member's role: a closed set, written as the strings `space.toml`
+/// and certificates have always used. A certificate naming any other role
+/// does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Asks questions under scenes.
+    Researcher,
+    /// A data holder: offers contracts, registers UDFs, reviews held results.
+    Holder,
+    /// Runs the space: issues certificates.
+    Operator,
+    /// A person: consents and contributes.
+    Individual,
+    /// A node's own identity on the federation's links.
+    Node,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Researcher,
+        Role::Holder,
+        Role::Operator,
+        Role::Individual,
+        Role::Node,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Researcher => "researcher",
+            Role::Holder => "holder",
+            Role::Operator => "operator",
+            Role::Individual => "individual",
+            Role::Node => "node",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the operator certifies about a member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub space: String,
     pub member: String,
-    /// `researcher`, `holder`, `operator` or `individual`.
-    pub role: String,
+    pub role: Role,
     pub org: String,
     pub public_key: String,
     /// The operator checked the member's real name (实名认证).
@@ -267,6 +314,27 @@ impl std::fmt::Debug for IdCardNumber {
 mod tests {
     use super::*;
     use crate::clock::now_utc;
+
+    /// Roles are written as the strings certificates always carried, and a
+    /// certificate naming another role does not parse.
+    #[test]
+    fn roles_are_a_closed_set_written_as_before() {
+        for r in Role::ALL {
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("admin"), None);
+        let cert = |role: &str| {
+            format!(
+                r#"{{"space":"s","member":"m","role":"{role}","org":"o","public_key":"00","real_name_verified":true,"id_digest":null,"issued_at":"t","valid_to":"2099-01-01"}}"#
+            )
+        };
+        assert!(serde_json::from_str::<Certificate>(&cert("holder")).is_ok());
+        assert!(serde_json::from_str::<Certificate>(&cert("admin")).is_err());
+    }
 
     #[test]
     fn signatures_bind_tag_and_body() {

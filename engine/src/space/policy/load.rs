@@ -108,9 +108,7 @@ impl Sections<'_> {
                     "member name must be 1-32 of [a-z0-9_-]".into(),
                 ));
             }
-            if !["researcher", "holder", "operator", "individual", "node"]
-                .contains(&m.role.as_str())
-            {
+            let Some(role) = crate::identity::Role::parse(&m.role) else {
                 return Err(err(
                     format!("member.{mname}.role"),
                     format!(
@@ -118,7 +116,7 @@ impl Sections<'_> {
                         m.role
                     ),
                 ));
-            }
+            };
             for n in &m.nodes {
                 if !nodes.contains(n) {
                     return Err(err(
@@ -139,7 +137,7 @@ impl Sections<'_> {
                 mname.clone(),
                 Member {
                     name: mname,
-                    role: m.role,
+                    role,
                     org: m.org,
                     nodes: m.nodes,
                     jurisdiction: m.jurisdiction,
