@@ -38,7 +38,7 @@ pub struct ContributeOutcome {
     /// The report's nonce (hex), the same at both aggregators.
     pub report: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<Code>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub nodes: Vec<NodeReport>,
@@ -71,7 +71,7 @@ pub fn contribute(
         nodes: vec![],
     };
     let Some(c) = sc.contribution.as_ref() else {
-        out.code = Some(Code::Scene.as_str().into());
+        out.code = Some(Code::Scene);
         out.rule = Some("the scene takes no contributions".into());
         return Ok(out);
     };
@@ -80,7 +80,7 @@ pub fn contribute(
         Ok(m) => m,
         Err(e) => {
             let r = e.as_refusal();
-            out.code = Some(r.code.as_str().into());
+            out.code = Some(r.code);
             out.rule = Some(r.rule.into());
             return Ok(out);
         }
@@ -128,7 +128,7 @@ pub fn contribute(
         _ => JointStatus::Refused,
     };
     if accepted < 2 && out.rule.is_none() {
-        out.code = Some(Code::FedAbort.as_str().into());
+        out.code = Some(Code::FedAbort);
         out.rule = Some("an aggregator is unreachable or did not answer".into());
     }
     Ok(out)
@@ -142,7 +142,7 @@ pub struct CollectOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<BatchResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<Code>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub session: String,
@@ -209,7 +209,7 @@ pub fn collect(
             Ok(FromNode::Collected { result, .. }) => results.push(result.clone()),
             Ok(FromNode::Refused { code, rule, .. }) => {
                 out.status = JointStatus::Refused;
-                out.code.get_or_insert(code.clone());
+                out.code.get_or_insert(*code);
                 out.rule.get_or_insert(rule.clone());
             }
             _ => {}
@@ -222,7 +222,7 @@ pub fn collect(
         out.status = JointStatus::Released;
         out.result = results.pop();
     } else {
-        out.code = Some(Code::FedAbort.as_str().into());
+        out.code = Some(Code::FedAbort);
         out.rule = Some(crate::federation::abort_rule(&out.nodes));
     }
     Ok(out)

@@ -393,7 +393,7 @@ fn federation_step(
     );
     let two = federation::federate(space, "alice", &alice, "joint-diabetes", &nodes[..2], exact)?;
     print!("{}", crate::render::federated(&two, crate::Format::Table)?);
-    ok &= two.code.as_deref() == Some("KX-FED");
+    ok &= two.code == Some(kexin_engine::Code::Federation);
     println!(
         "   kexin psi --space {d} --scene joint-diabetes-dp --as erin --nodes h1,h2 --mode sum --column height_cm"
     );
@@ -514,7 +514,7 @@ fn contribution_step(
         expected[band(i)] += 1;
     }
     println!();
-    Ok(early.code.as_deref() == Some("KX-BATCH")
+    Ok(early.code == Some(kexin_engine::Code::Batch)
         && accepted == people.len()
         && out.result.as_ref().is_some_and(|r| r.values == expected))
 }

@@ -164,7 +164,7 @@ pub fn federated(o: &crate::federation::FederatedOutcome, format: Format) -> Res
             } else {
                 eprintln!(
                     "{}: {}",
-                    o.code.as_deref().unwrap_or(""),
+                    o.code.map(kexin_engine::Code::as_str).unwrap_or(""),
                     o.rule.as_deref().unwrap_or("")
                 );
             }
@@ -183,7 +183,7 @@ pub fn federated(o: &crate::federation::FederatedOutcome, format: Format) -> Res
             } else {
                 out.push_str(&stopped(
                     o.status.as_str(),
-                    o.code.as_deref(),
+                    o.code.map(kexin_engine::Code::as_str),
                     o.rule.as_deref(),
                 ));
             }
@@ -228,7 +228,7 @@ pub fn psi(o: &crate::federation::PsiOutcome, format: Format) -> Result<String> 
                 }
                 None => out.push_str(&stopped(
                     o.status.as_str(),
-                    o.code.as_deref(),
+                    o.code.map(kexin_engine::Code::as_str),
                     o.rule.as_deref(),
                 )),
             }
@@ -288,7 +288,7 @@ pub fn contribution(o: &crate::contribute::ContributeOutcome, format: Format) ->
                     "accepted: report {} under {} (each aggregator holds one share; the value is not stored anywhere in the clear)\n",
                     o.report, o.scene
                 ),
-                s => stopped(s, o.code.as_deref(), o.rule.as_deref()),
+                s => stopped(s, o.code.map(kexin_engine::Code::as_str), o.rule.as_deref()),
             };
             out.push_str(&node_lines(&o.nodes));
             out
@@ -339,7 +339,7 @@ pub fn collection(o: &crate::contribute::CollectOutcome, format: Format) -> Resu
                 }
                 None => out.push_str(&stopped(
                     o.status.as_str(),
-                    o.code.as_deref(),
+                    o.code.map(kexin_engine::Code::as_str),
                     o.rule.as_deref(),
                 )),
             }

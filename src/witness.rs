@@ -128,7 +128,7 @@ pub(crate) fn serve_witness(
         Err(rule) => {
             tracing::warn!(target: "kexin::node", "checkpoint of {from} not witnessed: {rule}");
             FromNode::Refused {
-                code: "KX-WITNESS".into(),
+                code: kexin_engine::Code::Witness,
                 rule: rule.into(),
                 audit_seq: None,
             }

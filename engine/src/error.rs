@@ -124,6 +124,9 @@ pub enum Code {
     /// A contribution batch under the scene's minimum size: nothing is
     /// released.
     Batch,
+    /// Between nodes: a peer refused to witness a checkpoint (smaller than
+    /// one it holds, a rollback; or another root at the same size, a fork).
+    Witness,
 }
 
 impl Code {
@@ -179,6 +182,7 @@ impl Code {
             Code::FedAbort => "KX-FED-ABORT",
             Code::Contribution => "KX-CONTRIB",
             Code::Batch => "KX-BATCH",
+            Code::Witness => "KX-WITNESS",
         }
     }
 
@@ -203,6 +207,8 @@ impl Code {
     pub fn exit_status(self) -> i32 {
         match self {
             Code::Internal => 70,
+            // As `kexin audit verify --witnesses` when a witness disagrees.
+            Code::Witness => 5,
             Code::Exec
             | Code::FedAbort
             | Code::ExecLimit
@@ -225,10 +231,79 @@ impl Code {
     }
 }
 
+impl Code {
+    /// Every code, in declaration order.
+    pub const ALL: &[Code] = &[
+        Code::SqlSize,
+        Code::SqlSyntax,
+        Code::SqlDepth,
+        Code::SqlUnknown,
+        Code::ShapeStatement,
+        Code::ShapeNoAggregate,
+        Code::ShapeBelowAggregate,
+        Code::ShapeWindow,
+        Code::ShapeSetOperation,
+        Code::ShapeValues,
+        Code::ShapeSubquery,
+        Code::ShapeNestedAggregate,
+        Code::ShapeHaving,
+        Code::DiscJoin,
+        Code::DiscIdentifier,
+        Code::DiscSensitive,
+        Code::DiscAggregateFunction,
+        Code::DiscMinMax,
+        Code::DiscConditional,
+        Code::DiscFunction,
+        Code::Scene,
+        Code::UdfUnapproved,
+        Code::UdfModule,
+        Code::UdfImport,
+        Code::UdfManifest,
+        Code::UdfSignature,
+        Code::UdfDomain,
+        Code::UdfFuel,
+        Code::UdfMemory,
+        Code::UdfStack,
+        Code::UdfTrap,
+        Code::UdfOutput,
+        Code::DpShape,
+        Code::DpAggregate,
+        Code::DpBounds,
+        Code::DpPartition,
+        Code::DpBudget,
+        Code::Auth,
+        Code::Consent,
+        Code::Contract,
+        Code::CrossBorder,
+        Code::Review,
+        Code::Exec,
+        Code::ExecLimit,
+        Code::Internal,
+        Code::Federation,
+        Code::FedAbort,
+        Code::Contribution,
+        Code::Batch,
+        Code::Witness,
+    ];
+
+    /// The code whose string form is `s`.
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+}
+
 /// Serialized as its stable string form (`"KX-..."`).
 impl serde::Serialize for Code {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
+    }
+}
+
+/// Read from its string form; any other string is an error.
+impl<'de> serde::Deserialize<'de> for Code {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Code, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Code::parse(&s).ok_or_else(|| serde::de::Error::custom("unknown refusal code"))
     }
 }
 
@@ -339,4 +414,32 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// `Err` with a refusal: the checks' shorthand.
 pub(crate) fn refuse<T>(code: Code, rule: &'static str) -> Result<T> {
     Err(Error::refused(code, rule))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code reads back from its string form, and no two share one.
+    #[test]
+    fn codes_round_trip_through_their_strings() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in Code::ALL {
+            assert!(seen.insert(c.as_str()), "{c} twice");
+            assert_eq!(Code::parse(c.as_str()), Some(*c));
+            let json = serde_json::to_string(c).unwrap();
+            assert_eq!(serde_json::from_str::<Code>(&json).unwrap(), *c);
+        }
+        assert!(serde_json::from_str::<Code>("\"KX-NOPE\"").is_err());
+        // ALL lists every variant: the enum's declaration has as many.
+        let src = include_str!("error.rs");
+        let body = &src[src.find("pub enum Code {").unwrap()..];
+        let body = &body[..body.find("\n}").unwrap()];
+        let variants = body
+            .lines()
+            .filter(|l| l.starts_with("    ") && !l.trim_start().starts_with("//"))
+            .filter(|l| l.trim_end().ends_with(','))
+            .count();
+        assert_eq!(Code::ALL.len(), variants);
+    }
 }

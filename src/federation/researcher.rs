@@ -117,7 +117,7 @@ pub struct FederatedOutcome {
     pub accuracy: Vec<Vec<Option<kexin_engine::dp::Accuracy>>>,
     pub suppressed_groups: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<Code>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub explanation: Vec<String>,
@@ -263,7 +263,7 @@ pub fn federate(
         out.suppressed_groups = r.suppressed_groups;
         out.explanation = r.explanation;
     } else {
-        out.code = Some(Code::FedAbort.as_str().into());
+        out.code = Some(Code::FedAbort);
         out.rule = Some(abort_rule(&out.nodes));
     }
     Ok(out)
@@ -291,7 +291,7 @@ pub(crate) enum Answer {
     /// first refusal's code and rule, else `aborted`.
     Stopped {
         status: JointStatus,
-        code: String,
+        code: Code,
         rule: String,
     },
 }
@@ -318,7 +318,7 @@ pub(crate) fn converse(
     let compute = Duration::from_secs(space.limits.timeout_seconds) + cfg.round_timeout();
     let ready = exchange(&mut links, &request, compute);
     let mut plans = Vec::new();
-    let mut refused: Option<(String, String)> = None;
+    let mut refused: Option<(Code, String)> = None;
     for (i, r) in ready.iter().enumerate() {
         let rep = &mut reports[i];
         match r {
@@ -334,7 +334,7 @@ pub(crate) fn converse(
                 rep.decision = NodeDecision::Refused;
                 rep.audit_seq = *audit_seq;
                 rep.rule = Some(rule.clone());
-                refused.get_or_insert((code.clone(), rule.clone()));
+                refused.get_or_insert((*code, rule.clone()));
             }
             _ => links[i] = None,
         }
@@ -360,7 +360,7 @@ pub(crate) fn converse(
         },
         None => Answer::Stopped {
             status: JointStatus::Aborted,
-            code: Code::FedAbort.as_str().into(),
+            code: Code::FedAbort,
             rule: if all_ready {
                 "the nodes computed different plans (their policies differ)".into()
             } else {
@@ -436,7 +436,7 @@ pub struct PsiOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sum: Option<PsiResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<Code>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub session: String,
@@ -505,7 +505,7 @@ pub fn psi(
         out.result = count;
         out.sum = second;
     } else {
-        out.code = Some(Code::FedAbort.as_str().into());
+        out.code = Some(Code::FedAbort);
         out.rule = Some(abort_rule(&out.nodes));
     }
     Ok(out)

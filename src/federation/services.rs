@@ -268,7 +268,7 @@ impl NodeServer {
                 })
             } else {
                 link.send_json(&FromNode::Refused {
-                    code: code.as_str().into(),
+                    code,
                     rule: rule.into(),
                     audit_seq: seq,
                 })

@@ -3,10 +3,10 @@
 //! [`kexin_mpc::message::Message`]s, made by the roles of
 //! [`kexin_engine::federated::rounds`].
 
-use kexin_engine::Refusal;
 use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
 use kexin_engine::federated::{FederateBody, JointRows, PsiBody};
 use kexin_engine::identity::Signed;
+use kexin_engine::{Code, Refusal};
 use serde::{Deserialize, Serialize};
 
 /// Researcher → node.
@@ -43,7 +43,7 @@ pub enum FromNode {
         len: usize,
     },
     Refused {
-        code: String,
+        code: Code,
         rule: String,
         audit_seq: Option<u64>,
     },
@@ -91,7 +91,7 @@ impl FromNode {
     /// A refusal with its fixed code and rule.
     pub(crate) fn refused(r: Refusal, audit_seq: Option<u64>) -> FromNode {
         FromNode::Refused {
-            code: r.code.as_str().into(),
+            code: r.code,
             rule: r.rule.into(),
             audit_seq,
         }

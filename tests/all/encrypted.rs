@@ -335,7 +335,7 @@ fn a_dp_sum_scene_releases_a_noisy_total_and_withholds_counts() {
         "201",
     )
     .unwrap();
-    assert_eq!(o.code.as_deref(), Some("KX-CONTRIB"));
+    assert_eq!(o.code, Some(kexin_engine::Code::Contribution));
     let alice = kexin::members::load_key(&d, "alice", None).unwrap();
     let out = kexin::contribute::collect(&space, "alice", &alice, "hba1c-self-report").unwrap();
     assert_eq!(
