@@ -5,6 +5,9 @@
 //! prints what was recorded only after it committed. Refusals print their
 //! fixed code and rule and exit with the code's status.
 
+pub(crate) mod audit;
+pub(crate) mod udf;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

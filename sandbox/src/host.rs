@@ -5,6 +5,10 @@
 //! epoch deadline (a ticker thread advances the engine's epoch every
 //! [`TICK`]); memory and table growth go through a limiter that records which
 //! limit fired, so the error is classified exactly.
+//!
+//! Why one file of about 700 lines: loading, the limiter, calls and fault
+//! classification share one store state and its private fields; cut apart,
+//! each piece would have to open those fields to the others.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -10,6 +10,12 @@
 //! - `audit.head` — the latest signed checkpoint, the rollback witness
 //! - `node.key`   — signing seed and master key (mode 0600)
 //! - `node.pub`   — the signed-note verifier key of the node
+//!
+//! Why one file of about 770 lines: it owns the schema and every statement
+//! that reads or writes the node's state except the witness table's
+//! (`trust/witness.rs`), so a change to a table and all its uses are read
+//! together, and the audit log's durability rules (one transaction per
+//! entry with what it records) are enforced in one place.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
