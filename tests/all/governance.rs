@@ -470,6 +470,12 @@ async fn the_airlock_releases_only_what_holders_approved() {
         && e.actor == "alice"
         && e.decision == "refused"
         && e.code.as_deref() == Some("KX-REVIEW")));
+    // So is her early fetch, under the fetch's own kind.
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.kind == "airlock-fetch" && e.actor == "alice" && e.decision == "refused")
+    );
 
     // A rejected result is never released.
     let held = signed(&node, &sp, "alice", "diabetes-review", COUNT).await;

@@ -145,6 +145,8 @@ written_as! {
         AirlockReject => "airlock-reject",
         /// The approval that released a held result.
         AirlockRelease => "airlock-release",
+        /// A refused request to see a held result.
+        AirlockFetch => "airlock-fetch",
         /// A refused airlock decision that names no known action.
         AirlockUnknown => "airlock-unknown",
         ConsentGrant => "consent-grant",
@@ -174,6 +176,7 @@ impl Kind {
         match action {
             "approve" => Kind::AirlockApprove,
             "reject" => Kind::AirlockReject,
+            "fetch" => Kind::AirlockFetch,
             _ => Kind::AirlockUnknown,
         }
     }
