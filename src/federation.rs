@@ -34,7 +34,6 @@ mod wire;
 
 pub(crate) use config::node_key;
 pub use config::{FedConfig, NodeAddr, node_identity, pins};
-pub use kexin_engine::federated::rounds::fhe_gate::allowance as fhe_allowance;
 pub(crate) use researcher::{Answer, abort_rule, connect_all, converse, reports};
 pub use researcher::{
     FederatedOutcome, JointStatus, NodeDecision, NodeReport, PsiOutcome, federate, psi,

@@ -538,11 +538,7 @@ fn run(cli: Cli) -> Result<u8> {
             spinner.finish_and_clear();
             let out = out?;
             print!("{}", render::psi(&out, format)?);
-            Ok(match out.status.as_str() {
-                "released" => 0,
-                "refused" => 3,
-                _ => 4,
-            })
+            Ok(u8::try_from(out.status.exit_status()).unwrap_or(1))
         }
         Command::Query {
             space,

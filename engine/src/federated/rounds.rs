@@ -171,13 +171,22 @@ pub fn mpc_rule(e: kexin_mpc::Error) -> Abort {
     })
 }
 
-/// A message from `sender` in `session`.
-pub(crate) fn message(session: [u8; 32], sender: u16, round: u32, payload: Vec<u8>) -> Message {
-    Message {
-        session,
-        round,
-        sender,
-        payload,
+/// `payload` as round `round` of `from` in `session`, for party `to`.
+pub(crate) fn outbound(
+    session: [u8; 32],
+    from: u16,
+    to: u16,
+    round: u32,
+    payload: Vec<u8>,
+) -> Outbound {
+    Outbound {
+        to,
+        message: Message {
+            session,
+            round,
+            sender: from,
+            payload,
+        },
     }
 }
 

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use kexin_mpc::message::Inbox;
 use kexin_mpc::prio3::{Batch, Stored, Verified, verify_key};
 
-use super::{Abort, MAX_PAYLOAD, Outbound, Patience, Role, Step, message};
+use super::{Abort, MAX_PAYLOAD, Outbound, Patience, Role, Step, outbound};
 use crate::contribution::{BatchResult, CollectBody, context, half_width, noise_share, vdaf};
 use crate::error::Code;
 use crate::policy::{Contribution, ContributionKind};
@@ -144,10 +144,7 @@ impl<'a> Collect<'a> {
     }
 
     fn to_other(&self, round: u32, payload: Vec<u8>) -> Vec<Outbound> {
-        vec![Outbound {
-            to: 1 - self.me,
-            message: message(self.session, self.me, round, payload),
-        }]
+        vec![outbound(self.session, self.me, 1 - self.me, round, payload)]
     }
 
     fn begin(&mut self) -> Result<Step<Collected>, Abort> {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use kexin_mpc::fhe::{Aggregator, Encryptor, KeyHolder, Layout};
 use kexin_mpc::message::Inbox;
 
-use super::{Abort, MAX_PAYLOAD, Outbound, Patience, Role, Step, Then, message, mpc_rule};
+use super::{Abort, MAX_PAYLOAD, Outbound, Patience, Role, Step, Then, mpc_rule, outbound};
 use crate::federated::{JointPartial, JointPlan, JointRows};
 use crate::policy::FheGate;
 
@@ -243,10 +243,7 @@ impl<'a> FheParty<'a> {
     }
 
     fn to(&self, to: usize, round: u32, payload: Vec<u8>) -> Outbound {
-        Outbound {
-            to: to as u16,
-            message: message(self.session, self.me as u16, round, payload),
-        }
+        outbound(self.session, self.me as u16, to as u16, round, payload)
     }
 
     fn to_others(&self, round: u32, payload: &[u8]) -> Vec<Outbound> {

@@ -29,7 +29,7 @@ use kexin_mpc::elgamal::{Ciphertext, KeyPair, PublicKey};
 use kexin_mpc::message::Inbox;
 use kexin_mpc::psi::{Party, decode, intersection_size};
 
-use super::{Abort, MAX_PAYLOAD, Outbound, Patience, Role, Step, message, mpc_rule};
+use super::{Abort, MAX_PAYLOAD, Outbound, Patience, Role, Step, mpc_rule, outbound};
 use crate::federated::{PsiSet, psi_noise};
 
 const MALFORMED: Abort = Abort::fed("a party sent a malformed message");
@@ -120,10 +120,7 @@ impl Pair {
     }
 
     fn to_other(&self, round: u32, payload: Vec<u8>) -> Vec<Outbound> {
-        vec![Outbound {
-            to: self.other,
-            message: message(self.session, self.me, round, payload),
-        }]
+        vec![outbound(self.session, self.me, self.other, round, payload)]
     }
 
     fn payload(&mut self, inbound: &[u8]) -> Result<Vec<u8>, Abort> {
