@@ -17,8 +17,9 @@ use kexin::Format;
 use kexin::members::{self, Issue};
 use kexin_engine::identity::{self, Certificate, IdCardNumber, Signed};
 use kexin_engine::node::Node;
-use kexin_engine::policy::Space;
+use kexin_engine::policy::{Release, Space};
 use kexin_engine::registry::{Registry, View};
+use kexin_engine::{airlock, consent, contract};
 
 #[derive(Subcommand, Debug)]
 pub enum IdAction {
@@ -161,8 +162,8 @@ pub enum ContractAction {
         #[arg(long, value_delimiter = ',')]
         datasets: Option<Vec<String>>,
         /// auto or review (default: the scene's).
-        #[arg(long)]
-        release: Option<String>,
+        #[arg(long, value_parser = parse_release)]
+        release: Option<Release>,
         #[arg(long, default_value_t = 1000)]
         max_queries: u64,
         /// DP scenes: cap on the requester's ε under this contract.
@@ -390,8 +391,10 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
             purpose,
             modifier,
             until,
-        } => (who, scene, "grant", purpose, modifier, until),
-        ConsentAction::Revoke { who, scene } => (who, scene, "revoke", None, vec![], None),
+        } => (who, scene, consent::Verb::Grant, purpose, modifier, until),
+        ConsentAction::Revoke { who, scene } => {
+            (who, scene, consent::Verb::Revoke, None, vec![], None)
+        }
         ConsentAction::List {
             space,
             person,
@@ -542,7 +545,7 @@ pub fn contract(action: ContractAction) -> Result<u8> {
                 &requester,
                 &scene,
                 datasets,
-                release.as_deref(),
+                release,
                 max_queries,
                 epsilon,
                 valid_to,
@@ -578,11 +581,11 @@ fn contract_step(on: OnNode, id: String, terminate: bool, format: Format) -> Res
     let key = members::load_key(&space.dir, &on.member, on.key.as_deref())?;
     let (_rt, node) = open_node(&space, on.node)?;
     let act = if terminate {
-        "terminate"
+        contract::Verb::Terminate
     } else {
         match node.contract(&id) {
-            Ok(c) if c.terms.requester == on.member => "agree",
-            Ok(_) => "finalize",
+            Ok(c) if c.terms.requester == on.member => contract::Verb::Agree,
+            Ok(_) => contract::Verb::Finalize,
             Err(e) => return refused(e, format),
         }
     };
@@ -591,6 +594,11 @@ fn contract_step(on: OnNode, id: String, terminate: bool, format: Format) -> Res
         Ok(c) => print_contract(&c, format).map(|()| 0),
         Err(e) => refused(e, format),
     }
+}
+
+/// `--release`: one of the closed set's strings.
+fn parse_release(s: &str) -> Result<Release, String> {
+    Release::parse(s).ok_or_else(|| "expected auto or review".to_string())
 }
 
 pub fn airlock(action: AirlockAction) -> Result<u8> {
@@ -620,9 +628,9 @@ pub fn airlock(action: AirlockAction) -> Result<u8> {
             }
             return Ok(0);
         }
-        AirlockAction::Show { on, id, format } => (on, id, "fetch", format),
-        AirlockAction::Approve { on, id } => (on, id, "approve", Format::Table),
-        AirlockAction::Reject { on, id } => (on, id, "reject", Format::Table),
+        AirlockAction::Show { on, id, format } => (on, id, airlock::Verb::Fetch, format),
+        AirlockAction::Approve { on, id } => (on, id, airlock::Verb::Approve, Format::Table),
+        AirlockAction::Reject { on, id } => (on, id, airlock::Verb::Reject, Format::Table),
     };
     let space = load(&on.space)?;
     let key = members::load_key(&space.dir, &on.member, on.key.as_deref())?;
@@ -648,7 +656,7 @@ pub fn airlock(action: AirlockAction) -> Result<u8> {
     match node.airlock_act(&env) {
         Ok((h, bytes)) => {
             match (act, bytes) {
-                ("fetch", Some(b)) => {
+                (airlock::Verb::Fetch, Some(b)) => {
                     if format == Format::Json {
                         // The exact bytes that were reviewed.
                         println!("{b}");

@@ -237,7 +237,7 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         "p00000",
         &person,
         "diabetes-consent",
-        "grant",
+        kexin_engine::consent::Verb::Grant,
         None,
         vec![],
         Some("2027-12-31".into()),
@@ -249,7 +249,7 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         "p00000",
         &person,
         "diabetes-consent",
-        "revoke",
+        kexin_engine::consent::Verb::Revoke,
         None,
         vec![],
         None,
@@ -287,7 +287,8 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         .find(|h| h.id == id)
         .context("held result")?;
     println!("   held as #{id}, sha256 {}", h.output_sha256);
-    let act = |who: &str, action: &str| -> Result<_> {
+    use kexin_engine::airlock::Verb;
+    let act = |who: &str, action: Verb| -> Result<_> {
         let key = members::load_key(dir, who, None)?;
         Ok(node.airlock_act(&members::decision(
             space,
@@ -300,14 +301,14 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         )?))
     };
     println!("   kexin airlock approve --space {d} --as alice --id {id}");
-    let own = act("alice", "approve")?;
+    let own = act("alice", Verb::Approve)?;
     if let Err(e) = &own {
         println!("   {e}");
     }
     let mut released = None;
     for who in ["carol", "dave"] {
         println!("   kexin airlock approve --space {d} --as {who} --id {id}");
-        let (state, bytes) = act(who, "approve")??;
+        let (state, bytes) = act(who, Verb::Approve)??;
         println!(
             "   #{id} is {} ({}/{} approvals)",
             state.state,
@@ -317,7 +318,7 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         released = bytes;
     }
     println!("   kexin airlock show --space {d} --as alice --id {id}");
-    let (_, fetched) = act("alice", "fetch")??;
+    let (_, fetched) = act("alice", Verb::Fetch)??;
     if let Some(b) = &fetched {
         println!("   {b}");
     }
@@ -403,7 +404,7 @@ fn federation_step(
         &erin,
         "joint-diabetes-dp",
         &nodes[..2],
-        "sum",
+        kexin_engine::federated::PsiMode::Sum,
         Some("height_cm"),
     )?;
     print!("{}", crate::render::psi(&psi, crate::Format::Table)?);

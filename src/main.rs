@@ -522,8 +522,8 @@ fn run(cli: Cli) -> Result<u8> {
             let space = Space::load(&space)?;
             let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
             let mode = match mode {
-                PsiMode::Cardinality => "cardinality",
-                PsiMode::Sum => "sum",
+                PsiMode::Cardinality => kexin_engine::federated::PsiMode::Cardinality,
+                PsiMode::Sum => kexin_engine::federated::PsiMode::Sum,
             };
             let spinner = waiting("nodes blinding their cohorts, then exchanging blinded sets");
             let out = kexin::federation::psi(

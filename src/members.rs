@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
-use kexin_engine::airlock::Decision;
-use kexin_engine::consent::ConsentReceipt;
-use kexin_engine::contract::{Action, Terms};
+use kexin_engine::airlock::{self, Decision};
+use kexin_engine::consent::{self, ConsentReceipt};
+use kexin_engine::contract::{self, Action, Terms};
 use kexin_engine::identity::{
     self, Certificate, IdCardNumber, QueryBody, Signed, load_key_file, nonce, tag,
 };
 use kexin_engine::node::Node;
-use kexin_engine::policy::{ContractMode, Space};
+use kexin_engine::policy::{ContractMode, Release, Space};
 use kexin_engine::registry::Registry;
 use kexin_engine::store::now_utc;
 
@@ -109,7 +109,7 @@ pub fn receipt(
     person: &str,
     key: &SigningKey,
     scene: &str,
-    action: &str,
+    action: consent::Verb,
     purpose: Option<&str>,
     modifiers: Vec<String>,
     until: Option<String>,
@@ -124,7 +124,7 @@ pub fn receipt(
             space: space.name.clone(),
             person: person.into(),
             scene: scene.into(),
-            action: action.into(),
+            action,
             purpose: purpose.map_or_else(|| sc.purpose_code.code(), str::to_string),
             modifiers,
             requester: sc.requester.clone(),
@@ -149,7 +149,7 @@ pub fn offer(
     requester: &str,
     scene: &str,
     datasets: Option<Vec<String>>,
-    release: Option<&str>,
+    release: Option<Release>,
     max_queries: u64,
     epsilon: Option<f64>,
     valid_to: Option<String>,
@@ -158,16 +158,7 @@ pub fn offer(
         .scenes
         .get(scene)
         .with_context(|| format!("no scene {scene:?} in space.toml"))?;
-    let release = release.map_or_else(
-        || {
-            if sc.release == kexin_engine::policy::Release::Review {
-                "review".to_string()
-            } else {
-                "auto".to_string()
-            }
-        },
-        str::to_string,
-    );
+    let release = release.unwrap_or(sc.release);
     Ok(Signed::sign(
         tag::CONTRACT,
         Terms {
@@ -195,7 +186,7 @@ pub fn contract_action(
     member: &str,
     key: &SigningKey,
     contract: &str,
-    action: &str,
+    action: contract::Verb,
 ) -> Result<Signed<Action>> {
     Ok(Signed::sign(
         tag::CONTRACT,
@@ -203,7 +194,7 @@ pub fn contract_action(
             space: space.name.clone(),
             node: node.into(),
             contract: contract.into(),
-            action: action.into(),
+            action,
             member: member.into(),
             nonce: nonce()?,
             time: now_utc().1,
@@ -219,7 +210,7 @@ pub fn decision(
     member: &str,
     key: &SigningKey,
     id: u64,
-    action: &str,
+    action: airlock::Verb,
     output_sha256: &str,
 ) -> Result<Signed<Decision>> {
     Ok(Signed::sign(
@@ -228,7 +219,7 @@ pub fn decision(
             space: space.name.clone(),
             node: node.into(),
             id,
-            action: action.into(),
+            action,
             member: member.into(),
             output_sha256: output_sha256.into(),
             nonce: nonce()?,
@@ -345,7 +336,7 @@ pub async fn example_governance(
                 &name,
                 &key,
                 scene,
-                "grant",
+                consent::Verb::Grant,
                 None,
                 vec![],
                 until.clone(),
@@ -356,7 +347,7 @@ pub async fn example_governance(
                     &name,
                     &key,
                     scene,
-                    "revoke",
+                    consent::Verb::Revoke,
                     None,
                     vec![],
                     None,
@@ -413,14 +404,21 @@ pub async fn example_governance(
                 )?;
                 let c = node.contract_offer(&terms)?;
                 let rkey = load_key(&space.dir, &r.name, None)?;
-                node.contract_act(&contract_action(&space, n, &r.name, &rkey, &c.id, "agree")?)?;
+                node.contract_act(&contract_action(
+                    &space,
+                    n,
+                    &r.name,
+                    &rkey,
+                    &c.id,
+                    contract::Verb::Agree,
+                )?)?;
                 node.contract_act(&contract_action(
                     &space,
                     n,
                     &holder.name,
                     &hkey,
                     &c.id,
-                    "finalize",
+                    contract::Verb::Finalize,
                 )?)?;
                 counts.contracts += 1;
             }
@@ -458,7 +456,7 @@ pub fn simulated_contributors(
             &name,
             &key,
             scene,
-            "grant",
+            consent::Verb::Grant,
             None,
             vec![],
             None,

@@ -20,6 +20,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::closed::closed_set;
 use crate::dp::{Accuracy, Mechanism, Output, Stat};
 use crate::error::{Code, Error, Refusal, Result};
 use crate::gate::Cell;
@@ -57,10 +58,20 @@ pub struct PsiBody {
     /// it; the second supplies its blinded set (and payload).
     pub nodes: Vec<String>,
     /// `cardinality`, or `sum` of `column` over the intersection.
-    pub mode: String,
+    pub mode: PsiMode,
     pub column: Option<String>,
     pub nonce: String,
     pub time: String,
+}
+
+closed_set! {
+    /// What a private set intersection releases.
+    PsiMode {
+        /// The size of the intersection, with DP noise.
+        Cardinality => "cardinality",
+        /// The sum of a column over the intersection, with DP noise.
+        Sum => "sum",
+    }
 }
 
 /// The session digest: SHA-256 over the domain tag and the signed request,

@@ -7,7 +7,7 @@
 //!
 //! | floor | modules | holds |
 //! |---|---|---|
-//! | ground | [`error`], [`clock`], [`purpose`], [`noise`], [`mask`] | fixed refusal codes; the one clock source; DUO purposes; exact discrete Laplace and Gaussian samplers (CKS20); the column masks and clamps applied at the scan, and the secret key type |
+//! | ground | [`error`], [`clock`], [`closed`], [`keys`], [`purpose`], [`noise`], [`mask`] | fixed refusal codes; the one clock source; closed sets written as fixed strings; secret keys; DUO purposes; exact discrete Laplace and Gaussian samplers (CKS20); the column masks and clamps applied at the scan |
 //! | [`trust`] | [`identity`], [`audit`], [`store`], [`ledger`], [`witness`] | who is who and what is evidence: certificates and signed requests, the RFC 6962 Merkle log with C2SP signed checkpoints, the node's SQLite state, the DP budget ledger, peers' checkpoints |
 //! | [`space`] | [`policy`] | `space.toml`: datasets, column grades/kinds/masks/bounds, scenes, members, limits |
 //! | [`govern`] | [`registry`], [`consent`], [`contract`], [`airlock`], [`contribution`] | governance as data and rules: certificates and consent receipts, the consent filter, data-use contracts and their states, results held for review, individuals' Prio3 reports |
@@ -39,7 +39,9 @@
 
 // The ground: what every wing may read.
 pub mod clock;
+pub mod closed;
 pub mod error;
+pub mod keys;
 pub mod mask;
 pub mod noise;
 pub mod purpose;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use ed25519_dalek::SigningKey;
 use kexin_engine::Code;
-use kexin_engine::federated::{FederateBody, JointRows, PsiBody, session_id};
+use kexin_engine::federated::{FederateBody, JointRows, PsiBody, PsiMode, session_id};
 use kexin_engine::identity::{Signed, tag};
 use kexin_engine::policy::Space;
 use serde::Serialize;
@@ -450,7 +450,7 @@ pub fn psi(
     key: &SigningKey,
     scene: &str,
     nodes: &[String],
-    mode: &str,
+    mode: PsiMode,
     column: Option<&str>,
 ) -> Result<PsiOutcome> {
     anyhow::ensure!(nodes.len() == 2, "--nodes names exactly two nodes for PSI");
@@ -460,7 +460,7 @@ pub fn psi(
         scene: scene.into(),
         member: member.into(),
         nodes: nodes.to_vec(),
-        mode: mode.into(),
+        mode,
         column: column.map(str::to_string),
         nonce: kexin_engine::identity::nonce()?,
         time: kexin_engine::store::now_utc().1,
@@ -497,8 +497,8 @@ pub fn psi(
     let (count, second) = (released(0), released(1));
     let second_done = matches!(done.get(1), Some(Ok(FromNode::Done { .. })));
     let complete = match mode {
-        "sum" => count.is_some() && second.is_some(),
-        _ => count.is_some() && second_done,
+        PsiMode::Sum => count.is_some() && second.is_some(),
+        PsiMode::Cardinality => count.is_some() && second_done,
     };
     if complete {
         out.status = JointStatus::Released;

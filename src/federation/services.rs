@@ -14,7 +14,7 @@ use kexin_engine::federated::rounds::fhe_gate::{self, FheParty, Part};
 use kexin_engine::federated::rounds::psi::SumEnd;
 use kexin_engine::federated::rounds::{Abort, JointGate, PsiCount, PsiSum};
 use kexin_engine::federated::{
-    FederateBody, JointDecision, JointPartial, JointRows, PsiBody, session_id,
+    FederateBody, JointDecision, JointPartial, JointRows, PsiBody, PsiMode, session_id,
 };
 use kexin_engine::identity::{Signed, tag};
 use kexin_engine::node::{JointTrace, QueryRequest};
@@ -381,9 +381,9 @@ impl NodeServer {
             }
         };
         let column = b.column.clone();
-        let sum = match (b.mode.as_str(), &column) {
-            ("cardinality", None) => false,
-            ("sum", Some(_)) => true,
+        let sum = match (b.mode, &column) {
+            (PsiMode::Cardinality, None) => false,
+            (PsiMode::Sum, Some(_)) => true,
             _ => {
                 let r = Refusal::new(
                     Code::Federation,
@@ -472,7 +472,7 @@ impl NodeServer {
                     }
                 };
                 PsiResult {
-                    mode: "cardinality".into(),
+                    mode: PsiMode::Cardinality,
                     column: None,
                     value,
                     interval,
@@ -505,7 +505,7 @@ impl NodeServer {
                 let tidy = |x: f64| (x * p).round() / p;
                 let value = tidy(noisy as f64 * q);
                 PsiResult {
-                    mode: "sum".into(),
+                    mode: PsiMode::Sum,
                     column: column.clone(),
                     value,
                     interval: [tidy(value - h), tidy(value + h)],
@@ -528,7 +528,7 @@ impl NodeServer {
             }
         };
         let rows = JointRows {
-            columns: vec![result.mode.clone()],
+            columns: vec![result.mode.to_string()],
             rows: vec![vec![kexin_engine::gate::Cell::Float(result.value)]],
             accuracy: vec![],
             suppressed_groups: 0,

@@ -4,7 +4,7 @@
 //! [`kexin_engine::federated::rounds`].
 
 use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
-use kexin_engine::federated::{FederateBody, JointRows, PsiBody};
+use kexin_engine::federated::{FederateBody, JointRows, PsiBody, PsiMode};
 use kexin_engine::identity::Signed;
 use kexin_engine::{Code, Refusal};
 use serde::{Deserialize, Serialize};
@@ -101,7 +101,7 @@ impl FromNode {
 /// What `kexin psi` releases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PsiResult {
-    pub mode: String,
+    pub mode: PsiMode,
     pub column: Option<String>,
     /// The noisy value (cardinality, or the sum over the intersection).
     pub value: f64,

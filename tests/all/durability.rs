@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kexin_engine::consent::Verb;
 use kexin_engine::node::{Node, Status};
 use kexin_engine::policy::Space;
 use kexin_engine::registry::View;
@@ -92,7 +93,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let space = dir.to_str().unwrap().to_string();
     let s = |x: &str| x.to_string();
 
-    let mut consents: Vec<(u64, String)> = Vec::new();
+    let mut consents: Vec<(u64, Verb)> = Vec::new();
     let mut contracts: BTreeSet<String> = BTreeSet::new();
     let mut approved: BTreeSet<u64> = BTreeSet::new();
     let mut killed = 0;
@@ -188,7 +189,7 @@ async fn acknowledged_writes_survive_kill_9() {
                     .and_then(|r| r.split_whitespace().next())
                     .and_then(|n| n.parse().ok())
                     .expect(&out);
-                consents.push((n, if grant { s("grant") } else { s("revoke") }));
+                consents.push((n, if grant { Verb::Grant } else { Verb::Revoke }));
                 grant = !grant;
             }
             1 => {
@@ -221,7 +222,7 @@ async fn acknowledged_writes_survive_kill_9() {
             .iter()
             .find(|r| r.seq == *seq)
             .expect("acknowledged consent lost");
-        assert_eq!(&r.action, action);
+        assert_eq!(r.action, *action);
     }
     let node = Node::open(Arc::clone(&sp), "h1").await.unwrap();
     let have: BTreeSet<String> = node

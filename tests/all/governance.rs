@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kexin::members;
+use kexin_engine::contract::Verb;
 use kexin_engine::gate::Cell;
 use kexin_engine::identity::Signed;
 use kexin_engine::node::{Node, Outcome, QueryRequest, Status};
 use kexin_engine::policy::Space;
 use kexin_engine::registry::{Registry, View};
+use kexin_engine::{airlock, consent};
 use sha2::{Digest, Sha256};
 
 fn space() -> PathBuf {
@@ -45,7 +47,7 @@ async fn signed(node: &Node, sp: &Space, who: &str, scene: &str, sql: &str) -> O
     node.query_signed(&env).await
 }
 
-fn consent(sp: &Arc<Space>, person: &str, scene: &str, action: &str, until: Option<&str>) {
+fn consent(sp: &Arc<Space>, person: &str, scene: &str, action: consent::Verb, until: Option<&str>) {
     let key = members::load_key(&sp.dir, person, None).unwrap();
     let r = members::receipt(
         sp,
@@ -81,14 +83,26 @@ async fn revocation_between_two_queries_changes_the_second_result() {
     assert!(n_consent < n_all, "{n_consent} consenting of {n_all}");
 
     // p00000 is a patient of h1 and starts without a grant.
-    consent(&sp, "p00000", "diabetes-consent", "grant", None);
+    consent(
+        &sp,
+        "p00000",
+        "diabetes-consent",
+        consent::Verb::Grant,
+        None,
+    );
     let granted = ask().await;
     let added = num(&granted) - before;
     assert!(
         (39.9..230.1).contains(&added),
         "one person's height: {added}"
     );
-    consent(&sp, "p00000", "diabetes-consent", "revoke", None);
+    consent(
+        &sp,
+        "p00000",
+        "diabetes-consent",
+        consent::Verb::Revoke,
+        None,
+    );
     assert_eq!(num(&ask().await), before);
 
     // Expired consent: a grant that ended long ago counts for nothing.
@@ -96,7 +110,7 @@ async fn revocation_between_two_queries_changes_the_second_result() {
         &sp,
         "p00000",
         "diabetes-consent",
-        "grant",
+        consent::Verb::Grant,
         Some("2020-01-01"),
     );
     assert_eq!(num(&ask().await), before);
@@ -129,7 +143,7 @@ async fn purpose_mismatch_and_missing_registry_fail_closed() {
         "p00001",
         &key,
         "diabetes-consent",
-        "grant",
+        consent::Verb::Grant,
         Some("DS:C50"),
         vec![],
         None,
@@ -146,7 +160,7 @@ async fn purpose_mismatch_and_missing_registry_fail_closed() {
         "p00001",
         &key,
         "diabetes-consent",
-        "grant",
+        consent::Verb::Grant,
         None,
         vec![],
         None,
@@ -252,7 +266,7 @@ async fn contracts_gate_every_query() {
     // Terminated by the holder: refused from then on.
     let bob = members::load_key(&dir, "bob", None).unwrap();
     node.contract_act(
-        &members::contract_action(&sp, "h1", "carol", &carol, &c.id, "terminate").unwrap(),
+        &members::contract_action(&sp, "h1", "carol", &carol, &c.id, Verb::Terminate).unwrap(),
     )
     .unwrap();
     assert_eq!(code(&ask(None).await), "KX-CONTRACT");
@@ -277,21 +291,21 @@ async fn contracts_gate_every_query() {
     // alice cannot agree to bob's contract.
     assert!(
         node.contract_act(
-            &members::contract_action(&sp, "h1", "alice", &alice, &offered.id, "agree").unwrap()
-        )
-        .is_err()
-    );
-    // An action no one knows is refused, and audited under a fixed kind:
-    // the caller's text never reaches the log.
-    assert!(
-        node.contract_act(
-            &members::contract_action(&sp, "h1", "bob", &bob, &offered.id, "agree\nforged")
+            &members::contract_action(&sp, "h1", "alice", &alice, &offered.id, Verb::Agree)
                 .unwrap()
         )
         .is_err()
     );
+    // An action no one knows cannot be read at all, so the caller's text
+    // never reaches the node or its log.
+    let mut raw = serde_json::to_value(
+        members::contract_action(&sp, "h1", "bob", &bob, &offered.id, Verb::Agree).unwrap(),
+    )
+    .unwrap();
+    raw["body"]["action"] = "agree\nforged".into();
+    assert!(serde_json::from_value::<Signed<kexin_engine::contract::Action>>(raw).is_err());
     node.contract_act(
-        &members::contract_action(&sp, "h1", "bob", &bob, &offered.id, "agree").unwrap(),
+        &members::contract_action(&sp, "h1", "bob", &bob, &offered.id, Verb::Agree).unwrap(),
     )
     .unwrap();
     assert_eq!(ask(None).await.status, Status::Released);
@@ -316,8 +330,10 @@ async fn contracts_gate_every_query() {
     )
     .unwrap();
     let old = node.contract_offer(&terms).unwrap();
-    node.contract_act(&members::contract_action(&sp, "h1", "bob", &bob, &old.id, "agree").unwrap())
-        .unwrap();
+    node.contract_act(
+        &members::contract_action(&sp, "h1", "bob", &bob, &old.id, Verb::Agree).unwrap(),
+    )
+    .unwrap();
     let o = ask(Some(old.id.clone())).await;
     assert_eq!(code(&o), "KX-CONTRACT");
     assert!(o.rule.unwrap().contains("expired"));
@@ -339,7 +355,7 @@ async fn contracts_gate_every_query() {
     .unwrap();
     let narrow = node.contract_offer(&terms).unwrap();
     node.contract_act(
-        &members::contract_action(&sp, "h1", "bob", &bob, &narrow.id, "agree").unwrap(),
+        &members::contract_action(&sp, "h1", "bob", &bob, &narrow.id, Verb::Agree).unwrap(),
     )
     .unwrap();
     let o = node
@@ -372,7 +388,7 @@ async fn contracts_gate_every_query() {
     .unwrap();
     let capped = node.contract_offer(&terms).unwrap();
     node.contract_act(
-        &members::contract_action(&sp, "h1", "erin", &erin_key, &capped.id, "agree").unwrap(),
+        &members::contract_action(&sp, "h1", "erin", &erin_key, &capped.id, Verb::Agree).unwrap(),
     )
     .unwrap();
     let mut codes = Vec::new();
@@ -399,7 +415,6 @@ async fn contracts_gate_every_query() {
         .map(|e| e.kind)
         .collect();
     assert!(kinds.iter().any(|k| k == "contract-terminate"));
-    assert!(kinds.iter().any(|k| k == "contract-unknown"));
     assert!(!kinds.iter().any(|k| k.contains("forged")));
     assert!(kinds.iter().filter(|k| *k == "contract-agree").count() >= 3);
 }
@@ -426,30 +441,30 @@ async fn the_airlock_releases_only_what_holders_approved() {
         .into_iter()
         .find(|h| h.id == id)
         .unwrap();
-    let act = |who: &str, action: &str, digest: &str| {
+    let act = |who: &str, action: airlock::Verb, digest: &str| {
         let key = members::load_key(&dir, who, None).unwrap();
         node.airlock_act(&members::decision(&sp, "h1", who, &key, id, action, digest).unwrap())
     };
     // The requester can neither approve nor see it yet.
-    assert!(act("alice", "approve", &h.output_sha256).is_err());
-    assert!(act("alice", "fetch", &h.output_sha256).is_err());
+    assert!(act("alice", airlock::Verb::Approve, &h.output_sha256).is_err());
+    assert!(act("alice", airlock::Verb::Fetch, &h.output_sha256).is_err());
     // An approval must name the held bytes' digest.
-    assert!(act("carol", "approve", &"0".repeat(64)).is_err());
+    assert!(act("carol", airlock::Verb::Approve, &"0".repeat(64)).is_err());
     // Holders of another node cannot review h1's results.
-    assert!(act("holder-h2", "approve", &h.output_sha256).is_err());
+    assert!(act("holder-h2", airlock::Verb::Approve, &h.output_sha256).is_err());
     // Two approvers: carol, then (not carol again) dave.
-    let (after1, shown) = act("carol", "approve", &h.output_sha256).unwrap();
+    let (after1, shown) = act("carol", airlock::Verb::Approve, &h.output_sha256).unwrap();
     assert_eq!((after1.state.as_str(), shown), ("held", None));
-    assert!(act("carol", "approve", &h.output_sha256).is_err());
-    let (after2, shown) = act("dave", "approve", &h.output_sha256).unwrap();
-    assert_eq!(after2.state, "released");
+    assert!(act("carol", airlock::Verb::Approve, &h.output_sha256).is_err());
+    let (after2, shown) = act("dave", airlock::Verb::Approve, &h.output_sha256).unwrap();
+    assert_eq!(after2.state, airlock::State::Released);
     let bytes = shown.unwrap();
     // The released bytes are the reviewed bytes.
     assert_eq!(
         hex::encode(Sha256::digest(bytes.as_bytes())),
         h.output_sha256
     );
-    let (_, fetched) = act("alice", "fetch", &h.output_sha256).unwrap();
+    let (_, fetched) = act("alice", airlock::Verb::Fetch, &h.output_sha256).unwrap();
     assert_eq!(fetched.unwrap(), bytes);
     let v: serde_json::Value = serde_json::from_str(&bytes).unwrap();
     assert_eq!(v["rows"].as_array().unwrap().len(), 2);
@@ -488,14 +503,31 @@ async fn the_airlock_releases_only_what_holders_approved() {
         .unwrap();
     let key = members::load_key(&dir, "dave", None).unwrap();
     node.airlock_act(
-        &members::decision(&sp, "h1", "dave", &key, id2, "reject", &h2.output_sha256).unwrap(),
+        &members::decision(
+            &sp,
+            "h1",
+            "dave",
+            &key,
+            id2,
+            airlock::Verb::Reject,
+            &h2.output_sha256,
+        )
+        .unwrap(),
     )
     .unwrap();
     let alice = members::load_key(&dir, "alice", None).unwrap();
     assert!(
         node.airlock_act(
-            &members::decision(&sp, "h1", "alice", &alice, id2, "fetch", &h2.output_sha256)
-                .unwrap()
+            &members::decision(
+                &sp,
+                "h1",
+                "alice",
+                &alice,
+                id2,
+                airlock::Verb::Fetch,
+                &h2.output_sha256
+            )
+            .unwrap()
         )
         .is_err()
     );
@@ -508,7 +540,7 @@ async fn the_airlock_releases_only_what_holders_approved() {
                 "carol",
                 &carol,
                 id2,
-                "approve",
+                airlock::Verb::Approve,
                 &h2.output_sha256
             )
             .unwrap()

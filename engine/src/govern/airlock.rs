@@ -11,6 +11,46 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::Kind;
+use crate::closed::closed_set;
+
+closed_set! {
+    /// What a signed airlock decision asks.
+    Verb {
+        /// A data holder approves the held bytes.
+        Approve => "approve",
+        /// A data holder rejects them.
+        Reject => "reject",
+        /// See the held bytes: a holder reviewing, or the requester once
+        /// released.
+        Fetch => "fetch",
+    }
+}
+
+impl Verb {
+    /// The audit entry kind that records this decision (a release is
+    /// recorded as [`Kind::AirlockRelease`] by the node instead).
+    pub fn audit_kind(self) -> Kind {
+        match self {
+            Verb::Approve => Kind::AirlockApprove,
+            Verb::Reject => Kind::AirlockReject,
+            Verb::Fetch => Kind::AirlockFetch,
+        }
+    }
+}
+
+closed_set! {
+    /// Where a held result stands.
+    State {
+        /// Waiting for approvals.
+        Held => "held",
+        /// Approved by enough reviewers: its requester may fetch it.
+        Released => "released",
+        /// Rejected: it never leaves.
+        Rejected => "rejected",
+    }
+}
+
 /// A signed airlock action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,9 +58,7 @@ pub struct Decision {
     pub space: String,
     pub node: String,
     pub id: u64,
-    /// `approve`, `reject` (data holders) or `fetch` (the requester, or a
-    /// holder reviewing).
-    pub action: String,
+    pub action: Verb,
     pub member: String,
     /// The digest of the held bytes the signer reviewed.
     pub output_sha256: String,
@@ -35,8 +73,7 @@ pub struct Held {
     pub scene: String,
     pub requester: String,
     pub contract: Option<String>,
-    /// `held`, `released` or `rejected`.
-    pub state: String,
+    pub state: State,
     pub output_sha256: String,
     pub approvals: Vec<String>,
     pub approvers_needed: u8,

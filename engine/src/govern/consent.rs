@@ -38,10 +38,32 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::mask::SecretKey;
+use crate::audit::Kind;
+use crate::closed::closed_set;
+use crate::keys::SecretKey;
 use crate::policy::Scene;
 
 pub use crate::purpose::Purpose;
+
+closed_set! {
+    /// What a consent receipt does.
+    Verb {
+        /// The person allows the scene to use their records.
+        Grant => "grant",
+        /// The person withdraws a grant.
+        Revoke => "revoke",
+    }
+}
+
+impl Verb {
+    /// The audit entry kind that records this receipt.
+    pub fn audit_kind(self) -> Kind {
+        match self {
+            Verb::Grant => Kind::ConsentGrant,
+            Verb::Revoke => Kind::ConsentRevoke,
+        }
+    }
+}
 
 /// DUO modifiers a grant may carry.
 pub const MODIFIERS: [&str; 2] = ["NPU", "IRB"];
@@ -53,8 +75,7 @@ pub struct ConsentReceipt {
     pub space: String,
     pub person: String,
     pub scene: String,
-    /// `grant` or `revoke`.
-    pub action: String,
+    pub action: Verb,
     /// The purpose agreed to (`GRU`, `HMB`, `DS:E11`).
     pub purpose: String,
     /// DUO modifiers: `NPU`, `IRB`.
@@ -74,7 +95,7 @@ pub struct ConsentRecord {
     pub seq: u64,
     pub person: String,
     pub scene: String,
-    pub action: String,
+    pub action: Verb,
     pub purpose: String,
     pub modifiers: Vec<String>,
     pub requester: String,
@@ -90,7 +111,7 @@ pub struct ConsentRecord {
 impl ConsentRecord {
     /// Does this (grant) record cover a query under `scene` on `date`?
     pub fn covers(&self, scene: &Scene, date: &str) -> bool {
-        self.action == "grant"
+        self.action == Verb::Grant
             && self.scene == scene.name
             && self.requester == scene.requester
             && self.until.as_deref().is_none_or(|u| date <= u)
@@ -315,11 +336,11 @@ mod tests {
         .unwrap();
         let scene = space.scenes.values().next().unwrap().clone();
         let rec =
-            |seq, person: &str, action: &str, until: Option<&str>, purpose: &str| ConsentRecord {
+            |seq, person: &str, action: Verb, until: Option<&str>, purpose: &str| ConsentRecord {
                 seq,
                 person: person.into(),
                 scene: scene.name.clone(),
-                action: action.into(),
+                action,
                 purpose: purpose.into(),
                 modifiers: vec![],
                 requester: scene.requester.clone(),
@@ -329,11 +350,11 @@ mod tests {
                 receipt: String::new(),
             };
         let all = [
-            rec(1, "p1", "grant", None, "GRU"),
-            rec(2, "p2", "grant", Some("2027-06-30"), "GRU"),
-            rec(3, "p3", "grant", None, "GRU"),
-            rec(4, "p3", "revoke", None, "GRU"),
-            rec(5, "p4", "grant", None, "DS:C50"),
+            rec(1, "p1", Verb::Grant, None, "GRU"),
+            rec(2, "p2", Verb::Grant, Some("2027-06-30"), "GRU"),
+            rec(3, "p3", Verb::Grant, None, "GRU"),
+            rec(4, "p3", Verb::Revoke, None, "GRU"),
+            rec(5, "p4", Verb::Grant, None, "DS:C50"),
         ];
         assert_eq!(covered(&all, &scene, "2027-06-30"), ["p1", "p2"]);
         assert_eq!(covered(&all, &scene, "2027-07-01"), ["p1"]);

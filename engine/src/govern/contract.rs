@@ -21,6 +21,10 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::audit::Kind;
+use crate::closed::closed_set;
+use crate::policy::Release;
+
 /// What the holder offers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,7 +40,7 @@ pub struct Terms {
     pub datasets: Vec<String>,
     /// `auto` or `review` (held in the airlock). A contract can make the
     /// scene's release stricter, never looser.
-    pub release: String,
+    pub release: Release,
     pub max_queries: u64,
     /// DP scenes: this contract's cap on the requester's ε under the scene.
     pub epsilon: Option<f64>,
@@ -61,52 +65,56 @@ pub struct Action {
     pub space: String,
     pub node: String,
     pub contract: String,
-    /// `agree`, `finalize` or `terminate`.
-    pub action: String,
+    pub action: Verb,
     pub member: String,
     pub nonce: String,
     pub time: String,
 }
 
-/// Negotiation states (Dataspace Protocol names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum State {
-    Offered,
-    Agreed,
-    Finalized,
-    Terminated,
+closed_set! {
+    /// What a signed contract action does.
+    Verb {
+        /// The requester accepts the offered terms.
+        Agree => "agree",
+        /// A data holder of the node confirms the agreement.
+        Finalize => "finalize",
+        /// Either side ends the contract.
+        Terminate => "terminate",
+    }
+}
+
+impl Verb {
+    /// The audit entry kind that records this action.
+    pub fn audit_kind(self) -> Kind {
+        match self {
+            Verb::Agree => Kind::ContractAgree,
+            Verb::Finalize => Kind::ContractFinalize,
+            Verb::Terminate => Kind::ContractTerminate,
+        }
+    }
+}
+
+closed_set! {
+    /// Negotiation states (Dataspace Protocol names).
+    State {
+        Offered => "OFFERED",
+        Agreed => "AGREED",
+        Finalized => "FINALIZED",
+        Terminated => "TERMINATED",
+    }
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Offered => "OFFERED",
-            State::Agreed => "AGREED",
-            State::Finalized => "FINALIZED",
-            State::Terminated => "TERMINATED",
-        }
-    }
-    pub fn parse(s: &str) -> Option<State> {
-        [
-            State::Offered,
-            State::Agreed,
-            State::Finalized,
-            State::Terminated,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
     /// Queries may run in this state.
     pub fn active(self) -> bool {
         matches!(self, State::Agreed | State::Finalized)
     }
     /// The state `action` leads to from here, if it is allowed.
-    pub fn after(self, action: &str) -> Option<State> {
+    pub fn after(self, action: Verb) -> Option<State> {
         match (self, action) {
-            (State::Offered, "agree") => Some(State::Agreed),
-            (State::Agreed, "finalize") => Some(State::Finalized),
-            (s, "terminate") if s != State::Terminated => Some(State::Terminated),
+            (State::Offered, Verb::Agree) => Some(State::Agreed),
+            (State::Agreed, Verb::Finalize) => Some(State::Finalized),
+            (s, Verb::Terminate) if s != State::Terminated => Some(State::Terminated),
             _ => None,
         }
     }
@@ -136,12 +144,15 @@ mod tests {
 
     #[test]
     fn negotiation_states() {
-        assert_eq!(State::Offered.after("agree"), Some(State::Agreed));
-        assert_eq!(State::Offered.after("finalize"), None);
-        assert_eq!(State::Agreed.after("finalize"), Some(State::Finalized));
-        assert_eq!(State::Agreed.after("agree"), None);
-        assert_eq!(State::Finalized.after("terminate"), Some(State::Terminated));
-        assert_eq!(State::Terminated.after("terminate"), None);
+        assert_eq!(State::Offered.after(Verb::Agree), Some(State::Agreed));
+        assert_eq!(State::Offered.after(Verb::Finalize), None);
+        assert_eq!(State::Agreed.after(Verb::Finalize), Some(State::Finalized));
+        assert_eq!(State::Agreed.after(Verb::Agree), None);
+        assert_eq!(
+            State::Finalized.after(Verb::Terminate),
+            Some(State::Terminated)
+        );
+        assert_eq!(State::Terminated.after(Verb::Terminate), None);
         assert!(!State::Offered.active() && State::Agreed.active());
         assert!(!State::Terminated.active());
         for s in [

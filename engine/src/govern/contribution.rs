@@ -19,6 +19,7 @@ use kexin_mpc::prio3::{Measure, Vdaf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::closed::closed_set;
 use crate::error::{Code, Error, Result};
 use crate::policy::{Contribution, ContributionKind};
 
@@ -52,13 +53,31 @@ pub struct CollectBody {
     pub time: String,
 }
 
+closed_set! {
+    /// What a released batch totals.
+    BatchKind {
+        /// The sum of the reports' values.
+        Sum => "sum",
+        /// The count of reports per bucket.
+        Histogram => "histogram",
+    }
+}
+
+impl From<&ContributionKind> for BatchKind {
+    fn from(k: &ContributionKind) -> BatchKind {
+        match k {
+            ContributionKind::Sum { .. } => BatchKind::Sum,
+            ContributionKind::Histogram { .. } => BatchKind::Histogram,
+        }
+    }
+}
+
 /// A released batch: the sum (or per-bucket counts) and how many reports
 /// it holds. The JSON shape is a contract.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchResult {
     pub scene: String,
-    /// `sum` or `histogram`.
-    pub kind: String,
+    pub kind: BatchKind,
     /// Bucket labels (histograms) or `["sum"]`.
     pub labels: Vec<String>,
     pub values: Vec<i64>,

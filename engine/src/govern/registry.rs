@@ -21,10 +21,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::audit::{AuditEntry, Decision, Kind};
-use crate::consent::{self, ConsentReceipt, ConsentRecord, ConsentSet, MODIFIERS, Purpose};
+use crate::consent::{self, ConsentReceipt, ConsentRecord, ConsentSet, MODIFIERS, Purpose, Verb};
 use crate::error::{Code, Error, Result, refuse};
 use crate::identity::{self, Certificate, Role, Signed, tag};
-use crate::mask::SecretKey;
+use crate::keys::SecretKey;
 use crate::policy::{Scene, Space};
 use crate::store::{NodeKeys, Store, now_utc};
 
@@ -95,7 +95,7 @@ pub struct Use {
     pub requester: String,
     pub contract: Option<String>,
     /// `released` or `held`.
-    pub decision: String,
+    pub decision: Decision,
     pub sql_sha256: Option<String>,
 }
 
@@ -289,7 +289,7 @@ impl Registry {
     /// Record a signed grant or revocation. Effective from its commit.
     pub fn record_consent(&mut self, receipt: Signed<ConsentReceipt>) -> Result<ConsentRecord> {
         let (person, scene) = (receipt.body.person.clone(), receipt.body.scene.clone());
-        let kind = Kind::consent(&receipt.body.action);
+        let kind = receipt.body.action.audit_kind();
         let r = self
             .record_many(vec![receipt])
             .and_then(|mut v| v.pop().ok_or_else(|| Error::internal("no record")));
@@ -315,8 +315,8 @@ impl Registry {
             .scenes
             .get(&r.scene)
             .ok_or_else(|| Error::refused(Code::Scene, "unknown scene"))?;
-        match r.action.as_str() {
-            "grant" => {
+        match r.action {
+            Verb::Grant => {
                 let p = Purpose::parse(&r.purpose, None)
                     .or_else(|_| refuse(Code::Scene, "the purpose is not a DUO code"))?;
                 if !p.covers(&scene.purpose_code) {
@@ -333,8 +333,7 @@ impl Registry {
                 }
                 Ok(())
             }
-            "revoke" => Ok(()),
-            _ => refuse(Code::Scene, "the action is neither grant nor revoke"),
+            Verb::Revoke => Ok(()),
         }
     }
 
@@ -353,7 +352,7 @@ impl Registry {
                 &self.space,
                 &r.person,
                 &r.scene,
-                Kind::consent(&r.action),
+                r.action.audit_kind(),
                 Decision::Recorded,
             ));
         }
@@ -392,7 +391,7 @@ impl Registry {
                     seq: tx.last_insert_rowid() as u64,
                     person: r.person.clone(),
                     scene: r.scene.clone(),
-                    action: r.action.clone(),
+                    action: r.action,
                     purpose: r.purpose.clone(),
                     modifiers: r.modifiers.clone(),
                     requester: r.requester.clone(),
@@ -424,10 +423,9 @@ impl Registry {
             }
             let store = Store::open(&ndir, &format!("kexin/{}/{node}", self.space.name))?;
             for e in store.entries()? {
-                let (Some(at), true) = (
-                    e.consent_seq,
-                    e.decision == "released" || e.decision == "held",
-                ) else {
+                let (Some(at), Some(decision @ (Decision::Released | Decision::Held))) =
+                    (e.consent_seq, Decision::parse(&e.decision))
+                else {
                     continue;
                 };
                 if e.kind != Kind::Query.as_str() {
@@ -450,7 +448,7 @@ impl Registry {
                     purpose_zh: scene.purpose_zh.clone(),
                     requester: e.actor.clone(),
                     contract: e.contract.clone(),
-                    decision: e.decision.clone(),
+                    decision,
                     sql_sha256: e.sql_sha256.clone(),
                 });
             }

@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::Node;
-use crate::airlock::{Decision, Held};
+use crate::airlock::{Decision, Held, State, Verb};
 use crate::audit::{self, Kind};
 use crate::error::{Code, Error, Result, refuse};
 use crate::identity::{Signed, tag};
@@ -44,7 +44,8 @@ impl Node {
                 scene,
                 requester,
                 contract,
-                state,
+                state: State::parse(&state)
+                    .ok_or_else(|| Error::internal("stored airlock state"))?,
                 output_sha256: digest,
                 approvers_needed: needed,
                 held_audit_seq: seq as u64,
@@ -85,7 +86,7 @@ impl Node {
             .map(|(h, _)| h.scene.clone())
             .unwrap_or_default();
         let r = self.act_on_held(env, found);
-        self.audit_refusal(r, &d.member, &scene, Kind::airlock(&d.action), None)
+        self.audit_refusal(r, &d.member, &scene, d.action.audit_kind(), None)
     }
 
     /// `found` is the held result the decision names, as already looked up.
@@ -103,9 +104,9 @@ impl Node {
             return refuse(Code::Review, "the signed digest is not the held result's");
         }
         let holder = self.holder_here(&d.member);
-        match d.action.as_str() {
-            "fetch" => {
-                if !(holder || (d.member == h.requester && h.state == "released")) {
+        match d.action {
+            Verb::Fetch => {
+                if !(holder || (d.member == h.requester && h.state == State::Released)) {
                     return refuse(
                         Code::Review,
                         "a held result is shown to the node's data holders, and to its requester once released",
@@ -114,8 +115,7 @@ impl Node {
                 self.check_signed(env, tag::REVIEW, &d.member, &d.nonce, &d.time, Code::Review)?;
                 return Ok((h, Some(bytes)));
             }
-            "approve" | "reject" => {}
-            _ => return refuse(Code::Review, "the action is not approve, reject or fetch"),
+            Verb::Approve | Verb::Reject => {}
         }
         if d.member == h.requester {
             return refuse(Code::Review, "a requester cannot review their own result");
@@ -126,13 +126,13 @@ impl Node {
                 "only a data holder of this node reviews results",
             );
         }
-        if h.state != "held" {
+        if h.state != State::Held {
             return refuse(Code::Review, "the result is not held (already decided)");
         }
         if h.approvals.contains(&d.member) {
             return refuse(Code::Review, "this reviewer already approved");
         }
-        if d.action == "approve"
+        if d.action == Verb::Approve
             && let Some(scene) = self.space.scenes.get(&h.scene)
             && self.space.jurisdiction_of(&h.requester) != self.space.jurisdiction
             && scene
@@ -147,14 +147,22 @@ impl Node {
         }
         self.check_signed(env, tag::REVIEW, &d.member, &d.nonce, &d.time, Code::Review)?;
         let mut approvals = h.approvals.clone();
-        let (state, kind, decision) = if d.action == "reject" {
-            ("rejected", Kind::AirlockReject, audit::Decision::Rejected)
+        let (state, kind, decision) = if d.action == Verb::Reject {
+            (
+                State::Rejected,
+                Kind::AirlockReject,
+                audit::Decision::Rejected,
+            )
         } else {
             approvals.push(d.member.clone());
             if approvals.len() >= h.approvers_needed as usize {
-                ("released", Kind::AirlockRelease, audit::Decision::Released)
+                (
+                    State::Released,
+                    Kind::AirlockRelease,
+                    audit::Decision::Released,
+                )
             } else {
-                ("held", Kind::AirlockApprove, audit::Decision::Approved)
+                (State::Held, Kind::AirlockApprove, audit::Decision::Approved)
             }
         };
         let mut e = self.governance_entry(&d.member, &h.scene, kind, decision);
@@ -169,7 +177,7 @@ impl Node {
                  WHERE id = ?1 AND state = 'held' AND approvals = ?5",
                 params![
                     d.id as i64,
-                    state,
+                    state.as_str(),
                     approvals_json,
                     now,
                     serde_json::to_string(&h.approvals).map_err(Error::internal)?
@@ -181,7 +189,7 @@ impl Node {
             Ok(())
         })?;
         let (h, bytes) = self.held(d.id)?;
-        let shown = (h.state == "released").then_some(bytes);
+        let shown = (h.state == State::Released).then_some(bytes);
         Ok((h, shown))
     }
 }

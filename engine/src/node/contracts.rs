@@ -6,10 +6,11 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::audit::{AuditEntry, Decision, Kind};
-use crate::contract::{Action, Contract, State, Terms};
+use crate::contract::{Action, Contract, State, Terms, Verb};
 use crate::error::{Code, Error, Result, refuse};
 use crate::identity::{self, Role, Signed, tag};
 use crate::node::{Node, QueryRequest};
+use crate::policy::Release;
 use crate::store::now_utc;
 
 impl Node {
@@ -124,15 +125,11 @@ impl Node {
                 "the datasets must be a non-empty subset of the scene's",
             );
         }
-        match (t.release.as_str(), scene.release) {
-            ("review", _) | ("auto", crate::policy::Release::Auto) => {}
-            ("auto", crate::policy::Release::Review) => {
-                return refuse(
-                    Code::Contract,
-                    "the scene's results need review; the contract cannot waive it",
-                );
-            }
-            _ => return refuse(Code::Contract, "release must be auto or review"),
+        if (t.release, scene.release) == (Release::Auto, Release::Review) {
+            return refuse(
+                Code::Contract,
+                "the scene's results need review; the contract cannot waive it",
+            );
         }
         if t.max_queries == 0 || t.max_queries > 1_000_000 {
             return refuse(Code::Contract, "max_queries must be 1..=1000000");
@@ -196,7 +193,7 @@ impl Node {
             r,
             &a.member,
             &scene,
-            Kind::contract(&a.action),
+            a.action.audit_kind(),
             Some(&a.contract),
         )
     }
@@ -208,11 +205,10 @@ impl Node {
             return refuse(Code::Contract, "the action is for another space or node");
         }
         let c = found?;
-        let allowed = match a.action.as_str() {
-            "agree" => a.member == c.terms.requester,
-            "finalize" => self.holder_here(&a.member),
-            "terminate" => a.member == c.terms.requester || self.holder_here(&a.member),
-            _ => false,
+        let allowed = match a.action {
+            Verb::Agree => a.member == c.terms.requester,
+            Verb::Finalize => self.holder_here(&a.member),
+            Verb::Terminate => a.member == c.terms.requester || self.holder_here(&a.member),
         };
         if !allowed {
             return refuse(
@@ -220,7 +216,7 @@ impl Node {
                 "this member may not take this action on the contract",
             );
         }
-        let Some(next) = c.state.after(&a.action) else {
+        let Some(next) = c.state.after(a.action) else {
             return refuse(
                 Code::Contract,
                 "the action is not allowed in the contract's state",
@@ -237,7 +233,7 @@ impl Node {
         let mut e = self.governance_entry(
             &a.member,
             &c.terms.scene,
-            Kind::contract(&a.action),
+            a.action.audit_kind(),
             match next {
                 State::Offered => Decision::Offered,
                 State::Agreed => Decision::Agreed,

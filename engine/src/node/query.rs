@@ -421,7 +421,7 @@ impl Node {
         trace.hold = scene.release == Release::Review
             || contract
                 .as_ref()
-                .is_some_and(|c| c.terms.release == "review");
+                .is_some_and(|c| c.terms.release == crate::policy::Release::Review);
         let consent = match scene.consent {
             ConsentMode::Required => {
                 let set =

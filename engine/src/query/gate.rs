@@ -51,7 +51,7 @@ use sha2::Sha256;
 use crate::cells::{CappedPersons, DominanceShare};
 use crate::disclosure::{Analysis, Output};
 use crate::error::{Error, Result};
-use crate::mask::SecretKey;
+use crate::keys::SecretKey;
 use crate::policy::OutputRules;
 use crate::rewrite::{PERSON_COLUMN, RAW_SCHEMA};
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::closed::closed_set;
 use crate::error::{Error, Result};
 use crate::mask::MaskKind;
 
@@ -105,10 +106,13 @@ impl Dataset {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
-    Auto,
-    Review,
+closed_set! {
+    /// Whether a scene's (or contract's) results leave at once or wait for
+    /// review in the airlock.
+    Release {
+        Auto => "auto",
+        Review => "review",
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

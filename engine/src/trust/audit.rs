@@ -23,6 +23,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::closed::closed_set;
 use crate::error::{Error, Result};
 
 pub type Hash = [u8; 32];
@@ -81,44 +82,7 @@ pub struct AuditEntry {
     pub charged_by: Option<String>,
 }
 
-/// Generates a closed set whose members are written as fixed strings.
-macro_rules! written_as {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $v:ident => $s:literal,)* }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vdoc])* $v,)*
-        }
-
-        impl $name {
-            /// Every member, in declaration order.
-            pub const ALL: &[$name] = &[$($name::$v,)*];
-
-            /// The string written to the audit log.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$v => $s,)*
-                }
-            }
-
-            /// The member written as `s`, if any.
-            pub fn parse(s: &str) -> Option<$name> {
-                match s {
-                    $($s => Some($name::$v),)*
-                    _ => None,
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-written_as! {
+closed_set! {
     /// What an audit entry records.
     Kind {
         /// A researcher's query on one node.
@@ -139,59 +103,20 @@ written_as! {
         ContractAgree => "contract-agree",
         ContractFinalize => "contract-finalize",
         ContractTerminate => "contract-terminate",
-        /// A refused contract action that names no known action.
-        ContractUnknown => "contract-unknown",
         AirlockApprove => "airlock-approve",
         AirlockReject => "airlock-reject",
         /// The approval that released a held result.
         AirlockRelease => "airlock-release",
         /// A refused request to see a held result.
         AirlockFetch => "airlock-fetch",
-        /// A refused airlock decision that names no known action.
-        AirlockUnknown => "airlock-unknown",
         ConsentGrant => "consent-grant",
         ConsentRevoke => "consent-revoke",
-        /// A refused consent receipt that names no known action.
-        ConsentUnknown => "consent-unknown",
         /// A member certificate issued by the registry.
         IdentityIssue => "identity-issue",
     }
 }
 
-impl Kind {
-    /// The kind of a contract action as a caller named it: an unknown
-    /// name is never written to the log.
-    pub fn contract(action: &str) -> Kind {
-        match action {
-            "offer" => Kind::ContractOffer,
-            "agree" => Kind::ContractAgree,
-            "finalize" => Kind::ContractFinalize,
-            "terminate" => Kind::ContractTerminate,
-            _ => Kind::ContractUnknown,
-        }
-    }
-
-    /// The kind of an airlock decision as a caller named it.
-    pub fn airlock(action: &str) -> Kind {
-        match action {
-            "approve" => Kind::AirlockApprove,
-            "reject" => Kind::AirlockReject,
-            "fetch" => Kind::AirlockFetch,
-            _ => Kind::AirlockUnknown,
-        }
-    }
-
-    /// The kind of a consent receipt as its signer named it.
-    pub fn consent(action: &str) -> Kind {
-        match action {
-            "grant" => Kind::ConsentGrant,
-            "revoke" => Kind::ConsentRevoke,
-            _ => Kind::ConsentUnknown,
-        }
-    }
-}
-
-written_as! {
+closed_set! {
     /// How an audited action ended.
     Decision {
         Released => "released",

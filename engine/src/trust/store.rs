@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, Checkpoint, Hash, NoteKey, leaf_hash, tree_root};
 use crate::error::{Error, Result};
-use crate::mask::SecretKey;
+use crate::keys::SecretKey;
 
 pub use crate::clock::now_utc;
 

@@ -19,7 +19,9 @@ use kexin_mpc::message::Inbox;
 use kexin_mpc::prio3::{Batch, Stored, Verified, verify_key};
 
 use super::{Abort, MAX_PAYLOAD, Outbound, Patience, Role, Step, outbound};
-use crate::contribution::{BatchResult, CollectBody, context, half_width, noise_share, vdaf};
+use crate::contribution::{
+    BatchKind, BatchResult, CollectBody, context, half_width, noise_share, vdaf,
+};
 use crate::error::Code;
 use crate::policy::{Contribution, ContributionKind};
 
@@ -258,9 +260,10 @@ impl<'a> Collect<'a> {
     fn result(&self, values: &[i128], verdict: &Verified) -> BatchResult {
         let c = self.scene;
         let b = self.body;
-        let (kind, labels) = match &c.kind {
-            ContributionKind::Sum { .. } => ("sum", vec!["sum".to_string()]),
-            ContributionKind::Histogram { buckets } => ("histogram", buckets.clone()),
+        let kind = BatchKind::from(&c.kind);
+        let labels = match &c.kind {
+            ContributionKind::Sum { .. } => vec!["sum".to_string()],
+            ContributionKind::Histogram { buckets } => buckets.clone(),
         };
         let dp = c.epsilon;
         let mut explanation = vec![format!(
@@ -278,7 +281,7 @@ impl<'a> Collect<'a> {
         }
         BatchResult {
             scene: b.scene.clone(),
-            kind: kind.into(),
+            kind,
             labels,
             values: values.iter().map(|v| *v as i64).collect(),
             reports: dp.is_none().then_some(verdict.accepted),

@@ -69,10 +69,11 @@ impl Sections<'_> {
                     ));
                 }
             };
-            let release = match s.release.as_deref() {
-                None | Some("auto") => Release::Auto,
-                Some("review") => Release::Review,
-                Some(other) => {
+            let release = match s.release.as_deref().map(Release::parse) {
+                None => Release::Auto,
+                Some(Some(r)) => r,
+                Some(None) => {
+                    let other = s.release.as_deref().unwrap_or_default();
                     return Err(err(
                         at("release"),
                         format!("{other:?}: expected \"auto\" or \"review\""),
