@@ -67,7 +67,7 @@ fn start_nodes(space: &Arc<Space>) {
         let server = Arc::new(
             NodeServer::open(Arc::clone(space), &format!("h{}", i + 1), None).expect("node"),
         );
-        std::thread::spawn(move || server.serve(l));
+        std::thread::spawn(move || server.serve(l, || ()));
     }
 }
 

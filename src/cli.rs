@@ -6,6 +6,7 @@
 //! fixed code and rule and exit with the code's status.
 
 pub(crate) mod audit;
+pub(crate) mod query;
 pub(crate) mod udf;
 
 use std::path::PathBuf;

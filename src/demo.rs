@@ -195,7 +195,7 @@ async fn show_step(node: &Node, dir: &Path, number: usize, step: &Step) -> Resul
     let (what, scene, actor, sql, expect) = step;
     println!("-- {number}. {what}");
     println!(
-        "   kexin query --space {} --scene {scene} --as {actor} \"{sql}\"",
+        "   kexin query --local --space {} --scene {scene} --as {actor} \"{sql}\"",
         dir.display()
     );
     // Signed with the researcher's key file, as the command line does.
@@ -275,7 +275,7 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         "\n-- {}. Airlock: diabetes-review holds results until two data holders of h1 (not the requester) approve",
         number + 1
     );
-    println!("   kexin query --space {d} --scene diabetes-review --as alice \"{sql}\"");
+    println!("   kexin query --local --space {d} --scene diabetes-review --as alice \"{sql}\"");
     let held = ask("alice", "diabetes-review").await?;
     let Some(id) = held.airlock else {
         println!("   !! expected a held result");
@@ -357,7 +357,7 @@ fn start_nodes(space: &Arc<Space>, dir: &Path) -> Result<Vec<(String, SigningKey
             l.local_addr()?
         );
         let server = Arc::new(NodeServer::open(Arc::clone(space), &name, None)?);
-        std::thread::spawn(move || server.serve(l));
+        std::thread::spawn(move || server.serve(l, || ()));
     }
     println!();
     Ok(people)

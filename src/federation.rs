@@ -23,15 +23,20 @@
 //! | `federation/admission.rs` | connection limits before and after the handshake |
 //! | `federation/server.rs` | accept, TLS, routing, sessions, the pump and its timeouts |
 //! | `federation/services.rs` | each request: authenticate, compute, run the role, audit |
+//! | `federation/direct.rs` | requests one node answers alone: a researcher's query, the contracts a member may see |
+//! | `federation/client.rs` | the CLI as a client: one request over the member's link, one answer |
 //! | `federation/researcher.rs` | `kexin federate` / `kexin psi`: Ready, Go or Cancel, agreement |
 
 mod admission;
+mod client;
 mod config;
+mod direct;
 mod researcher;
 mod server;
 mod services;
 mod wire;
 
+pub use client::{ask, query_wait, unexpected};
 pub(crate) use config::node_key;
 pub use config::{FedConfig, NodeAddr, node_identity, pins};
 pub(crate) use researcher::{Answer, abort_rule, connect_all, converse, reports};

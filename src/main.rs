@@ -94,6 +94,11 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Run in this process on the node's own machine (the node's
+        /// operator only: it opens the node's state, keys and data) instead
+        /// of asking the node's server.
+        #[arg(long)]
+        local: bool,
         /// The SQL query.
         sql: String,
     },
@@ -434,10 +439,18 @@ fn run(cli: Cli) -> Result<u8> {
             };
             let listener = std::net::TcpListener::bind(&addr)
                 .with_context(|| format!("listening on {addr}"))?;
-            // Scripts and tests wait for this line.
-            println!("kexin node {node} listening on {}", listener.local_addr()?);
+            let at = listener.local_addr()?;
+            println!("kexin node {node} listening on {at}");
             std::io::Write::flush(&mut std::io::stdout())?;
-            Arc::new(server).serve(listener)?;
+            let server = Arc::new(server);
+            server.stop_on_signals(at)?;
+            server.serve(listener, || {
+                // Scripts and tests wait for this line: the node takes
+                // requests from here on.
+                println!("kexin node {node} ready on {at}");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            })?;
+            println!("kexin node {node} stopped");
             Ok(0)
         }
         Command::Federate {
@@ -548,37 +561,23 @@ fn run(cli: Cli) -> Result<u8> {
             key,
             contract,
             format,
+            local,
             sql,
         } => {
             let space = Arc::new(Space::load(&space)?);
-            let node = node_name(&space, node);
             let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
-            let rt = runtime()?;
-            let outcome = rt.block_on(async {
-                let n = Node::open(Arc::clone(&space), &node).await?;
-                // DP charges go to every node of the space first: with the
-                // node's key on this machine, reach them as the node does.
-                if let Some(peers) = kexin::ledger::NetLedger::for_node(&space, &node) {
-                    peers.install(&n);
-                }
-                // Bind the signature to the contract: the named one, or the
-                // researcher's only active contract for the scene here.
-                let contract = match contract {
-                    Some(c) => Some(c),
-                    None => {
-                        let mut active = n.contracts()?.into_iter().filter(|c| {
-                            c.state.active() && c.terms.requester == actor && c.terms.scene == scene
-                        });
-                        match (active.next(), active.next()) {
-                            (Some(c), None) => Some(c.id),
-                            _ => None,
-                        }
-                    }
-                };
-                let env =
-                    kexin::members::query(&space, &node, &actor, &signing, &scene, contract, &sql)?;
-                anyhow::Ok(n.query_signed(&env).await)
-            })?;
+            let ask = cli::query::Ask {
+                node: node_name(&space, node),
+                scene,
+                actor,
+                contract,
+                sql,
+            };
+            let outcome = if local {
+                cli::query::local(&space, &ask, &signing)?
+            } else {
+                cli::query::remote(&space, &ask, &signing)?
+            };
             print!("{}", render::outcome(&outcome, format)?);
             Ok(u8::try_from(outcome.exit_status()).unwrap_or(1))
         }

@@ -57,7 +57,7 @@ pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
                 eprintln!(
                     "{}: {}",
                     o.code.map_or("", Code::as_str),
-                    o.rule.unwrap_or("")
+                    o.rule.as_deref().unwrap_or("")
                 );
             }
             out
@@ -81,7 +81,7 @@ pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
                     out.push_str(&format!(
                         "refused: {} — {}\n",
                         o.code.map_or("", Code::as_str),
-                        o.rule.unwrap_or("")
+                        o.rule.as_deref().unwrap_or("")
                     ));
                 }
                 Status::Held => out.push_str("held for data-holder review\n"),

@@ -29,7 +29,7 @@ use datafusion::optimizer::{Analyzer, AnalyzerRule};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditEntry, Decision, Kind};
@@ -82,7 +82,7 @@ impl QueryRequest {
 }
 
 /// The decision on a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Released,
@@ -91,14 +91,14 @@ pub enum Status {
 }
 
 /// What the researcher gets back. The JSON shape is a contract.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub status: Status,
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Cell>>,
     pub suppressed_groups: usize,
     pub code: Option<Code>,
-    pub rule: Option<&'static str>,
+    pub rule: Option<String>,
     pub audit_seq: Option<u64>,
     /// Human-readable notes: what was suppressed and why, the rules applied.
     pub explanation: Vec<String>,
@@ -116,7 +116,7 @@ pub struct Outcome {
 }
 
 /// What a DP release adds to the outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DpReport {
     /// ε this query charged (0 for a repeat answered from the cache).
     pub epsilon_charged: f64,
@@ -169,14 +169,20 @@ pub(crate) struct Admitted<'a> {
 
 impl Outcome {
     fn refused(r: Refusal) -> Self {
+        Outcome::refusal(r.code, r.rule.to_string(), None)
+    }
+
+    /// A refusal with its fixed code and rule, as a client shows one it
+    /// received (`audit_seq`: the entry that recorded it, if any).
+    pub fn refusal(code: Code, rule: String, audit_seq: Option<u64>) -> Self {
         Outcome {
             status: Status::Refused,
             columns: vec![],
             rows: vec![],
             suppressed_groups: 0,
-            code: Some(r.code),
-            rule: Some(r.rule),
-            audit_seq: None,
+            code: Some(code),
+            rule: Some(rule),
+            audit_seq,
             explanation: vec![],
             checkpoint: None,
             dp: None,

@@ -22,6 +22,12 @@ pub(crate) const MAX_PER_MEMBER: usize = 8;
 /// peer, and its witness and ledger calls.
 pub(crate) const MAX_PER_NODE_MEMBER: usize = 96;
 
+/// Queries a node runs at once; more wait for a slot. With the per-query
+/// memory pool (`[limits] memory_mb`), this bounds what queries hold.
+pub(crate) const MAX_QUERIES: usize = 32;
+/// How long a stopping node waits for the connections it already took.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Which new connections a node takes: at most [`MAX_CONNECTIONS`] open,
 /// at most [`MAX_HANDSHAKES_PER_SOURCE`] of them still in the handshake
 /// from any one address, and once authenticated at most
@@ -35,6 +41,11 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
+    /// Connections open now (admitted and not yet closed).
+    pub(crate) fn open(&self) -> usize {
+        self.state.lock().map_or(0, |s| s.0)
+    }
+
     pub(crate) fn enter(this: &Arc<Self>, source: std::net::IpAddr) -> Option<Ticket> {
         let mut s = this.state.lock().ok()?;
         let (open, handshaking) = &mut *s;

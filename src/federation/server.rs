@@ -19,8 +19,8 @@ use kexin_engine::policy::Space;
 use kexin_mpc::message::Message;
 
 use super::admission::{
-    Admission, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_HANDSHAKES_PER_SOURCE, MAX_PER_MEMBER,
-    MAX_PER_NODE_MEMBER, Ticket,
+    Admission, DRAIN_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_HANDSHAKES_PER_SOURCE,
+    MAX_PER_MEMBER, MAX_PER_NODE_MEMBER, MAX_QUERIES, Ticket,
 };
 use super::config::{FedConfig, node_key, pins};
 use super::wire::{FromNode, ToNode};
@@ -44,6 +44,10 @@ pub struct NodeServer {
     pub(super) collecting: Mutex<std::collections::HashSet<String>>,
     /// The FHE aggregator's server key (by key holder and key digest).
     pub(super) fhe: Mutex<Option<(String, Arc<kexin_mpc::fhe::Aggregator>)>>,
+    /// Slots for queries running at once ([`MAX_QUERIES`]).
+    queries: tokio::sync::Semaphore,
+    /// Set once the node is to stop taking connections.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -87,6 +91,8 @@ impl NodeServer {
             sessions: Mutex::new(HashMap::new()),
             fhe: Mutex::new(None),
             collecting: Mutex::new(Default::default()),
+            queries: tokio::sync::Semaphore::new(MAX_QUERIES),
+            stopping: Default::default(),
         })
     }
 
@@ -96,8 +102,19 @@ impl NodeServer {
         Duration::from_secs(self.space.limits.timeout_seconds) + self.cfg.round_timeout()
     }
 
-    /// Serve forever on `listen` (one thread per connection).
-    pub fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
+    /// Wait for one of the [`MAX_QUERIES`] query slots; the slot is freed
+    /// when the returned permit drops.
+    pub(super) fn query_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.rt.block_on(self.queries.acquire()).ok()
+    }
+
+    /// Serve on `listener` (one thread per connection) until the node is
+    /// stopped ([`NodeServer::stop_on_signals`]). `ready` is called once
+    /// the node takes requests. Once stopped, the node takes no new
+    /// connection, lets the ones it took finish (at most
+    /// [`DRAIN_TIMEOUT`]) and returns: every answer it sent was committed
+    /// before it was sent, so nothing acknowledged is lost.
+    pub fn serve(self: Arc<Self>, listener: TcpListener, ready: impl FnOnce()) -> Result<()> {
         let tls = crate::net::server_config(&self.me, Arc::new(self.pins.clone()))?;
         let admission = Arc::new(Admission::default());
         // The peers keep this node's latest checkpoint (witnessing).
@@ -111,7 +128,11 @@ impl NodeServer {
                 WITNESS_INTERVAL,
             )
         });
+        ready();
         for tcp in listener.incoming() {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
             let Ok(tcp) = tcp else { continue };
             let Ok(source) = tcp.peer_addr().map(|a| a.ip()) else {
                 continue;
@@ -134,6 +155,37 @@ impl NodeServer {
                 }
             });
         }
+        drop(listener);
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while admission.open() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Stop serving on SIGTERM or SIGINT (the process's handlers replace
+    /// the default ones): mark the node stopping and wake the accept loop
+    /// on `addr` with a connection of its own.
+    pub fn stop_on_signals(self: &Arc<Self>, addr: std::net::SocketAddr) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _guard = self.rt.enter();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let this = Arc::clone(self);
+        self.rt.spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            this.stopping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let wake = if addr.ip().is_unspecified() {
+                std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            } else {
+                addr
+            };
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        });
         Ok(())
     }
 
@@ -180,6 +232,8 @@ impl NodeServer {
                 &self.node, &self.cfg, link, &member, &role, &verifier, &note,
             ),
             ToNode::Witnessed { node } => crate::witness::serve_witnessed(&self.node, link, &node),
+            ToNode::Query(env) => self.query(link, &member, env),
+            ToNode::Contracts => self.contracts(link, &member),
             _ => bail!("unexpected control message"),
         }
     }

@@ -27,7 +27,7 @@ use super::wire::{FromNode, PsiResult};
 use crate::net::Link;
 
 /// A request whose signer is not the member on the TLS link.
-const OTHER_SIGNER: Refusal = Refusal::new(
+pub(super) const OTHER_SIGNER: Refusal = Refusal::new(
     Code::Auth,
     "the request is signed by another member than the link's",
 );

@@ -3,9 +3,11 @@
 //! [`kexin_mpc::message::Message`]s, made by the roles of
 //! [`kexin_engine::federated::rounds`].
 
+use kexin_engine::contract::Contract;
 use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
 use kexin_engine::federated::{FederateBody, JointRows, PsiBody, PsiMode};
-use kexin_engine::identity::Signed;
+use kexin_engine::identity::{QueryBody, Signed};
+use kexin_engine::node::Outcome;
 use kexin_engine::{Code, Refusal};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,10 @@ pub enum ToNode {
     Witnessed {
         node: String,
     },
+    /// A researcher's query on this node.
+    Query(Signed<QueryBody>),
+    /// The contracts on this node the link's member may see.
+    Contracts,
 }
 
 /// Node → researcher.
@@ -85,6 +91,10 @@ pub enum FromNode {
     Checkpoint {
         note: Option<String>,
     },
+    /// A query's outcome, as `kexin query` prints it.
+    Outcome(Box<Outcome>),
+    /// Contracts, oldest first.
+    Contracts(Vec<Contract>),
 }
 
 impl FromNode {

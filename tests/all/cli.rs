@@ -52,6 +52,7 @@ fn query_json(dir: &Path, scene: &str, sql: &str) -> (i32, Value) {
 fn query_json_as(dir: &Path, actor: &str, scene: &str, sql: &str) -> (i32, Value) {
     let out = kexin(&[
         "query",
+        "--local",
         "--space",
         dir.to_str().expect("utf8"),
         "--scene",
@@ -155,6 +156,7 @@ fn json_contract_and_exit_status() {
     // Table and CSV renderings of the same released result.
     let out = kexin(&[
         "query",
+        "--local",
         "--space",
         t.path().to_str().expect("utf8"),
         "--scene",
@@ -345,6 +347,7 @@ fn config_error(dir: &Path, from: &str, to: &str, field: &str) {
     std::fs::write(&p, good.replacen(from, to, 1)).expect("write");
     let out = kexin(&[
         "query",
+        "--local",
         "--space",
         dir.to_str().expect("utf8"),
         "--scene",
@@ -782,6 +785,7 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
     let q = |extra: &[&str]| {
         let mut args = vec![
             "query",
+            "--local",
             "--space",
             dir,
             "--scene",
@@ -820,6 +824,7 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
     // The airlock from the command line: held (exit 1), listed, approved twice.
     let out = kexin(&[
         "query",
+        "--local",
         "--space",
         dir,
         "--scene",

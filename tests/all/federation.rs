@@ -151,6 +151,7 @@ fn joint_result_equals_the_pooled_computation_and_is_audited_alike() {
     let local = Command::new(BIN)
         .args([
             "query",
+            "--local",
             "--space",
             path(&f.dir),
             "--node",
@@ -598,6 +599,7 @@ fn dp_query(f: &Federation, node: &str, i: usize) -> Value {
     let out = Command::new(BIN)
         .args([
             "query",
+            "--local",
             "--space",
             path(&f.dir),
             "--node",
@@ -711,6 +713,7 @@ fn witnesses_catch_a_truncated_log() {
         let sql = format!("SELECT sex, count(*) FROM patients WHERE age > {i} GROUP BY sex");
         let out = kexin_cmd(&[
             "query",
+            "--local",
             "--space",
             dir,
             "--node",

@@ -40,6 +40,7 @@ mod federation;
 mod gate_rules;
 mod governance;
 mod layers;
+mod node_service;
 mod query_path;
 mod release_boundary;
 mod udf;

@@ -121,7 +121,7 @@ impl State {
 }
 
 /// A contract as a node holds it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Contract {
     pub id: String,
     pub state: State,

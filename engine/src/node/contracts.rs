@@ -283,6 +283,19 @@ impl Node {
     }
 
     /// Every contract on this node, oldest first.
+    /// The contracts `member` may see: all of them for a data holder of
+    /// this node, the ones naming them as requester for anyone else.
+    pub fn contracts_for(&self, member: &str) -> Result<Vec<Contract>> {
+        let all = self.contracts()?;
+        if self.holder_here(member) {
+            return Ok(all);
+        }
+        Ok(all
+            .into_iter()
+            .filter(|c| c.terms.requester == member)
+            .collect())
+    }
+
     pub fn contracts(&self) -> Result<Vec<Contract>> {
         let store = self.store_lock()?;
         let mut stmt = store.conn.prepare(

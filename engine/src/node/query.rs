@@ -151,8 +151,8 @@ impl Node {
                 .map(|c| c.as_str().to_string()),
             rule: outcome
                 .rule
-                .or(trace.withheld.map(|w| w.rule))
-                .map(str::to_string),
+                .clone()
+                .or(trace.withheld.map(|w| w.rule.to_string())),
             sql_sha256: Some(sql_digest),
             plan_sha256: plan_digest,
             policy_sha256: hex::encode(self.space.policy_digest),

@@ -30,6 +30,36 @@ impl Drop for Federation {
     }
 }
 
+/// Start `kexin node` for `name` of the space at `dir` and wait for its
+/// `ready` line; the node's further lines follow in the iterator.
+pub fn start_node(
+    dir: &Path,
+    name: &str,
+    listen: Option<&str>,
+) -> (Child, impl Iterator<Item = String> + Send + 'static) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["node", "--space", path(dir), "--node", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(l) = listen {
+        cmd.args(["--listen", l]);
+    }
+    let mut child = cmd.spawn().expect("start node");
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(out).lines().map_while(Result::ok);
+    let first = lines.next().unwrap_or_default();
+    assert!(
+        first.contains("listening on"),
+        "node {name} did not start: {first}"
+    );
+    let second = lines.next().unwrap_or_default();
+    assert!(
+        second.contains(" ready on "),
+        "node {name} not ready: {second}"
+    );
+    (child, lines)
+}
+
 pub fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
@@ -70,23 +100,12 @@ impl Federation {
     }
 
     /// Start node `name` (on `listen`, default its federation address) and
-    /// wait until it listens.
+    /// wait until it takes requests.
     pub fn start(&mut self, name: &str, listen: Option<&str>) {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["node", "--space", path(&self.dir), "--node", name])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if let Some(l) = listen {
-            cmd.args(["--listen", l]);
-        }
-        let mut child = cmd.spawn().expect("start node");
-        let out = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(out).read_line(&mut line).expect("read");
-        assert!(
-            line.contains("listening on"),
-            "node {name} did not start: {line}"
-        );
+        let (child, rest) = start_node(&self.dir, name, listen);
+        // Keep reading what the node prints, so that it never writes to a
+        // closed pipe.
+        std::thread::spawn(move || rest.count());
         self.children.push((name.to_string(), child));
     }
 

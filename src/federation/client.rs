@@ -1,0 +1,59 @@
+//! The CLI as a client of a node server: one request over the member's
+//! mutually authenticated link (the member's key, the node's pinned key),
+//! one answer. Commands that act on a node go this way by default; `--local`
+//! runs them in process instead, which only the node's operator can do on
+//! the node's own machine (it opens the node's state and keys).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use ed25519_dalek::SigningKey;
+use kexin_engine::policy::Space;
+
+use super::config::{FedConfig, node_key};
+use super::wire::{FromNode, ToNode};
+use crate::net::{CONTROL, Link};
+
+/// Send `msg` to `node` as the holder of `key` and read its answer, waiting
+/// at most `wait` for it once sent.
+pub fn ask(
+    space: &Space,
+    node: &str,
+    key: &SigningKey,
+    msg: &ToNode,
+    wait: Duration,
+) -> Result<FromNode> {
+    let cfg = FedConfig::load(&space.dir)?;
+    let addr = &cfg.addr(node)?.address;
+    let pinned = node_key(space, &cfg, node)?;
+    let mut link = Link::connect(addr, key, &pinned, cfg.round_timeout()).with_context(|| {
+        format!(
+            "cannot reach node {node} at {addr}: is `kexin node --node {node}` running? \
+             (its operator can run the command on the node's own machine with --local)"
+        )
+    })?;
+    link.set_timeout(wait)?;
+    link.send(CONTROL, &serde_json::to_vec(msg)?)?;
+    link.recv_json::<FromNode>()
+        .with_context(|| format!("node {node} did not answer"))
+}
+
+/// How long a client waits for a query's answer: the space's query
+/// deadline, plus a round timeout for the link.
+pub fn query_wait(space: &Space) -> Result<Duration> {
+    let cfg = FedConfig::load(&space.dir)?;
+    Ok(Duration::from_secs(space.limits.timeout_seconds) + cfg.round_timeout())
+}
+
+/// An answer the request cannot have.
+pub fn unexpected(node: &str, got: &FromNode) -> anyhow::Error {
+    let kind = serde_json::to_value(got)
+        .ok()
+        .and_then(|v| {
+            v.as_object()
+                .and_then(|o| o.keys().next().cloned())
+                .or(v.as_str().map(str::to_string))
+        })
+        .unwrap_or_default();
+    anyhow!("node {node} answered with an unexpected message ({kind})")
+}
