@@ -7,6 +7,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod query;
+pub(crate) mod target;
 pub(crate) mod udf;
 
 use std::path::PathBuf;
@@ -14,13 +15,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use ed25519_dalek::SigningKey;
 use kexin::Format;
 use kexin::members::{self, Issue};
 use kexin_engine::identity::{self, Certificate, IdCardNumber, Signed};
-use kexin_engine::node::Node;
 use kexin_engine::policy::{Release, Space};
-use kexin_engine::registry::{Registry, View};
+use kexin_engine::registry::Registry;
 use kexin_engine::{airlock, consent, contract};
+use target::{Refused, Target};
 
 #[derive(Subcommand, Debug)]
 pub enum IdAction {
@@ -104,14 +106,22 @@ pub enum ConsentAction {
         #[arg(long)]
         scene: String,
     },
-    /// The receipts on record (a person's, or everyone's for a scene).
+    /// The receipts on record: an individual's own; data holders and the
+    /// operator see anyone's (`--person`), or everyone's for a scene.
     List {
         #[arg(long)]
         space: PathBuf,
+        /// The asking member (an individual sees only their own receipts).
+        /// With --local and no --person, the person to list.
         #[arg(long = "as")]
         person: Option<String>,
+        /// The person whose receipts to list (data holders, the operator).
+        #[arg(long = "person")]
+        subject: Option<String>,
         #[arg(long)]
         scene: Option<String>,
+        #[command(flatten)]
+        via: Via,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -121,9 +131,27 @@ pub enum ConsentAction {
         space: PathBuf,
         #[arg(long = "as")]
         person: String,
+        #[command(flatten)]
+        via: Via,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+}
+
+/// How a command reaches the node: its server (default), or this process.
+#[derive(clap::Args, Debug)]
+pub struct Via {
+    /// The node whose server to ask (default: the space's first node).
+    #[arg(long)]
+    node: Option<String>,
+    /// The acting member's key file (default <space>/keys/<as>.key).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Run in this process on the node's own machine (the node's operator
+    /// only: it opens the node's state and keys) instead of asking the
+    /// node's server.
+    #[arg(long)]
+    local: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -132,21 +160,31 @@ pub struct Person {
     space: PathBuf,
     #[arg(long = "as")]
     person: String,
-    #[arg(long)]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    via: Via,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct OnNode {
     #[arg(long)]
     space: PathBuf,
-    #[arg(long)]
-    node: Option<String>,
     /// The acting member.
     #[arg(long = "as")]
     member: String,
+    #[command(flatten)]
+    via: Via,
+}
+
+/// A read of the node's records, as a member (or in process).
+#[derive(clap::Args, Debug)]
+pub struct Reader {
     #[arg(long)]
-    key: Option<PathBuf>,
+    space: PathBuf,
+    /// The asking member (not needed with --local).
+    #[arg(long = "as")]
+    member: Option<String>,
+    #[command(flatten)]
+    via: Via,
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,12 +233,11 @@ pub enum ContractAction {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// The node's contracts (or one).
+    /// The node's contracts the member may see (or one): all of them for
+    /// a data holder of the node, their own for a researcher.
     Show {
-        #[arg(long)]
-        space: PathBuf,
-        #[arg(long)]
-        node: Option<String>,
+        #[command(flatten)]
+        on: Reader,
         #[arg(long)]
         id: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -210,12 +247,11 @@ pub enum ContractAction {
 
 #[derive(Subcommand, Debug)]
 pub enum AirlockAction {
-    /// Held, released and rejected results on the node.
+    /// Held, released and rejected results on the node: all of them for a
+    /// data holder of the node, their own for a researcher.
     List {
-        #[arg(long)]
-        space: PathBuf,
-        #[arg(long)]
-        node: Option<String>,
+        #[command(flatten)]
+        on: Reader,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -248,33 +284,43 @@ pub enum AirlockAction {
 /// Print a refusal (fixed code and rule) and return its exit status; other
 /// errors propagate.
 fn refused(e: kexin_engine::Error, format: Format) -> Result<u8> {
-    match e {
-        kexin_engine::Error::Refused(r) => {
-            if format == Format::Json {
-                println!(
-                    "{}",
-                    serde_json::json!({"status": "refused", "code": r.code, "rule": r.rule})
-                );
-            } else {
-                println!("refused {}: {}", r.code, r.rule);
-            }
-            Ok(u8::try_from(r.code.exit_status()).unwrap_or(1))
-        }
-        e => Err(e.into()),
+    match target::answer::<()>(Err(e))? {
+        Ok(()) => Ok(0),
+        Err(r) => print_refused(r, format),
     }
+}
+
+/// Print a refusal and return its exit status.
+fn print_refused(r: Refused, format: Format) -> Result<u8> {
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({"status": "refused", "code": r.code, "rule": r.rule})
+        );
+    } else {
+        println!("refused {}: {}", r.code, r.rule);
+    }
+    Ok(u8::try_from(r.code.exit_status()).unwrap_or(1))
+}
+
+/// The acting member's key and the node the command acts on.
+fn reach(space: &Arc<Space>, member: &str, via: &Via) -> Result<(SigningKey, Target)> {
+    let key = members::load_key(&space.dir, member, via.key.as_deref())?;
+    let target = Target::open(space, via.node.clone(), Some(&key), via.local)?;
+    Ok((key, target))
+}
+
+/// The node to read from, as `member` (not needed in process).
+fn reader(space: &Arc<Space>, on: &Reader) -> Result<Target> {
+    let key = match (&on.member, on.via.local) {
+        (Some(m), false) => Some(members::load_key(&space.dir, m, on.via.key.as_deref())?),
+        _ => None,
+    };
+    Target::open(space, on.via.node.clone(), key.as_ref(), on.via.local)
 }
 
 fn load(space: &std::path::Path) -> Result<Arc<Space>> {
     Ok(Arc::new(Space::load(space)?))
-}
-
-fn open_node(space: &Arc<Space>, node: Option<String>) -> Result<(tokio::runtime::Runtime, Node)> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let name = node.unwrap_or_else(|| space.default_node().to_string());
-    let n = rt.block_on(Node::open(Arc::clone(space), &name))?;
-    Ok((rt, n))
 }
 
 pub fn id(action: IdAction) -> Result<u8> {
@@ -399,12 +445,26 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
         ConsentAction::List {
             space,
             person,
+            subject,
             scene,
+            via,
             format,
         } => {
             let space = load(&space)?;
-            let view = View::open(&space)?;
-            for r in view.consents(person.as_deref(), scene.as_deref())? {
+            let (target, filter) = if via.local {
+                let t = Target::open(&space, via.node.clone(), None, true)?;
+                (t, subject.or(person))
+            } else {
+                let member = person.context(
+                    "--as MEMBER is needed to ask the node's server (or --local on the node's own machine)",
+                )?;
+                (reach(&space, &member, &via)?.1, subject)
+            };
+            let records = match target.consents(&space, filter, scene)? {
+                Ok(r) => r,
+                Err(r) => return print_refused(r, format),
+            };
+            for r in records {
                 if format == Format::Json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -429,11 +489,19 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
         ConsentAction::History {
             space,
             person,
+            via,
             format,
         } => {
             let space = load(&space)?;
-            let registry = Registry::open(space)?;
-            let uses = registry.history(&person)?;
+            let target = if via.local {
+                Target::open(&space, via.node.clone(), None, true)?
+            } else {
+                reach(&space, &person, &via)?.1
+            };
+            let uses = match target.history(&space, &person)? {
+                Ok(u) => u,
+                Err(r) => return print_refused(r, format),
+            };
             for u in &uses {
                 if format == Format::Json {
                     println!("{}", serde_json::to_string(u)?);
@@ -462,10 +530,10 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
         }
     };
     let space = load(&who.space)?;
-    let key = members::load_key(&space.dir, &who.person, who.key.as_deref())?;
     if let Some(u) = &until {
         anyhow::ensure!(identity::valid_date(u), "--until is not YYYY-MM-DD");
     }
+    let (key, target) = reach(&space, &who.person, &who.via)?;
     let r = members::receipt(
         &space,
         &who.person,
@@ -476,8 +544,7 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
         modifiers,
         until,
     )?;
-    let mut registry = Registry::open(Arc::clone(&space))?;
-    match registry.record_consent(r) {
+    match target.consent(&space, r)? {
         Ok(rec) => {
             println!(
                 "recorded {} of {} by {} as consent #{} (registry audit seq {})",
@@ -492,7 +559,7 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
             }
             Ok(0)
         }
-        Err(e) => refused(e, Format::Table),
+        Err(r) => print_refused(r, Format::Table),
     }
 }
 
@@ -536,11 +603,10 @@ pub fn contract(action: ContractAction) -> Result<u8> {
             format,
         } => {
             let space = load(&on.space)?;
-            let key = members::load_key(&space.dir, &on.member, on.key.as_deref())?;
-            let (_rt, node) = open_node(&space, on.node)?;
+            let (key, target) = reach(&space, &on.member, &on.via)?;
             let terms = members::offer(
                 &space,
-                node.name(),
+                target.name(),
                 &on.member,
                 &key,
                 &requester,
@@ -551,27 +617,26 @@ pub fn contract(action: ContractAction) -> Result<u8> {
                 epsilon,
                 valid_to,
             )?;
-            match node.contract_offer(&terms) {
+            match target.contract_offer(terms)? {
                 Ok(c) => print_contract(&c, format).map(|()| 0),
-                Err(e) => refused(e, format),
+                Err(r) => print_refused(r, format),
             }
         }
         ContractAction::Sign { on, id, format } => contract_step(on, id, false, format),
         ContractAction::Terminate { on, id, format } => contract_step(on, id, true, format),
-        ContractAction::Show {
-            space,
-            node,
-            id,
-            format,
-        } => {
-            let space = load(&space)?;
-            let (_rt, node) = open_node(&space, node)?;
-            for c in node.contracts()? {
-                if id.as_ref().is_none_or(|i| *i == c.id) {
-                    print_contract(&c, format)?;
+        ContractAction::Show { on, id, format } => {
+            let space = load(&on.space)?;
+            match reader(&space, &on)?.contracts()? {
+                Ok(all) => {
+                    for c in all {
+                        if id.as_ref().is_none_or(|i| *i == c.id) {
+                            print_contract(&c, format)?;
+                        }
+                    }
+                    Ok(0)
                 }
+                Err(r) => print_refused(r, format),
             }
-            Ok(0)
         }
     }
 }
@@ -579,21 +644,32 @@ pub fn contract(action: ContractAction) -> Result<u8> {
 /// `sign` (the signer's next step: agree or finalize) or `terminate`.
 fn contract_step(on: OnNode, id: String, terminate: bool, format: Format) -> Result<u8> {
     let space = load(&on.space)?;
-    let key = members::load_key(&space.dir, &on.member, on.key.as_deref())?;
-    let (_rt, node) = open_node(&space, on.node)?;
+    let (key, target) = reach(&space, &on.member, &on.via)?;
     let act = if terminate {
         contract::Verb::Terminate
     } else {
-        match node.contract(&id) {
-            Ok(c) if c.terms.requester == on.member => contract::Verb::Agree,
-            Ok(_) => contract::Verb::Finalize,
-            Err(e) => return refused(e, format),
+        let found = match target.contracts()? {
+            Ok(all) => all.into_iter().find(|c| c.id == id),
+            Err(r) => return print_refused(r, format),
+        };
+        match found {
+            Some(c) if c.terms.requester == on.member => contract::Verb::Agree,
+            Some(_) => contract::Verb::Finalize,
+            None => {
+                return print_refused(
+                    Refused {
+                        code: kexin_engine::Code::Contract,
+                        rule: "no such contract on this node".into(),
+                    },
+                    format,
+                );
+            }
         }
     };
-    let env = members::contract_action(&space, node.name(), &on.member, &key, &id, act)?;
-    match node.contract_act(&env) {
+    let env = members::contract_action(&space, target.name(), &on.member, &key, &id, act)?;
+    match target.contract_act(env)? {
         Ok(c) => print_contract(&c, format).map(|()| 0),
-        Err(e) => refused(e, format),
+        Err(r) => print_refused(r, format),
     }
 }
 
@@ -604,14 +680,13 @@ fn parse_release(s: &str) -> Result<Release, String> {
 
 pub fn airlock(action: AirlockAction) -> Result<u8> {
     let (on, id, act, format) = match action {
-        AirlockAction::List {
-            space,
-            node,
-            format,
-        } => {
-            let space = load(&space)?;
-            let (_rt, node) = open_node(&space, node)?;
-            for h in node.airlock()? {
+        AirlockAction::List { on, format } => {
+            let space = load(&on.space)?;
+            let held = match reader(&space, &on)?.airlock()? {
+                Ok(h) => h,
+                Err(r) => return print_refused(r, format),
+            };
+            for h in held {
                 if format == Format::Json {
                     println!("{}", serde_json::to_string(&h)?);
                 } else {
@@ -634,27 +709,30 @@ pub fn airlock(action: AirlockAction) -> Result<u8> {
         AirlockAction::Reject { on, id } => (on, id, airlock::Verb::Reject, Format::Table),
     };
     let space = load(&on.space)?;
-    let key = members::load_key(&space.dir, &on.member, on.key.as_deref())?;
-    let (_rt, node) = open_node(&space, on.node)?;
-    let Some(h) = node.airlock()?.into_iter().find(|h| h.id == id) else {
-        return refused(
-            kexin_engine::Error::refused(
-                kexin_engine::Code::Review,
-                "no such held result on this node",
-            ),
+    let (key, target) = reach(&space, &on.member, &on.via)?;
+    let found = match target.airlock()? {
+        Ok(all) => all.into_iter().find(|h| h.id == id),
+        Err(r) => return print_refused(r, format),
+    };
+    let Some(h) = found else {
+        return print_refused(
+            Refused {
+                code: kexin_engine::Code::Review,
+                rule: "no such held result on this node".into(),
+            },
             format,
         );
     };
     let env = members::decision(
         &space,
-        node.name(),
+        target.name(),
         &on.member,
         &key,
         id,
         act,
         &h.output_sha256,
     )?;
-    match node.airlock_act(&env) {
+    match target.airlock_act(env)? {
         Ok((h, bytes)) => {
             match (act, bytes) {
                 (airlock::Verb::Fetch, Some(b)) => {
@@ -677,6 +755,6 @@ pub fn airlock(action: AirlockAction) -> Result<u8> {
             }
             Ok(0)
         }
-        Err(e) => refused(e, format),
+        Err(r) => print_refused(r, format),
     }
 }

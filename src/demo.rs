@@ -230,7 +230,7 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
     let person = members::load_key(dir, "p00000", None)?;
     let mut registry = kexin_engine::registry::Registry::open(Arc::new(space.clone()))?;
     println!(
-        "   kexin consent grant --space {d} --as p00000 --scene diabetes-consent --until 2027-12-31"
+        "   kexin consent grant --local --space {d} --as p00000 --scene diabetes-consent --until 2027-12-31"
     );
     registry.record_consent(members::receipt(
         space,
@@ -243,7 +243,7 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         Some("2027-12-31".into()),
     )?)?;
     let granted = ask("alice", "diabetes-consent").await?;
-    println!("   kexin consent revoke --space {d} --as p00000 --scene diabetes-consent");
+    println!("   kexin consent revoke --local --space {d} --as p00000 --scene diabetes-consent");
     registry.record_consent(members::receipt(
         space,
         "p00000",
@@ -262,7 +262,7 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         total(&revoked)
     );
     let uses = registry.history("p00000")?;
-    println!("   kexin consent history --space {d} --as p00000");
+    println!("   kexin consent history --local --space {d} --as p00000");
     for u in &uses {
         println!(
             "   {} node {} #{}: {} {} by {}",
@@ -300,14 +300,14 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
             &h.output_sha256,
         )?))
     };
-    println!("   kexin airlock approve --space {d} --as alice --id {id}");
+    println!("   kexin airlock approve --local --space {d} --as alice --id {id}");
     let own = act("alice", Verb::Approve)?;
     if let Err(e) = &own {
         println!("   {e}");
     }
     let mut released = None;
     for who in ["carol", "dave"] {
-        println!("   kexin airlock approve --space {d} --as {who} --id {id}");
+        println!("   kexin airlock approve --local --space {d} --as {who} --id {id}");
         let (state, bytes) = act(who, Verb::Approve)??;
         println!(
             "   #{id} is {} ({}/{} approvals)",
@@ -317,7 +317,7 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         );
         released = bytes;
     }
-    println!("   kexin airlock show --space {d} --as alice --id {id}");
+    println!("   kexin airlock show --local --space {d} --as alice --id {id}");
     let (_, fetched) = act("alice", Verb::Fetch)??;
     if let Some(b) = &fetched {
         println!("   {b}");
@@ -592,12 +592,21 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
         for m in ["egfr", "age_band", "geomean", "eag"] {
             let path = modules.join(format!("{m}.wasm"));
             println!(
-                "   kexin udf register --space {} --scene diabetes-2027 --node h1 --as carol {}",
+                "   kexin udf register --local --space {} --scene diabetes-2027 --node h1 --as carol {}",
                 dir.display(),
                 path.display()
             );
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let r = node.register_udf("diabetes-2027", &bytes, "carol")?;
+            let carol = members::load_key(&dir, "carol", None)?;
+            let approval = members::udf_approval(
+                node.space(),
+                node.name(),
+                "carol",
+                &carol,
+                "diabetes-2027",
+                &bytes,
+            )?;
+            let r = node.approve_udf(&approval, &bytes)?;
             println!("   approved {} ({} function(s))", r.digest, r.functions.len());
         }
         println!();

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kexin::{Format, demo, render, synth};
-use kexin_engine::node::Node;
 
 mod cli;
 use kexin_engine::policy::Space;
@@ -305,11 +304,22 @@ enum BudgetAction {
         space: PathBuf,
         #[arg(long)]
         node: Option<String>,
-        /// Only this researcher (lists their DP scenes even before a charge).
+        /// The asking member: a researcher sees their own rows (their DP
+        /// scenes even before a charge), a data holder of the node or the
+        /// operator everyone's. With --local, only this researcher's rows.
         #[arg(long = "as")]
         actor: Option<String>,
+        /// A data holder or the operator: only this researcher's rows.
+        #[arg(long)]
+        researcher: Option<String>,
         #[arg(long)]
         scene: Option<String>,
+        /// The asking member's key file (default <space>/keys/<as>.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Read in this process on the node's own machine.
+        #[arg(long)]
+        local: bool,
         /// `json` prints one JSON object per line.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -325,12 +335,21 @@ enum UdfAction {
         space: PathBuf,
         #[arg(long)]
         scene: String,
-        /// Nodes to approve it on (repeatable); defaults to every node.
+        /// Nodes to approve it on (repeatable); defaults to the approver's
+        /// nodes (every node for the operator).
         #[arg(long)]
         node: Vec<String>,
-        /// Who approves (recorded in the audit log).
+        /// Who approves: a data holder of the nodes, or the operator. The
+        /// approval is signed with their key and recorded in the audit log.
         #[arg(long = "as", default_value = "operator")]
         actor: String,
+        /// The approver's key file (default <space>/keys/<as>.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Approve in this process on the nodes' own machine instead of
+        /// through their servers.
+        #[arg(long)]
+        local: bool,
         /// `json` prints one JSON object per node.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -345,6 +364,14 @@ enum UdfAction {
         scene: Option<String>,
         #[arg(long)]
         node: Option<String>,
+        /// The asking member (not needed with --local).
+        #[arg(long = "as")]
+        actor: Option<String>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Read in this process on the node's own machine.
+        #[arg(long)]
+        local: bool,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -589,17 +616,32 @@ fn run(cli: Cli) -> Result<u8> {
                     space,
                     node,
                     actor,
+                    researcher,
                     scene,
+                    key,
+                    local,
                     format,
                 },
         } => {
             let space = Arc::new(Space::load(&space)?);
-            let node = node_name(&space, node);
-            let rt = runtime()?;
-            let rows = rt.block_on(async {
-                let node = Node::open(space, &node).await?;
-                anyhow::Ok(node.budgets(actor.as_deref(), scene.as_deref())?)
-            })?;
+            let (target, filter) = if local {
+                let t = cli::target::Target::open(&space, node, None, true)?;
+                (t, researcher.or(actor))
+            } else {
+                let member = actor.context(
+                    "--as MEMBER is needed to ask the node's server (or --local on the node's own machine)",
+                )?;
+                let signing = kexin::members::load_key(&space.dir, &member, key.as_deref())?;
+                let t = cli::target::Target::open(&space, node, Some(&signing), false)?;
+                (t, researcher)
+            };
+            let rows = match target.budgets(filter, scene)? {
+                Ok(r) => r,
+                Err(r) => {
+                    println!("refused {}: {}", r.code, r.rule);
+                    return Ok(u8::try_from(r.code.exit_status()).unwrap_or(1));
+                }
+            };
             for b in rows {
                 if format == Format::Json {
                     println!("{}", serde_json::to_string(&b)?);

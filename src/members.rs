@@ -11,7 +11,7 @@ use kexin_engine::airlock::{self, Decision};
 use kexin_engine::consent::{self, ConsentReceipt};
 use kexin_engine::contract::{self, Action, Terms};
 use kexin_engine::identity::{
-    self, Certificate, IdCardNumber, QueryBody, Signed, load_key_file, nonce, tag,
+    self, Certificate, IdCardNumber, QueryBody, Signed, UdfApprovalBody, load_key_file, nonce, tag,
 };
 use kexin_engine::node::Node;
 use kexin_engine::policy::{ContractMode, Release, Space};
@@ -196,6 +196,31 @@ pub fn contract_action(
             contract: contract.into(),
             action,
             member: member.into(),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
+/// A signed approval of the module `bytes` for `scene` on `node`.
+pub fn udf_approval(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    scene: &str,
+    bytes: &[u8],
+) -> Result<Signed<UdfApprovalBody>> {
+    use sha2::Digest;
+    Ok(Signed::sign(
+        tag::UDF,
+        UdfApprovalBody {
+            space: space.name.clone(),
+            node: node.into(),
+            scene: scene.into(),
+            member: member.into(),
+            module_sha256: hex::encode(sha2::Sha256::digest(bytes)),
             nonce: nonce()?,
             time: now_utc().1,
         },

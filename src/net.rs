@@ -90,6 +90,95 @@ impl Pins {
     }
 }
 
+/// How often a key that is not pinned may make the pins reload.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// How old pins may get before any lookup reloads them (a rotated or
+/// replaced key stops working within this time).
+const REFRESH: Duration = Duration::from_secs(60);
+
+/// Pins that follow the registry: a key that is not pinned makes them
+/// reload (at most once per [`RELOAD_EVERY`]), so a member certified after
+/// the server started gets in without a restart; and pins older than
+/// [`REFRESH`] are reloaded before they are used.
+pub struct LivePins {
+    pins: std::sync::RwLock<Arc<Pins>>,
+    reload: Option<Box<dyn Fn() -> Result<Pins> + Send + Sync>>,
+    loaded: std::sync::Mutex<std::time::Instant>,
+}
+
+impl std::fmt::Debug for LivePins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LivePins")
+            .field("pins", &self.current().by_spki.len())
+            .field("reloads", &self.reload.is_some())
+            .finish()
+    }
+}
+
+impl LivePins {
+    /// Pins that never change.
+    pub fn fixed(pins: Pins) -> LivePins {
+        LivePins {
+            pins: std::sync::RwLock::new(Arc::new(pins)),
+            reload: None,
+            loaded: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Pins that `reload` reads afresh when needed.
+    pub fn reloading(
+        pins: Pins,
+        reload: impl Fn() -> Result<Pins> + Send + Sync + 'static,
+    ) -> LivePins {
+        LivePins {
+            reload: Some(Box::new(reload)),
+            ..LivePins::fixed(pins)
+        }
+    }
+
+    /// The member (name, role) a presented key belongs to.
+    pub fn member(&self, spki: &[u8]) -> Option<(String, String)> {
+        self.reload_if_older(REFRESH);
+        if let Some(m) = self.current().member(spki) {
+            return Some(m.clone());
+        }
+        if self.reload_if_older(RELOAD_EVERY) {
+            return self.current().member(spki).cloned();
+        }
+        None
+    }
+
+    fn current(&self) -> Arc<Pins> {
+        self.pins.read().map(|p| Arc::clone(&p)).unwrap_or_default()
+    }
+
+    /// Reload when the pins are older than `age`; true if they were.
+    fn reload_if_older(&self, age: Duration) -> bool {
+        let Some(reload) = &self.reload else {
+            return false;
+        };
+        let Ok(mut at) = self.loaded.lock() else {
+            return false;
+        };
+        if at.elapsed() < age {
+            return false;
+        }
+        *at = std::time::Instant::now();
+        match reload() {
+            Ok(p) => {
+                if let Ok(mut w) = self.pins.write() {
+                    *w = Arc::new(p);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(target: "kexin::node", "reloading member keys: {e:#}");
+                false
+            }
+        }
+    }
+}
+
 fn sig13(
     message: &[u8],
     cert: &CertificateDer<'_>,
@@ -153,7 +242,7 @@ impl ServerCertVerifier for PinnedServer {
 /// The server side accepts any pinned member key (the handler then checks
 /// the member's role for what it asks).
 #[derive(Debug)]
-struct PinnedClients(Arc<Pins>);
+struct PinnedClients(Arc<LivePins>);
 
 impl ClientCertVerifier for PinnedClients {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -200,7 +289,7 @@ impl ClientCertVerifier for PinnedClients {
 }
 
 /// A node's TLS server configuration.
-pub fn server_config(me: &SigningKey, pins: Arc<Pins>) -> Result<Arc<ServerConfig>> {
+pub fn server_config(me: &SigningKey, pins: Arc<LivePins>) -> Result<Arc<ServerConfig>> {
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(PinnedClients(pins)))
@@ -263,7 +352,7 @@ impl Link {
     pub fn accept(
         tcp: TcpStream,
         cfg: Arc<ServerConfig>,
-        pins: &Pins,
+        pins: &LivePins,
         timeout: Duration,
     ) -> Result<(Link, (String, String))> {
         tcp.set_nodelay(true)?;
@@ -287,7 +376,6 @@ impl Link {
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| pins.member(c.as_ref()))
-            .cloned()
             .ok_or_else(|| anyhow!("the peer presented no pinned key"))?;
         Ok((Link::Server(Box::new(s)), peer))
     }
@@ -395,7 +483,7 @@ mod tests {
         let (server, member, stranger) = (key(1), key(2), key(3));
         let mut pins = Pins::default();
         pins.insert("alice", "researcher", &member.verifying_key());
-        let pins = Arc::new(pins);
+        let pins = Arc::new(LivePins::fixed(pins));
         let cfg = server_config(&server, Arc::clone(&pins)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();

@@ -331,6 +331,11 @@ impl Node {
         &self.name
     }
 
+    /// The space this node belongs to.
+    pub fn space(&self) -> &Space {
+        &self.space
+    }
+
     pub(crate) fn store_lock(&self) -> Result<std::sync::MutexGuard<'_, Store>> {
         self.store
             .lock()

@@ -1,14 +1,15 @@
-//! `kexin udf`: register an approved WebAssembly module for a scene on
-//! the holder's nodes, and list what is approved.
+//! `kexin udf`: approve a WebAssembly module for a scene on the holder's
+//! nodes (a signed approval, through each node's server by default), and
+//! list what is approved.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use kexin::Format;
-use kexin_engine::node::Node;
 use kexin_engine::policy::Space;
 
-use crate::{UdfAction, runtime};
+use super::target::Target;
+use crate::UdfAction;
 
 fn signature(f: &kexin_sandbox::Function) -> String {
     let args: Vec<String> = f
@@ -42,24 +43,28 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
             scene,
             node,
             actor,
+            key,
+            local,
             format,
             file,
         } => {
             let space = Arc::new(Space::load(&space)?);
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let nodes = if node.is_empty() {
-                space.nodes.clone()
-            } else {
+            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
+            let nodes = if !node.is_empty() {
                 node
+            } else {
+                match space.members.get(&actor) {
+                    Some(m) if m.role == kexin_engine::identity::Role::Holder => m.nodes.clone(),
+                    _ => space.nodes.clone(),
+                }
             };
-            let rt = runtime()?;
             for n in nodes {
-                let result = rt.block_on(async {
-                    let node = Node::open(Arc::clone(&space), &n).await?;
-                    anyhow::Ok(node.register_udf(&scene, &bytes, &actor))
-                })?;
-                match result {
+                let target = Target::open(&space, Some(n.clone()), Some(&signing), local)?;
+                let approval =
+                    kexin::members::udf_approval(&space, &n, &actor, &signing, &scene, &bytes)?;
+                match target.approve_udf(approval, &bytes)? {
                     Ok(r) => {
                         if format == Format::Json {
                             println!("{}", serde_json::to_string(&r)?);
@@ -81,7 +86,7 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
                             }
                         }
                     }
-                    Err(kexin_engine::Error::Refused(r)) => {
+                    Err(r) => {
                         if format == Format::Json {
                             println!(
                                 "{}",
@@ -92,7 +97,6 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
                         }
                         return Ok(u8::try_from(r.code.exit_status()).unwrap_or(1));
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
             Ok(0)
@@ -101,6 +105,9 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
             space,
             scene,
             node,
+            actor,
+            key,
+            local,
             format,
         } => {
             let space = Arc::new(Space::load(&space)?);
@@ -108,12 +115,19 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
                 Some(n) => vec![n],
                 None => space.nodes.clone(),
             };
-            let rt = runtime()?;
+            let signing = match (&actor, local) {
+                (Some(a), false) => Some(kexin::members::load_key(&space.dir, a, key.as_deref())?),
+                _ => None,
+            };
             for n in nodes {
-                let listed = rt.block_on(async {
-                    let node = Node::open(Arc::clone(&space), &n).await?;
-                    anyhow::Ok(node.list_udfs(scene.as_deref())?)
-                })?;
+                let target = Target::open(&space, Some(n), signing.as_ref(), local)?;
+                let listed = match target.udfs(scene.clone())? {
+                    Ok(l) => l,
+                    Err(r) => {
+                        println!("refused {}: {}", r.code, r.rule);
+                        return Ok(u8::try_from(r.code.exit_status()).unwrap_or(1));
+                    }
+                };
                 for u in listed {
                     if format == Format::Json {
                         println!("{}", serde_json::to_string(&u)?);

@@ -1,33 +1,139 @@
 //! Requests one node answers alone, for members who are not on the node's
-//! machine: a researcher's query and the contracts a member may see. Each
-//! goes through the same engine call as the in-process path
-//! (`kexin query --local`), so the rules, the audit entry and the JSON
-//! shape are the same; the link's member must be the request's signer.
+//! machine: a researcher's query, contracts, the airlock, individuals'
+//! consent and UDF approvals. Each goes through the same engine call as the in-process path
+//! (`--local`), so the rules, the audit entries and the JSON shapes are the
+//! same. A signed request must be signed by the link's member; reads show
+//! only what the link's member may see.
+
+use std::sync::Arc;
 
 use anyhow::Result;
-use kexin_engine::identity::{QueryBody, Signed};
+use kexin_engine::identity::{QueryBody, Role, Signed};
+use kexin_engine::registry::{Registry, View};
+use kexin_engine::{Code, Refusal};
 
 use super::server::NodeServer;
-use super::wire::FromNode;
+use super::services::OTHER_SIGNER;
+use super::wire::{FromNode, ToNode};
 use crate::net::Link;
 
+/// Consent receipts say who granted what: shown to the person, and to data
+/// holders and the operator.
+const CONSENTS_SHOWN: Refusal = Refusal::new(
+    Code::Auth,
+    "consent receipts are shown to the person they are about, to data holders and to the operator",
+);
+/// A person's history is shown to that person only.
+const HISTORY_SHOWN: Refusal = Refusal::new(
+    Code::Auth,
+    "the uses of a person's records are shown to that person only",
+);
+
+/// A module that is not base64.
+const MODULE_ENCODING: Refusal = Refusal::new(Code::UdfManifest, "the module is not base64");
+
+/// An engine answer as a message: a refusal keeps its code and rule; any
+/// other error is logged here and leaves as the fixed internal refusal.
+fn reply<T>(r: kexin_engine::Result<T>, ok: impl FnOnce(T) -> FromNode) -> FromNode {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => {
+            if !matches!(e, kexin_engine::Error::Refused(_)) {
+                tracing::warn!(target: "kexin::node", "request failed: {e}");
+            }
+            FromNode::refused(e.as_refusal(), None)
+        }
+    }
+}
+
 impl NodeServer {
+    /// Answer one of the requests this file serves; `member` and `role`
+    /// are the link's.
+    pub(super) fn direct(
+        &self,
+        mut link: Link,
+        member: &str,
+        role: &str,
+        msg: ToNode,
+    ) -> Result<()> {
+        let node = &self.node;
+        let signed_by = |signer: &str| signer == member;
+        let answer = match msg {
+            ToNode::Query(env) => return self.query(link, member, env),
+            ToNode::Contracts => reply(node.contracts_for(member), FromNode::Contracts),
+            ToNode::ContractOffer(env) if signed_by(&env.body.holder) => {
+                reply(node.contract_offer(&env), |c| {
+                    FromNode::Contract(Box::new(c))
+                })
+            }
+            ToNode::ContractAct(env) if signed_by(&env.body.member) => {
+                reply(node.contract_act(&env), |c| FromNode::Contract(Box::new(c)))
+            }
+            ToNode::Airlock => reply(node.airlock_for(member), FromNode::Held),
+            ToNode::AirlockAct(env) if signed_by(&env.body.member) => {
+                reply(node.airlock_act(&env), |(held, bytes)| FromNode::Decided {
+                    held,
+                    bytes,
+                })
+            }
+            ToNode::Consent(env) if signed_by(&env.body.person) => reply(
+                Registry::open(Arc::clone(&self.space)).and_then(|mut r| r.record_consent(env)),
+                |rec| FromNode::Recorded(Box::new(rec)),
+            ),
+            ToNode::Consents { person, scene } => {
+                let who = match Role::parse(role) {
+                    Some(Role::Individual) if person.as_deref().is_none_or(signed_by) => {
+                        Some(member.to_string())
+                    }
+                    Some(Role::Holder | Role::Operator) => person,
+                    _ => return link.send_json(&FromNode::refused(CONSENTS_SHOWN, None)),
+                };
+                reply(
+                    View::open(&self.space)
+                        .and_then(|v| v.consents(who.as_deref(), scene.as_deref())),
+                    FromNode::Consents,
+                )
+            }
+            ToNode::History => {
+                if Role::parse(role) != Some(Role::Individual) {
+                    return link.send_json(&FromNode::refused(HISTORY_SHOWN, None));
+                }
+                reply(
+                    Registry::open(Arc::clone(&self.space)).and_then(|r| r.history(member)),
+                    FromNode::History,
+                )
+            }
+            ToNode::UdfRegister { approval, module } if signed_by(&approval.body.member) => {
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD.decode(module.as_bytes()) {
+                    Ok(bytes) => reply(node.approve_udf(&approval, &bytes), |r| {
+                        FromNode::Registered(Box::new(r))
+                    }),
+                    Err(_) => FromNode::refused(MODULE_ENCODING, None),
+                }
+            }
+            ToNode::Udfs { scene } => reply(node.list_udfs(scene.as_deref()), FromNode::Udfs),
+            ToNode::Budgets { actor, scene } => reply(
+                node.budgets_for(member, actor.as_deref(), scene.as_deref()),
+                FromNode::Budgets,
+            ),
+            ToNode::ContractOffer(_)
+            | ToNode::ContractAct(_)
+            | ToNode::AirlockAct(_)
+            | ToNode::Consent(_)
+            | ToNode::UdfRegister { .. } => FromNode::refused(OTHER_SIGNER, None),
+            _ => anyhow::bail!("unexpected control message"),
+        };
+        link.send_json(&answer)
+    }
+
     /// A researcher's query on this node, answered with its outcome.
-    pub(super) fn query(&self, mut link: Link, member: &str, env: Signed<QueryBody>) -> Result<()> {
+    fn query(&self, mut link: Link, member: &str, env: Signed<QueryBody>) -> Result<()> {
         if env.body.member != member {
-            return link.send_json(&FromNode::refused(super::services::OTHER_SIGNER, None));
+            return link.send_json(&FromNode::refused(OTHER_SIGNER, None));
         }
         let _slot = self.query_slot();
         let outcome = self.rt.block_on(self.node.query_signed(&env));
         link.send_json(&FromNode::Outcome(Box::new(outcome)))
-    }
-
-    /// The contracts on this node the link's member may see: all of them
-    /// for a data holder of the node, their own for anyone else.
-    pub(super) fn contracts(&self, mut link: Link, member: &str) -> Result<()> {
-        match self.node.contracts_for(member) {
-            Ok(c) => link.send_json(&FromNode::Contracts(c)),
-            Err(e) => link.send_json(&FromNode::refused(e.as_refusal(), None)),
-        }
     }
 }

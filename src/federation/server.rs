@@ -24,7 +24,7 @@ use super::admission::{
 };
 use super::config::{FedConfig, node_key, pins};
 use super::wire::{FromNode, ToNode};
-use crate::net::{Link, MPC, Pins};
+use crate::net::{Link, LivePins, MPC};
 
 /// How often a node server shows a grown log's checkpoint to its peers.
 const WITNESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -36,7 +36,7 @@ pub struct NodeServer {
     pub(super) space: Arc<Space>,
     pub(super) cfg: FedConfig,
     pub(super) me: SigningKey,
-    pins: Pins,
+    pins: Arc<LivePins>,
     pub(super) rt: tokio::runtime::Runtime,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     /// Contribution scenes being collected here: one collection of a batch
@@ -70,7 +70,10 @@ impl NodeServer {
         let cfg = FedConfig::load(&space.dir)?;
         let member = cfg.addr(name)?.member.clone();
         let me = crate::members::load_key(&space.dir, &member, key)?;
-        let pins = pins(&space)?;
+        let pins = {
+            let space = Arc::clone(&space);
+            Arc::new(LivePins::reloading(pins(&space)?, move || pins(&space)))
+        };
         anyhow::ensure!(
             node_key(&space, &cfg, name)? == me.verifying_key(),
             "the key is not the one certified for node {name}"
@@ -115,7 +118,7 @@ impl NodeServer {
     /// [`DRAIN_TIMEOUT`]) and returns: every answer it sent was committed
     /// before it was sent, so nothing acknowledged is lost.
     pub fn serve(self: Arc<Self>, listener: TcpListener, ready: impl FnOnce()) -> Result<()> {
-        let tls = crate::net::server_config(&self.me, Arc::new(self.pins.clone()))?;
+        let tls = crate::net::server_config(&self.me, Arc::clone(&self.pins))?;
         let admission = Arc::new(Admission::default());
         // The peers keep this node's latest checkpoint (witnessing).
         let this = Arc::clone(&self);
@@ -232,9 +235,8 @@ impl NodeServer {
                 &self.node, &self.cfg, link, &member, &role, &verifier, &note,
             ),
             ToNode::Witnessed { node } => crate::witness::serve_witnessed(&self.node, link, &node),
-            ToNode::Query(env) => self.query(link, &member, env),
-            ToNode::Contracts => self.contracts(link, &member),
-            _ => bail!("unexpected control message"),
+            ToNode::Go | ToNode::Cancel => bail!("unexpected control message"),
+            other => self.direct(link, &member, &role, other),
         }
     }
 

@@ -3,11 +3,15 @@
 //! [`kexin_mpc::message::Message`]s, made by the roles of
 //! [`kexin_engine::federated::rounds`].
 
-use kexin_engine::contract::Contract;
+use kexin_engine::airlock::{self, Held};
+use kexin_engine::consent::{ConsentReceipt, ConsentRecord};
+use kexin_engine::contract::{Action, Contract, Terms};
 use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
 use kexin_engine::federated::{FederateBody, JointRows, PsiBody, PsiMode};
-use kexin_engine::identity::{QueryBody, Signed};
-use kexin_engine::node::Outcome;
+use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody};
+use kexin_engine::ledger::Budget;
+use kexin_engine::node::{ListedUdf, Outcome, Registration};
+use kexin_engine::registry::Use;
 use kexin_engine::{Code, Refusal};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +42,39 @@ pub enum ToNode {
     Query(Signed<QueryBody>),
     /// The contracts on this node the link's member may see.
     Contracts,
+    /// A data holder's signed contract offer.
+    ContractOffer(Signed<Terms>),
+    /// A signed contract action (agree, finalize, terminate).
+    ContractAct(Signed<Action>),
+    /// The results held on this node that the link's member may see.
+    Airlock,
+    /// A signed airlock decision (approve, reject, fetch).
+    AirlockAct(Signed<airlock::Decision>),
+    /// A person's signed consent receipt, for the space's registry.
+    Consent(Signed<ConsentReceipt>),
+    /// Consent receipts on record: the link's member's own (individuals),
+    /// or any person's (data holders, the operator).
+    Consents {
+        person: Option<String>,
+        scene: Option<String>,
+    },
+    /// Every audited use of the link's member's records (individuals).
+    History,
+    /// A signed approval of a WebAssembly module, with the module
+    /// (base64).
+    UdfRegister {
+        approval: Signed<UdfApprovalBody>,
+        module: String,
+    },
+    /// The modules approved on this node (for one scene).
+    Udfs {
+        scene: Option<String>,
+    },
+    /// The DP ledger rows the link's member may see.
+    Budgets {
+        actor: Option<String>,
+        scene: Option<String>,
+    },
 }
 
 /// Node → researcher.
@@ -95,6 +132,27 @@ pub enum FromNode {
     Outcome(Box<Outcome>),
     /// Contracts, oldest first.
     Contracts(Vec<Contract>),
+    /// A contract after the offer or action that was just recorded.
+    Contract(Box<Contract>),
+    /// Held results, oldest first.
+    Held(Vec<Held>),
+    /// A held result after a decision, with its bytes where they are shown.
+    Decided {
+        held: Held,
+        bytes: Option<String>,
+    },
+    /// A consent receipt as the registry recorded it.
+    Recorded(Box<ConsentRecord>),
+    /// Consent receipts, in commit order.
+    Consents(Vec<ConsentRecord>),
+    /// Audited uses of a person's records.
+    History(Vec<Use>),
+    /// A module approved (or found approved already).
+    Registered(Box<Registration>),
+    /// Approved modules.
+    Udfs(Vec<ListedUdf>),
+    /// DP ledger rows.
+    Budgets(Vec<Budget>),
 }
 
 impl FromNode {

@@ -466,9 +466,12 @@ fn udf_register_list_and_query_from_the_command_line() {
     assert_eq!(code, 2);
     assert_eq!(v["code"], "KX-SQL-UNKNOWN");
 
+    // carol is a data holder of h1 only: by default she approves on h1, and
+    // h2 refuses her signed approval.
     let out = kexin(&[
         "udf",
         "register",
+        "--local",
         "--space",
         space,
         "--scene",
@@ -485,18 +488,37 @@ fn udf_register_list_and_query_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     let lines = json_lines(&out);
-    // Approved on both nodes of the space, each with its own audit entry.
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 1);
     let digest = lines[0]["digest"].as_str().unwrap().to_string();
     assert!(digest.starts_with("sha256:"));
-    assert_eq!(lines[1]["node"], "h2");
+    assert_eq!(lines[0]["node"], "h1");
     assert_eq!(lines[0]["functions"][0]["name"], "bmi");
     assert_eq!(lines[0]["newly_approved"], true);
+    let out = kexin(&[
+        "udf",
+        "register",
+        "--local",
+        "--space",
+        space,
+        "--scene",
+        "diabetes-2027",
+        "--node",
+        "h2",
+        "--as",
+        "carol",
+        "--format",
+        "json",
+        module,
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json_lines(&out)[0]["code"], "KX-AUTH");
 
-    let out = kexin(&["udf", "list", "--space", space, "--format", "json"]);
+    let out = kexin(&[
+        "udf", "list", "--local", "--space", space, "--format", "json",
+    ]);
     assert!(out.status.success());
     let listed = json_lines(&out);
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), 1);
     assert!(listed.iter().all(|u| u["digest"] == digest.as_str()
         && u["source"] == "registered"
         && u["approved_by"] == "carol"
@@ -515,6 +537,7 @@ fn udf_register_list_and_query_from_the_command_line() {
     let out = kexin(&[
         "udf",
         "register",
+        "--local",
         "--space",
         space,
         "--scene",
@@ -543,7 +566,8 @@ fn udf_register_list_and_query_from_the_command_line() {
         .iter()
         .filter(|k| !k.starts_with("contract-"))
         .collect();
-    assert_eq!(kinds, ["query", "udf-register", "query"]);
+    // The refused module's registration is audited too.
+    assert_eq!(kinds, ["query", "udf-register", "query", "udf-register"]);
 }
 
 #[test]
@@ -572,7 +596,7 @@ fn dp_query_json_and_budget_show() {
     // this test charges the first.
     let budget = || {
         let all = json_lines(&kexin(&[
-            "budget", "show", "--space", dir, "--as", "erin", "--format", "json",
+            "budget", "show", "--local", "--space", dir, "--as", "erin", "--format", "json",
         ]));
         assert_eq!(all.len(), 2);
         all.into_iter()
@@ -709,6 +733,7 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
     let grant = kexin(&[
         "consent",
         "grant",
+        "--local",
         "--space",
         dir,
         "--as",
@@ -726,7 +751,7 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
         String::from_utf8_lossy(&grant.stdout)
     );
     let listed = json_lines(&kexin(&[
-        "consent", "list", "--space", dir, "--as", "dana", "--format", "json",
+        "consent", "list", "--local", "--space", dir, "--as", "dana", "--format", "json",
     ]));
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["purpose"], "DS:E11");
@@ -735,6 +760,7 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
     let out = kexin(&[
         "consent",
         "revoke",
+        "--local",
         "--space",
         dir,
         "--as",
@@ -746,7 +772,7 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
     ]);
     assert!(!out.status.success());
     let out = kexin(&[
-        "consent", "history", "--space", dir, "--as", "dana", "--format", "json",
+        "consent", "history", "--local", "--space", dir, "--as", "dana", "--format", "json",
     ]);
     assert!(out.status.success() && out.stdout.is_empty());
 
@@ -754,6 +780,7 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
     let offer = json_lines(&kexin(&[
         "contract",
         "offer",
+        "--local",
         "--space",
         dir,
         "--node",
@@ -772,13 +799,13 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
     assert_eq!(offer[0]["state"], "OFFERED");
     let id = offer[0]["id"].as_str().unwrap().to_string();
     let agreed = json_lines(&kexin(&[
-        "contract", "sign", "--space", dir, "--node", "h1", "--as", "bob", "--id", &id, "--format",
-        "json",
+        "contract", "sign", "--local", "--space", dir, "--node", "h1", "--as", "bob", "--id", &id,
+        "--format", "json",
     ]));
     assert_eq!(agreed[0]["state"], "AGREED");
     let done = json_lines(&kexin(&[
-        "contract", "sign", "--space", dir, "--node", "h1", "--as", "carol", "--id", &id,
-        "--format", "json",
+        "contract", "sign", "--local", "--space", dir, "--node", "h1", "--as", "carol", "--id",
+        &id, "--format", "json",
     ]));
     assert_eq!(done[0]["state"], "FINALIZED");
     // bob now has two active contracts for the scene: he must name one.
@@ -808,6 +835,7 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
     let out = kexin(&[
         "contract",
         "terminate",
+        "--local",
         "--space",
         dir,
         "--node",
@@ -840,21 +868,22 @@ fn identities_consent_contracts_and_airlock_from_the_command_line() {
     assert_eq!(held["status"], "held");
     let n = held["airlock"].to_string();
     let listed = json_lines(&kexin(&[
-        "airlock", "list", "--space", dir, "--format", "json",
+        "airlock", "list", "--local", "--space", dir, "--format", "json",
     ]));
     assert_eq!(listed[0]["state"], "held");
     let own = kexin(&[
-        "airlock", "approve", "--space", dir, "--as", "alice", "--id", &n,
+        "airlock", "approve", "--local", "--space", dir, "--as", "alice", "--id", &n,
     ]);
     assert_eq!(own.status.code(), Some(3));
     for who in ["carol", "dave"] {
         let out = kexin(&[
-            "airlock", "approve", "--space", dir, "--as", who, "--id", &n,
+            "airlock", "approve", "--local", "--space", dir, "--as", who, "--id", &n,
         ]);
         assert!(out.status.success());
     }
     let out = kexin(&[
-        "airlock", "show", "--space", dir, "--as", "alice", "--id", &n, "--format", "json",
+        "airlock", "show", "--local", "--space", dir, "--as", "alice", "--id", &n, "--format",
+        "json",
     ]);
     let released: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(released["status"], "released");

@@ -121,6 +121,7 @@ async fn acknowledged_writes_survive_kill_9() {
                     vec![
                         s("consent"),
                         s(action),
+                        s("--local"),
                         s("--space"),
                         space.clone(),
                         s("--as"),
@@ -135,6 +136,7 @@ async fn acknowledged_writes_survive_kill_9() {
                 vec![
                     s("contract"),
                     s("offer"),
+                    s("--local"),
                     s("--space"),
                     space.clone(),
                     s("--node"),
@@ -158,6 +160,7 @@ async fn acknowledged_writes_survive_kill_9() {
                     vec![
                         s("airlock"),
                         s("approve"),
+                        s("--local"),
                         s("--space"),
                         space.clone(),
                         s("--node"),
@@ -197,7 +200,8 @@ async fn acknowledged_writes_survive_kill_9() {
                 contracts.insert(v["id"].as_str().unwrap().to_string());
             }
             _ => {
-                let id: u64 = args[9].parse().unwrap();
+                let at = args.iter().position(|a| a == "--id").expect("--id");
+                let id: u64 = args[at + 1].parse().unwrap();
                 assert!(out.contains("1 of 2 approvals"), "{out}");
                 approved.insert(id);
             }

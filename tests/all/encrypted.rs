@@ -63,6 +63,7 @@ fn the_fhe_gate_releases_what_the_plaintext_gate_releases() {
             let (code, out) = run(&[
                 "udf",
                 "register",
+                "--local",
                 "--space",
                 path(&d),
                 "--scene",
@@ -222,6 +223,7 @@ fn individuals_contribute_and_only_a_full_batch_is_released() {
     let (code, out) = run(&[
         "consent",
         "grant",
+        "--local",
         "--space",
         path(&d),
         "--as",

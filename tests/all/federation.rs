@@ -255,7 +255,7 @@ fn two_parties_or_a_missing_node_release_nothing() {
 fn sink(
     listener: TcpListener,
     cfg: Arc<rustls::ServerConfig>,
-    pins: kexin::net::Pins,
+    pins: Arc<kexin::net::LivePins>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     listener.set_nonblocking(true).expect("nonblocking");
@@ -264,7 +264,7 @@ fn sink(
             match listener.accept() {
                 Ok((tcp, _)) => {
                     tcp.set_nonblocking(false).expect("blocking");
-                    let (cfg, pins) = (Arc::clone(&cfg), pins.clone());
+                    let (cfg, pins) = (Arc::clone(&cfg), Arc::clone(&pins));
                     std::thread::spawn(move || {
                         if let Ok((mut l, _)) =
                             Link::accept(tcp, cfg, &pins, Duration::from_secs(10))
@@ -345,7 +345,9 @@ fn impostor(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let space = Space::load(&f.dir).expect("space");
-    let pins = kexin::federation::pins(&space).expect("pins");
+    let pins = Arc::new(kexin::net::LivePins::fixed(
+        kexin::federation::pins(&space).expect("pins"),
+    ));
     let me = kexin::members::load_key(&f.dir, &format!("node-{victim}"), None).expect("key");
     let alice = kexin::members::load_key(&f.dir, "alice", None).expect("alice");
     let listener = TcpListener::bind(f.addr(victim)).expect("bind the victim's address");
@@ -360,7 +362,7 @@ fn impostor(
         .collect();
     std::thread::spawn(move || {
         let t = Duration::from_secs(10);
-        let cfg = kexin::net::server_config(&me, Arc::new(pins.clone())).expect("tls");
+        let cfg = kexin::net::server_config(&me, Arc::clone(&pins)).expect("tls");
         let (tcp, _) = listener.accept().expect("accept");
         let (mut researcher, _) = Link::accept(tcp, Arc::clone(&cfg), &pins, t).expect("handshake");
         let sunk = sink(listener, cfg, pins, Arc::clone(&stop));
@@ -531,7 +533,9 @@ fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
     f.kill("h2");
     f.start("h2", Some(&real));
     let space = Space::load(&f.dir).expect("space");
-    let pins = kexin::federation::pins(&space).expect("pins");
+    let pins = Arc::new(kexin::net::LivePins::fixed(
+        kexin::federation::pins(&space).expect("pins"),
+    ));
     let me = kexin::members::load_key(&f.dir, "node-h2", None).expect("key");
     // The PSI request is erin's (the DP scene's requester): relay it as her.
     let erin = kexin::members::load_key(&f.dir, "erin", None).expect("erin");
@@ -544,7 +548,7 @@ fn psi_counts_the_shared_cohort_and_rejects_invalid_points() {
     let stop2 = Arc::clone(&stop);
     let rogue = std::thread::spawn(move || {
         let t = Duration::from_secs(10);
-        let cfg = kexin::net::server_config(&me, Arc::new(pins.clone())).expect("tls");
+        let cfg = kexin::net::server_config(&me, Arc::clone(&pins)).expect("tls");
         let (tcp, _) = listener.accept().expect("accept");
         let (mut researcher, _) = Link::accept(tcp, Arc::clone(&cfg), &pins, t).expect("handshake");
         let sunk = sink(listener, cfg, pins, stop2);

@@ -217,3 +217,459 @@ fn sigterm_stops_the_node_after_its_work() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `kexin ARGS… --format json` (where the command takes a format); exit
+/// status and standard output.
+fn kexin(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().expect("run kexin");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn governance_goes_through_the_node_server() {
+    let f = Federation::new(3, 10, &["h1"]);
+    let d = path(&f.dir);
+
+    // Consent: an individual grants through the node, lists and sees
+    // their history; a researcher may not read receipts, a holder may.
+    let (rc, out) = kexin(&[
+        "consent",
+        "grant",
+        "--space",
+        d,
+        "--as",
+        "p00000",
+        "--scene",
+        "diabetes-consent",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains("recorded grant of diabetes-consent by p00000"),
+        "{out}"
+    );
+    let (rc, out) = kexin(&[
+        "consent", "list", "--space", d, "--as", "p00000", "--format", "json",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    let mine = lines(&out);
+    assert!(!mine.is_empty() && mine.iter().all(|r| r["person"] == "p00000"));
+    let (rc, out) = kexin(&[
+        "consent", "list", "--space", d, "--as", "carol", "--person", "p00000", "--format", "json",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(lines(&out).len(), mine.len());
+    for args in [
+        &[
+            "consent", "list", "--space", d, "--as", "alice", "--format", "json",
+        ][..],
+        &[
+            "consent", "history", "--space", d, "--as", "carol", "--format", "json",
+        ][..],
+    ] {
+        let (rc, out) = kexin(args);
+        assert_eq!(rc, 3, "{out}");
+        assert_eq!(lines(&out)[0]["code"], "KX-AUTH", "{out}");
+    }
+    let (rc, out) = kexin(&["consent", "history", "--space", d, "--as", "p00000"]);
+    assert_eq!(rc, 0, "{out}");
+
+    // Contracts: carol offers, alice agrees, carol finalizes; each sees
+    // it, bob (another researcher) does not.
+    let (rc, out) = kexin(&[
+        "contract",
+        "offer",
+        "--space",
+        d,
+        "--node",
+        "h1",
+        "--as",
+        "carol",
+        "--requester",
+        "alice",
+        "--scene",
+        "diabetes-2027",
+        "--max-queries",
+        "7",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    let offered = lines(&out).remove(0);
+    assert_eq!(offered["state"], "OFFERED");
+    let id = offered["id"].as_str().expect("id").to_string();
+    for (who, state) in [("alice", "AGREED"), ("carol", "FINALIZED")] {
+        let (rc, out) = kexin(&[
+            "contract", "sign", "--space", d, "--node", "h1", "--as", who, "--id", &id, "--format",
+            "json",
+        ]);
+        assert_eq!(rc, 0, "{out}");
+        assert_eq!(lines(&out)[0]["state"], state);
+    }
+    let shown = |who: &str| {
+        let (rc, out) = kexin(&[
+            "contract", "show", "--space", d, "--node", "h1", "--as", who, "--id", &id, "--format",
+            "json",
+        ]);
+        assert_eq!(rc, 0, "{out}");
+        lines(&out)
+    };
+    assert_eq!(shown("alice").len(), 1);
+    assert_eq!(shown("carol")[0]["state"], "FINALIZED");
+    assert!(shown("bob").is_empty());
+    // bob cannot take alice's step: he does not see the contract.
+    let (rc, out) = kexin(&[
+        "contract",
+        "terminate",
+        "--space",
+        d,
+        "--node",
+        "h1",
+        "--as",
+        "bob",
+        "--id",
+        &id,
+    ]);
+    assert_eq!(rc, 3, "{out}");
+    // A holder's signed offer sent over another member's link is refused.
+    let space = Space::load(&f.dir).expect("space");
+    let key = |m: &str| kexin::members::load_key(&f.dir, m, None).expect("key");
+    let terms = kexin::members::offer(
+        &space,
+        "h1",
+        "carol",
+        &key("carol"),
+        "alice",
+        "diabetes-2027",
+        None,
+        None,
+        3,
+        None,
+        None,
+    )
+    .expect("sign");
+    let answer = kexin::federation::ask(
+        &space,
+        "h1",
+        &key("dave"),
+        &ToNode::ContractOffer(terms),
+        Duration::from_secs(30),
+    )
+    .expect("ask");
+    assert!(
+        matches!(
+            answer,
+            FromNode::Refused {
+                code: Code::Auth,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+
+    // UDFs: carol's signed approval goes to her node; a data holder of h2
+    // cannot approve a module on h1.
+    let module = f.dir.join("doubler.wasm");
+    std::fs::write(&module, crate::fixtures::doubler()).expect("write module");
+    let m = path(&module);
+    let (rc, out) = kexin(&[
+        "udf",
+        "register",
+        "--space",
+        d,
+        "--scene",
+        "diabetes-2027",
+        "--as",
+        "carol",
+        "--format",
+        "json",
+        m,
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    let approved = lines(&out);
+    assert_eq!(approved.len(), 1, "carol holds h1 only: {out}");
+    assert_eq!(
+        (&approved[0]["node"], &approved[0]["newly_approved"]),
+        (&"h1".into(), &true.into())
+    );
+    let (rc, out) = kexin(&[
+        "udf",
+        "register",
+        "--space",
+        d,
+        "--scene",
+        "diabetes-2027",
+        "--node",
+        "h1",
+        "--as",
+        "holder-h2",
+        "--format",
+        "json",
+        m,
+    ]);
+    assert_eq!(rc, 3, "{out}");
+    assert_eq!(lines(&out)[0]["code"], "KX-AUTH");
+    let (rc, out) = kexin(&[
+        "udf", "list", "--space", d, "--node", "h1", "--as", "alice", "--format", "json",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        lines(&out)
+            .iter()
+            .any(|u| u["digest"] == approved[0]["digest"] && u["approved_by"] == "carol")
+    );
+
+    // The airlock: alice's held result, reviewed by carol and dave through
+    // the node, then fetched by alice; bob sees nothing of it.
+    let (rc, held, err) = query(&f, "alice", "diabetes-review", SQL, false);
+    assert_eq!(rc, 1, "{held} {err}");
+    let held_id = held["airlock"].as_u64().expect("held id");
+    let n = held_id.to_string();
+    let listed = |who: &str| {
+        let (rc, out) = kexin(&[
+            "airlock", "list", "--space", d, "--node", "h1", "--as", who, "--format", "json",
+        ]);
+        assert_eq!(rc, 0, "{out}");
+        lines(&out)
+    };
+    assert!(
+        listed("alice")
+            .iter()
+            .any(|h| h["id"].as_u64() == Some(held_id))
+    );
+    assert!(listed("bob").is_empty());
+    let (rc, _) = kexin(&["airlock", "show", "--space", d, "--as", "alice", "--id", &n]);
+    assert_eq!(rc, 3, "not shown to the requester before release");
+    for who in ["carol", "dave"] {
+        let (rc, out) = kexin(&["airlock", "approve", "--space", d, "--as", who, "--id", &n]);
+        assert_eq!(rc, 0, "{out}");
+    }
+    let (rc, out) = kexin(&[
+        "airlock", "show", "--space", d, "--as", "alice", "--id", &n, "--format", "json",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    let released: Value = serde_json::from_str(out.trim()).expect("the held bytes");
+    assert_eq!(released["status"], "released");
+    assert!(!released["rows"].as_array().expect("rows").is_empty());
+}
+
+#[test]
+fn a_member_certified_after_start_up_gets_in_without_a_restart() {
+    let f = Federation::new(3, 10, &["h1"]);
+    let d = path(&f.dir);
+    let key = f.dir.join("dana.key");
+    let k = path(&key);
+    let (rc, public) = kexin(&["id", "new", "--out", k, "--member", "dana"]);
+    assert_eq!(rc, 0, "{public}");
+    let public = public.trim().to_string();
+    let grant = || {
+        kexin(&[
+            "consent",
+            "grant",
+            "--space",
+            d,
+            "--as",
+            "dana",
+            "--key",
+            k,
+            "--scene",
+            "diabetes-consent",
+        ])
+    };
+    // Not certified yet: the node does not let the key in.
+    let (rc, out) = grant();
+    assert_eq!(rc, 1, "{out}");
+    let (rc, out) = kexin(&[
+        "id",
+        "issue",
+        "--space",
+        d,
+        "--member",
+        "dana",
+        "--role",
+        "individual",
+        "--public-key",
+        &public,
+        "--id-number",
+        "11010519491231002X",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    // An unknown key reloads the node's pins at most once a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (rc, out) = grant();
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains("recorded grant of diabetes-consent by dana"),
+        "{out}"
+    );
+}
+
+#[test]
+fn thirty_two_queries_from_four_members_at_once() {
+    let f = Federation::new(3, 10, &["h1"]);
+    let space = std::sync::Arc::new(Space::load(&f.dir).expect("space"));
+    // Eight at once from each member: each member's whole share of places.
+    let asks = [
+        ("alice", "diabetes-2027"),
+        ("bob", "service-planning"),
+        ("grace", "hk-outcomes"),
+        ("carol", "diabetes-2027"),
+    ];
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
+    let handles: Vec<_> = (0..32)
+        .map(|i| {
+            let (member, scene) = asks[i % 4];
+            let (space, barrier, dir) = (
+                std::sync::Arc::clone(&space),
+                std::sync::Arc::clone(&barrier),
+                f.dir.clone(),
+            );
+            std::thread::spawn(move || {
+                let key = kexin::members::load_key(&dir, member, None).expect("key");
+                let sql = "SELECT sex, count(*) AS n FROM patients GROUP BY sex";
+                let env = kexin::members::query(&space, "h1", member, &key, scene, None, sql)
+                    .expect("sign");
+                barrier.wait();
+                let answer = kexin::federation::ask(
+                    &space,
+                    "h1",
+                    &key,
+                    &ToNode::Query(env),
+                    Duration::from_secs(120),
+                );
+                (member, answer.map_err(|e| format!("{e:#}")))
+            })
+        })
+        .collect();
+    let mut released = Vec::new();
+    for h in handles {
+        let (member, answer) = h.join().expect("thread");
+        match answer {
+            Ok(FromNode::Outcome(o)) => {
+                if member == "alice" {
+                    assert_eq!(
+                        o.status,
+                        kexin_engine::node::Status::Released,
+                        "{:?}",
+                        o.rule
+                    );
+                    released.push(o.rows);
+                } else if member == "carol" {
+                    // Not a researcher of the scene: refused, with its code.
+                    assert_eq!(o.status, kexin_engine::node::Status::Refused);
+                }
+            }
+            other => panic!("{member}: {other:?}"),
+        }
+    }
+    assert_eq!(released.len(), 8);
+    assert!(
+        released.windows(2).all(|w| w[0] == w[1]),
+        "the same rows every time"
+    );
+}
+
+#[test]
+fn kill_9_of_the_node_loses_no_acknowledged_governance_write() {
+    let mut f = Federation::new(3, 10, &[]);
+    let (mut child, rest) = start_node(&f.dir, "h1", None);
+    std::thread::spawn(move || rest.count());
+    let space = std::sync::Arc::new(Space::load(&f.dir).expect("space"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four writers offer contracts through the node as fast as it answers;
+    // each keeps the ids the node acknowledged.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (space, stop, dir) = (
+                std::sync::Arc::clone(&space),
+                std::sync::Arc::clone(&stop),
+                f.dir.clone(),
+            );
+            std::thread::spawn(move || {
+                let holder = if w % 2 == 0 { "carol" } else { "dave" };
+                let key = kexin::members::load_key(&dir, holder, None).expect("key");
+                let mut acknowledged = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    n += 1;
+                    let terms = kexin::members::offer(
+                        &space,
+                        "h1",
+                        holder,
+                        &key,
+                        "alice",
+                        "diabetes-2027",
+                        None,
+                        None,
+                        w * 100_000 + n,
+                        None,
+                        None,
+                    )
+                    .expect("sign");
+                    match kexin::federation::ask(
+                        &space,
+                        "h1",
+                        &key,
+                        &ToNode::ContractOffer(terms),
+                        Duration::from_secs(10),
+                    ) {
+                        Ok(FromNode::Contract(c)) => acknowledged.push(c.id),
+                        Ok(other) => panic!("{other:?}"),
+                        Err(_) => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acknowledged: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer"))
+        .collect();
+    assert!(
+        !acknowledged.is_empty(),
+        "the node acknowledged writes before the kill"
+    );
+    println!(
+        "{} contract offers acknowledged before kill -9",
+        acknowledged.len()
+    );
+    // Started again, the node holds every contract it acknowledged.
+    f.start("h1", None);
+    let held = match kexin::federation::ask(
+        &space,
+        "h1",
+        &kexin::members::load_key(&f.dir, "carol", None).expect("key"),
+        &ToNode::Contracts,
+        Duration::from_secs(30),
+    )
+    .expect("ask")
+    {
+        FromNode::Contracts(c) => c,
+        other => panic!("{other:?}"),
+    };
+    let ids: std::collections::BTreeSet<&str> = held.iter().map(|c| c.id.as_str()).collect();
+    for id in &acknowledged {
+        assert!(ids.contains(id.as_str()), "acknowledged contract {id} lost");
+    }
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--space", path(&f.dir), "--node", "h1"])
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -67,7 +67,7 @@ async fn node() -> Node {
     let node = support::open_h1(space_dir()).await;
     REGISTERED.get_or_init(|| {
         for m in ["bmi", "egfr", "eag", "age_band", "charlson", "geomean"] {
-            node.register_udf("diabetes-2027", &wasm(m), "carol")
+            support::approve(&node, "diabetes-2027", &wasm(m), "carol")
                 .unwrap_or_else(|e| panic!("registering {m}: {e}"));
         }
     });
@@ -431,7 +431,7 @@ async fn hostile_modules_fail_closed_and_the_node_keeps_serving() {
         let scene_space = copy_space(dir.path());
         let sp = Arc::new(Space::load(&scene_space).unwrap());
         let node = Node::open(sp, "h1").await.unwrap();
-        node.register_udf("udf-lab", &bytes, "carol")
+        support::approve(&node, "udf-lab", &bytes, "carol")
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let o = ask(
             &node,
@@ -490,8 +490,13 @@ async fn a_fault_on_one_persons_value_nulls_that_row_only() {
         let node = Node::open(Arc::new(Space::load(&scene_space).unwrap()), "h1")
             .await
             .unwrap();
-        node.register_udf("udf-lab", &fixtures::doubler_trapping_on(value), "carol")
-            .unwrap();
+        support::approve(
+            &node,
+            "udf-lab",
+            &fixtures::doubler_trapping_on(value),
+            "carol",
+        )
+        .unwrap();
         let o = ask(&node, "udf-lab", sql).await;
         assert_eq!(o.status, Status::Released, "{value}: {o:?}");
         assert_eq!(o.code, None);
@@ -523,7 +528,22 @@ fn copy_space(to: &Path) -> PathBuf {
         let f = format!("h1/{t}.parquet");
         std::fs::copy(from.join(&f), to.join(&f)).unwrap();
     }
+    copy_members(from, to);
     to.to_path_buf()
+}
+
+/// The members' keys and the registry that certifies them (approvals are
+/// signed), from one space folder to another.
+fn copy_members(from: &Path, to: &Path) {
+    for sub in ["keys", "registry"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for e in std::fs::read_dir(from.join(sub)).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), to.join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -541,7 +561,7 @@ async fn modules_refused_at_registration() {
     for ((name, bytes), (want_name, code)) in fixtures::refused_at_load().into_iter().zip(expected)
     {
         assert_eq!(name, want_name);
-        match node.register_udf("udf-lab", &bytes, "carol") {
+        match support::approve(&node, "udf-lab", &bytes, "carol") {
             Err(kexin_engine::Error::Refused(r)) => assert_eq!(r.code.as_str(), code, "{name}"),
             other => panic!("{name}: {other:?}"),
         }
@@ -568,18 +588,28 @@ async fn altered_module_is_refused_and_approval_is_audited() {
     let sp = Arc::new(Space::load(&copy_space(dir.path())).unwrap());
     let node = Node::open(sp, "h1").await.unwrap();
     let bytes = wasm("bmi");
-    // A researcher cannot approve code for their own queries.
-    assert!(matches!(
-        node.register_udf("udf-lab", &bytes, "alice"),
-        Err(kexin_engine::Error::Config { .. })
-    ));
-    let r = node.register_udf("udf-lab", &bytes, "carol").unwrap();
+    // A researcher cannot approve code for their own queries (a data
+    // holder of another node cannot either: tests/all/node_service.rs).
+    let e = support::approve(&node, "udf-lab", &bytes, "alice").unwrap_err();
+    assert_eq!(e.as_refusal().code, kexin_engine::Code::Auth, "{e}");
+    // An approval signed for other bytes does not approve these.
+    let carol = kexin::members::load_key(dir.path(), "carol", None).unwrap();
+    let other = kexin::members::udf_approval(
+        node.space(),
+        "h1",
+        "carol",
+        &carol,
+        "udf-lab",
+        &wasm("egfr"),
+    )
+    .unwrap();
+    assert!(node.approve_udf(&other, &bytes).is_err());
+    let r = support::approve(&node, "udf-lab", &bytes, "carol").unwrap();
     assert!(r.newly_approved);
     assert_eq!(r.digest, kexin_sandbox::module_digest(&bytes));
     // Registering again is idempotent.
     assert!(
-        !node
-            .register_udf("udf-lab", &bytes, "carol")
+        !support::approve(&node, "udf-lab", &bytes, "carol")
             .unwrap()
             .newly_approved
     );
@@ -603,9 +633,16 @@ async fn altered_module_is_refused_and_approval_is_audited() {
     let entries = store.entries().unwrap();
     let reg: Vec<_> = entries
         .iter()
-        .filter(|e| e.kind == "udf-register")
+        .filter(|e| e.kind == "udf-register" && e.decision == "approved")
         .collect();
     assert_eq!(reg.len(), 1);
+    // alice's approval and carol's for other bytes were refused, and
+    // audited as such.
+    let refused = entries
+        .iter()
+        .filter(|e| e.kind == "udf-register" && e.decision == "refused")
+        .count();
+    assert_eq!(refused, 2);
     assert_eq!(reg[0].udfs, vec![r.digest.clone()]);
     assert_eq!(reg[0].actor, "carol");
     let queries: Vec<_> = entries.iter().filter(|e| e.kind == "query").collect();
@@ -625,8 +662,7 @@ async fn udfs_see_only_masked_values() {
     let dir = tempfile::tempdir().unwrap();
     let sp = Arc::new(Space::load(&copy_space(dir.path())).unwrap());
     let node = Node::open(sp, "h1").await.unwrap();
-    node.register_udf("udf-lab", &fixtures::doubler(), "carol")
-        .unwrap();
+    support::approve(&node, "udf-lab", &fixtures::doubler(), "carol").unwrap();
     let got = released(
         &ask(
             &node,
@@ -711,6 +747,7 @@ async fn a_node_whose_execution_fails_takes_part_with_every_cell_suppressed() {
                 std::fs::copy(dir.join(&f), world.join(&f)).unwrap();
             }
         }
+        copy_members(&dir, &world);
         let space = Arc::new(Space::load(&world).unwrap());
         let mut partials: Vec<JointPartial> = Vec::new();
         let mut traces = Vec::new();
@@ -722,8 +759,7 @@ async fn a_node_whose_execution_fails_takes_part_with_every_cell_suppressed() {
             } else {
                 fixtures::doubler()
             };
-            node.register_udf("joint-udf-lab", &module, "operator")
-                .unwrap();
+            support::approve(&node, "joint-udf-lab", &module, "operator").unwrap();
             let (p, t) = node.joint_partial(&req, &nodes).await;
             partials.push(p.unwrap_or_else(|e| panic!("{n} takes part: {e}")));
             traces.push(t);

@@ -67,7 +67,7 @@ pub struct Decision {
 }
 
 /// One held result, as `kexin airlock list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Held {
     pub id: u64,
     pub scene: String,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, Decision, Kind};
 use crate::consent::{self, ConsentReceipt, ConsentRecord, ConsentSet, MODIFIERS, Purpose, Verb};
@@ -83,7 +83,7 @@ pub struct Issued {
 }
 
 /// One audited use of a person's records, as `kexin consent history` lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Use {
     pub node: String,
     pub audit_seq: u64,

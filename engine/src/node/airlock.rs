@@ -56,6 +56,16 @@ impl Node {
         Ok(out)
     }
 
+    /// The held results `member` may see: all of them for a data holder of
+    /// this node, the ones they asked for otherwise.
+    pub fn airlock_for(&self, member: &str) -> Result<Vec<Held>> {
+        let all = self.airlock()?;
+        if self.holder_here(member) {
+            return Ok(all);
+        }
+        Ok(all.into_iter().filter(|h| h.requester == member).collect())
+    }
+
     fn held(&self, id: u64) -> Result<(Held, String)> {
         let h = self
             .airlock()?

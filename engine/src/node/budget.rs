@@ -143,6 +143,26 @@ impl Node {
         Ok((charge, caps))
     }
 
+    /// The ledger rows `member` may see: a data holder of this node or the
+    /// operator sees everyone's (or `actor`'s), anyone else only their own.
+    pub fn budgets_for(
+        &self,
+        member: &str,
+        actor: Option<&str>,
+        scene: Option<&str>,
+    ) -> Result<Vec<Budget>> {
+        let operator = self
+            .space
+            .members
+            .get(member)
+            .is_some_and(|m| m.role == crate::identity::Role::Operator);
+        if operator || self.holder_here(member) {
+            self.budgets(actor, scene)
+        } else {
+            self.budgets(Some(member), scene)
+        }
+    }
+
     /// The DP budget ledger: every DP scene the researcher (or, without
     /// one, every researcher whose organisation has charges) may query,
     /// with what its organisation has spent.

@@ -282,7 +282,6 @@ impl Node {
             .ok_or_else(|| Error::refused(Code::Contract, "no such contract on this node"))
     }
 
-    /// Every contract on this node, oldest first.
     /// The contracts `member` may see: all of them for a data holder of
     /// this node, the ones naming them as requester for anyone else.
     pub fn contracts_for(&self, member: &str) -> Result<Vec<Contract>> {
@@ -296,6 +295,7 @@ impl Node {
             .collect())
     }
 
+    /// Every contract on this node, oldest first.
     pub fn contracts(&self) -> Result<Vec<Contract>> {
         let store = self.store_lock()?;
         let mut stmt = store.conn.prepare(

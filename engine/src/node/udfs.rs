@@ -3,9 +3,11 @@
 //! and loading a scene's modules for a query.
 
 use super::*;
+use crate::closed::closed_set;
+use crate::identity::{Signed, UdfApprovalBody, tag};
 
 /// The result of registering a UDF module on one node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Registration {
     pub node: String,
     pub scene: String,
@@ -16,14 +18,23 @@ pub struct Registration {
     pub audit_seq: u64,
 }
 
+closed_set! {
+    /// Where a module's approval comes from.
+    UdfSource {
+        /// Listed in `space.toml`.
+        Policy => "policy",
+        /// Approved by a data holder (or the operator) of the node.
+        Registered => "registered",
+    }
+}
+
 /// One approved module as `kexin udf list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListedUdf {
     pub node: String,
     pub scene: String,
     pub digest: String,
-    /// `policy` (listed in space.toml) or `registered` (by a data holder).
-    pub source: &'static str,
+    pub source: UdfSource,
     pub approved_by: Option<String>,
     pub approved_at: Option<String>,
     pub functions: Vec<kexin_sandbox::Function>,
@@ -60,7 +71,44 @@ impl Node {
     /// names must not shadow built-ins or the scene's other modules, its
     /// bytes go to the space's content store, and the approval and its
     /// audit record commit together.
-    pub fn register_udf(&self, scene: &str, bytes: &[u8], by: &str) -> Result<Registration> {
+    /// Approve a module for a scene on this node, as `env` signs it: the
+    /// signer is a data holder of this node or the space's operator, and
+    /// signed the module's digest for this space, node and scene. Refusals
+    /// are audited.
+    pub fn approve_udf(&self, env: &Signed<UdfApprovalBody>, bytes: &[u8]) -> Result<Registration> {
+        let a = &env.body;
+        let r = self.approve_checked(env, bytes);
+        self.audit_refusal(r, &a.member, &a.scene, Kind::UdfRegister, None)
+    }
+
+    fn approve_checked(&self, env: &Signed<UdfApprovalBody>, bytes: &[u8]) -> Result<Registration> {
+        let a = &env.body;
+        if a.space != self.space.name || a.node != self.name {
+            return Err(refusal(
+                Code::Auth,
+                "the approval is for another space or node",
+            ));
+        }
+        if hex::encode(sha2::Sha256::digest(bytes)) != a.module_sha256 {
+            return Err(refusal(Code::Auth, "the signed digest is not the module's"));
+        }
+        let operator = self
+            .space
+            .members
+            .get(&a.member)
+            .is_some_and(|m| m.role == Role::Operator);
+        if !(operator || self.holder_here(&a.member)) {
+            return Err(refusal(
+                Code::Auth,
+                "UDF modules are approved by a data holder of this node or the space's operator",
+            ));
+        }
+        self.check_signed(env, tag::UDF, &a.member, &a.nonce, &a.time, Code::Auth)?;
+        self.register_udf(&a.scene, bytes, &a.member)
+    }
+
+    /// Approve a module once the approval was checked.
+    fn register_udf(&self, scene: &str, bytes: &[u8], by: &str) -> Result<Registration> {
         let sc = self
             .space
             .scenes
@@ -154,14 +202,14 @@ impl Node {
             let mut seen = Vec::new();
             for d in &sc.udfs {
                 seen.push(d.clone());
-                out.push(self.listed(sc, d, "policy", None));
+                out.push(self.listed(sc, d, UdfSource::Policy, None));
             }
             for a in self.approvals(Some(&sc.name))? {
                 if seen.contains(&a.digest) {
                     continue;
                 }
                 let d = a.digest.clone();
-                out.push(self.listed(sc, &d, "registered", Some(a)));
+                out.push(self.listed(sc, &d, UdfSource::Registered, Some(a)));
             }
         }
         Ok(out)
@@ -171,7 +219,7 @@ impl Node {
         &self,
         sc: &Scene,
         digest: &str,
-        source: &'static str,
+        source: UdfSource,
         approval: Option<UdfApproval>,
     ) -> ListedUdf {
         let module = self.udfs.load_approved(&self.space.dir, digest).ok();

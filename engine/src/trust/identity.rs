@@ -125,6 +125,7 @@ pub mod tag {
     pub const CONTRIBUTE: &str = "kexin/contribution/v1";
     pub const COLLECT: &str = "kexin/collect-request/v1";
     pub const FHE_KEYS: &str = "kexin/fhe-keys/v1";
+    pub const UDF: &str = "kexin/udf-approval/v1";
 }
 
 fn message<T: Serialize>(tag: &str, body: &T) -> Result<Vec<u8>> {
@@ -260,6 +261,21 @@ pub struct QueryBody {
     /// 16 random bytes, hex.
     pub nonce: String,
     /// The signer's UTC time, RFC 3339 with seconds.
+    pub time: String,
+}
+
+/// A data holder's (or the operator's) approval of one WebAssembly module
+/// for a scene on one node, signed over the module's SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdfApprovalBody {
+    pub space: String,
+    pub node: String,
+    pub scene: String,
+    pub member: String,
+    /// SHA-256 of the module's bytes, hex.
+    pub module_sha256: String,
+    pub nonce: String,
     pub time: String,
 }
 

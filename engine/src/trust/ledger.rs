@@ -45,7 +45,7 @@ pub enum Replicate<'a> {
 /// A requester organisation's budget under one DP scene, as `kexin budget
 /// show` lists it (one row per researcher asked about, or per researcher
 /// with charges).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Budget {
     pub node: String,
     pub scene: String,

@@ -40,6 +40,21 @@ pub async fn open_h1(dir: &Path) -> Node {
     Node::open(space, "h1").await.expect("node opens")
 }
 
+/// `member` approves the UDF module `bytes` for `scene` on `node`, signed
+/// with the member's key file in the space.
+pub fn approve(
+    node: &Node,
+    scene: &str,
+    bytes: &[u8],
+    member: &str,
+) -> kexin_engine::Result<kexin_engine::node::Registration> {
+    let space = node.space();
+    let key = kexin::members::load_key(&space.dir, member, None).expect("member key");
+    let env = kexin::members::udf_approval(space, node.name(), member, &key, scene, bytes)
+        .expect("sign the approval");
+    node.approve_udf(&env, bytes)
+}
+
 /// A researcher's query on `node`.
 pub async fn ask(node: &Node, scene: &str, actor: &str, sql: &str) -> Outcome {
     node.query(&QueryRequest {

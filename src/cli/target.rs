@@ -1,0 +1,273 @@
+//! Where a member's command runs. By default on the node's server: the
+//! signed request goes over the member's authenticated link and the node
+//! answers. With `--local`, in this process: the command opens the node's
+//! state and keys (or the space's registry) itself, which only the node's
+//! operator can do, on the node's own machine.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ed25519_dalek::SigningKey;
+use kexin::federation::{FromNode, ToNode};
+use kexin_engine::Code;
+use kexin_engine::airlock::{Decision, Held};
+use kexin_engine::consent::{ConsentReceipt, ConsentRecord};
+use kexin_engine::contract::{Action, Contract, Terms};
+use kexin_engine::identity::{Signed, UdfApprovalBody};
+use kexin_engine::ledger::Budget;
+use kexin_engine::node::{ListedUdf, Node, Registration};
+use kexin_engine::policy::Space;
+use kexin_engine::registry::{Registry, Use, View};
+
+/// A refusal with its fixed code and rule, from the engine in this process
+/// or from a node's answer.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub code: Code,
+    pub rule: String,
+}
+
+/// What a command gets back: the value, or a refusal to print.
+pub(crate) type Answer<T> = std::result::Result<T, Refused>;
+
+/// An engine result as an answer: refusals are answers, other errors fail
+/// the command.
+pub(crate) fn answer<T>(r: kexin_engine::Result<T>) -> Result<Answer<T>> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(kexin_engine::Error::Refused(r)) => Ok(Err(Refused {
+            code: r.code,
+            rule: r.rule.to_string(),
+        })),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The node a command acts on.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// This process opened the node (`--local`).
+    Local {
+        /// The runtime the node was opened on, kept while it is used.
+        _rt: tokio::runtime::Runtime,
+        node: Box<Node>,
+    },
+    /// The node's server, reached as the holder of `key`.
+    Remote {
+        space: Arc<Space>,
+        node: String,
+        key: SigningKey,
+    },
+}
+
+impl Target {
+    /// The node `node` (default: the space's first) of `space`: opened here
+    /// when `local`, else reached over the network as the holder of `key`.
+    pub(crate) fn open(
+        space: &Arc<Space>,
+        node: Option<String>,
+        key: Option<&SigningKey>,
+        local: bool,
+    ) -> Result<Target> {
+        let name = node.unwrap_or_else(|| space.default_node().to_string());
+        if local {
+            let rt = crate::runtime()?;
+            let node = rt.block_on(Node::open(Arc::clone(space), &name))?;
+            return Ok(Target::Local {
+                _rt: rt,
+                node: Box::new(node),
+            });
+        }
+        let key = key.context(
+            "--as MEMBER is needed to ask the node's server (or --local on the node's own machine)",
+        )?;
+        Ok(Target::Remote {
+            space: Arc::clone(space),
+            node: name,
+            key: key.clone(),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Target::Local { node, .. } => node.name(),
+            Target::Remote { node, .. } => node,
+        }
+    }
+
+    /// Send `msg` to the node's server and read the answer it expects
+    /// (`pick`); a refusal is an answer.
+    fn call<T>(&self, msg: ToNode, pick: impl FnOnce(FromNode) -> Option<T>) -> Result<Answer<T>> {
+        let Target::Remote { space, node, key } = self else {
+            anyhow::bail!("not a remote node");
+        };
+        let wait = kexin::federation::query_wait(space)?;
+        let got = kexin::federation::ask(space, node, key, &msg, wait)?;
+        if let FromNode::Refused { code, rule, .. } = got {
+            return Ok(Err(Refused { code, rule }));
+        }
+        let shown = serde_json::to_string(&got).unwrap_or_default();
+        pick(got)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "node {node} answered with an unexpected message: {:.80}",
+                    shown
+                )
+            })
+            .map(Ok)
+    }
+
+    /// The contracts the member may see (all of them, in process).
+    pub(crate) fn contracts(&self) -> Result<Answer<Vec<Contract>>> {
+        match self {
+            Target::Local { node, .. } => answer(node.contracts()),
+            Target::Remote { .. } => self.call(ToNode::Contracts, |m| match m {
+                FromNode::Contracts(c) => Some(c),
+                _ => None,
+            }),
+        }
+    }
+
+    pub(crate) fn contract_offer(&self, env: Signed<Terms>) -> Result<Answer<Contract>> {
+        match self {
+            Target::Local { node, .. } => answer(node.contract_offer(&env)),
+            Target::Remote { .. } => self.call(ToNode::ContractOffer(env), |m| match m {
+                FromNode::Contract(c) => Some(*c),
+                _ => None,
+            }),
+        }
+    }
+
+    pub(crate) fn contract_act(&self, env: Signed<Action>) -> Result<Answer<Contract>> {
+        match self {
+            Target::Local { node, .. } => answer(node.contract_act(&env)),
+            Target::Remote { .. } => self.call(ToNode::ContractAct(env), |m| match m {
+                FromNode::Contract(c) => Some(*c),
+                _ => None,
+            }),
+        }
+    }
+
+    /// The held results the member may see (all of them, in process).
+    pub(crate) fn airlock(&self) -> Result<Answer<Vec<Held>>> {
+        match self {
+            Target::Local { node, .. } => answer(node.airlock()),
+            Target::Remote { .. } => self.call(ToNode::Airlock, |m| match m {
+                FromNode::Held(h) => Some(h),
+                _ => None,
+            }),
+        }
+    }
+
+    pub(crate) fn airlock_act(
+        &self,
+        env: Signed<Decision>,
+    ) -> Result<Answer<(Held, Option<String>)>> {
+        match self {
+            Target::Local { node, .. } => answer(node.airlock_act(&env)),
+            Target::Remote { .. } => self.call(ToNode::AirlockAct(env), |m| match m {
+                FromNode::Decided { held, bytes } => Some((held, bytes)),
+                _ => None,
+            }),
+        }
+    }
+
+    /// Approve the module `bytes` as `env` signs it.
+    pub(crate) fn approve_udf(
+        &self,
+        env: Signed<UdfApprovalBody>,
+        bytes: &[u8],
+    ) -> Result<Answer<Registration>> {
+        match self {
+            Target::Local { node, .. } => answer(node.approve_udf(&env, bytes)),
+            Target::Remote { .. } => {
+                use base64::Engine as _;
+                let module = base64::engine::general_purpose::STANDARD.encode(bytes);
+                let msg = ToNode::UdfRegister {
+                    approval: env,
+                    module,
+                };
+                self.call(msg, |m| match m {
+                    FromNode::Registered(r) => Some(*r),
+                    _ => None,
+                })
+            }
+        }
+    }
+
+    /// The modules approved on the node (for one scene).
+    pub(crate) fn udfs(&self, scene: Option<String>) -> Result<Answer<Vec<ListedUdf>>> {
+        match self {
+            Target::Local { node, .. } => answer(node.list_udfs(scene.as_deref())),
+            Target::Remote { .. } => self.call(ToNode::Udfs { scene }, |m| match m {
+                FromNode::Udfs(u) => Some(u),
+                _ => None,
+            }),
+        }
+    }
+
+    /// DP ledger rows (over the network: those the member may see).
+    pub(crate) fn budgets(
+        &self,
+        actor: Option<String>,
+        scene: Option<String>,
+    ) -> Result<Answer<Vec<Budget>>> {
+        match self {
+            Target::Local { node, .. } => answer(node.budgets(actor.as_deref(), scene.as_deref())),
+            Target::Remote { .. } => self.call(ToNode::Budgets { actor, scene }, |m| match m {
+                FromNode::Budgets(b) => Some(b),
+                _ => None,
+            }),
+        }
+    }
+
+    /// Record a consent receipt in the space's registry (through the node's
+    /// server, or directly in process).
+    pub(crate) fn consent(
+        &self,
+        space: &Arc<Space>,
+        env: Signed<ConsentReceipt>,
+    ) -> Result<Answer<ConsentRecord>> {
+        match self {
+            Target::Local { .. } => {
+                answer(Registry::open(Arc::clone(space)).and_then(|mut r| r.record_consent(env)))
+            }
+            Target::Remote { .. } => self.call(ToNode::Consent(env), |m| match m {
+                FromNode::Recorded(r) => Some(*r),
+                _ => None,
+            }),
+        }
+    }
+
+    /// Consent receipts on record, optionally for one person and/or scene.
+    pub(crate) fn consents(
+        &self,
+        space: &Arc<Space>,
+        person: Option<String>,
+        scene: Option<String>,
+    ) -> Result<Answer<Vec<ConsentRecord>>> {
+        match self {
+            Target::Local { .. } => answer(
+                View::open(space).and_then(|v| v.consents(person.as_deref(), scene.as_deref())),
+            ),
+            Target::Remote { .. } => self.call(ToNode::Consents { person, scene }, |m| match m {
+                FromNode::Consents(c) => Some(c),
+                _ => None,
+            }),
+        }
+    }
+
+    /// Every audited use of `person`'s records (over the network: the
+    /// link's member's own).
+    pub(crate) fn history(&self, space: &Arc<Space>, person: &str) -> Result<Answer<Vec<Use>>> {
+        match self {
+            Target::Local { .. } => {
+                answer(Registry::open(Arc::clone(space)).and_then(|r| r.history(person)))
+            }
+            Target::Remote { .. } => self.call(ToNode::History, |m| match m {
+                FromNode::History(h) => Some(h),
+                _ => None,
+            }),
+        }
+    }
+}
