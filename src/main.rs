@@ -286,12 +286,34 @@ enum AuditAction {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
-    /// List audit entries as JSON lines.
+    /// List audit entries as JSON lines (in process, on the node's
+    /// machine).
     List {
         #[arg(long)]
         space: PathBuf,
         #[arg(long)]
         node: Option<String>,
+    },
+    /// Ask a node's server for the evidence that audit entry --seq (the
+    /// `audit_seq` of a result or receipt) is in its log, and check it: the
+    /// checkpoint's signature, the leaf's path to its root, and the entry's
+    /// hash. The entry is shown to its actor, the node's data holders and
+    /// the operator; anyone gets the proof.
+    Prove {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        /// The asking member.
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        seq: u64,
+        /// `json`: the proof itself (entry, leaf, path, checkpoint), to keep.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 

@@ -1,5 +1,6 @@
 //! `kexin audit`: verify a node's log (against checkpoints kept elsewhere
-//! and its witnesses), show it to the witnesses now, list its entries.
+//! and its witnesses), show it to the witnesses now, list its entries, and
+//! prove one entry's inclusion through the node's server.
 
 use std::sync::Arc;
 
@@ -90,6 +91,47 @@ pub(crate) fn audit(action: AuditAction) -> Result<u8> {
                 }
             }
             Ok(if all { 0 } else { 1 })
+        }
+        AuditAction::Prove {
+            space,
+            node,
+            actor,
+            key,
+            seq,
+            format,
+        } => {
+            let space = Space::load(&space)?;
+            let node = node_name(&space, node);
+            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
+            let wait = kexin::federation::query_wait(&space)?;
+            let msg = kexin::federation::ToNode::Prove { seq };
+            let (proof, verifier) =
+                match kexin::federation::ask(&space, &node, &signing, &msg, wait)? {
+                    kexin::federation::FromNode::Proof { proof, verifier } => (*proof, verifier),
+                    kexin::federation::FromNode::Refused { code, rule, .. } => {
+                        println!("refused {code}: {rule}");
+                        return Ok(u8::try_from(code.exit_status()).unwrap_or(1));
+                    }
+                    other => return Err(kexin::federation::unexpected(&node, &other)),
+                };
+            let key = kexin_engine::audit::NoteKey::parse(&verifier)?;
+            if let Err(e) = proof.check(&key) {
+                // As `kexin audit verify` when the log does not verify.
+                println!("NOT VERIFIED: {e}");
+                return Ok(5);
+            }
+            if format == Format::Json {
+                println!("{}", serde_json::to_string(&proof)?);
+            } else {
+                println!(
+                    "verified: entry #{} is leaf {} of node {node}'s log of {} entries, under the checkpoint signed by {}",
+                    proof.seq, proof.leaf, proof.size, key.name
+                );
+                if let Some(e) = &proof.entry {
+                    println!("{e}");
+                }
+            }
+            Ok(0)
         }
         AuditAction::List { space, node } => {
             let space = Space::load(&space)?;

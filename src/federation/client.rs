@@ -14,6 +14,9 @@ use super::config::{FedConfig, node_key};
 use super::wire::{FromNode, ToNode};
 use crate::net::{CONTROL, Link};
 
+/// How many times a client tries to open its link.
+const CONNECT_TRIES: u64 = 5;
+
 /// Send `msg` to `node` as the holder of `key` and read its answer, waiting
 /// at most `wait` for it once sent.
 pub fn ask(
@@ -26,12 +29,27 @@ pub fn ask(
     let cfg = FedConfig::load(&space.dir)?;
     let addr = &cfg.addr(node)?.address;
     let pinned = node_key(space, &cfg, node)?;
-    let mut link = Link::connect(addr, key, &pinned, cfg.round_timeout()).with_context(|| {
-        format!(
-            "cannot reach node {node} at {addr}: is `kexin node --node {node}` running? \
-             (its operator can run the command on the node's own machine with --local)"
-        )
-    })?;
+    // A node turns away handshakes past its per-address limit (many clients
+    // behind one address starting at once): nothing was sent yet, so try
+    // again a few times, a little later each time.
+    let mut tries = 0;
+    let mut link = loop {
+        tries += 1;
+        match Link::connect(addr, key, &pinned, cfg.round_timeout()) {
+            Ok(link) => break link,
+            Err(_) if tries < CONNECT_TRIES => {
+                std::thread::sleep(Duration::from_millis(50 * tries));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot reach node {node} at {addr}: is `kexin node --node {node}` running? \
+                         (its operator can run the command on the node's own machine with --local)"
+                    )
+                });
+            }
+        }
+    };
     link.set_timeout(wait)?;
     link.send(CONTROL, &serde_json::to_vec(msg)?)?;
     link.recv_json::<FromNode>()

@@ -113,6 +113,12 @@ impl NodeServer {
                 }
             }
             ToNode::Udfs { scene } => reply(node.list_udfs(scene.as_deref()), FromNode::Udfs),
+            ToNode::Prove { seq } => reply(node.audit_proof(member, seq), |(proof, verifier)| {
+                FromNode::Proof {
+                    proof: Box::new(proof),
+                    verifier,
+                }
+            }),
             ToNode::Budgets { actor, scene } => reply(
                 node.budgets_for(member, actor.as_deref(), scene.as_deref()),
                 FromNode::Budgets,

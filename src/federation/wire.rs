@@ -12,6 +12,7 @@ use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody};
 use kexin_engine::ledger::Budget;
 use kexin_engine::node::{ListedUdf, Outcome, Registration};
 use kexin_engine::registry::Use;
+use kexin_engine::store::AuditProof;
 use kexin_engine::{Code, Refusal};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +75,10 @@ pub enum ToNode {
     Budgets {
         actor: Option<String>,
         scene: Option<String>,
+    },
+    /// The evidence that audit entry `seq` is in this node's log.
+    Prove {
+        seq: u64,
     },
 }
 
@@ -153,6 +158,11 @@ pub enum FromNode {
     Udfs(Vec<ListedUdf>),
     /// DP ledger rows.
     Budgets(Vec<Budget>),
+    /// An inclusion proof, with the node's checkpoint verifier key.
+    Proof {
+        proof: Box<AuditProof>,
+        verifier: String,
+    },
 }
 
 impl FromNode {

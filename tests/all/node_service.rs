@@ -673,3 +673,51 @@ fn kill_9_of_the_node_loses_no_acknowledged_governance_write() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn anyone_gets_a_checked_inclusion_proof_of_an_audit_entry() {
+    let f = Federation::new(3, 10, &["h1"]);
+    let d = path(&f.dir);
+    let (rc, v, err) = query(&f, "alice", "diabetes-2027", SQL, false);
+    assert_eq!(rc, 0, "{v} {err}");
+    let seq = v["audit_seq"].as_u64().expect("audit_seq").to_string();
+    let prove = |who: &str| {
+        let (rc, out) = kexin(&[
+            "audit", "prove", "--space", d, "--node", "h1", "--as", who, "--seq", &seq, "--format",
+            "json",
+        ]);
+        assert_eq!(rc, 0, "{out}");
+        serde_json::from_str::<kexin_engine::store::AuditProof>(out.trim()).expect("a proof")
+    };
+    // The actor sees the entry; another researcher gets the same proof
+    // without it.
+    let mine = prove("alice");
+    let entry: Value = serde_json::from_str(mine.entry.as_deref().expect("shown")).expect("json");
+    assert_eq!(
+        (entry["actor"].as_str(), entry["seq"].as_u64()),
+        (Some("alice"), mine.seq.into())
+    );
+    let theirs = prove("bob");
+    assert_eq!(theirs.entry, None);
+    assert_eq!((&theirs.leaf, theirs.seq), (&mine.leaf, mine.seq));
+    // Checked independently with the node's published key; any change
+    // to the path, the leaf or the entry fails.
+    let key = kexin_engine::store::read_verifier_key(&f.dir.join("h1")).expect("node.pub");
+    mine.check(&key).expect("the proof checks");
+    if !mine.path.is_empty() {
+        let mut bad = mine.clone();
+        bad.path[0] = "00".repeat(32);
+        assert!(bad.check(&key).is_err());
+    }
+    let mut bad = mine.clone();
+    bad.entry = Some(bad.entry.unwrap_or_default().replace("alice", "alicf"));
+    assert!(bad.check(&key).is_err());
+    let mut bad = mine.clone();
+    bad.seq += 1;
+    assert!(bad.check(&key).is_err());
+    // No such entry yet: a refusal.
+    let (rc, out) = kexin(&[
+        "audit", "prove", "--space", d, "--node", "h1", "--as", "bob", "--seq", "999999",
+    ]);
+    assert_eq!(rc, 3, "{out}");
+}

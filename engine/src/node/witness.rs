@@ -2,7 +2,8 @@
 //! countersigning theirs. The witness table is [`crate::witness`].
 
 use super::Node;
-use crate::error::Result;
+use crate::error::{Code, Error, Result};
+use crate::store::AuditProof;
 use crate::witness::origin;
 
 impl Node {
@@ -24,6 +25,33 @@ impl Node {
         let origin = origin(&self.space.name, from);
         let accepted = self.store_lock()?.witness(&origin, verifier, note)?;
         Ok(accepted.map(|cp| cp.sign(&self.keys.note.name, &self.keys.signing)))
+    }
+
+    /// The evidence that audit entry `seq` is in this node's log, with the
+    /// node's verifier key: for anyone, but the entry itself only for its
+    /// actor, a data holder of this node and the operator (others get its
+    /// leaf hash). A refusal when there is no such entry yet.
+    pub fn audit_proof(&self, member: &str, seq: u64) -> Result<(AuditProof, String)> {
+        let mut proof = self.store_lock()?.proof(seq)?.ok_or_else(|| {
+            Error::refused(
+                Code::Auth,
+                "no such entry under the node's latest checkpoint",
+            )
+        })?;
+        let actor = proof
+            .entry
+            .as_deref()
+            .and_then(|e| serde_json::from_str::<crate::audit::AuditEntry>(e).ok())
+            .map(|e| e.actor);
+        let operator = self
+            .space
+            .members
+            .get(member)
+            .is_some_and(|m| m.role == crate::identity::Role::Operator);
+        if !(operator || self.holder_here(member) || actor.as_deref() == Some(member)) {
+            proof.entry = None;
+        }
+        Ok((proof, self.keys.note.verifier_key()))
     }
 
     /// The latest checkpoint of node `of` this node witnessed.

@@ -212,6 +212,62 @@ pub fn tree_root(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// The inclusion proof (audit path) of leaf `index` in the tree of
+/// `leaves`: RFC 9162 §2.1.3.1. Empty for a one-leaf tree or an index
+/// outside it.
+pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Vec<Hash> {
+    let n = leaves.len();
+    if n <= 1 || index >= n {
+        return Vec::new();
+    }
+    let mut k = 1;
+    while k * 2 < n {
+        k *= 2;
+    }
+    let (mut path, sibling) = if index < k {
+        (
+            inclusion_proof(&leaves[..k], index),
+            tree_root(&leaves[k..]),
+        )
+    } else {
+        (
+            inclusion_proof(&leaves[k..], index - k),
+            tree_root(&leaves[..k]),
+        )
+    };
+    path.push(sibling);
+    path
+}
+
+/// The root that `proof` makes of `leaf` at `index` in a tree of `size`
+/// leaves (RFC 9162 §2.1.3.2), or `None` when the proof has the wrong
+/// length for that position. The leaf is in the tree whose root this
+/// equals.
+pub fn root_from_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash]) -> Option<Hash> {
+    if index >= size {
+        return None;
+    }
+    let (mut f, mut s) = (index, size - 1);
+    let mut r = *leaf;
+    for p in proof {
+        if s == 0 {
+            return None;
+        }
+        if f & 1 == 1 || f == s {
+            r = node_hash(p, &r);
+            while f & 1 == 0 && f != 0 {
+                f >>= 1;
+                s >>= 1;
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        f >>= 1;
+        s >>= 1;
+    }
+    (s == 0).then_some(r)
+}
+
 /// The checkpoint signer/verifier identity of one node.
 #[derive(Debug, Clone)]
 pub struct NoteKey {
@@ -416,5 +472,90 @@ mod tests {
         };
         assert!(Checkpoint::open(&note, &other).is_err());
         assert!(key.verifier_key().starts_with("kexin/t/h1+"));
+    }
+
+    /// The reference tree of Certificate Transparency's Merkle tests
+    /// (RFC 6962 hashing): its published roots for sizes 1..=8 and audit
+    /// paths, then every leaf of every tree up to 40 leaves.
+    #[test]
+    fn inclusion_proofs_match_the_reference_tree() {
+        let leaves: Vec<Hash> = [
+            "",
+            "00",
+            "10",
+            "2021",
+            "3031",
+            "40414243",
+            "5051525354555657",
+            "606162636465666768696a6b6c6d6e6f",
+        ]
+        .iter()
+        .map(|h| leaf_hash(&hex::decode(h).unwrap()))
+        .collect();
+        let roots = [
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+            "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+            "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+            "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+            "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+        ];
+        for (n, root) in roots.iter().enumerate() {
+            assert_eq!(
+                hex::encode(tree_root(&leaves[..=n])),
+                *root,
+                "size {}",
+                n + 1
+            );
+        }
+        let path = |p: &[Hash]| p.iter().map(hex::encode).collect::<Vec<_>>();
+        assert_eq!(
+            path(&inclusion_proof(&leaves, 0)),
+            [
+                "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+            ]
+        );
+        assert_eq!(
+            path(&inclusion_proof(&leaves, 5)),
+            [
+                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            ]
+        );
+        let many: Vec<Hash> = (0u32..40).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for n in 1..=many.len() {
+            let root = tree_root(&many[..n]);
+            for i in 0..n {
+                let proof = inclusion_proof(&many[..n], i);
+                let (i, size) = (i as u64, n as u64);
+                assert_eq!(
+                    root_from_inclusion(&many[i as usize], i, size, &proof),
+                    Some(root)
+                );
+                // Another leaf, position or size does not give the root.
+                let other = many[(i as usize + 1) % n];
+                if n > 1 {
+                    assert_ne!(root_from_inclusion(&other, i, size, &proof), Some(root));
+                    assert_ne!(
+                        root_from_inclusion(&many[i as usize], (i + 1) % size, size, &proof),
+                        Some(root)
+                    );
+                }
+                // Nor does it prove the leaf in the next, larger tree.
+                if n < many.len() {
+                    assert_ne!(
+                        root_from_inclusion(&many[i as usize], i, size + 1, &proof),
+                        Some(tree_root(&many[..=n])),
+                        "leaf {i} of {size}"
+                    );
+                }
+            }
+        }
+        assert_eq!(root_from_inclusion(&many[0], 3, 3, &[]), None);
     }
 }

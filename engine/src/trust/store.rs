@@ -24,7 +24,10 @@ use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditEntry, Checkpoint, Hash, NoteKey, leaf_hash, tree_root};
+use crate::audit::{
+    AuditEntry, Checkpoint, Hash, NoteKey, inclusion_proof, leaf_hash, root_from_inclusion,
+    tree_root,
+};
 use crate::error::{Error, Result};
 use crate::keys::SecretKey;
 
@@ -639,6 +642,59 @@ impl Store {
             .optional()?)
     }
 
+    /// The evidence that entry `seq` is in the log: its bytes, its leaf's
+    /// audit path to the root of the latest signed checkpoint, and that
+    /// checkpoint. `None` when there is no such entry.
+    pub fn proof(&self, seq: u64) -> Result<Option<AuditProof>> {
+        let latest: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT size, note FROM checkpoint ORDER BY size DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((size, checkpoint)) = latest else {
+            return Ok(None);
+        };
+        if seq == 0 || seq > size as u64 {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, entry, leaf FROM audit WHERE seq <= ?1 ORDER BY seq")?;
+        let rows = stmt.query_map(params![size], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let (mut leaves, mut entry) = (Vec::new(), Vec::new());
+        for row in rows {
+            let (s, bytes, leaf) = row?;
+            let leaf: Hash = leaf
+                .try_into()
+                .map_err(|_| Error::internal("stored leaf hash has the wrong length"))?;
+            leaves.push(leaf);
+            if s as u64 == seq {
+                entry = bytes;
+            }
+        }
+        let index = (seq - 1) as usize;
+        Ok(Some(AuditProof {
+            seq,
+            size: size as u64,
+            entry: Some(String::from_utf8(entry).map_err(Error::internal)?),
+            leaf: hex::encode(leaves[index]),
+            path: inclusion_proof(&leaves, index)
+                .iter()
+                .map(hex::encode)
+                .collect(),
+            checkpoint,
+        }))
+    }
+
     /// All entries in order.
     pub fn entries(&self) -> Result<Vec<AuditEntry>> {
         let mut stmt = self.conn.prepare("SELECT entry FROM audit ORDER BY seq")?;
@@ -651,6 +707,60 @@ impl Store {
             );
         }
         Ok(out)
+    }
+}
+
+/// The evidence that one entry is in a node's log (RFC 9162 inclusion).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditProof {
+    pub seq: u64,
+    /// The tree size of `checkpoint`.
+    pub size: u64,
+    /// The entry's JSON, where the asker may see it.
+    pub entry: Option<String>,
+    /// The entry's leaf hash (hex).
+    pub leaf: String,
+    /// The audit path from the leaf to the checkpoint's root (hex).
+    pub path: Vec<String>,
+    /// The signed checkpoint (C2SP signed note).
+    pub checkpoint: String,
+}
+
+impl AuditProof {
+    /// Check the proof against the node's verifier key: the checkpoint is
+    /// signed by it, the path leads from the leaf to its root, and the
+    /// entry (if shown) hashes to the leaf.
+    pub fn check(&self, key: &NoteKey) -> Result<()> {
+        let bad = |why: &str| Err(Error::Verify(format!("audit proof: {why}")));
+        let cp = Checkpoint::open(&self.checkpoint, key)?;
+        if cp.size != self.size {
+            return bad("the checkpoint is for another tree size");
+        }
+        let hash = |h: &str| -> Option<Hash> { hex::decode(h).ok()?.try_into().ok() };
+        let Some(leaf) = hash(&self.leaf) else {
+            return bad("the leaf hash is malformed");
+        };
+        if self
+            .entry
+            .as_ref()
+            .is_some_and(|e| leaf_hash(e.as_bytes()) != leaf)
+        {
+            return bad("the entry does not hash to the leaf");
+        }
+        let Some(path) = self
+            .path
+            .iter()
+            .map(|h| hash(h))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return bad("a path hash is malformed");
+        };
+        if self.seq == 0
+            || root_from_inclusion(&leaf, self.seq - 1, self.size, &path) != Some(cp.root)
+        {
+            return bad("the path does not lead to the checkpoint's root");
+        }
+        Ok(())
     }
 }
 
