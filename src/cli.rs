@@ -452,8 +452,7 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
         } => {
             let space = load(&space)?;
             let (target, filter) = if via.local {
-                let t = Target::open(&space, via.node.clone(), None, true)?;
-                (t, subject.or(person))
+                (Target::Registry, subject.or(person))
             } else {
                 let member = person.context(
                     "--as MEMBER is needed to ask the node's server (or --local on the node's own machine)",
@@ -494,7 +493,7 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
         } => {
             let space = load(&space)?;
             let target = if via.local {
-                Target::open(&space, via.node.clone(), None, true)?
+                Target::Registry
             } else {
                 reach(&space, &person, &via)?.1
             };
@@ -533,7 +532,12 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
     if let Some(u) = &until {
         anyhow::ensure!(identity::valid_date(u), "--until is not YYYY-MM-DD");
     }
-    let (key, target) = reach(&space, &who.person, &who.via)?;
+    let (key, target) = if who.via.local {
+        let key = members::load_key(&space.dir, &who.person, who.via.key.as_deref())?;
+        (key, Target::Registry)
+    } else {
+        reach(&space, &who.person, &who.via)?
+    };
     let r = members::receipt(
         &space,
         &who.person,

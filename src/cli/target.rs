@@ -52,6 +52,9 @@ pub(crate) enum Target {
         _rt: tokio::runtime::Runtime,
         node: Box<Node>,
     },
+    /// This process, for the space's registry only (`--local` consent
+    /// commands): no node is opened, so nothing of a node is created.
+    Registry,
     /// The node's server, reached as the holder of `key`.
     Remote {
         space: Arc<Space>,
@@ -91,6 +94,7 @@ impl Target {
     pub(crate) fn name(&self) -> &str {
         match self {
             Target::Local { node, .. } => node.name(),
+            Target::Registry => "",
             Target::Remote { node, .. } => node,
         }
     }
@@ -99,7 +103,7 @@ impl Target {
     /// (`pick`); a refusal is an answer.
     fn call<T>(&self, msg: ToNode, pick: impl FnOnce(FromNode) -> Option<T>) -> Result<Answer<T>> {
         let Target::Remote { space, node, key } = self else {
-            anyhow::bail!("not a remote node");
+            anyhow::bail!("this command needs a node (--node), not only the registry");
         };
         let wait = kexin::federation::query_wait(space)?;
         let got = kexin::federation::ask(space, node, key, &msg, wait)?;
@@ -121,7 +125,7 @@ impl Target {
     pub(crate) fn contracts(&self) -> Result<Answer<Vec<Contract>>> {
         match self {
             Target::Local { node, .. } => answer(node.contracts()),
-            Target::Remote { .. } => self.call(ToNode::Contracts, |m| match m {
+            Target::Remote { .. } | Target::Registry => self.call(ToNode::Contracts, |m| match m {
                 FromNode::Contracts(c) => Some(c),
                 _ => None,
             }),
@@ -131,20 +135,24 @@ impl Target {
     pub(crate) fn contract_offer(&self, env: Signed<Terms>) -> Result<Answer<Contract>> {
         match self {
             Target::Local { node, .. } => answer(node.contract_offer(&env)),
-            Target::Remote { .. } => self.call(ToNode::ContractOffer(env), |m| match m {
-                FromNode::Contract(c) => Some(*c),
-                _ => None,
-            }),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::ContractOffer(env), |m| match m {
+                    FromNode::Contract(c) => Some(*c),
+                    _ => None,
+                })
+            }
         }
     }
 
     pub(crate) fn contract_act(&self, env: Signed<Action>) -> Result<Answer<Contract>> {
         match self {
             Target::Local { node, .. } => answer(node.contract_act(&env)),
-            Target::Remote { .. } => self.call(ToNode::ContractAct(env), |m| match m {
-                FromNode::Contract(c) => Some(*c),
-                _ => None,
-            }),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::ContractAct(env), |m| match m {
+                    FromNode::Contract(c) => Some(*c),
+                    _ => None,
+                })
+            }
         }
     }
 
@@ -152,7 +160,7 @@ impl Target {
     pub(crate) fn airlock(&self) -> Result<Answer<Vec<Held>>> {
         match self {
             Target::Local { node, .. } => answer(node.airlock()),
-            Target::Remote { .. } => self.call(ToNode::Airlock, |m| match m {
+            Target::Remote { .. } | Target::Registry => self.call(ToNode::Airlock, |m| match m {
                 FromNode::Held(h) => Some(h),
                 _ => None,
             }),
@@ -165,10 +173,12 @@ impl Target {
     ) -> Result<Answer<(Held, Option<String>)>> {
         match self {
             Target::Local { node, .. } => answer(node.airlock_act(&env)),
-            Target::Remote { .. } => self.call(ToNode::AirlockAct(env), |m| match m {
-                FromNode::Decided { held, bytes } => Some((held, bytes)),
-                _ => None,
-            }),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::AirlockAct(env), |m| match m {
+                    FromNode::Decided { held, bytes } => Some((held, bytes)),
+                    _ => None,
+                })
+            }
         }
     }
 
@@ -180,7 +190,7 @@ impl Target {
     ) -> Result<Answer<Registration>> {
         match self {
             Target::Local { node, .. } => answer(node.approve_udf(&env, bytes)),
-            Target::Remote { .. } => {
+            Target::Remote { .. } | Target::Registry => {
                 use base64::Engine as _;
                 let module = base64::engine::general_purpose::STANDARD.encode(bytes);
                 let msg = ToNode::UdfRegister {
@@ -199,10 +209,12 @@ impl Target {
     pub(crate) fn udfs(&self, scene: Option<String>) -> Result<Answer<Vec<ListedUdf>>> {
         match self {
             Target::Local { node, .. } => answer(node.list_udfs(scene.as_deref())),
-            Target::Remote { .. } => self.call(ToNode::Udfs { scene }, |m| match m {
-                FromNode::Udfs(u) => Some(u),
-                _ => None,
-            }),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::Udfs { scene }, |m| match m {
+                    FromNode::Udfs(u) => Some(u),
+                    _ => None,
+                })
+            }
         }
     }
 
@@ -214,10 +226,12 @@ impl Target {
     ) -> Result<Answer<Vec<Budget>>> {
         match self {
             Target::Local { node, .. } => answer(node.budgets(actor.as_deref(), scene.as_deref())),
-            Target::Remote { .. } => self.call(ToNode::Budgets { actor, scene }, |m| match m {
-                FromNode::Budgets(b) => Some(b),
-                _ => None,
-            }),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::Budgets { actor, scene }, |m| match m {
+                    FromNode::Budgets(b) => Some(b),
+                    _ => None,
+                })
+            }
         }
     }
 
@@ -229,13 +243,15 @@ impl Target {
         env: Signed<ConsentReceipt>,
     ) -> Result<Answer<ConsentRecord>> {
         match self {
-            Target::Local { .. } => {
+            Target::Local { .. } | Target::Registry => {
                 answer(Registry::open(Arc::clone(space)).and_then(|mut r| r.record_consent(env)))
             }
-            Target::Remote { .. } => self.call(ToNode::Consent(env), |m| match m {
-                FromNode::Recorded(r) => Some(*r),
-                _ => None,
-            }),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::Consent(env), |m| match m {
+                    FromNode::Recorded(r) => Some(*r),
+                    _ => None,
+                })
+            }
         }
     }
 
@@ -247,13 +263,15 @@ impl Target {
         scene: Option<String>,
     ) -> Result<Answer<Vec<ConsentRecord>>> {
         match self {
-            Target::Local { .. } => answer(
+            Target::Local { .. } | Target::Registry => answer(
                 View::open(space).and_then(|v| v.consents(person.as_deref(), scene.as_deref())),
             ),
-            Target::Remote { .. } => self.call(ToNode::Consents { person, scene }, |m| match m {
-                FromNode::Consents(c) => Some(c),
-                _ => None,
-            }),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::Consents { person, scene }, |m| match m {
+                    FromNode::Consents(c) => Some(c),
+                    _ => None,
+                })
+            }
         }
     }
 
@@ -261,10 +279,10 @@ impl Target {
     /// link's member's own).
     pub(crate) fn history(&self, space: &Arc<Space>, person: &str) -> Result<Answer<Vec<Use>>> {
         match self {
-            Target::Local { .. } => {
+            Target::Local { .. } | Target::Registry => {
                 answer(Registry::open(Arc::clone(space)).and_then(|r| r.history(person)))
             }
-            Target::Remote { .. } => self.call(ToNode::History, |m| match m {
+            Target::Remote { .. } | Target::Registry => self.call(ToNode::History, |m| match m {
                 FromNode::History(h) => Some(h),
                 _ => None,
             }),

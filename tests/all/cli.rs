@@ -583,6 +583,18 @@ fn audit_list_does_not_create_state() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no audit log yet"));
     assert!(!t.path().join("h1").join("kexin.db").exists());
+    // Consent commands in process read the registry only: no node opens.
+    let out = kexin(&[
+        "consent",
+        "list",
+        "--local",
+        "--space",
+        t.path().to_str().unwrap(),
+        "--as",
+        "p00000",
+    ]);
+    assert!(out.status.success());
+    assert!(!t.path().join("h1").join("kexin.db").exists());
 }
 
 #[test]
