@@ -246,12 +246,10 @@ impl Target {
             Target::Local { .. } | Target::Registry => {
                 answer(Registry::open(Arc::clone(space)).and_then(|mut r| r.record_consent(env)))
             }
-            Target::Remote { .. } | Target::Registry => {
-                self.call(ToNode::Consent(env), |m| match m {
-                    FromNode::Recorded(r) => Some(*r),
-                    _ => None,
-                })
-            }
+            Target::Remote { .. } => self.call(ToNode::Consent(env), |m| match m {
+                FromNode::Recorded(r) => Some(*r),
+                _ => None,
+            }),
         }
     }
 
@@ -266,12 +264,10 @@ impl Target {
             Target::Local { .. } | Target::Registry => answer(
                 View::open(space).and_then(|v| v.consents(person.as_deref(), scene.as_deref())),
             ),
-            Target::Remote { .. } | Target::Registry => {
-                self.call(ToNode::Consents { person, scene }, |m| match m {
-                    FromNode::Consents(c) => Some(c),
-                    _ => None,
-                })
-            }
+            Target::Remote { .. } => self.call(ToNode::Consents { person, scene }, |m| match m {
+                FromNode::Consents(c) => Some(c),
+                _ => None,
+            }),
         }
     }
 
@@ -282,7 +278,7 @@ impl Target {
             Target::Local { .. } | Target::Registry => {
                 answer(Registry::open(Arc::clone(space)).and_then(|r| r.history(person)))
             }
-            Target::Remote { .. } | Target::Registry => self.call(ToNode::History, |m| match m {
+            Target::Remote { .. } => self.call(ToNode::History, |m| match m {
                 FromNode::History(h) => Some(h),
                 _ => None,
             }),

@@ -1,9 +1,10 @@
 //! Requests one node answers alone, for members who are not on the node's
 //! machine: a researcher's query, contracts, the airlock, individuals'
-//! consent and UDF approvals. Each goes through the same engine call as the in-process path
-//! (`--local`), so the rules, the audit entries and the JSON shapes are the
-//! same. A signed request must be signed by the link's member; reads show
-//! only what the link's member may see.
+//! consent, UDF approvals, the DP ledger and audit inclusion proofs. Each
+//! goes through the same engine call as the in-process path (`--local`), so
+//! the rules, the audit entries and the JSON shapes are the same. A signed
+//! request must be signed by the link's member; reads show only what the
+//! link's member may see.
 
 use std::sync::Arc;
 
