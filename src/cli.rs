@@ -291,7 +291,7 @@ fn refused(e: kexin_engine::Error, format: Format) -> Result<u8> {
 }
 
 /// Print a refusal and return its exit status.
-fn print_refused(r: Refused, format: Format) -> Result<u8> {
+pub(crate) fn print_refused(r: Refused, format: Format) -> Result<u8> {
     if format == Format::Json {
         println!(
             "{}",
@@ -454,9 +454,7 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
             let (target, filter) = if via.local {
                 (Target::Registry, subject.or(person))
             } else {
-                let member = person.context(
-                    "--as MEMBER is needed to ask the node's server (or --local on the node's own machine)",
-                )?;
+                let member = person.context(target::MEMBER_NEEDED)?;
                 (reach(&space, &member, &via)?.1, subject)
             };
             let records = match target.consents(&space, filter, scene)? {
@@ -664,6 +662,7 @@ fn contract_step(on: OnNode, id: String, terminate: bool, format: Format) -> Res
                     Refused {
                         code: kexin_engine::Code::Contract,
                         rule: "no such contract on this node".into(),
+                        audit_seq: None,
                     },
                     format,
                 );
@@ -723,6 +722,7 @@ pub fn airlock(action: AirlockAction) -> Result<u8> {
             Refused {
                 code: kexin_engine::Code::Review,
                 rule: "no such held result on this node".into(),
+                audit_seq: None,
             },
             format,
         );

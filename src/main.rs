@@ -622,11 +622,7 @@ fn run(cli: Cli) -> Result<u8> {
                 contract,
                 sql,
             };
-            let outcome = if local {
-                cli::query::local(&space, &ask, &signing)?
-            } else {
-                cli::query::remote(&space, &ask, &signing)?
-            };
+            let outcome = cli::query::run(&space, &ask, &signing, local)?;
             print!("{}", render::outcome(&outcome, format)?);
             Ok(u8::try_from(outcome.exit_status()).unwrap_or(1))
         }
@@ -650,19 +646,14 @@ fn run(cli: Cli) -> Result<u8> {
                 let t = cli::target::Target::open(&space, node, None, true)?;
                 (t, researcher.or(actor))
             } else {
-                let member = actor.context(
-                    "--as MEMBER is needed to ask the node's server (or --local on the node's own machine)",
-                )?;
+                let member = actor.context(cli::target::MEMBER_NEEDED)?;
                 let signing = kexin::members::load_key(&space.dir, &member, key.as_deref())?;
                 let t = cli::target::Target::open(&space, node, Some(&signing), false)?;
                 (t, researcher)
             };
             let rows = match target.budgets(filter, scene)? {
                 Ok(r) => r,
-                Err(r) => {
-                    println!("refused {}: {}", r.code, r.rule);
-                    return Ok(u8::try_from(r.code.exit_status()).unwrap_or(1));
-                }
+                Err(r) => return cli::print_refused(r, format),
             };
             for b in rows {
                 if format == Format::Json {

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use ed25519_dalek::SigningKey;
-use kexin::federation::{FromNode, ToNode};
 use kexin_engine::contract::Contract;
-use kexin_engine::node::{Node, Outcome};
+use kexin_engine::node::Outcome;
 use kexin_engine::policy::Space;
+
+use super::target::Target;
 
 /// What `kexin query` was asked.
 #[derive(Debug)]
@@ -27,9 +28,6 @@ pub(crate) struct Ask {
 /// The contract a query is signed for: the named one, or the researcher's
 /// only active contract for the scene on the node.
 fn bind_contract(ask: &Ask, contracts: Vec<Contract>) -> Option<String> {
-    if let Some(c) = &ask.contract {
-        return Some(c.clone());
-    }
     let mut active = contracts.into_iter().filter(|c| {
         c.state.active() && c.terms.requester == ask.actor && c.terms.scene == ask.scene
     });
@@ -39,46 +37,19 @@ fn bind_contract(ask: &Ask, contracts: Vec<Contract>) -> Option<String> {
     }
 }
 
-/// Run the query on the node's server.
-pub(crate) fn remote(space: &Space, ask: &Ask, key: &SigningKey) -> Result<Outcome> {
-    let wait = kexin::federation::query_wait(space)?;
-    let contract = if ask.contract.is_some() {
-        ask.contract.clone()
-    } else {
-        match kexin::federation::ask(space, &ask.node, key, &ToNode::Contracts, wait)? {
-            FromNode::Contracts(c) => bind_contract(ask, c),
-            FromNode::Refused { code, rule, .. } => bail!("{code}: {rule}"),
-            other => return Err(kexin::federation::unexpected(&ask.node, &other)),
-        }
+/// Sign the query for its contract and run it on the node: through its
+/// server, or in this process when `local`.
+pub(crate) fn run(space: &Arc<Space>, ask: &Ask, key: &SigningKey, local: bool) -> Result<Outcome> {
+    let target = Target::open(space, Some(ask.node.clone()), Some(key), local)?;
+    let contract = match &ask.contract {
+        Some(c) => Some(c.clone()),
+        None => match target.contracts()? {
+            Ok(all) => bind_contract(ask, all),
+            Err(r) => bail!("{}: {}", r.code, r.rule),
+        },
     };
     let env = kexin::members::query(
         space, &ask.node, &ask.actor, key, &ask.scene, contract, &ask.sql,
     )?;
-    match kexin::federation::ask(space, &ask.node, key, &ToNode::Query(env), wait)? {
-        FromNode::Outcome(o) => Ok(*o),
-        FromNode::Refused {
-            code,
-            rule,
-            audit_seq,
-        } => Ok(Outcome::refusal(code, rule, audit_seq)),
-        other => Err(kexin::federation::unexpected(&ask.node, &other)),
-    }
-}
-
-/// Run the query in this process, on the node's own machine.
-pub(crate) fn local(space: &Arc<Space>, ask: &Ask, key: &SigningKey) -> Result<Outcome> {
-    let rt = crate::runtime()?;
-    rt.block_on(async {
-        let n = Node::open(Arc::clone(space), &ask.node).await?;
-        // DP charges go to every node of the space first: with the node's
-        // key on this machine, reach them as the node does.
-        if let Some(peers) = kexin::ledger::NetLedger::for_node(space, &ask.node) {
-            peers.install(&n);
-        }
-        let contract = bind_contract(ask, n.contracts()?);
-        let env = kexin::members::query(
-            space, &ask.node, &ask.actor, key, &ask.scene, contract, &ask.sql,
-        )?;
-        anyhow::Ok(n.query_signed(&env).await)
-    })
+    target.query(env)
 }

@@ -13,11 +13,15 @@ use kexin_engine::Code;
 use kexin_engine::airlock::{Decision, Held};
 use kexin_engine::consent::{ConsentReceipt, ConsentRecord};
 use kexin_engine::contract::{Action, Contract, Terms};
-use kexin_engine::identity::{Signed, UdfApprovalBody};
+use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody};
 use kexin_engine::ledger::Budget;
-use kexin_engine::node::{ListedUdf, Node, Registration};
+use kexin_engine::node::{ListedUdf, Node, Outcome, Registration};
 use kexin_engine::policy::Space;
 use kexin_engine::registry::{Registry, Use, View};
+
+/// Why a read without `--as` cannot go to a node's server.
+pub(crate) const MEMBER_NEEDED: &str =
+    "--as MEMBER is needed to ask the node's server (or --local on the node's own machine)";
 
 /// A refusal with its fixed code and rule, from the engine in this process
 /// or from a node's answer.
@@ -25,6 +29,8 @@ use kexin_engine::registry::{Registry, Use, View};
 pub(crate) struct Refused {
     pub code: Code,
     pub rule: String,
+    /// The audit entry that recorded the refusal, when a node says so.
+    pub audit_seq: Option<u64>,
 }
 
 /// What a command gets back: the value, or a refusal to print.
@@ -38,6 +44,7 @@ pub(crate) fn answer<T>(r: kexin_engine::Result<T>) -> Result<Answer<T>> {
         Err(kexin_engine::Error::Refused(r)) => Ok(Err(Refused {
             code: r.code,
             rule: r.rule.to_string(),
+            audit_seq: None,
         })),
         Err(e) => Err(e.into()),
     }
@@ -49,8 +56,9 @@ pub(crate) enum Target {
     /// This process opened the node (`--local`).
     Local {
         /// The runtime the node was opened on, kept while it is used.
-        _rt: tokio::runtime::Runtime,
+        rt: tokio::runtime::Runtime,
         node: Box<Node>,
+        space: Arc<Space>,
     },
     /// This process, for the space's registry only (`--local` consent
     /// commands): no node is opened, so nothing of a node is created.
@@ -77,13 +85,12 @@ impl Target {
             let rt = crate::runtime()?;
             let node = rt.block_on(Node::open(Arc::clone(space), &name))?;
             return Ok(Target::Local {
-                _rt: rt,
+                rt,
                 node: Box::new(node),
+                space: Arc::clone(space),
             });
         }
-        let key = key.context(
-            "--as MEMBER is needed to ask the node's server (or --local on the node's own machine)",
-        )?;
+        let key = key.context(MEMBER_NEEDED)?;
         Ok(Target::Remote {
             space: Arc::clone(space),
             node: name,
@@ -100,25 +107,46 @@ impl Target {
     }
 
     /// Send `msg` to the node's server and read the answer it expects
-    /// (`pick`); a refusal is an answer.
-    fn call<T>(&self, msg: ToNode, pick: impl FnOnce(FromNode) -> Option<T>) -> Result<Answer<T>> {
+    /// (`pick` takes it, or gives back any other); a refusal is an answer.
+    fn call<T>(
+        &self,
+        msg: ToNode,
+        pick: impl FnOnce(FromNode) -> std::result::Result<T, Box<FromNode>>,
+    ) -> Result<Answer<T>> {
         let Target::Remote { space, node, key } = self else {
             anyhow::bail!("this command needs a node (--node), not only the registry");
         };
         let wait = kexin::federation::query_wait(space)?;
-        let got = kexin::federation::ask(space, node, key, &msg, wait)?;
-        if let FromNode::Refused { code, rule, .. } = got {
-            return Ok(Err(Refused { code, rule }));
+        match kexin::federation::ask(space, node, key, &msg, wait)? {
+            FromNode::Refused {
+                code,
+                rule,
+                audit_seq,
+            } => Ok(Err(Refused {
+                code,
+                rule,
+                audit_seq,
+            })),
+            got => pick(got)
+                .map(Ok)
+                .map_err(|other| kexin::federation::unexpected(node, &other)),
         }
-        let shown = serde_json::to_string(&got).unwrap_or_default();
-        pick(got)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "node {node} answered with an unexpected message: {:.80}",
-                    shown
-                )
-            })
-            .map(Ok)
+    }
+
+    /// Run a signed query on the node. In process, the node first reaches
+    /// its peers' ledgers as its server does (DP charges go to every node).
+    pub(crate) fn query(&self, env: Signed<QueryBody>) -> Result<Outcome> {
+        if let Target::Local { rt, node, space } = self {
+            if let Some(peers) = kexin::ledger::NetLedger::for_node(space, node.name()) {
+                peers.install(node);
+            }
+            return Ok(rt.block_on(node.query_signed(&env)));
+        }
+        let answer = self.call(ToNode::Query(env), |m| match m {
+            FromNode::Outcome(o) => Ok(*o),
+            other => Err(Box::new(other)),
+        })?;
+        Ok(answer.unwrap_or_else(|r| Outcome::refusal(r.code, r.rule, r.audit_seq)))
     }
 
     /// The contracts the member may see (all of them, in process).
@@ -126,8 +154,8 @@ impl Target {
         match self {
             Target::Local { node, .. } => answer(node.contracts()),
             Target::Remote { .. } | Target::Registry => self.call(ToNode::Contracts, |m| match m {
-                FromNode::Contracts(c) => Some(c),
-                _ => None,
+                FromNode::Contracts(c) => Ok(c),
+                other => Err(Box::new(other)),
             }),
         }
     }
@@ -137,8 +165,8 @@ impl Target {
             Target::Local { node, .. } => answer(node.contract_offer(&env)),
             Target::Remote { .. } | Target::Registry => {
                 self.call(ToNode::ContractOffer(env), |m| match m {
-                    FromNode::Contract(c) => Some(*c),
-                    _ => None,
+                    FromNode::Contract(c) => Ok(*c),
+                    other => Err(Box::new(other)),
                 })
             }
         }
@@ -149,8 +177,8 @@ impl Target {
             Target::Local { node, .. } => answer(node.contract_act(&env)),
             Target::Remote { .. } | Target::Registry => {
                 self.call(ToNode::ContractAct(env), |m| match m {
-                    FromNode::Contract(c) => Some(*c),
-                    _ => None,
+                    FromNode::Contract(c) => Ok(*c),
+                    other => Err(Box::new(other)),
                 })
             }
         }
@@ -161,8 +189,8 @@ impl Target {
         match self {
             Target::Local { node, .. } => answer(node.airlock()),
             Target::Remote { .. } | Target::Registry => self.call(ToNode::Airlock, |m| match m {
-                FromNode::Held(h) => Some(h),
-                _ => None,
+                FromNode::Held(h) => Ok(h),
+                other => Err(Box::new(other)),
             }),
         }
     }
@@ -175,8 +203,8 @@ impl Target {
             Target::Local { node, .. } => answer(node.airlock_act(&env)),
             Target::Remote { .. } | Target::Registry => {
                 self.call(ToNode::AirlockAct(env), |m| match m {
-                    FromNode::Decided { held, bytes } => Some((held, bytes)),
-                    _ => None,
+                    FromNode::Decided { held, bytes } => Ok((held, bytes)),
+                    other => Err(Box::new(other)),
                 })
             }
         }
@@ -198,8 +226,8 @@ impl Target {
                     module,
                 };
                 self.call(msg, |m| match m {
-                    FromNode::Registered(r) => Some(*r),
-                    _ => None,
+                    FromNode::Registered(r) => Ok(*r),
+                    other => Err(Box::new(other)),
                 })
             }
         }
@@ -211,8 +239,8 @@ impl Target {
             Target::Local { node, .. } => answer(node.list_udfs(scene.as_deref())),
             Target::Remote { .. } | Target::Registry => {
                 self.call(ToNode::Udfs { scene }, |m| match m {
-                    FromNode::Udfs(u) => Some(u),
-                    _ => None,
+                    FromNode::Udfs(u) => Ok(u),
+                    other => Err(Box::new(other)),
                 })
             }
         }
@@ -228,8 +256,8 @@ impl Target {
             Target::Local { node, .. } => answer(node.budgets(actor.as_deref(), scene.as_deref())),
             Target::Remote { .. } | Target::Registry => {
                 self.call(ToNode::Budgets { actor, scene }, |m| match m {
-                    FromNode::Budgets(b) => Some(b),
-                    _ => None,
+                    FromNode::Budgets(b) => Ok(b),
+                    other => Err(Box::new(other)),
                 })
             }
         }
@@ -247,8 +275,8 @@ impl Target {
                 answer(Registry::open(Arc::clone(space)).and_then(|mut r| r.record_consent(env)))
             }
             Target::Remote { .. } => self.call(ToNode::Consent(env), |m| match m {
-                FromNode::Recorded(r) => Some(*r),
-                _ => None,
+                FromNode::Recorded(r) => Ok(*r),
+                other => Err(Box::new(other)),
             }),
         }
     }
@@ -265,8 +293,8 @@ impl Target {
                 View::open(space).and_then(|v| v.consents(person.as_deref(), scene.as_deref())),
             ),
             Target::Remote { .. } => self.call(ToNode::Consents { person, scene }, |m| match m {
-                FromNode::Consents(c) => Some(c),
-                _ => None,
+                FromNode::Consents(c) => Ok(c),
+                other => Err(Box::new(other)),
             }),
         }
     }
@@ -279,8 +307,8 @@ impl Target {
                 answer(Registry::open(Arc::clone(space)).and_then(|r| r.history(person)))
             }
             Target::Remote { .. } => self.call(ToNode::History, |m| match m {
-                FromNode::History(h) => Some(h),
-                _ => None,
+                FromNode::History(h) => Ok(h),
+                other => Err(Box::new(other)),
             }),
         }
     }

@@ -123,10 +123,7 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
                 let target = Target::open(&space, Some(n), signing.as_ref(), local)?;
                 let listed = match target.udfs(scene.clone())? {
                     Ok(l) => l,
-                    Err(r) => {
-                        println!("refused {}: {}", r.code, r.rule);
-                        return Ok(u8::try_from(r.code.exit_status()).unwrap_or(1));
-                    }
+                    Err(r) => return super::print_refused(r, format),
                 };
                 for u in listed {
                     if format == Format::Json {

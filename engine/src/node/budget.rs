@@ -151,11 +151,7 @@ impl Node {
         actor: Option<&str>,
         scene: Option<&str>,
     ) -> Result<Vec<Budget>> {
-        let operator = self
-            .space
-            .members
-            .get(member)
-            .is_some_and(|m| m.role == crate::identity::Role::Operator);
+        let operator = self.operator(member);
         if operator || self.holder_here(member) {
             self.budgets(actor, scene)
         } else {

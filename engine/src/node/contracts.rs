@@ -34,6 +34,14 @@ impl Node {
         Ok(cert.body.role)
     }
 
+    /// The space's operator (space.toml's member with role `operator`).
+    pub(crate) fn operator(&self, member: &str) -> bool {
+        self.space
+            .members
+            .get(member)
+            .is_some_and(|m| m.role == Role::Operator)
+    }
+
     /// A data-holder member acting for this node.
     pub(crate) fn holder_here(&self, member: &str) -> bool {
         self.space

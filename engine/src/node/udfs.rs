@@ -92,11 +92,7 @@ impl Node {
         if hex::encode(sha2::Sha256::digest(bytes)) != a.module_sha256 {
             return Err(refusal(Code::Auth, "the signed digest is not the module's"));
         }
-        let operator = self
-            .space
-            .members
-            .get(&a.member)
-            .is_some_and(|m| m.role == Role::Operator);
+        let operator = self.operator(&a.member);
         if !(operator || self.holder_here(&a.member)) {
             return Err(refusal(
                 Code::Auth,

@@ -43,11 +43,7 @@ impl Node {
             .as_deref()
             .and_then(|e| serde_json::from_str::<crate::audit::AuditEntry>(e).ok())
             .map(|e| e.actor);
-        let operator = self
-            .space
-            .members
-            .get(member)
-            .is_some_and(|m| m.role == crate::identity::Role::Operator);
+        let operator = self.operator(member);
         if !(operator || self.holder_here(member) || actor.as_deref() == Some(member)) {
             proof.entry = None;
         }
