@@ -439,10 +439,28 @@ fn governance_goes_through_the_node_server() {
         assert_eq!(rc, 0, "{out}");
         lines(&out)
     };
+    // The requester sees the held result, but not the digest of its
+    // unreleased bytes, nor (before release) a proof of its audit entry;
+    // a reviewer sees both.
+    let mine = listed("alice");
+    let entry = mine
+        .iter()
+        .find(|h| h["id"].as_u64() == Some(held_id))
+        .expect("alice's held result");
+    assert_eq!(entry["output_sha256"], "");
+    let held_seq = held["audit_seq"].as_u64().expect("held entry").to_string();
+    let prove = |who: &str| {
+        kexin(&[
+            "audit", "prove", "--space", d, "--node", "h1", "--as", who, "--seq", &held_seq,
+        ])
+        .0
+    };
+    assert_eq!(prove("alice"), 3);
+    assert_eq!(prove("carol"), 0);
     assert!(
-        listed("alice")
+        listed("carol")
             .iter()
-            .any(|h| h["id"].as_u64() == Some(held_id))
+            .any(|h| h["id"].as_u64() == Some(held_id) && h["output_sha256"] != "")
     );
     assert!(listed("bob").is_empty());
     let (rc, _) = kexin(&["airlock", "show", "--space", d, "--as", "alice", "--id", &n]);
@@ -458,6 +476,13 @@ fn governance_goes_through_the_node_server() {
     let released: Value = serde_json::from_str(out.trim()).expect("the held bytes");
     assert_eq!(released["status"], "released");
     assert!(!released["rows"].as_array().expect("rows").is_empty());
+    // Released: now the requester sees the digest and gets the proof.
+    let released_entry = listed("alice")
+        .into_iter()
+        .find(|h| h["id"].as_u64() == Some(held_id))
+        .expect("alice's result");
+    assert_ne!(released_entry["output_sha256"], "");
+    assert_eq!(prove("alice"), 0);
 }
 
 #[test]

@@ -30,7 +30,8 @@ impl Node {
     /// The evidence that audit entry `seq` is in this node's log, with the
     /// node's verifier key: for anyone, but the entry itself only for its
     /// actor, a data holder of this node and the operator (others get its
-    /// leaf hash). A refusal when there is no such entry yet.
+    /// leaf hash). A refusal when there is no such entry yet, and, for all
+    /// but reviewers, while the entry is of a result held and not released.
     pub fn audit_proof(&self, member: &str, seq: u64) -> Result<(AuditProof, String)> {
         let mut proof = self.store_lock()?.proof(seq)?.ok_or_else(|| {
             Error::refused(
@@ -38,13 +39,29 @@ impl Node {
                 "no such entry under the node's latest checkpoint",
             )
         })?;
-        let actor = proof
+        let entry = proof
             .entry
             .as_deref()
-            .and_then(|e| serde_json::from_str::<crate::audit::AuditEntry>(e).ok())
-            .map(|e| e.actor);
-        let operator = self.operator(member);
-        if !(operator || self.holder_here(member) || actor.as_deref() == Some(member)) {
+            .and_then(|e| serde_json::from_str::<crate::audit::AuditEntry>(e).ok());
+        let reviewer = self.operator(member) || self.holder_here(member);
+        // A held result's entry carries the digest of bytes not released
+        // yet; its leaf hashes it too. Until release, only reviewers get
+        // either: a digest of a small result can be matched by guessing.
+        let unreleased = entry.as_ref().is_some_and(|e| {
+            e.decision == crate::audit::Decision::Held.as_str()
+                && !self.airlock().is_ok_and(|all| {
+                    all.iter().any(|h| {
+                        h.held_audit_seq == e.seq && h.state == crate::airlock::State::Released
+                    })
+                })
+        });
+        if unreleased && !reviewer {
+            return Err(Error::refused(
+                Code::Review,
+                "a held result's audit entry is proved to its requester once it is released",
+            ));
+        }
+        if !(reviewer || entry.is_some_and(|e| e.actor == member)) {
             proof.entry = None;
         }
         Ok((proof, self.keys.note.verifier_key()))
