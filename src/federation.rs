@@ -24,21 +24,30 @@
 //! | `federation/server.rs` | accept, TLS, routing, sessions, the pump and its timeouts |
 //! | `federation/services.rs` | each request: authenticate, compute, run the role, audit |
 //! | `federation/direct.rs` | requests one node answers alone: a researcher's query, the contracts a member may see |
+//! | `federation/flight.rs` | Arrow Flight SQL (`kexin node --flight`): the signed query, released rows as Arrow |
+//! | `federation/http.rs` | the HTTP JSON API (`kexin node --http`): signed calls, TLS, OpenAPI |
+//! | `federation/api_client.rs` | a blocking client of that API (pinned TLS, signed calls) |
 //! | `federation/client.rs` | the CLI as a client: one request over the member's link, one answer |
 //! | `federation/researcher.rs` | `kexin federate` / `kexin psi`: Ready, Go or Cancel, agreement |
 
 mod admission;
+mod api_client;
 mod client;
 mod config;
 mod direct;
+mod flight;
+mod http;
 mod researcher;
 mod server;
 mod services;
 mod wire;
 
+pub use api_client::{ApiAnswer, ApiClient};
 pub use client::{ask, query_wait, unexpected};
 pub(crate) use config::node_key;
 pub use config::{FedConfig, NodeAddr, node_identity, pins};
+pub use flight::{FlightSql, QUERY_HEADER, RESULT_TTL};
+pub use http::{ApiServer, REQUEST_HEADER, ROUTES, certificate, openapi};
 pub(crate) use researcher::{Answer, abort_rule, connect_all, converse, reports};
 pub use researcher::{
     FederatedOutcome, JointStatus, NodeDecision, NodeReport, PsiOutcome, federate, psi,

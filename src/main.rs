@@ -117,6 +117,14 @@ enum Command {
         /// The node identity's key file (default <space>/keys/<member>.key).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Also serve the HTTP JSON API (TLS, signed calls) on this
+        /// address, e.g. 127.0.0.1:8443 (port 0: any free port).
+        #[arg(long)]
+        http: Option<String>,
+        /// Also serve Arrow Flight SQL (TLS, signed queries) on this
+        /// address, e.g. 127.0.0.1:8815 (port 0: any free port).
+        #[arg(long)]
+        flight: Option<String>,
     },
     /// A federated query: every node computes its partial under its own
     /// policy, the partials are secret-shared, only the gated joint result
@@ -474,6 +482,8 @@ fn run(cli: Cli) -> Result<u8> {
             node,
             listen,
             key,
+            http,
+            flight,
         } => {
             let space = Arc::new(Space::load(&space)?);
             let server =
@@ -492,6 +502,23 @@ fn run(cli: Cli) -> Result<u8> {
             println!("kexin node {node} listening on {at}");
             std::io::Write::flush(&mut std::io::stdout())?;
             let server = Arc::new(server);
+            let bind = |a: &Option<String>| -> Result<Option<std::net::TcpListener>> {
+                a.as_ref()
+                    .map(|a| {
+                        std::net::TcpListener::bind(a).with_context(|| format!("listening on {a}"))
+                    })
+                    .transpose()
+            };
+            let (http, flight) = (bind(&http)?, bind(&flight)?);
+            let http_at = http.as_ref().map(|l| l.local_addr()).transpose()?;
+            let flight_at = flight.as_ref().map(|l| l.local_addr()).transpose()?;
+            let _fronts = server.serve_fronts(http, flight)?;
+            if let Some(a) = http_at {
+                println!("kexin node {node} api on https://{a}");
+            }
+            if let Some(a) = flight_at {
+                println!("kexin node {node} flight on grpc+tls://{a}");
+            }
             server.stop_on_signals(at)?;
             server.serve(listener, || {
                 // Scripts and tests wait for this line: the node takes
@@ -499,7 +526,11 @@ fn run(cli: Cli) -> Result<u8> {
                 println!("kexin node {node} ready on {at}");
                 let _ = std::io::Write::flush(&mut std::io::stdout());
             })?;
-            println!("kexin node {node} stopped");
+            // Whoever started the node may have closed its output already.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stdout(),
+                format_args!("kexin node {node} stopped\n"),
+            );
             Ok(0)
         }
         Command::Federate {

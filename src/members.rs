@@ -228,6 +228,36 @@ pub fn udf_approval(
     )?)
 }
 
+/// The `Kexin-Request` header of one call to `node`'s HTTP API: base64url
+/// (no padding) of the signed [`identity::RequestBody`].
+pub fn request_header(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Result<String> {
+    use base64::Engine as _;
+    use sha2::Digest;
+    let env = Signed::sign(
+        tag::REQUEST,
+        identity::RequestBody {
+            space: space.name.clone(),
+            node: node.into(),
+            member: member.into(),
+            method: method.into(),
+            target: target.into(),
+            body_sha256: hex::encode(sha2::Sha256::digest(body)),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&env)?))
+}
+
 /// A signed airlock decision over the held result's digest.
 pub fn decision(
     space: &Space,

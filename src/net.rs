@@ -61,9 +61,15 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms
 }
 
-fn certified(me: &SigningKey) -> Result<Arc<CertifiedKey>> {
+/// `me` as an unencrypted PKCS#8 v1 document (RFC 8410).
+pub(crate) fn pkcs8(me: &SigningKey) -> Vec<u8> {
     let mut der = PKCS8_PREFIX.to_vec();
     der.extend_from_slice(&me.to_bytes());
+    der
+}
+
+fn certified(me: &SigningKey) -> Result<Arc<CertifiedKey>> {
+    let der = pkcs8(me);
     let key = provider()
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)))
@@ -308,6 +314,68 @@ pub fn client_config(me: &SigningKey, server: &VerifyingKey) -> Result<Arc<Clien
         .with_client_cert_resolver(Arc::new(
             rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified(me)?),
         ));
+    Ok(Arc::new(cfg))
+}
+
+/// The client side of a node's HTTP API: the server's X.509 certificate
+/// must carry exactly `server`'s key (parsed with webpki, the parser
+/// rustls checks the handshake signature against), whatever its names,
+/// issuer or dates.
+#[derive(Debug)]
+struct PinnedX509(Vec<u8>);
+
+impl ServerCertVerifier for PinnedX509 {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        if cert.subject_public_key_info().as_ref() == self.0.as_slice() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// A TLS client configuration for a node's HTTP API: the node's X.509
+/// certificate must carry its certified key `server`.
+pub fn api_client_config(server: &VerifyingKey) -> Result<Arc<ClientConfig>> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedX509(spki(server))))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 

@@ -127,6 +127,10 @@ pub enum Code {
     /// Between nodes: a peer refused to witness a checkpoint (smaller than
     /// one it holds, a rollback; or another root at the same size, a fork).
     Witness,
+    /// A call to a node's API that is malformed before any rule runs: a
+    /// body that does not parse or is over its size limit, an unknown
+    /// route or method.
+    Request,
 }
 
 impl Code {
@@ -183,6 +187,7 @@ impl Code {
             Code::Contribution => "KX-CONTRIB",
             Code::Batch => "KX-BATCH",
             Code::Witness => "KX-WITNESS",
+            Code::Request => "KX-REQUEST",
         }
     }
 
@@ -284,6 +289,7 @@ impl Code {
         Code::Contribution,
         Code::Batch,
         Code::Witness,
+        Code::Request,
     ];
 
     /// The code whose string form is `s`.

@@ -191,6 +191,28 @@ impl Outcome {
         }
     }
 
+    /// The released rows as one Arrow batch, its columns named as
+    /// released, each in the type its cells have (integers; floats when
+    /// any cell is one; booleans; text; a column with no value at all is
+    /// text), every column nullable. Only released values decide it.
+    pub fn to_batch(&self) -> Result<datafusion::arrow::record_batch::RecordBatch> {
+        use datafusion::arrow::datatypes::Field;
+        let types = vec![DataType::Utf8; self.columns.len()];
+        let b = gate::cells_batch(&self.rows, &types, false)?;
+        let fields: Vec<Field> = b
+            .schema()
+            .fields()
+            .iter()
+            .zip(&self.columns)
+            .map(|(f, name)| Field::new(name, f.data_type().clone(), true))
+            .collect();
+        datafusion::arrow::record_batch::RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            b.columns().to_vec(),
+        )
+        .map_err(Error::internal)
+    }
+
     /// 0 released, 1 held, otherwise the refusal code's exit status.
     pub fn exit_status(&self) -> i32 {
         match self.status {

@@ -48,8 +48,8 @@ fn reply<T>(r: kexin_engine::Result<T>, ok: impl FnOnce(T) -> FromNode) -> FromN
 }
 
 impl NodeServer {
-    /// Answer one of the requests this file serves; `member` and `role`
-    /// are the link's.
+    /// Answer one of the requests this file serves over a peer link;
+    /// `member` and `role` are the link's.
     pub(super) fn direct(
         &self,
         mut link: Link,
@@ -57,10 +57,18 @@ impl NodeServer {
         role: &str,
         msg: ToNode,
     ) -> Result<()> {
+        let answer = self.answer(member, role, msg)?;
+        link.send_json(&answer)
+    }
+
+    /// The answer to one of the requests this file serves, for `member`
+    /// with certified `role` (a peer link's TLS identity, or an API call's
+    /// signature). `Err` is a message this file does not serve.
+    pub(crate) fn answer(&self, member: &str, role: &str, msg: ToNode) -> Result<FromNode> {
         let node = &self.node;
         let signed_by = |signer: &str| signer == member;
-        let answer = match msg {
-            ToNode::Query(env) => return self.query(link, member, env),
+        Ok(match msg {
+            ToNode::Query(env) => self.query(member, env),
             ToNode::Contracts => reply(node.contracts_for(member), FromNode::Contracts),
             ToNode::ContractOffer(env) if signed_by(&env.body.holder) => {
                 reply(node.contract_offer(&env), |c| {
@@ -87,7 +95,7 @@ impl NodeServer {
                         Some(member.to_string())
                     }
                     Some(Role::Holder | Role::Operator) => person,
-                    _ => return link.send_json(&FromNode::refused(CONSENTS_SHOWN, None)),
+                    _ => return Ok(FromNode::refused(CONSENTS_SHOWN, None)),
                 };
                 reply(
                     View::open(&self.space)
@@ -97,7 +105,7 @@ impl NodeServer {
             }
             ToNode::History => {
                 if Role::parse(role) != Some(Role::Individual) {
-                    return link.send_json(&FromNode::refused(HISTORY_SHOWN, None));
+                    return Ok(FromNode::refused(HISTORY_SHOWN, None));
                 }
                 reply(
                     Registry::open(Arc::clone(&self.space)).and_then(|r| r.history(member)),
@@ -130,17 +138,17 @@ impl NodeServer {
             | ToNode::Consent(_)
             | ToNode::UdfRegister { .. } => FromNode::refused(OTHER_SIGNER, None),
             _ => anyhow::bail!("unexpected control message"),
-        };
-        link.send_json(&answer)
+        })
     }
 
-    /// A researcher's query on this node, answered with its outcome.
-    fn query(&self, mut link: Link, member: &str, env: Signed<QueryBody>) -> Result<()> {
+    /// A researcher's query on this node, in one of the
+    /// [`MAX_QUERIES`](super::admission::MAX_QUERIES) query slots.
+    fn query(&self, member: &str, env: Signed<QueryBody>) -> FromNode {
         if env.body.member != member {
-            return link.send_json(&FromNode::refused(OTHER_SIGNER, None));
+            return FromNode::refused(OTHER_SIGNER, None);
         }
         let _slot = self.query_slot();
         let outcome = self.rt.block_on(self.node.query_signed(&env));
-        link.send_json(&FromNode::Outcome(Box::new(outcome)))
+        FromNode::Outcome(Box::new(outcome))
     }
 }

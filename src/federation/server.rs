@@ -48,6 +48,8 @@ pub struct NodeServer {
     queries: tokio::sync::Semaphore,
     /// Set once the node is to stop taking connections.
     stopping: std::sync::atomic::AtomicBool,
+    /// The HTTP API's certificate (PEM), once the API serves.
+    pub(super) api_cert: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug)]
@@ -96,6 +98,7 @@ impl NodeServer {
             collecting: Mutex::new(Default::default()),
             queries: tokio::sync::Semaphore::new(MAX_QUERIES),
             stopping: Default::default(),
+            api_cert: Default::default(),
         })
     }
 
@@ -103,6 +106,11 @@ impl NodeServer {
     /// nodes may still be running their part (up to the query deadline).
     pub(super) fn compute_allowance(&self) -> Duration {
         Duration::from_secs(self.space.limits.timeout_seconds) + self.cfg.round_timeout()
+    }
+
+    /// Whether the node has been told to stop.
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Wait for one of the [`MAX_QUERIES`] query slots; the slot is freed

@@ -39,6 +39,7 @@ mod encrypted;
 mod federation;
 mod gate_rules;
 mod governance;
+mod http_api;
 mod layers;
 mod node_service;
 mod query_path;

@@ -34,6 +34,21 @@ impl Node {
         Ok(cert.body.role)
     }
 
+    /// Authenticate a call to the node's API: bound to this space and
+    /// node, signed by the member's certified key, fresh, its nonce unused
+    /// (kept durably, as for every signed request). Returns the member's
+    /// certified role. The caller checks that the method, target and body
+    /// digest are the call's own. Refusals are `KX-AUTH` and are not
+    /// audited: like a failed TLS handshake on a peer link, nothing was
+    /// asked of the node yet.
+    pub fn authenticate_request(&self, env: &Signed<identity::RequestBody>) -> Result<Role> {
+        let b = &env.body;
+        if b.space != self.space.name || b.node != self.name {
+            return refuse(Code::Auth, "the request is bound to another space or node");
+        }
+        self.check_signed(env, tag::REQUEST, &b.member, &b.nonce, &b.time, Code::Auth)
+    }
+
     /// The space's operator (space.toml's member with role `operator`).
     pub(crate) fn operator(&self, member: &str) -> bool {
         self.space

@@ -32,6 +32,7 @@ impl Node {
     /// actor, a data holder of this node and the operator (others get its
     /// leaf hash). A refusal when there is no such entry yet, and, for all
     /// but reviewers, while the entry is of a result held and not released.
+    /// `member` is `""` for an anonymous caller (the node's HTTP API).
     pub fn audit_proof(&self, member: &str, seq: u64) -> Result<(AuditProof, String)> {
         let mut proof = self.store_lock()?.proof(seq)?.ok_or_else(|| {
             Error::refused(
@@ -61,7 +62,8 @@ impl Node {
                 "a held result's audit entry is proved to its requester once it is released",
             ));
         }
-        if !(reviewer || entry.is_some_and(|e| e.actor == member)) {
+        // An anonymous caller (no member: `""`) is nobody's actor.
+        if !(reviewer || entry.is_some_and(|e| !member.is_empty() && e.actor == member)) {
             proof.entry = None;
         }
         Ok((proof, self.keys.note.verifier_key()))

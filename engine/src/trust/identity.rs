@@ -126,6 +126,7 @@ pub mod tag {
     pub const COLLECT: &str = "kexin/collect-request/v1";
     pub const FHE_KEYS: &str = "kexin/fhe-keys/v1";
     pub const UDF: &str = "kexin/udf-approval/v1";
+    pub const REQUEST: &str = "kexin/request/v1";
 }
 
 fn message<T: Serialize>(tag: &str, body: &T) -> Result<Vec<u8>> {
@@ -275,6 +276,27 @@ pub struct UdfApprovalBody {
     pub member: String,
     /// SHA-256 of the module's bytes, hex.
     pub module_sha256: String,
+    pub nonce: String,
+    pub time: String,
+}
+
+/// A member's signature over one call to a node's API (HTTP, or Flight
+/// SQL): which node, which method and target, and the digest of the
+/// request's body, fresh and single-use. It authenticates the caller as a
+/// TLS client key does on a peer link; what the call asks for (a consent
+/// receipt, a contract action) is signed separately, under its own tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBody {
+    pub space: String,
+    pub node: String,
+    pub member: String,
+    /// The HTTP method (`GET`, `POST`) or the Flight call's name.
+    pub method: String,
+    /// The path with its query string, exactly as sent (`/v1/consents?scene=s`).
+    pub target: String,
+    /// SHA-256 of the request's body bytes (of no bytes for a GET), hex.
+    pub body_sha256: String,
     pub nonce: String,
     pub time: String,
 }

@@ -30,15 +30,36 @@ impl Drop for Federation {
     }
 }
 
-/// Start `kexin node` for `name` of the space at `dir` and wait for its
-/// `ready` line; the node's further lines follow in the iterator.
+/// Start `kexin node` for `name` and wait for its `ready` line.
 pub fn start_node(
     dir: &Path,
     name: &str,
     listen: Option<&str>,
 ) -> (Child, impl Iterator<Item = String> + Send + 'static) {
+    let (child, lines, _) = start_node_with(dir, name, listen, &[]);
+    (child, lines)
+}
+
+/// The addresses of a node's front ends, as it printed them.
+#[derive(Debug, Default)]
+pub struct Fronts {
+    /// `--http`: `host:port` of the HTTP API.
+    pub api: Option<String>,
+    /// `--flight`: `host:port` of Flight SQL.
+    pub flight: Option<String>,
+}
+
+/// [`start_node`] with more arguments; also the front ends' addresses
+/// (`--http`, `--flight`).
+pub fn start_node_with(
+    dir: &Path,
+    name: &str,
+    listen: Option<&str>,
+    extra: &[&str],
+) -> (Child, impl Iterator<Item = String> + Send + 'static, Fronts) {
     let mut cmd = Command::new(BIN);
     cmd.args(["node", "--space", path(dir), "--node", name])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     if let Some(l) = listen {
@@ -52,12 +73,20 @@ pub fn start_node(
         first.contains("listening on"),
         "node {name} did not start: {first}"
     );
-    let second = lines.next().unwrap_or_default();
-    assert!(
-        second.contains(" ready on "),
-        "node {name} not ready: {second}"
-    );
-    (child, lines)
+    let mut fronts = Fronts::default();
+    let mut next = lines.next().unwrap_or_default();
+    loop {
+        if let Some((_, addr)) = next.split_once(" api on https://") {
+            fronts.api = Some(addr.trim().to_string());
+        } else if let Some((_, addr)) = next.split_once(" flight on grpc+tls://") {
+            fronts.flight = Some(addr.trim().to_string());
+        } else {
+            break;
+        }
+        next = lines.next().unwrap_or_default();
+    }
+    assert!(next.contains(" ready on "), "node {name} not ready: {next}");
+    (child, lines, fronts)
 }
 
 pub fn free_ports(n: usize) -> Vec<u16> {
@@ -107,6 +136,28 @@ impl Federation {
         // closed pipe.
         std::thread::spawn(move || rest.count());
         self.children.push((name.to_string(), child));
+    }
+
+    /// Start node `name` with its HTTP API on a free loopback port;
+    /// returns the API's address.
+    pub fn start_api(&mut self, name: &str) -> String {
+        self.start_fronts(name)
+            .api
+            .expect("the node printed its API address")
+    }
+
+    /// Start node `name` with its HTTP API and Flight SQL on free loopback
+    /// ports.
+    pub fn start_fronts(&mut self, name: &str) -> Fronts {
+        let (child, rest, fronts) = start_node_with(
+            &self.dir,
+            name,
+            None,
+            &["--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"],
+        );
+        std::thread::spawn(move || rest.count());
+        self.children.push((name.to_string(), child));
+        fronts
     }
 
     pub fn kill(&mut self, name: &str) {

@@ -1,0 +1,105 @@
+"""kexin_client against a live node: each role's calls, the same answers
+as the CLI, and refusals that carry a fixed code and never data."""
+
+import datetime
+import json
+import secrets
+
+import pytest
+
+from kexin_client import Node, PinError, Refused, load_key, sign, TAGS
+
+SQL = "SELECT sex, count(*) AS n, avg(age) AS mean_age FROM patients GROUP BY sex"
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def client(space, node, member=None):
+    key = None
+    if member is not None:
+        who, key = load_key(str(space.key(member)))
+        assert who == member
+    return Node(node["url"], space=node["space"], node="h1", node_key=node["node_key"],
+                member=member, key=key)
+
+
+def test_an_individual_grants_lists_revokes_and_sees_their_history(space, node):
+    me = client(space, node, "p00000")
+    scenes = {s["name"]: s for s in me.scenes()}
+    assert scenes["diabetes-consent"]["consent_required"] is True
+    granted = me.grant("diabetes-consent", until="2030-12-31")
+    assert (granted["person"], granted["scene"], granted["action"]) == ("p00000", "diabetes-consent", "grant")
+    revoked = me.revoke("diabetes-consent")
+    assert revoked["action"] == "revoke" and revoked["seq"] > granted["seq"]
+    mine = me.consents(scene="diabetes-consent")
+    assert [r["action"] for r in mine][-2:] == ["grant", "revoke"]
+    assert all(r["person"] == "p00000" for r in mine)
+    assert isinstance(me.history(), list)
+    # Another person's receipts are not shown to them.
+    with pytest.raises(Refused) as e:
+        me.consents(person="p00001")
+    assert (e.value.status, e.value.code) == (403, "KX-AUTH")
+
+
+def test_a_query_over_the_api_gets_the_cli_rows(space, node):
+    alice = client(space, node, "alice")
+    out = alice.query("diabetes-2027", SQL)
+    cli = space.kexin("query", "--space", str(space.dir), "--node", "h1", "--scene", "diabetes-2027",
+                      "--as", "alice", "--format", "json", SQL)
+    assert cli.returncode == 0, cli.stderr
+    cli = json.loads(cli.stdout)
+    assert out["status"] == "released"
+    for k in ("columns", "rows", "suppressed_groups", "explanation"):
+        assert out[k] == cli[k], k
+    refused = alice.query("diabetes-2027", "SELECT age FROM patients")
+    assert refused["status"] == "refused" and refused["code"].startswith("KX-")
+    assert isinstance(alice.budgets(), list)
+
+
+def test_refusals_carry_a_code_and_no_data(space, node):
+    alice = client(space, node, "alice")
+    anon = client(space, node)
+    with pytest.raises(Refused) as e:
+        anon.call("GET", "/v1/contracts", signed=False)
+    assert (e.value.status, e.value.code) == (401, "KX-AUTH")
+    # A replayed call.
+    h = alice.request_header("GET", "/v1/contracts", b"")
+    assert isinstance(alice.call("GET", "/v1/contracts", header=h), list)
+    with pytest.raises(Refused) as e:
+        alice.call("GET", "/v1/contracts", header=h)
+    assert e.value.code == "KX-AUTH" and "replay" in e.value.rule
+    # A researcher does not read a person's history.
+    with pytest.raises(Refused) as e:
+        alice.history()
+    assert (e.value.status, e.value.code) == (403, "KX-AUTH")
+    # A receipt changed after it was signed: refused by the engine, audited.
+    me = client(space, node, "p00001")
+    sc = {s["name"]: s for s in me.scenes()}["diabetes-consent"]
+    body = {"space": node["space"], "person": "p00001", "scene": "diabetes-consent", "action": "grant",
+            "purpose": sc["purpose_code"], "modifiers": [], "requester": sc["requester"], "until": None,
+            "nonce": secrets.token_hex(16), "time": now()}
+    env = sign(TAGS["consent"], body, me.key)
+    env["body"]["until"] = "2099-12-31"
+    with pytest.raises(Refused) as e:
+        me.call("POST", "/v1/consents", env)
+    assert (e.value.status, e.value.code) == (403, "KX-AUTH")
+    # A node that is not the pinned one.
+    wrong = Node(node["url"], space=node["space"], node="h1", node_key=node["keys"]["node-h2"])
+    with pytest.raises(PinError):
+        wrong.info()
+
+
+def test_anyone_reads_the_checkpoint_and_a_proof(space, node):
+    alice = client(space, node, "alice")
+    anon = client(space, node)
+    assert anon.info()["public_key"] == node["node_key"]
+    seq = alice.query("diabetes-2027", SQL)["audit_seq"]
+    cp = anon.checkpoint()
+    assert cp["note"].startswith("kexin/")
+    mine = alice.proof(seq)["proof"]
+    theirs = anon.proof(seq, signed=False)["proof"]
+    assert json.loads(mine["entry"])["actor"] == "alice"
+    assert theirs["entry"] is None and theirs["leaf"] == mine["leaf"]
+    assert anon.openapi()["openapi"].startswith("3.1")
