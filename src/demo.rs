@@ -1,19 +1,53 @@
 //! `kexin demo`: a guided walk through the researcher's query path on a small
 //! generated space: allowed, suppressed and refused queries, differential
 //! privacy, consent at the scan, the cross-border rule, the airlock, UDFs,
-//! then the audit log's verification. Every query is signed with the
-//! researcher's key file, as `kexin query` signs it.
+//! then the audit log's verification. Every hospital runs its node server
+//! first, and every step is a member's signed request to h1's server, as
+//! the commands it prints send them.
 
-use crate::federation::JointStatus;
+use crate::federation::{FromNode, JointStatus, ToNode};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use ed25519_dalek::SigningKey;
-use kexin_engine::node::{Node, Status};
+use kexin_engine::node::{Outcome, Status};
 use kexin_engine::policy::Space;
 
 use crate::{Format, members, render, synth};
+
+/// The node the single-node steps ask.
+const NODE: &str = "h1";
+
+/// `who`'s signed request `msg` to h1's node server, and its answer.
+fn call(space: &Space, who: &str, msg: &ToNode) -> Result<FromNode> {
+    let key = members::load_key(&space.dir, who, None)?;
+    crate::federation::ask(
+        space,
+        NODE,
+        &key,
+        msg,
+        crate::federation::query_wait(space)?,
+    )
+}
+
+/// A refusal's text, or the answer the request cannot have.
+fn refusal(got: FromNode) -> anyhow::Error {
+    match got {
+        FromNode::Refused { code, rule, .. } => anyhow!("refused {code}: {rule}"),
+        other => crate::federation::unexpected(NODE, &other),
+    }
+}
+
+/// `who`'s signed query under `scene` on h1's server.
+fn query(space: &Space, who: &str, scene: &str, sql: &str) -> Result<Outcome> {
+    let key = members::load_key(&space.dir, who, None)?;
+    let env = members::query(space, NODE, who, &key, scene, None, sql)?;
+    match call(space, who, &ToNode::Query(env))? {
+        FromNode::Outcome(o) => Ok(*o),
+        other => Err(refusal(other)),
+    }
+}
 
 /// (what it shows, scene, researcher, SQL, expected status)
 type Step = (
@@ -191,18 +225,15 @@ fn udf_dir() -> PathBuf {
 
 /// Print a step, run it, print the outcome; false if the decision was not
 /// the expected one.
-async fn show_step(node: &Node, dir: &Path, number: usize, step: &Step) -> Result<bool> {
+fn show_step(space: &Space, number: usize, step: &Step) -> Result<bool> {
     let (what, scene, actor, sql, expect) = step;
     println!("-- {number}. {what}");
     println!(
-        "   kexin query --local --space {} --scene {scene} --as {actor} \"{sql}\"",
-        dir.display()
+        "   kexin query --space {} --scene {scene} --as {actor} \"{sql}\"",
+        space.dir.display()
     );
     // Signed with the researcher's key file, as the command line does.
-    let space = Space::load(dir)?;
-    let key = members::load_key(dir, actor, None)?;
-    let env = members::query(&space, node.name(), actor, &key, scene, None, sql)?;
-    let o = node.query_signed(&env).await;
+    let o = query(space, actor, scene, sql)?;
     print!("{}", render::outcome(&o, Format::Table)?);
     let as_expected = o.status == *expect;
     if !as_expected {
@@ -213,56 +244,51 @@ async fn show_step(node: &Node, dir: &Path, number: usize, step: &Step) -> Resul
 }
 
 /// A person grants and revokes, and a held result goes through review.
-async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usize) -> Result<bool> {
-    let d = dir.display();
+fn consent_and_review(space: &Space, number: usize) -> Result<bool> {
+    let d = space.dir.display();
     let sql = "SELECT sum(height_cm) AS total_height FROM patients";
-    let ask = |who: &'static str, scene: &'static str| async move {
-        let key = members::load_key(dir, who, None)?;
-        let env = members::query(space, node.name(), who, &key, scene, None, sql)?;
-        anyhow::Ok(node.query_signed(&env).await)
-    };
-    let total =
-        |o: &kexin_engine::node::Outcome| serde_json::to_string(&o.rows).unwrap_or_default();
+    let ask = |who: &str, scene: &str| query(space, who, scene, sql);
+    let total = |o: &Outcome| serde_json::to_string(&o.rows).unwrap_or_default();
     println!(
         "-- {number}. Individual p00000 grants diabetes-consent, then revokes it; the second query after each change sees it"
     );
-    let before = ask("alice", "diabetes-consent").await?;
-    let person = members::load_key(dir, "p00000", None)?;
-    let mut registry = kexin_engine::registry::Registry::open(Arc::new(space.clone()))?;
+    let before = ask("alice", "diabetes-consent")?;
+    let person = members::load_key(&space.dir, "p00000", None)?;
+    let consent = |action, until: Option<&str>| -> Result<()> {
+        let receipt = members::receipt(
+            space,
+            "p00000",
+            &person,
+            "diabetes-consent",
+            action,
+            None,
+            vec![],
+            until.map(str::to_string),
+        )?;
+        match call(space, "p00000", &ToNode::Consent(receipt))? {
+            FromNode::Recorded(_) => Ok(()),
+            other => Err(refusal(other)),
+        }
+    };
     println!(
-        "   kexin consent grant --local --space {d} --as p00000 --scene diabetes-consent --until 2027-12-31"
+        "   kexin consent grant --space {d} --as p00000 --scene diabetes-consent --until 2027-12-31"
     );
-    registry.record_consent(members::receipt(
-        space,
-        "p00000",
-        &person,
-        "diabetes-consent",
-        kexin_engine::consent::Verb::Grant,
-        None,
-        vec![],
-        Some("2027-12-31".into()),
-    )?)?;
-    let granted = ask("alice", "diabetes-consent").await?;
-    println!("   kexin consent revoke --local --space {d} --as p00000 --scene diabetes-consent");
-    registry.record_consent(members::receipt(
-        space,
-        "p00000",
-        &person,
-        "diabetes-consent",
-        kexin_engine::consent::Verb::Revoke,
-        None,
-        vec![],
-        None,
-    )?)?;
-    let revoked = ask("alice", "diabetes-consent").await?;
+    consent(kexin_engine::consent::Verb::Grant, Some("2027-12-31"))?;
+    let granted = ask("alice", "diabetes-consent")?;
+    println!("   kexin consent revoke --space {d} --as p00000 --scene diabetes-consent");
+    consent(kexin_engine::consent::Verb::Revoke, None)?;
+    let revoked = ask("alice", "diabetes-consent")?;
     println!(
         "   sum(height_cm): {} before, {} with the grant, {} after revoking",
         total(&before),
         total(&granted),
         total(&revoked)
     );
-    let uses = registry.history("p00000")?;
-    println!("   kexin consent history --local --space {d} --as p00000");
+    println!("   kexin consent history --space {d} --as p00000");
+    let uses = match call(space, "p00000", &ToNode::History)? {
+        FromNode::History(uses) => uses,
+        other => return Err(refusal(other)),
+    };
     for u in &uses {
         println!(
             "   {} node {} #{}: {} {} by {}",
@@ -275,39 +301,40 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         "\n-- {}. Airlock: diabetes-review holds results until two data holders of h1 (not the requester) approve",
         number + 1
     );
-    println!("   kexin query --local --space {d} --scene diabetes-review --as alice \"{sql}\"");
-    let held = ask("alice", "diabetes-review").await?;
+    println!("   kexin query --space {d} --scene diabetes-review --as alice \"{sql}\"");
+    let held = ask("alice", "diabetes-review")?;
     let Some(id) = held.airlock else {
         println!("   !! expected a held result");
         return Ok(false);
     };
-    let h = node
-        .airlock()?
-        .into_iter()
-        .find(|h| h.id == id)
-        .context("held result")?;
+    // The reviewers see the held bytes' digest (the requester does not,
+    // until release).
+    println!("   kexin airlock list --space {d} --node {NODE} --as carol");
+    let h = match call(space, "carol", &ToNode::Airlock)? {
+        FromNode::Held(all) => all
+            .into_iter()
+            .find(|h| h.id == id)
+            .context("held result")?,
+        other => return Err(refusal(other)),
+    };
     println!("   held as #{id}, sha256 {}", h.output_sha256);
     use kexin_engine::airlock::Verb;
-    let act = |who: &str, action: Verb| -> Result<_> {
-        let key = members::load_key(dir, who, None)?;
-        Ok(node.airlock_act(&members::decision(
-            space,
-            node.name(),
-            who,
-            &key,
-            id,
-            action,
-            &h.output_sha256,
-        )?))
+    let act = |who: &str, action: Verb| -> Result<std::result::Result<_, anyhow::Error>> {
+        let key = members::load_key(&space.dir, who, None)?;
+        let decision = members::decision(space, NODE, who, &key, id, action, &h.output_sha256)?;
+        Ok(match call(space, who, &ToNode::AirlockAct(decision))? {
+            FromNode::Decided { held, bytes } => Ok((held, bytes)),
+            other => Err(refusal(other)),
+        })
     };
-    println!("   kexin airlock approve --local --space {d} --as alice --id {id}");
+    println!("   kexin airlock approve --space {d} --as alice --id {id}");
     let own = act("alice", Verb::Approve)?;
     if let Err(e) = &own {
         println!("   {e}");
     }
     let mut released = None;
     for who in ["carol", "dave"] {
-        println!("   kexin airlock approve --local --space {d} --as {who} --id {id}");
+        println!("   kexin airlock approve --space {d} --as {who} --id {id}");
         let (state, bytes) = act(who, Verb::Approve)??;
         println!(
             "   #{id} is {} ({}/{} approvals)",
@@ -317,7 +344,7 @@ async fn consent_and_review(node: &Node, space: &Space, dir: &Path, number: usiz
         );
         released = bytes;
     }
-    println!("   kexin airlock show --local --space {d} --as alice --id {id}");
+    println!("   kexin airlock show --space {d} --as alice --id {id}");
     let (_, fetched) = act("alice", Verb::Fetch)??;
     if let Some(b) = &fetched {
         println!("   {b}");
@@ -520,6 +547,51 @@ fn contribution_step(
         && out.result.as_ref().is_some_and(|r| r.values == expected))
 }
 
+/// A data holder approves the example UDFs on h1, then researchers call
+/// them; the number of the last step shown.
+fn udf_steps(space: &Space, number: usize, surprises: &mut usize) -> Result<usize> {
+    let modules = udf_dir();
+    if !modules.join("egfr.wasm").is_file() {
+        println!(
+            "-- WebAssembly UDF steps skipped: no modules in {} (build them with `bash udfs/build.sh`)\n",
+            modules.display()
+        );
+        return Ok(number);
+    }
+    println!("-- A data holder approves example WebAssembly UDFs for diabetes-2027");
+    let carol = members::load_key(&space.dir, "carol", None)?;
+    for m in ["egfr", "age_band", "geomean", "eag"] {
+        let path = modules.join(format!("{m}.wasm"));
+        println!(
+            "   kexin udf register --space {} --scene diabetes-2027 --node {NODE} --as carol {}",
+            space.dir.display(),
+            path.display()
+        );
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let approval =
+            members::udf_approval(space, NODE, "carol", &carol, "diabetes-2027", &bytes)?;
+        use base64::Engine as _;
+        let module = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        match call(space, "carol", &ToNode::UdfRegister { approval, module })? {
+            FromNode::Registered(r) => {
+                println!(
+                    "   approved {} ({} function(s))",
+                    r.digest,
+                    r.functions.len()
+                )
+            }
+            other => return Err(refusal(other)),
+        }
+    }
+    println!();
+    for (i, step) in UDF_STEPS.iter().enumerate() {
+        if !show_step(space, number + i + 1, step)? {
+            *surprises += 1;
+        }
+    }
+    Ok(number + UDF_STEPS.len())
+}
+
 pub fn run(keep: Option<PathBuf>) -> Result<u8> {
     let tmp;
     let dir = match keep {
@@ -547,76 +619,32 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
     println!("   {p} patient records, {a} admissions, {l} lab results; policy in space.toml\n");
     let space = Arc::new(Space::load(&dir)?);
     let people = start_nodes(&space, &dir)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let mut surprises = 0;
-    let last = rt.block_on(async {
-        let node = Node::open(Arc::clone(&space), "h1").await?;
-        // As `kexin query` on the node's machine: DP charges go to h2 and
-        // h3 before h1 computes.
-        if let Some(peers) = crate::ledger::NetLedger::for_node(&space, "h1") {
-            peers.install(&node);
-        }
+    let last = {
         for (i, step) in STEPS.iter().enumerate() {
-            if !show_step(&node, &dir, i + 1, step).await? {
+            if !show_step(&space, i + 1, step)? {
                 surprises += 1;
             }
         }
         for (i, step) in DP_STEPS.iter().enumerate() {
-            if !show_step(&node, &dir, STEPS.len() + i + 1, step).await? {
+            if !show_step(&space, STEPS.len() + i + 1, step)? {
                 surprises += 1;
             }
         }
         let mut number = STEPS.len() + DP_STEPS.len();
         for step in GOVERNANCE_STEPS {
             number += 1;
-            if !show_step(&node, &dir, number, step).await? {
+            if !show_step(&space, number, step)? {
                 surprises += 1;
             }
         }
         number += 1;
-        if !consent_and_review(&node, &space, &dir, number).await? {
+        if !consent_and_review(&space, number)? {
             surprises += 1;
         }
         number += 1;
-        let modules = udf_dir();
-        if !modules.join("egfr.wasm").is_file() {
-            println!(
-                "-- WebAssembly UDF steps skipped: no modules in {} (build them with `bash udfs/build.sh`)\n",
-                modules.display()
-            );
-            return anyhow::Ok(number);
-        }
-        println!("-- A data holder approves example WebAssembly UDFs for diabetes-2027");
-        for m in ["egfr", "age_band", "geomean", "eag"] {
-            let path = modules.join(format!("{m}.wasm"));
-            println!(
-                "   kexin udf register --local --space {} --scene diabetes-2027 --node h1 --as carol {}",
-                dir.display(),
-                path.display()
-            );
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let carol = members::load_key(&dir, "carol", None)?;
-            let approval = members::udf_approval(
-                node.space(),
-                node.name(),
-                "carol",
-                &carol,
-                "diabetes-2027",
-                &bytes,
-            )?;
-            let r = node.approve_udf(&approval, &bytes)?;
-            println!("   approved {} ({} function(s))", r.digest, r.functions.len());
-        }
-        println!();
-        for (i, step) in UDF_STEPS.iter().enumerate() {
-            if !show_step(&node, &dir, number + i + 1, step).await? {
-                surprises += 1;
-            }
-        }
-        anyhow::Ok(number + UDF_STEPS.len())
-    })?;
+        udf_steps(&space, number, &mut surprises)?
+    };
     if !federation_step(&space, &dir, last + 1, &people)? {
         surprises += 1;
     }

@@ -25,6 +25,10 @@ pub(crate) const MAX_PER_NODE_MEMBER: usize = 96;
 /// Queries a node runs at once; more wait for a slot. With the per-query
 /// memory pool (`[limits] memory_mb`), this bounds what queries hold.
 pub(crate) const MAX_QUERIES: usize = 32;
+/// Of those, the queries one member may run at once, whichever port they
+/// came through (peer link, HTTP API, Flight SQL); more wait their turn.
+/// One researcher's burst holds at most a quarter of the slots.
+pub(crate) const MAX_QUERIES_PER_MEMBER: usize = 8;
 /// How long a stopping node waits for the connections it already took.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -141,13 +141,13 @@ impl NodeServer {
         })
     }
 
-    /// A researcher's query on this node, in one of the
-    /// [`MAX_QUERIES`](super::admission::MAX_QUERIES) query slots.
+    /// A researcher's query on this node, in one of the member's places and
+    /// one of the node's query slots ([`NodeServer::query_slot`]).
     fn query(&self, member: &str, env: Signed<QueryBody>) -> FromNode {
         if env.body.member != member {
             return FromNode::refused(OTHER_SIGNER, None);
         }
-        let _slot = self.query_slot();
+        let _slot = self.query_slot(member);
         let outcome = self.rt.block_on(self.node.query_signed(&env));
         FromNode::Outcome(Box::new(outcome))
     }

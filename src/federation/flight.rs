@@ -382,7 +382,7 @@ impl FlightSqlService for FlightSql {
 /// until it closes.
 struct Admitted {
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: super::http::Slot,
 }
 
 impl AsyncRead for Admitted {
@@ -459,6 +459,11 @@ impl NodeServer {
                 .max_concurrent_streams(16)
                 .concurrency_limit_per_connection(8)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                // Every connection is asked to go away after ten minutes
+                // (gRPC clients reconnect), so idle ones do not hold slots.
+                .max_connection_age(Duration::from_secs(600))
+                .max_connection_age_grace(limit)
                 .http2_max_header_list_size(64 * 1024)
                 .add_service(svc)
                 .serve_with_incoming(incoming)

@@ -27,8 +27,9 @@
 //!   (`KX-REQUEST`). A query's outcome is 200 whatever its decision, as
 //!   `kexin query` prints it. Nothing in an error depends on data.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -699,6 +700,54 @@ pub(super) fn tls_config(
     Ok(Arc::new(cfg))
 }
 
+/// Connections one address may hold open on a front end at once: one
+/// place cannot take every slot (the TLS handshake authenticates no one on
+/// these ports; calls are signed inside).
+pub const MAX_PER_SOURCE: usize = 64;
+
+/// One connection's place on a front end: a slot of the port's total and
+/// one of its address's; both are given back when it drops.
+#[derive(Debug)]
+pub struct Slot {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    sources: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Slot {
+    fn take(
+        total: &Arc<tokio::sync::Semaphore>,
+        sources: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        source: IpAddr,
+    ) -> Option<Slot> {
+        let mut open = sources.lock().ok()?;
+        let n = open.entry(source).or_default();
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        let permit = Arc::clone(total).try_acquire_owned().ok()?;
+        *n += 1;
+        Some(Slot {
+            _total: permit,
+            sources: Arc::clone(sources),
+            source,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.sources.lock()
+            && let Some(n) = open.get_mut(&self.source)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
 /// The node's front ends (the HTTP API, Flight SQL) on their own runtime,
 /// so the engine's stays free for queries; they stop when this is dropped.
 #[derive(Debug)]
@@ -777,9 +826,10 @@ impl NodeServer {
     }
 
     /// Accept TLS connections on `listener` until the node stops: at most
-    /// `max` open at once (any more are closed at once), each handshake
-    /// within [`HANDSHAKE_TIMEOUT`], then `serve` with the connection and
-    /// its slot (the slot is free again when `serve` drops it).
+    /// `max` open at once and [`MAX_PER_SOURCE`] from one address (any more
+    /// are closed at once), each handshake within [`HANDSHAKE_TIMEOUT`],
+    /// then `serve` with the connection and its slot (free again when
+    /// `serve` drops it).
     pub(super) fn accept_tls<F, Fut>(
         self: &Arc<Self>,
         rt: &tokio::runtime::Runtime,
@@ -789,10 +839,7 @@ impl NodeServer {
         serve: F,
     ) -> Result<()>
     where
-        F: Fn(
-                tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-                tokio::sync::OwnedSemaphorePermit,
-            ) -> Fut
+        F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Slot) -> Fut
             + Send
             + Sync
             + 'static,
@@ -805,10 +852,11 @@ impl NodeServer {
         };
         let this = Arc::clone(self);
         let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        let sources: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         let serve = Arc::new(serve);
         rt.spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
+                let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
                 // Small request/answer exchanges: no Nagle delay.
@@ -816,8 +864,11 @@ impl NodeServer {
                 if this.is_stopping() {
                     break;
                 }
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::warn!(target: "kexin::api", "connection refused: {max} open");
+                let Some(slot) = Slot::take(&slots, &sources, peer.ip()) else {
+                    tracing::warn!(
+                        target: "kexin::api",
+                        "connection refused: {max} open or {MAX_PER_SOURCE} from one address"
+                    );
                     continue;
                 };
                 let tls = tls.clone();

@@ -20,7 +20,7 @@ use kexin_mpc::message::Message;
 
 use super::admission::{
     Admission, DRAIN_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_HANDSHAKES_PER_SOURCE,
-    MAX_PER_MEMBER, MAX_PER_NODE_MEMBER, MAX_QUERIES, Ticket,
+    MAX_PER_MEMBER, MAX_PER_NODE_MEMBER, MAX_QUERIES, MAX_QUERIES_PER_MEMBER, Ticket,
 };
 use super::config::{FedConfig, node_key, pins};
 use super::wire::{FromNode, ToNode};
@@ -46,6 +46,8 @@ pub struct NodeServer {
     pub(super) fhe: Mutex<Option<(String, Arc<kexin_mpc::fhe::Aggregator>)>>,
     /// Slots for queries running at once ([`MAX_QUERIES`]).
     queries: tokio::sync::Semaphore,
+    /// Each member's share of them ([`MAX_QUERIES_PER_MEMBER`]).
+    member_queries: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Set once the node is to stop taking connections.
     stopping: std::sync::atomic::AtomicBool,
     /// The HTTP API's certificate (PEM), once the API serves.
@@ -97,6 +99,7 @@ impl NodeServer {
             fhe: Mutex::new(None),
             collecting: Mutex::new(Default::default()),
             queries: tokio::sync::Semaphore::new(MAX_QUERIES),
+            member_queries: Default::default(),
             stopping: Default::default(),
             api_cert: Default::default(),
         })
@@ -113,10 +116,26 @@ impl NodeServer {
         self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Wait for one of the [`MAX_QUERIES`] query slots; the slot is freed
-    /// when the returned permit drops.
-    pub(super) fn query_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.rt.block_on(self.queries.acquire()).ok()
+    /// Wait for one of `member`'s [`MAX_QUERIES_PER_MEMBER`] places, then
+    /// for one of the node's [`MAX_QUERIES`] query slots; both are freed
+    /// when the returned permits drop.
+    pub(super) fn query_slot(
+        &self,
+        member: &str,
+    ) -> Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::SemaphorePermit<'_>,
+    )> {
+        let mine =
+            {
+                let mut all = self.member_queries.lock().ok()?;
+                Arc::clone(all.entry(member.to_string()).or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES_PER_MEMBER))
+                }))
+            };
+        let place = self.rt.block_on(mine.acquire_owned()).ok()?;
+        let slot = self.rt.block_on(self.queries.acquire()).ok()?;
+        Some((place, slot))
     }
 
     /// Serve on `listener` (one thread per connection) until the node is
