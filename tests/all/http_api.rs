@@ -490,3 +490,89 @@ fn a_member_certified_after_start_up_calls_the_api_without_a_restart() {
     let scenes = ok(dana.get("/v1/scenes").expect("call"));
     assert!(scenes.as_array().is_some_and(|s| !s.is_empty()));
 }
+
+#[test]
+fn kill_9_during_http_governance_writes_loses_no_acknowledged_write() {
+    let mut f = Federation::new(3, 10, &[]);
+    let (mut child, rest, fronts) =
+        crate::support::nodes::start_node_with(&f.dir, "h1", None, &["--http", "127.0.0.1:0"]);
+    std::thread::spawn(move || rest.count());
+    let api = fronts.api.expect("api");
+    let sp = space(&f);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four writers offer contracts through the API as fast as it answers;
+    // each keeps the ids the node acknowledged (a 200 with the contract).
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (sp, stop, api) = (Arc::clone(&sp), Arc::clone(&stop), api.clone());
+            std::thread::spawn(move || {
+                let holder = if w % 2 == 0 { "carol" } else { "dave" };
+                let key = members::load_key(&sp.dir, holder, None).expect("key");
+                let c = client(&sp, &api, Some(holder));
+                let mut acknowledged = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    n += 1;
+                    let terms = members::offer(
+                        &sp,
+                        "h1",
+                        holder,
+                        &key,
+                        "alice",
+                        "diabetes-2027",
+                        None,
+                        None,
+                        w * 100_000 + n,
+                        None,
+                        None,
+                    )
+                    .expect("sign");
+                    match c.post("/v1/contracts", &terms) {
+                        Ok(a) if a.status == 200 => {
+                            acknowledged.push(a.body["id"].as_str().expect("id").to_string())
+                        }
+                        Ok(a) => panic!("{} {}", a.status, a.body),
+                        Err(_) => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acknowledged: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer"))
+        .collect();
+    assert!(
+        !acknowledged.is_empty(),
+        "the node acknowledged writes before the kill"
+    );
+    // Started again, the node holds every contract it acknowledged, and its
+    // log verifies.
+    let api = f.start_api("h1");
+    let held = ok(client(&sp, &api, Some("carol"))
+        .get("/v1/contracts")
+        .expect("call"));
+    let ids: std::collections::BTreeSet<&str> = held
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    for id in &acknowledged {
+        assert!(ids.contains(id.as_str()), "acknowledged contract {id} lost");
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "verify", "--space", path(&f.dir), "--node", "h1"])
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -89,3 +89,42 @@ def test_thirty_two_clients_at_once(space, node):
         tables = list(pool.map(one, range(32)))
     assert len(tables) == 32 and tables[0]
     assert all(t == tables[0] for t in tables)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (lengths under 128)."""
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def _any(message: str, body: bytes) -> bytes:
+    url = f"type.googleapis.com/arrow.flight.protocol.sql.{message}".encode()
+    return _field(1, url) + _field(2, body)
+
+
+def test_malformed_flight_calls_are_refused_and_change_nothing(space, node):
+    import pyarrow.flight as fl
+
+    # Invalid-argument statuses arrive as ArrowInvalid, the others as FlightError.
+    errors = (fl.FlightError, pa.ArrowException)
+
+    host, port = node["flight"].removeprefix("grpc+tls://").rsplit(":", 1)
+    pem = kf.pinned_certificate(host, int(port), bytes.fromhex(node["node_key"]))
+    raw = fl.FlightClient(node["flight"], tls_root_certs=pem.encode(), override_hostname="localhost")
+    # A statement without a signed query.
+    cmd = _any("CommandStatementQuery", _field(1, SQL.encode()))
+    with pytest.raises(errors) as e:
+        raw.get_flight_info(fl.FlightDescriptor.for_command(cmd))
+    assert "KX-AUTH" in str(e.value)
+    # A ticket for no released result, and a ticket that is not one.
+    ticket = _any("TicketStatementQuery", _field(1, bytes(32)))
+    with pytest.raises(errors) as e:
+        raw.do_get(fl.Ticket(ticket)).read_all()
+    assert "KX-REQUEST" in str(e.value)
+    with pytest.raises(errors):
+        raw.do_get(fl.Ticket(b"\xff\x00garbage")).read_all()
+    raw.close()
+    # The node still answers.
+    with connect(space, node) as conn, conn.cursor() as cur:
+        cur.execute(SQL)
+        assert cur.fetch_arrow_table().num_rows > 0
