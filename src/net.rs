@@ -198,6 +198,13 @@ fn sig13(
     )
 }
 
+/// Every link is TLS 1.3: a TLS 1.2 signature is never checked.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
+}
+
 /// The client side accepts exactly one server key.
 #[derive(Debug)]
 struct PinnedServer(Vec<u8>);
@@ -225,9 +232,7 @@ impl ServerCertVerifier for PinnedServer {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        tls12_refused()
     }
     fn verify_tls13_signature(
         &self,
@@ -274,9 +279,7 @@ impl ClientCertVerifier for PinnedClients {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        tls12_refused()
     }
     fn verify_tls13_signature(
         &self,
@@ -350,9 +353,7 @@ impl ServerCertVerifier for PinnedX509 {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        tls12_refused()
     }
     fn verify_tls13_signature(
         &self,

@@ -131,12 +131,8 @@ fn signed_query(meta: &MetadataMap, sql: &str) -> Result<Signed<QueryBody>, Stat
         ));
     }
     let h = meta.get(QUERY_HEADER).ok_or_else(unsigned)?;
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(h.as_bytes())
-        .map_err(|_| unsigned())?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| unsigned())?;
-    let mut env = Signed::<QueryBody>::from_json(text, Code::Auth).map_err(|_| unsigned())?;
+    let mut env: Signed<QueryBody> =
+        super::http::header_envelope(h.as_bytes()).ok_or_else(unsigned)?;
     if env.body.sql.is_empty() {
         env.body.sql = sql.to_string();
     } else if env.body.sql != sql {

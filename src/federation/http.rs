@@ -36,7 +36,7 @@ use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header, request::Parts};
+use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ed25519_dalek::SigningKey;
@@ -137,6 +137,18 @@ fn internal_refusal() -> Refusal {
     kexin_engine::Error::internal("").as_refusal()
 }
 
+/// A signed envelope carried in a header (HTTP `Kexin-Request`, Flight
+/// `kexin-query`): base64url without padding of its JSON, size-limited.
+pub(super) fn header_envelope<T: serde::Serialize + DeserializeOwned>(
+    value: &[u8],
+) -> Option<Signed<T>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .ok()?;
+    Signed::from_json(std::str::from_utf8(&bytes).ok()?, Code::Auth).ok()
+}
+
 /// A call as it arrived: its head and its body, read within the limits.
 struct Call {
     parts: Parts,
@@ -174,13 +186,8 @@ impl Call {
         let Some(h) = self.parts.headers.get(REQUEST_HEADER) else {
             return Ok(None);
         };
-        let bad = || Reject(StatusCode::UNAUTHORIZED, BAD_SIGNATURE_HEADER);
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(h.as_bytes())
-            .map_err(|_| bad())?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| bad())?;
-        let env = Signed::<RequestBody>::from_json(text, Code::Auth).map_err(|_| bad())?;
+        let env: Signed<RequestBody> = header_envelope(h.as_bytes())
+            .ok_or(Reject(StatusCode::UNAUTHORIZED, BAD_SIGNATURE_HEADER))?;
         let b = &env.body;
         if b.method != self.parts.method.as_str()
             || b.target != self.target()
@@ -196,46 +203,67 @@ impl Call {
     }
 
     fn query<T: DeserializeOwned>(&self) -> Result<T, Reject> {
-        serde_urlencoded_query(&self.parts.uri)
+        axum::extract::Query::<T>::try_from_uri(&self.parts.uri)
+            .map(|q| q.0)
+            .map_err(|_| Reject(StatusCode::BAD_REQUEST, MALFORMED))
     }
 }
 
-fn serde_urlencoded_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Reject> {
-    axum::extract::Query::<T>::try_from_uri(uri)
-        .map(|q| q.0)
-        .map_err(|_| Reject(StatusCode::BAD_REQUEST, MALFORMED))
-}
+/// Who calls: a certified member and their role, or no one (on the calls
+/// anyone may make).
+type Caller = Option<(String, Role)>;
 
 impl Api {
-    /// Answer a signed call: read it, check the signature, build the
-    /// message from it, and answer as for the member's peer link.
-    async fn signed(
+    /// Read a call and check its signature (required unless `anyone` may
+    /// call), then run `then` with the caller, off the async workers. An
+    /// outsider learns nothing about the body: who calls is checked first.
+    async fn call(
         &self,
         req: Request,
         limit: usize,
-        build: impl FnOnce(&Call) -> Result<ToNode, Reject> + Send + 'static,
+        anyone: bool,
+        then: impl FnOnce(&NodeServer, Caller, &Call) -> Response + Send + 'static,
     ) -> Response {
         let call = match Call::read(req, limit).await {
             Ok(c) => c,
             Err(r) => return r.into_response(),
         };
         let env = match call.signature() {
-            Ok(Some(env)) => env,
-            Ok(None) => return refused(StatusCode::UNAUTHORIZED, UNSIGNED),
+            Ok(None) if !anyone => return refused(StatusCode::UNAUTHORIZED, UNSIGNED),
+            Ok(env) => env,
             Err(r) => return r.into_response(),
         };
         let server = Arc::clone(&self.0);
         self.blocking(move || {
-            // Who calls first: an outsider learns nothing about the body.
-            let role = match server.node.authenticate_request(&env) {
-                Ok(role) => role,
-                Err(e) => {
-                    tracing::info!(target: "kexin::api", "call refused: {}", e.as_refusal().rule);
-                    return refused(StatusCode::UNAUTHORIZED, e.as_refusal());
-                }
+            let caller = match env {
+                None => None,
+                Some(env) => match server.node.authenticate_request(&env) {
+                    Ok(role) => Some((env.body.member, role)),
+                    Err(e) => {
+                        tracing::info!(target: "kexin::api", "call refused: {}", e.as_refusal().rule);
+                        return refused(StatusCode::UNAUTHORIZED, e.as_refusal());
+                    }
+                },
             };
-            match build(&call) {
-                Ok(msg) => answer(&server, &env.body.member, role, msg),
+            then(&server, caller, &call)
+        })
+        .await
+    }
+
+    /// Answer a signed call as for the member's peer link, with the message
+    /// `build` makes of it.
+    async fn signed(
+        &self,
+        req: Request,
+        limit: usize,
+        build: impl FnOnce(&Call) -> Result<ToNode, Reject> + Send + 'static,
+    ) -> Response {
+        self.call(req, limit, false, move |server, caller, call| {
+            let Some((member, role)) = caller else {
+                return refused(StatusCode::UNAUTHORIZED, UNSIGNED);
+            };
+            match build(call) {
+                Ok(msg) => answer(server, &member, role, msg),
                 Err(r) => r.into_response(),
             }
         })
@@ -350,25 +378,10 @@ async fn checkpoint(State(api): State<Api>) -> Response {
         (status = 403, body = RefusalBody)),
     security((), ("kexin_request" = [])))]
 async fn proof(State(api): State<Api>, Path(seq): Path<u64>, req: Request) -> Response {
-    let call = match Call::read(req, MAX_BODY).await {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let env = match call.signature() {
-        Ok(env) => env,
-        Err(r) => return r.into_response(),
-    };
-    let server = Arc::clone(&api.0);
-    api.blocking(move || {
-        let member = match &env {
-            None => String::new(),
-            Some(env) => match server.node.authenticate_request(env) {
-                Ok(_) => env.body.member.clone(),
-                Err(e) => return refused(StatusCode::UNAUTHORIZED, e.as_refusal()),
-            },
-        };
+    api.call(req, MAX_BODY, true, move |server, caller, _| {
         // Any certified role may ask; an anonymous caller reads as nobody.
-        answer(&server, &member, Role::Researcher, ToNode::Prove { seq })
+        let member = caller.map(|(m, _)| m).unwrap_or_default();
+        answer(server, &member, Role::Researcher, ToNode::Prove { seq })
     })
     .await
 }
@@ -379,20 +392,7 @@ async fn proof(State(api): State<Api>, Path(seq): Path<u64>, req: Request) -> Re
     responses((status = 200, description = "Scenes in name order: purpose (text, Chinese text, DUO-style code), requester, datasets, whether consent is required, validity, release mode, federated"), (status = 401, body = RefusalBody)),
     security(("kexin_request" = [])))]
 async fn scenes(State(api): State<Api>, req: Request) -> Response {
-    let call = match Call::read(req, MAX_BODY).await {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let env = match call.signature() {
-        Ok(Some(env)) => env,
-        Ok(None) => return refused(StatusCode::UNAUTHORIZED, UNSIGNED),
-        Err(r) => return r.into_response(),
-    };
-    let server = Arc::clone(&api.0);
-    api.blocking(move || {
-        if let Err(e) = server.node.authenticate_request(&env) {
-            return refused(StatusCode::UNAUTHORIZED, e.as_refusal());
-        }
+    api.call(req, MAX_BODY, false, |server, _, _| {
         let list: Vec<Value> = server
             .space
             .scenes

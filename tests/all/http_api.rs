@@ -506,36 +506,15 @@ fn kill_9_during_http_governance_writes_loses_no_acknowledged_write() {
         .map(|w| {
             let (sp, stop, api) = (Arc::clone(&sp), Arc::clone(&stop), api.clone());
             std::thread::spawn(move || {
-                let holder = if w % 2 == 0 { "carol" } else { "dave" };
-                let key = members::load_key(&sp.dir, holder, None).expect("key");
-                let c = client(&sp, &api, Some(holder));
-                let mut acknowledged = Vec::new();
-                let mut n = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    n += 1;
-                    let terms = members::offer(
-                        &sp,
-                        "h1",
-                        holder,
-                        &key,
-                        "alice",
-                        "diabetes-2027",
-                        None,
-                        None,
-                        w * 100_000 + n,
-                        None,
-                        None,
-                    )
-                    .expect("sign");
-                    match c.post("/v1/contracts", &terms) {
+                crate::support::nodes::offer_until_stopped(&sp, w, &stop, |holder, terms| {
+                    match client(&sp, &api, Some(holder)).post("/v1/contracts", &terms) {
                         Ok(a) if a.status == 200 => {
-                            acknowledged.push(a.body["id"].as_str().expect("id").to_string())
+                            Some(a.body["id"].as_str().expect("id").to_string())
                         }
                         Ok(a) => panic!("{} {}", a.status, a.body),
-                        Err(_) => break,
+                        Err(_) => None,
                     }
-                }
-                acknowledged
+                })
             })
         })
         .collect();

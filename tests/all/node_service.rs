@@ -618,26 +618,8 @@ fn kill_9_of_the_node_loses_no_acknowledged_governance_write() {
                 f.dir.clone(),
             );
             std::thread::spawn(move || {
-                let holder = if w % 2 == 0 { "carol" } else { "dave" };
-                let key = kexin::members::load_key(&dir, holder, None).expect("key");
-                let mut acknowledged = Vec::new();
-                let mut n = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    n += 1;
-                    let terms = kexin::members::offer(
-                        &space,
-                        "h1",
-                        holder,
-                        &key,
-                        "alice",
-                        "diabetes-2027",
-                        None,
-                        None,
-                        w * 100_000 + n,
-                        None,
-                        None,
-                    )
-                    .expect("sign");
+                crate::support::nodes::offer_until_stopped(&space, w, &stop, |holder, terms| {
+                    let key = kexin::members::load_key(&dir, holder, None).expect("key");
                     match kexin::federation::ask(
                         &space,
                         "h1",
@@ -645,12 +627,11 @@ fn kill_9_of_the_node_loses_no_acknowledged_governance_write() {
                         &ToNode::ContractOffer(terms),
                         Duration::from_secs(10),
                     ) {
-                        Ok(FromNode::Contract(c)) => acknowledged.push(c.id),
+                        Ok(FromNode::Contract(c)) => Some(c.id),
                         Ok(other) => panic!("{other:?}"),
-                        Err(_) => break,
+                        Err(_) => None,
                     }
-                }
-                acknowledged
+                })
             })
         })
         .collect();

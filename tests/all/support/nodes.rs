@@ -253,3 +253,43 @@ impl Federation {
 pub fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Writer `w` (carol for even `w`, dave for odd) offers contracts on h1,
+/// each with its own terms, through `send` until `stop` is set or `send`
+/// gives up (`None`: the node went away); the ids the node acknowledged.
+pub fn offer_until_stopped(
+    space: &kexin_engine::policy::Space,
+    w: u64,
+    stop: &std::sync::atomic::AtomicBool,
+    mut send: impl FnMut(
+        &str,
+        kexin_engine::identity::Signed<kexin_engine::contract::Terms>,
+    ) -> Option<String>,
+) -> Vec<String> {
+    let holder = if w.is_multiple_of(2) { "carol" } else { "dave" };
+    let key = kexin::members::load_key(&space.dir, holder, None).expect("key");
+    let mut acknowledged = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        n += 1;
+        let terms = kexin::members::offer(
+            space,
+            "h1",
+            holder,
+            &key,
+            "alice",
+            "diabetes-2027",
+            None,
+            None,
+            w * 100_000 + n,
+            None,
+            None,
+        )
+        .expect("sign");
+        match send(holder, terms) {
+            Some(id) => acknowledged.push(id),
+            None => break,
+        }
+    }
+    acknowledged
+}
