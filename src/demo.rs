@@ -390,6 +390,34 @@ fn start_nodes(space: &Arc<Space>, dir: &Path) -> Result<Vec<(String, SigningKey
     Ok(people)
 }
 
+/// A researcher checks node h1's log through its server, as `kexin audit
+/// verify --as alice` does: every leaf, the signed checkpoint's root, and
+/// each of her own entries against its leaf. She sees none of the others.
+fn researcher_verifies(space: &Space) -> Result<bool> {
+    let alice = members::load_key(&space.dir, "alice", None)?;
+    let Ok((pages, verifier)) = crate::federation::read_log(space, "h1", &alice)? else {
+        println!("== alice could not read h1's log through its server");
+        return Ok(false);
+    };
+    let key = kexin_engine::audit::NoteKey::parse(&verifier)?;
+    let origin = kexin_engine::witness::origin(&space.name, "h1");
+    match kexin_engine::log_view::check_pages(&origin, &key, &pages, &[]) {
+        Ok(r) => {
+            println!(
+                "== kexin audit verify --as alice (through h1's server): {} entries, root {}; her {} entries checked against their leaves, no one else's shown",
+                r.size,
+                r.root_hex,
+                r.shown.len()
+            );
+            Ok(r.shown.iter().all(|e| e.actor == "alice"))
+        }
+        Err(e) => {
+            println!("== alice's check of h1's log FAILED: {e}");
+            Ok(false)
+        }
+    }
+}
+
 fn federation_step(
     space: &Arc<Space>,
     dir: &Path,
@@ -648,9 +676,12 @@ pub fn run(keep: Option<PathBuf>) -> Result<u8> {
     if !federation_step(&space, &dir, last + 1, &people)? {
         surprises += 1;
     }
+    if !researcher_verifies(&space)? {
+        surprises += 1;
+    }
     let report = kexin_engine::store::verify(&dir.join("h1"), None)?;
     println!(
-        "== kexin audit verify: {} entries, {} signed checkpoints, root {}",
+        "== kexin audit verify --local: {} entries, {} signed checkpoints, root {}",
         report.entries, report.checkpoints, report.root_hex
     );
     if surprises > 0 {

@@ -43,7 +43,7 @@ mod services;
 mod wire;
 
 pub use api_client::{ApiAnswer, ApiClient};
-pub use client::{ask, query_wait, unexpected};
+pub use client::{LogRead, ask, query_wait, read_log, unexpected};
 pub(crate) use config::node_key;
 pub use config::{FedConfig, NodeAddr, node_identity, pins};
 pub use flight::{FlightSql, QUERY_HEADER, RESULT_TTL};

@@ -262,26 +262,40 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum AuditAction {
-    /// Recompute the Merkle log and check every signed checkpoint.
+    /// Check a node's Merkle log against its signed checkpoint. Through the
+    /// node's server (default, as --as MEMBER): read every leaf hash and the
+    /// entries the member may see, recompute the root, check each entry
+    /// shown against its leaf. With --local, on the node's own machine:
+    /// recompute every entry and every signed checkpoint from its folder.
     Verify {
         #[arg(long)]
         space: PathBuf,
         #[arg(long)]
         node: Option<String>,
-        /// A checkpoint (signed note) saved earlier by a third party.
+        /// A checkpoint (signed note) saved earlier by a third party: it
+        /// must be the root of a prefix of the log.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Through the server: a file holding the checkpoint this command
+        /// verified last time. It must be a prefix of the log now; on
+        /// success the new checkpoint replaces it (created if missing).
+        #[arg(long, conflicts_with = "local")]
+        keep: Option<PathBuf>,
         /// Also check the log against the checkpoints of it that the other
         /// nodes of the space witnessed (their node servers must run).
         #[arg(long)]
         witnesses: bool,
-        /// With --witnesses: ask as this member (default: the node's own
-        /// identity from federation.toml).
+        /// The asking member (through the server; with --local --witnesses,
+        /// default: the node's own identity from federation.toml).
         #[arg(long = "as")]
         actor: Option<String>,
         /// The member's key file (default: space/keys/<member>.key).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Verify the node's folder in this process (its operator, on the
+        /// node's own machine).
+        #[arg(long)]
+        local: bool,
     },
     /// Show the node's latest checkpoint to the other nodes, which keep and
     /// countersign it (node servers also do this by themselves every few
@@ -294,13 +308,24 @@ enum AuditAction {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
-    /// List audit entries as JSON lines (in process, on the node's
-    /// machine).
+    /// List audit entries as JSON lines. Through the node's server
+    /// (default, as --as MEMBER): the entries the member may see (their
+    /// own; all of them for the node's data holders and the operator),
+    /// printed once the log they come from verifies as `audit verify` does.
+    /// With --local: every entry, read from the node's folder.
     List {
         #[arg(long)]
         space: PathBuf,
         #[arg(long)]
         node: Option<String>,
+        #[arg(long = "as")]
+        actor: Option<String>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Read the node's folder in this process (its operator, on the
+        /// node's own machine).
+        #[arg(long)]
+        local: bool,
     },
     /// Ask a node's server for the evidence that audit entry --seq (the
     /// `audit_seq` of a result or receipt) is in its log, and check it: the

@@ -324,11 +324,26 @@ impl fmt::Display for Code {
 pub struct Refusal {
     pub code: Code,
     pub rule: &'static str,
+    /// The audit entry that recorded the refusal, once one did (refused
+    /// governance actions: contracts, the airlock, UDF approvals, consent).
+    pub audit_seq: Option<u64>,
 }
 
 impl Refusal {
     pub const fn new(code: Code, rule: &'static str) -> Self {
-        Self { code, rule }
+        Self {
+            code,
+            rule,
+            audit_seq: None,
+        }
+    }
+
+    /// The same refusal, recorded as audit entry `seq`.
+    pub const fn audited(self, seq: u64) -> Self {
+        Self {
+            audit_seq: Some(seq),
+            ..self
+        }
     }
 }
 

@@ -60,6 +60,6 @@ pub mod trust;
 pub use govern::{airlock, consent, contract, contribution, registry};
 pub use query::{cells, disclosure, dp, gate, rewrite, udf};
 pub use space::policy;
-pub use trust::{audit, identity, ledger, store, witness};
+pub use trust::{audit, identity, ledger, log_view, store, witness};
 
 pub use error::{Code, Error, Refusal, Result};

@@ -11,5 +11,6 @@
 pub mod audit;
 pub mod identity;
 pub mod ledger;
+pub mod log_view;
 pub mod store;
 pub mod witness;

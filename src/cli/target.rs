@@ -44,7 +44,7 @@ pub(crate) fn answer<T>(r: kexin_engine::Result<T>) -> Result<Answer<T>> {
         Err(kexin_engine::Error::Refused(r)) => Ok(Err(Refused {
             code: r.code,
             rule: r.rule.to_string(),
-            audit_seq: None,
+            audit_seq: r.audit_seq,
         })),
         Err(e) => Err(e.into()),
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Connections a node serves at once (each holds a thread).
 pub(crate) const MAX_CONNECTIONS: usize = 256;
@@ -29,6 +29,54 @@ pub(crate) const MAX_QUERIES: usize = 32;
 /// came through (peer link, HTTP API, Flight SQL); more wait their turn.
 /// One researcher's burst holds at most a quarter of the slots.
 pub(crate) const MAX_QUERIES_PER_MEMBER: usize = 8;
+/// Each member's pace of queries: a token bucket per member that fills at
+/// `limits.queries_per_minute` and holds a quarter minute's worth. A query
+/// takes a token when it asks; when there is none it reserves the next one
+/// and waits until then, so one member's flood slows that member only and
+/// the others keep their share of the node's query slots. Reservations are
+/// made inside the member's [`MAX_QUERIES_PER_MEMBER`] places, so a member
+/// has at most that many waiting.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    /// Tokens per second (0: no pace).
+    rate: f64,
+    /// The most tokens a bucket holds.
+    burst: f64,
+    /// (tokens, when they were counted) per member; tokens go below zero
+    /// when reserved ahead.
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl Pace {
+    pub(crate) fn new(per_minute: u32) -> Pace {
+        Pace {
+            rate: f64::from(per_minute) / 60.0,
+            burst: (f64::from(per_minute) / 4.0).max(1.0),
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Take one of `member`'s tokens at `now`; how long the query must wait
+    /// before it starts (zero when a token was there).
+    pub(crate) fn reserve(&self, member: &str, now: Instant) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let Ok(mut all) = self.buckets.lock() else {
+            return Duration::ZERO;
+        };
+        let (tokens, at) = all.entry(member.to_string()).or_insert((self.burst, now));
+        let filled = now.saturating_duration_since(*at).as_secs_f64() * self.rate;
+        *tokens = (*tokens + filled).min(self.burst) - 1.0;
+        *at = now;
+        if *tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-*tokens / self.rate)
+        }
+    }
+}
+
 /// How long a stopping node waits for the connections it already took.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -135,6 +183,37 @@ impl Drop for Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_members_queries_past_the_pace_wait_and_others_do_not() {
+        // 60 a minute: one a second, bursts of 15.
+        let pace = Pace::new(60);
+        let t0 = Instant::now();
+        for _ in 0..15 {
+            assert_eq!(pace.reserve("mallory", t0), Duration::ZERO);
+        }
+        // The 16th waits a second, the 17th two: reserved in turn.
+        assert_eq!(pace.reserve("mallory", t0), Duration::from_secs(1));
+        assert_eq!(pace.reserve("mallory", t0), Duration::from_secs(2));
+        // Another member is not slowed by mallory's flood.
+        assert_eq!(pace.reserve("alice", t0), Duration::ZERO);
+        // Three seconds later the two reserved tokens are paid and a third
+        // is there; the one after is a second away again.
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(pace.reserve("mallory", later), Duration::ZERO);
+        assert_eq!(pace.reserve("mallory", later), Duration::from_secs(1));
+        // A long pause refills the bucket to its burst, no more.
+        let much_later = t0 + Duration::from_secs(3600);
+        for _ in 0..15 {
+            assert_eq!(pace.reserve("mallory", much_later), Duration::ZERO);
+        }
+        assert!(pace.reserve("mallory", much_later) > Duration::ZERO);
+        // 0: no pace.
+        let off = Pace::new(0);
+        for _ in 0..1000 {
+            assert_eq!(off.reserve("mallory", t0), Duration::ZERO);
+        }
+    }
 
     #[test]
     fn admission_limits_handshakes_per_source_and_frees_places() {

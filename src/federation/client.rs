@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use ed25519_dalek::SigningKey;
+use kexin_engine::Code;
+use kexin_engine::log_view::{LogPage, MAX_PAGE};
 use kexin_engine::policy::Space;
 
 use super::config::{FedConfig, node_key};
@@ -74,4 +76,44 @@ pub fn unexpected(node: &str, got: &FromNode) -> anyhow::Error {
         })
         .unwrap_or_default();
     anyhow!("node {node} answered with an unexpected message ({kind})")
+}
+
+/// A node's whole log as read: its pages and its verifier key.
+pub type LogRead = (Vec<LogPage>, String);
+
+/// Every page of node `node`'s audit log as the holder of `key` may read
+/// it (all leaves; the entries the member may see), under the checkpoint
+/// of the first page, with the node's verifier key; or the node's refusal
+/// (its code and rule). Check the pages with
+/// [`kexin_engine::log_view::check_pages`].
+pub fn read_log(
+    space: &Space,
+    node: &str,
+    key: &SigningKey,
+) -> Result<std::result::Result<LogRead, (Code, String)>> {
+    let wait = query_wait(space)?;
+    let (mut pages, mut verifier, mut size) = (Vec::<LogPage>::new(), None::<String>, None);
+    loop {
+        let msg = ToNode::AuditLog {
+            size,
+            from: pages.last().map_or(1, LogPage::next),
+            limit: MAX_PAGE,
+        };
+        let (page, v) = match ask(space, node, key, &msg, wait)? {
+            FromNode::Log { page, verifier } => (*page, verifier),
+            FromNode::Refused { code, rule, .. } => return Ok(Err((code, rule))),
+            other => return Err(unexpected(node, &other)),
+        };
+        // Every page must come under the first page's key (`check_pages`
+        // compares the checkpoints).
+        if *verifier.get_or_insert_with(|| v.clone()) != v {
+            anyhow::bail!("node {node} changed its verifier key between pages");
+        }
+        size = Some(page.size);
+        let done = page.leaves.is_empty() || page.next() > page.size;
+        pages.push(page);
+        if done {
+            return Ok(Ok((pages, verifier.unwrap_or_default())));
+        }
+    }
 }

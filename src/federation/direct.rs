@@ -1,6 +1,7 @@
 //! Requests one node answers alone, for members who are not on the node's
 //! machine: a researcher's query, contracts, the airlock, individuals'
-//! consent, UDF approvals, the DP ledger and audit inclusion proofs. Each
+//! consent, UDF approvals, the DP ledger, audit inclusion proofs and pages
+//! of the audit log. Each
 //! goes through the same engine call as the in-process path (`--local`), so
 //! the rules, the audit entries and the JSON shapes are the same. A signed
 //! request must be signed by the link's member; reads show only what the
@@ -128,6 +129,13 @@ impl NodeServer {
                     verifier,
                 }
             }),
+            ToNode::AuditLog { size, from, limit } => reply(
+                node.audit_log(member, size, from, limit),
+                |(page, verifier)| FromNode::Log {
+                    page: Box::new(page),
+                    verifier,
+                },
+            ),
             ToNode::Budgets { actor, scene } => reply(
                 node.budgets_for(member, actor.as_deref(), scene.as_deref()),
                 FromNode::Budgets,

@@ -311,6 +311,18 @@ struct ConsentsQuery {
     scene: Option<String>,
 }
 
+/// Which page of the audit log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// The tree size of the checkpoint to read under (default: the latest).
+    size: Option<u64>,
+    /// The first entry's sequence number (default 1).
+    from: Option<u64>,
+    /// At most this many leaves (default and most: 4096).
+    limit: Option<u64>,
+}
+
 /// Filters of the modules listed.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -382,6 +394,31 @@ async fn proof(State(api): State<Api>, Path(seq): Path<u64>, req: Request) -> Re
         // Any certified role may ask; an anonymous caller reads as nobody.
         let member = caller.map(|(m, _)| m).unwrap_or_default();
         answer(server, &member, Role::Researcher, ToNode::Prove { seq })
+    })
+    .await
+}
+
+/// One page of the node's audit log under one signed checkpoint: every
+/// leaf hash of the range, and the entries of it the caller may see.
+#[utoipa::path(get, path = "/v1/audit", tag = "anyone",
+    params(LogQuery),
+    responses(
+        (status = 200, description = "`{page: {checkpoint, size, from, leaves, entries}, verifier}`: the leaf hashes (hex) of entries `from`… (at most `limit`, 4096 at most) under the checkpoint of tree size `size` (the latest when absent), and the entries of that range the caller may see as JSON exactly as hashed (to its actor, the node's data holders and the operator when signed; none when anonymous). Read pages under one `size` until `from + len(leaves) > size`, then recompute the root (RFC 9162) and compare it with the signed checkpoint"),
+        (status = 403, body = RefusalBody)),
+    security((), ("kexin_request" = [])))]
+async fn audit_log(State(api): State<Api>, req: Request) -> Response {
+    api.call(req, MAX_BODY, true, move |server, caller, call| {
+        let q = match call.query::<LogQuery>() {
+            Ok(q) => q,
+            Err(r) => return r.into_response(),
+        };
+        let member = caller.map(|(m, _)| m).unwrap_or_default();
+        let msg = ToNode::AuditLog {
+            size: q.size,
+            from: q.from.unwrap_or(1),
+            limit: q.limit.unwrap_or(kexin_engine::log_view::MAX_PAGE),
+        };
+        answer(server, &member, Role::Researcher, msg)
     })
     .await
 }
@@ -585,7 +622,7 @@ impl utoipa::Modify for Security {
         description = "Governance for individuals, data holders and researchers; checkpoints and inclusion proofs for anyone. Every call but those tagged `anyone` is signed (`Kexin-Request`); state-changing calls also carry the engine's signed body for the action."
     ),
     paths(
-        node_info, checkpoint, proof, openapi_doc, scenes, query, contracts, contract_offer,
+        node_info, checkpoint, proof, audit_log, openapi_doc, scenes, query, contracts, contract_offer,
         contract_act, airlock, airlock_act, consent, consents, history, udf_register, udfs,
         budgets
     ),
@@ -605,6 +642,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/node"),
     ("GET", "/v1/checkpoint"),
     ("GET", "/v1/audit/{seq}/proof"),
+    ("GET", "/v1/audit"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/scenes"),
     ("POST", "/v1/queries"),
@@ -626,6 +664,7 @@ fn router(server: Arc<NodeServer>) -> Router {
         .route("/v1/node", get(node_info))
         .route("/v1/checkpoint", get(checkpoint))
         .route("/v1/audit/{seq}/proof", get(proof))
+        .route("/v1/audit", get(audit_log))
         .route("/v1/openapi.json", get(openapi_doc))
         .route("/v1/scenes", get(scenes))
         .route("/v1/queries", post(query))

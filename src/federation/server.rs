@@ -20,7 +20,7 @@ use kexin_mpc::message::Message;
 
 use super::admission::{
     Admission, DRAIN_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_HANDSHAKES_PER_SOURCE,
-    MAX_PER_MEMBER, MAX_PER_NODE_MEMBER, MAX_QUERIES, MAX_QUERIES_PER_MEMBER, Ticket,
+    MAX_PER_MEMBER, MAX_PER_NODE_MEMBER, MAX_QUERIES, MAX_QUERIES_PER_MEMBER, Pace, Ticket,
 };
 use super::config::{FedConfig, node_key, pins};
 use super::wire::{FromNode, ToNode};
@@ -48,6 +48,8 @@ pub struct NodeServer {
     queries: tokio::sync::Semaphore,
     /// Each member's share of them ([`MAX_QUERIES_PER_MEMBER`]).
     member_queries: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Each member's pace of queries (`limits.queries_per_minute`).
+    pace: Pace,
     /// Set once the node is to stop taking connections.
     stopping: std::sync::atomic::AtomicBool,
     /// The HTTP API's certificate (PEM), once the API serves.
@@ -88,6 +90,7 @@ impl NodeServer {
         let node = rt.block_on(Node::open(Arc::clone(&space), name))?;
         crate::ledger::NetLedger::new(Arc::clone(&space), cfg.clone(), me.clone(), name)
             .install(&node);
+        let pace = Pace::new(space.limits.queries_per_minute);
         Ok(NodeServer {
             node,
             space,
@@ -100,6 +103,7 @@ impl NodeServer {
             collecting: Mutex::new(Default::default()),
             queries: tokio::sync::Semaphore::new(MAX_QUERIES),
             member_queries: Default::default(),
+            pace,
             stopping: Default::default(),
             api_cert: Default::default(),
         })
@@ -117,7 +121,8 @@ impl NodeServer {
     }
 
     /// Wait for one of `member`'s [`MAX_QUERIES_PER_MEMBER`] places, then
-    /// for one of the node's [`MAX_QUERIES`] query slots; both are freed
+    /// for the member's turn at its pace ([`Pace`]), then for one of the
+    /// node's [`MAX_QUERIES`] query slots; the place and the slot are freed
     /// when the returned permits drop.
     pub(super) fn query_slot(
         &self,
@@ -134,6 +139,11 @@ impl NodeServer {
                 }))
             };
         let place = self.rt.block_on(mine.acquire_owned()).ok()?;
+        let wait = self.pace.reserve(member, std::time::Instant::now());
+        if !wait.is_zero() {
+            tracing::debug!(target: "kexin::node", "a member's query waits for its pace");
+            std::thread::sleep(wait);
+        }
         let slot = self.rt.block_on(self.queries.acquire()).ok()?;
         Some((place, slot))
     }

@@ -10,6 +10,7 @@ use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
 use kexin_engine::federated::{FederateBody, JointRows, PsiBody, PsiMode};
 use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody};
 use kexin_engine::ledger::Budget;
+use kexin_engine::log_view::LogPage;
 use kexin_engine::node::{ListedUdf, Outcome, Registration};
 use kexin_engine::registry::Use;
 use kexin_engine::store::AuditProof;
@@ -79,6 +80,14 @@ pub enum ToNode {
     /// The evidence that audit entry `seq` is in this node's log.
     Prove {
         seq: u64,
+    },
+    /// One page of this node's log: the leaves from entry `from` (at most
+    /// `limit`) under the checkpoint of tree size `size` (the latest when
+    /// absent), with the entries the link's member may see.
+    AuditLog {
+        size: Option<u64>,
+        from: u64,
+        limit: u64,
     },
 }
 
@@ -163,15 +172,21 @@ pub enum FromNode {
         proof: Box<AuditProof>,
         verifier: String,
     },
+    /// A page of the node's log, with its checkpoint verifier key.
+    Log {
+        page: Box<LogPage>,
+        verifier: String,
+    },
 }
 
 impl FromNode {
-    /// A refusal with its fixed code and rule.
+    /// A refusal with its fixed code and rule, and the audit entry that
+    /// recorded it (`audit_seq`, else the refusal's own).
     pub(crate) fn refused(r: Refusal, audit_seq: Option<u64>) -> FromNode {
         FromNode::Refused {
             code: r.code,
             rule: r.rule.into(),
-            audit_seq,
+            audit_seq: audit_seq.or(r.audit_seq),
         }
     }
 }

@@ -77,7 +77,13 @@ fn json_lines(out: &Output) -> Vec<Value> {
 }
 
 fn verify(dir: &Path) -> (bool, String) {
-    let out = kexin(&["audit", "verify", "--space", dir.to_str().expect("utf8")]);
+    let out = kexin(&[
+        "audit",
+        "verify",
+        "--local",
+        "--space",
+        dir.to_str().expect("utf8"),
+    ]);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -170,7 +176,13 @@ fn json_contract_and_exit_status() {
     let csv = String::from_utf8_lossy(&out.stdout);
     assert!(csv.starts_with("sex,n\nF,"), "{csv}");
     // The audit list shows digests and decisions, never the SQL's literals.
-    let out = kexin(&["audit", "list", "--space", t.path().to_str().expect("utf8")]);
+    let out = kexin(&[
+        "audit",
+        "list",
+        "--local",
+        "--space",
+        t.path().to_str().expect("utf8"),
+    ]);
     let list = String::from_utf8_lossy(&out.stdout);
     assert_eq!(list.lines().count() as u64, base + 4);
     assert!(list.contains("\"decision\":\"refused\"") && list.contains("KX-DISC-IDENTIFIER"));
@@ -328,6 +340,7 @@ fn rolled_back_database_is_detected() {
     let out = kexin(&[
         "audit",
         "verify",
+        "--local",
         "--space",
         t.path().to_str().expect("utf8"),
         "--checkpoint",
@@ -579,7 +592,13 @@ fn audit_list_does_not_create_state() {
     for f in ["kexin.db", "kexin.db-wal", "kexin.db-shm"] {
         let _ = std::fs::remove_file(t.path().join("h1").join(f));
     }
-    let out = kexin(&["audit", "list", "--space", t.path().to_str().unwrap()]);
+    let out = kexin(&[
+        "audit",
+        "list",
+        "--local",
+        "--space",
+        t.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no audit log yet"));
     assert!(!t.path().join("h1").join("kexin.db").exists());
@@ -655,7 +674,7 @@ fn dp_query_json_and_budget_show() {
     assert_eq!(after[0]["requester_epsilon_total"], 5.0);
     assert!((after[0]["requester_epsilon_spent"].as_f64().unwrap() - 0.1).abs() < 1e-9);
     // The charge is in the query's audit entry.
-    let entries = json_lines(&kexin(&["audit", "list", "--space", dir]));
+    let entries = json_lines(&kexin(&["audit", "list", "--local", "--space", dir]));
     let dp_entry = entries
         .iter()
         .find(|e| e["scene"] == "diabetes-dp" && e["kind"] == "query")

@@ -752,7 +752,7 @@ fn witnesses_catch_a_truncated_log() {
         "{answers:?}"
     );
     let verify = |witnesses: bool| {
-        let mut args = vec!["audit", "verify", "--space", dir, "--node", "h1"];
+        let mut args = vec!["audit", "verify", "--local", "--space", dir, "--node", "h1"];
         if witnesses {
             args.push("--witnesses");
         }

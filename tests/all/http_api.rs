@@ -170,10 +170,19 @@ fn governance_and_queries_over_http_answer_as_the_cli() {
     assert!(ok(carol.get("/v1/airlock").expect("call")).is_array());
 }
 
-/// The refused entries of h1's audit log: (actor, kind, code), in order.
-fn audited_refusals(f: &Federation) -> Vec<(String, String, String)> {
+/// The refused entries of h1's audit log: (seq, actor, kind, code), in
+/// order.
+fn audited_refusals(f: &Federation) -> Vec<(u64, String, String, String)> {
     let out = std::process::Command::new(BIN)
-        .args(["audit", "list", "--space", path(&f.dir), "--node", "h1"])
+        .args([
+            "audit",
+            "list",
+            "--local",
+            "--space",
+            path(&f.dir),
+            "--node",
+            "h1",
+        ])
         .output()
         .expect("audit list");
     String::from_utf8_lossy(&out.stdout)
@@ -182,7 +191,12 @@ fn audited_refusals(f: &Federation) -> Vec<(String, String, String)> {
         .filter(|e| e["decision"] == "refused")
         .map(|e| {
             let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-            (s("actor"), s("kind"), s("code"))
+            (
+                e["seq"].as_u64().unwrap_or(0),
+                s("actor"),
+                s("kind"),
+                s("code"),
+            )
         })
         .collect()
 }
@@ -285,6 +299,7 @@ fn forged_replayed_misrouted_and_malformed_calls_are_refused() {
     let refused_before = audited_refusals(&f);
     let replayed = carol.post("/v1/contracts", &terms).expect("call");
     refused(&replayed, 403, "KX-AUTH");
+    let mut answered = vec![replayed.body["audit_seq"].as_u64()];
     let mut forged =
         members::contract_action(&sp, "h1", "alice", &akey, &id, Verb::Agree).expect("act");
     forged.body.nonce = members::contract_action(&sp, "h1", "alice", &akey, &id, Verb::Agree)
@@ -293,23 +308,19 @@ fn forged_replayed_misrouted_and_malformed_calls_are_refused() {
         .nonce;
     let misrouted =
         members::contract_action(&sp, "h2", "alice", &akey, &id, Verb::Agree).expect("act");
-    refused(
-        &alice.post("/v1/contracts/actions", &forged).expect("call"),
-        403,
-        "KX-CONTRACT",
-    );
-    refused(
-        &alice
-            .post("/v1/contracts/actions", &misrouted)
-            .expect("call"),
-        403,
-        "KX-CONTRACT",
-    );
-    // Each refusal is in the node's audit log, under the claimed actor.
-    let new: Vec<(String, String, String)> = audited_refusals(&f)
+    for body in [&forged, &misrouted] {
+        let a = alice.post("/v1/contracts/actions", body).expect("call");
+        refused(&a, 403, "KX-CONTRACT");
+        answered.push(a.body["audit_seq"].as_u64());
+    }
+    // Each refusal is in the node's audit log, under the claimed actor,
+    // and its answer names the entry.
+    let new: Vec<(u64, String, String, String)> = audited_refusals(&f)
         .into_iter()
         .skip(refused_before.len())
         .collect();
+    assert_eq!(answered, new.iter().map(|e| Some(e.0)).collect::<Vec<_>>());
+    let new: Vec<(String, String, String)> = new.into_iter().map(|e| (e.1, e.2, e.3)).collect();
     assert_eq!(
         new,
         [
@@ -546,7 +557,15 @@ fn kill_9_during_http_governance_writes_loses_no_acknowledged_write() {
         assert!(ids.contains(id.as_str()), "acknowledged contract {id} lost");
     }
     let out = std::process::Command::new(BIN)
-        .args(["audit", "verify", "--space", path(&f.dir), "--node", "h1"])
+        .args([
+            "audit",
+            "verify",
+            "--local",
+            "--space",
+            path(&f.dir),
+            "--node",
+            "h1",
+        ])
         .output()
         .expect("verify");
     assert!(

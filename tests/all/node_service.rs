@@ -208,7 +208,15 @@ fn sigterm_stops_the_node_after_its_work() {
     assert!(err.contains("cannot reach node h1"), "{err}");
     // What it acknowledged is in its audit log, which verifies.
     let out = Command::new(BIN)
-        .args(["audit", "verify", "--space", path(&f.dir), "--node", "h1"])
+        .args([
+            "audit",
+            "verify",
+            "--local",
+            "--space",
+            path(&f.dir),
+            "--node",
+            "h1",
+        ])
         .output()
         .expect("verify");
     assert!(
@@ -457,6 +465,19 @@ fn governance_goes_through_the_node_server() {
     };
     assert_eq!(prove("alice"), 3);
     assert_eq!(prove("carol"), 0);
+    // The same for the log read through the server: the held entry is
+    // listed to the reviewer, not to its requester until released.
+    let seqs = |who: &str| -> Vec<u64> {
+        let (rc, out) = kexin(&["audit", "list", "--space", d, "--node", "h1", "--as", who]);
+        assert_eq!(rc, 0, "{out}");
+        lines(&out)
+            .iter()
+            .map(|e| e["seq"].as_u64().expect("seq"))
+            .collect()
+    };
+    let held_n: u64 = held_seq.parse().expect("seq");
+    assert!(!seqs("alice").contains(&held_n));
+    assert!(seqs("carol").contains(&held_n));
     assert!(
         listed("carol")
             .iter()
@@ -483,6 +504,7 @@ fn governance_goes_through_the_node_server() {
         .expect("alice's result");
     assert_ne!(released_entry["output_sha256"], "");
     assert_eq!(prove("alice"), 0);
+    assert!(seqs("alice").contains(&held_n));
 }
 
 #[test]
@@ -670,7 +692,15 @@ fn kill_9_of_the_node_loses_no_acknowledged_governance_write() {
         assert!(ids.contains(id.as_str()), "acknowledged contract {id} lost");
     }
     let out = Command::new(BIN)
-        .args(["audit", "verify", "--space", path(&f.dir), "--node", "h1"])
+        .args([
+            "audit",
+            "verify",
+            "--local",
+            "--space",
+            path(&f.dir),
+            "--node",
+            "h1",
+        ])
         .output()
         .expect("verify");
     assert!(
@@ -726,4 +756,102 @@ fn anyone_gets_a_checked_inclusion_proof_of_an_audit_entry() {
         "audit", "prove", "--space", d, "--node", "h1", "--as", "bob", "--seq", "999999",
     ]);
     assert_eq!(rc, 3, "{out}");
+}
+
+#[test]
+fn a_member_lists_and_verifies_a_nodes_log_through_its_server() {
+    let f = Federation::new(3, 10, &["h1"]);
+    let d = path(&f.dir);
+    let (rc, v, err) = query(&f, "alice", "diabetes-2027", SQL, false);
+    assert_eq!(rc, 0, "{v} {err}");
+    let mine = v["audit_seq"].as_u64().expect("audit_seq");
+    // bob's query (not his scene: refused, and audited under his name).
+    let (_, b, _) = query(&f, "bob", "diabetes-2027", SQL, false);
+    let his = b["audit_seq"].as_u64().expect("bob's entry");
+    let list = |who: &str| {
+        let (rc, out) = kexin(&["audit", "list", "--space", d, "--node", "h1", "--as", who]);
+        assert_eq!(rc, 0, "{out}");
+        lines(&out)
+    };
+    // A researcher sees her own entries only; the node's data holder sees
+    // every entry, the same as the operator's in-process list.
+    let alice = list("alice");
+    assert!(alice.iter().any(|e| e["seq"].as_u64() == Some(mine)));
+    assert!(alice.iter().all(|e| e["actor"] == "alice"), "{alice:?}");
+    let out = Command::new(BIN)
+        .args(["audit", "list", "--local", "--space", d, "--node", "h1"])
+        .output()
+        .expect("audit list --local");
+    assert!(out.status.success());
+    let all = list("carol");
+    assert_eq!(all, lines(&String::from_utf8_lossy(&out.stdout)));
+    assert!(
+        all.iter()
+            .any(|e| e["seq"].as_u64() == Some(his) && e["actor"] == "bob")
+    );
+    // Without a member there is no one to ask as.
+    let (rc, out) = kexin(&["audit", "list", "--space", d, "--node", "h1"]);
+    assert_ne!(rc, 0, "{out}");
+
+    // Verify, keeping the checkpoint; the next check starts from it.
+    let kept = f.dir.join("alice-h1.note");
+    let verify = || {
+        kexin(&[
+            "audit",
+            "verify",
+            "--space",
+            d,
+            "--node",
+            "h1",
+            "--as",
+            "alice",
+            "--keep",
+            path(&kept),
+        ])
+    };
+    let (rc, out) = verify();
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("verified through its server"), "{out}");
+    let first = std::fs::read_to_string(&kept).expect("kept checkpoint");
+    let (rc, _, _) = query(&f, "alice", "diabetes-2027", SQL, false);
+    assert_eq!(rc, 0);
+    let (rc, out) = verify();
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("consistent with 1 checkpoint"), "{out}");
+    assert_ne!(std::fs::read_to_string(&kept).expect("kept"), first);
+
+    // An entry of alice's edited in the node's database (its stored leaf
+    // left as it was): her check finds it.
+    let db = rusqlite::Connection::open(f.dir.join("h1").join("kexin.db")).expect("db");
+    let entry: Vec<u8> = db
+        .query_row(
+            "SELECT entry FROM audit WHERE seq = ?1",
+            [mine as i64],
+            |r| r.get(0),
+        )
+        .expect("entry");
+    let text = String::from_utf8(entry).expect("utf8");
+    let edited = text.replace("\"rows_released\":", "\"rows_released\":1");
+    assert_ne!(edited, text);
+    db.execute(
+        "UPDATE audit SET entry = ?1 WHERE seq = ?2",
+        rusqlite::params![edited.as_bytes(), mine as i64],
+    )
+    .expect("edit");
+    let (rc, out) = verify();
+    assert_eq!(rc, 5, "{out}");
+    assert!(out.contains("FAILED") && out.contains("edited"), "{out}");
+    // Its leaf rewritten to match: the leaves no longer make the signed
+    // root, for anyone who checks (bob sees none of alice's entries).
+    let leaf = kexin_engine::audit::leaf_hash(edited.as_bytes()).to_vec();
+    db.execute(
+        "UPDATE audit SET leaf = ?1 WHERE seq = ?2",
+        rusqlite::params![leaf, mine as i64],
+    )
+    .expect("edit leaf");
+    let (rc, out) = kexin(&[
+        "audit", "verify", "--space", d, "--node", "h1", "--as", "bob",
+    ]);
+    assert_eq!(rc, 5, "{out}");
+    assert!(out.contains("root"), "{out}");
 }

@@ -43,6 +43,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = [
     "Node",
+    "LogError",
+    "check_log",
+    "open_checkpoint",
     "Refused",
     "PinError",
     "load_key",
@@ -222,6 +225,32 @@ class Node:
     def openapi(self) -> dict:
         return self.call("GET", "/v1/openapi.json", signed=False)
 
+    def audit_page(self, size: Optional[int] = None, start: int = 1,
+                   limit: Optional[int] = None, signed: bool = True) -> dict:
+        """One page of the node's audit log: ``{page, verifier}`` (see
+        :func:`check_log`)."""
+        return self.call("GET", "/v1/audit", params={"size": size, "from": start, "limit": limit},
+                         signed=signed)
+
+    def read_log(self, signed: bool = True, limit: Optional[int] = None) -> tuple[list, str]:
+        """Every page of the node's audit log under one checkpoint (the
+        latest when the first page is read), and the node's verifier key:
+        all leaf hashes, and the entries the caller may see (their own; all
+        for the node's holders and the operator; none anonymously)."""
+        pages, verifier, size = [], None, None
+        while True:
+            start = pages[-1]["from"] + len(pages[-1]["leaves"]) if pages else 1
+            a = self.audit_page(size, start, limit, signed)
+            if verifier is None:
+                verifier = a["verifier"]
+            elif a["verifier"] != verifier:
+                raise LogError("the node changed its verifier key between pages")
+            page = a["page"]
+            size = page["size"]
+            pages.append(page)
+            if not page["leaves"] or page["from"] + len(page["leaves"]) > size:
+                return pages, verifier
+
     # ---------------------------------------------------------- individuals
 
     def scenes(self) -> list:
@@ -316,3 +345,107 @@ class Node:
 
     def udfs(self, scene: Optional[str] = None) -> list:
         return self.call("GET", "/v1/udfs", params={"scene": scene})
+
+
+# ---------------------------------------------------- the audit log, checked
+
+
+class LogError(ValueError):
+    """A node's log or checkpoint that does not verify."""
+
+
+def _sha256(*parts: bytes) -> bytes:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def merkle_root(leaves: list) -> bytes:
+    """RFC 9162 section 2.1.1: the Merkle tree hash of a list of leaf hashes."""
+    n = len(leaves)
+    if n == 0:
+        return _sha256(b"")
+    if n == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return _sha256(b"\x01", merkle_root(leaves[:k]), merkle_root(leaves[k:]))
+
+
+def open_checkpoint(note: str, verifier: str) -> tuple[str, int, bytes]:
+    """Check a C2SP signed note (tlog-checkpoint) against a note verifier key
+    ``<name>+<hex key id>+<base64(0x01 || ed25519 key)>``; its origin, tree
+    size and root hash."""
+    name, key_id, key = verifier.strip().split("+", 2)
+    raw = base64.b64decode(key)
+    if len(raw) != 33 or raw[0] != 1:
+        raise LogError("the verifier key is not an Ed25519 note key")
+    if _sha256(name.encode(), b"\n\x01", raw[1:])[:4].hex() != key_id:
+        raise LogError("the verifier key's id does not match")
+    public = Ed25519PublicKey.from_public_bytes(raw[1:])
+    body, sep, sigs = note.partition("\n\n")
+    if not sep:
+        raise LogError("the checkpoint has no signature block")
+    body += "\n"
+    verified = False
+    for line in sigs.splitlines():
+        if not line.startswith("\u2014 "):
+            raise LogError("a malformed signature line")
+        signer, _, b64 = line[2:].partition(" ")
+        blob = base64.b64decode(b64)
+        if signer != name or len(blob) != 68 or blob[:4].hex() != key_id:
+            continue
+        try:
+            public.verify(blob[4:], body.encode())
+        except Exception as e:
+            raise LogError("the checkpoint's signature does not verify") from e
+        verified = True
+    if not verified:
+        raise LogError("no signature by the node's key")
+    lines = body.splitlines()
+    return lines[0], int(lines[1]), base64.b64decode(lines[2])
+
+
+def check_log(pages: list, verifier: str, origin: str, kept: tuple = ()) -> dict:
+    """Check pages read with :meth:`Node.read_log`, independently of the
+    node's code: the checkpoint is signed by ``verifier`` and names
+    ``origin`` (``kexin/<space>/<node>``); the pages cover leaves 1 to its
+    size in order; the leaves make its root; each entry shown hashes to its
+    leaf at its own place; and every signed checkpoint in ``kept`` (saved
+    earlier) is the root of a prefix of the log. Returns ``{size, root,
+    shown, checkpoint}``; raises :class:`LogError`."""
+    if not pages:
+        raise LogError("no page")
+    note = pages[0]["checkpoint"]
+    got_origin, size, root = open_checkpoint(note, verifier)
+    if got_origin != origin:
+        raise LogError(f"the checkpoint is of log {got_origin!r}, not {origin!r}")
+    leaves, shown = [], []
+    for page in pages:
+        if page["checkpoint"] != note or page["size"] != size:
+            raise LogError("the pages were read under different checkpoints")
+        if page["from"] != len(leaves) + 1:
+            raise LogError("the pages are not contiguous")
+        start = len(leaves)
+        leaves.extend(bytes.fromhex(h) for h in page["leaves"])
+        last = 0
+        for text in page["entries"]:
+            e = json.loads(text)
+            seq = e["seq"]
+            if not (page["from"] <= seq < page["from"] + len(page["leaves"])) or seq <= last:
+                raise LogError(f"entry {seq} is shown outside its place")
+            last = seq
+            if _sha256(b"\x00", text.encode()) != leaves[start + seq - page["from"]]:
+                raise LogError(f"entry {seq} does not hash to its leaf: it was edited")
+            shown.append(e)
+    if len(leaves) != size:
+        raise LogError(f"the pages hold {len(leaves)} leaves but the checkpoint covers {size}")
+    if any(len(x) != 32 for x in leaves) or merkle_root(leaves) != root:
+        raise LogError("the leaves do not make the checkpoint's root")
+    for old in kept:
+        o, n, r = open_checkpoint(old, verifier)
+        if o != origin or n > size or merkle_root(leaves[:n]) != r:
+            raise LogError(f"a kept checkpoint (size {n}) is not a prefix of the log")
+    return {"size": size, "root": root.hex(), "shown": shown, "checkpoint": note}

@@ -41,25 +41,29 @@ class Space:
         return self.dir / "keys" / f"{member}.key"
 
 
-@pytest.fixture(scope="session")
-def space(tmp_path_factory) -> Space:
-    d = tmp_path_factory.mktemp("space")
+def make_space(d: Path) -> Space:
+    """A generated space in ``d`` (three hospitals, 600 patients each, seed
+    11) with answers unpadded and free loopback ports for its nodes."""
     sp = Space(d)
     out = sp.kexin("gen", "--out", str(d), "--hospitals", "3", "--patients", "600", "--seed", "11")
     assert out.returncode == 0, out.stderr
     policy = d / "space.toml"
     policy.write_text(policy.read_text().replace("response_quantum_ms = 500", "response_quantum_ms = 0"))
-    fed = "round_timeout_seconds = 10\n"
-    for h in (1, 2, 3):
-        fed += f'[node.h{h}]\naddress = "127.0.0.1:{free_port()}"\nmember = "node-h{h}"\n'
-    (d / "federation.toml").write_text(fed)
+    renumber_ports(sp)
     return sp
 
 
-@pytest.fixture(scope="session")
-def node(space):
-    """Node h1 with its HTTP API and Flight SQL: their URLs, the node's key
-    (hex), the space's name and every member's key."""
+def renumber_ports(sp: Space) -> None:
+    """Give the space's nodes new free loopback ports (a copied space)."""
+    fed = "round_timeout_seconds = 10\n"
+    for h in (1, 2, 3):
+        fed += f'[node.h{h}]\naddress = "127.0.0.1:{free_port()}"\nmember = "node-h{h}"\n'
+    (sp.dir / "federation.toml").write_text(fed)
+
+
+def start_node(space: Space):
+    """Start node h1 with its HTTP API and Flight SQL on free ports; the
+    process and ``{url, flight, node_key, space, keys}``."""
     proc = subprocess.Popen(
         [space.bin, "node", "--space", str(space.dir), "--node", "h1", "--http", "127.0.0.1:0",
          "--flight", "127.0.0.1:0"],
@@ -80,6 +84,23 @@ def node(space):
     assert members.returncode == 0, members.stderr
     keys = {m["member"]: m["public_key"] for m in map(json.loads, members.stdout.splitlines())}
     name = tomllib.loads((space.dir / "space.toml").read_text())["space"]["name"]
-    yield {"url": url, "flight": flight, "node_key": keys["node-h1"], "space": name, "keys": keys}
+    return proc, {"url": url, "flight": flight, "node_key": keys["node-h1"], "space": name, "keys": keys}
+
+
+def stop_node(proc) -> None:
     proc.terminate()
     proc.wait(timeout=90)
+
+
+@pytest.fixture(scope="session")
+def space(tmp_path_factory) -> Space:
+    return make_space(tmp_path_factory.mktemp("space"))
+
+
+@pytest.fixture(scope="session")
+def node(space):
+    """Node h1 with its HTTP API and Flight SQL: their URLs, the node's key
+    (hex), the space's name and every member's key."""
+    proc, info = start_node(space)
+    yield info
+    stop_node(proc)

@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from kexin_client import Node, PinError, Refused, load_key, sign, TAGS
+from kexin_client import LogError, Node, PinError, Refused, check_log, load_key, sign, TAGS
 
 SQL = "SELECT sex, count(*) AS n, avg(age) AS mean_age FROM patients GROUP BY sex"
 
@@ -103,3 +103,44 @@ def test_anyone_reads_the_checkpoint_and_a_proof(space, node):
     assert json.loads(mine["entry"])["actor"] == "alice"
     assert theirs["entry"] is None and theirs["leaf"] == mine["leaf"]
     assert anon.openapi()["openapi"].startswith("3.1")
+
+
+def test_the_log_read_page_by_page_checks_here_and_agrees_with_the_cli(space, node):
+    """The client checks the log with its own Merkle and signed-note code
+    (not the node's), and gets the root `kexin audit verify` prints."""
+    alice = client(space, node, "alice")
+    anon = client(space, node)
+    seq = alice.query("diabetes-2027", SQL)["audit_seq"]
+    origin = f"kexin/{node['space']}/h1"
+    pages, verifier = alice.read_log(limit=3)
+    assert len(pages) > 1
+    mine = check_log(pages, verifier, origin)
+    assert seq in [e["seq"] for e in mine["shown"]]
+    assert all(e["actor"] == "alice" for e in mine["shown"])
+    # Anonymously: every leaf, no entry, the same root.
+    pages_anon, _ = anon.read_log(signed=False)
+    nobody = check_log(pages_anon, verifier, origin)
+    assert nobody["shown"] == []
+    # The CLI through the peer port: the same log (or a longer one, of
+    # which this one is a prefix).
+    kept = space.dir / "alice.note"
+    kept.write_text(mine["checkpoint"])
+    cli = space.kexin("audit", "verify", "--space", str(space.dir), "--node", "h1", "--as", "alice",
+                      "--checkpoint", str(kept))
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    if nobody["size"] == mine["size"]:
+        assert nobody["root"] == mine["root"] and mine["root"] in cli.stdout
+    # An entry changed in transit, a leaf dropped, another log's name.
+    bad = json.loads(json.dumps(pages))
+    for p in bad:
+        if p["entries"]:
+            p["entries"][0] = p["entries"][0].replace('"alice"', '"alicf"')
+            break
+    with pytest.raises(LogError, match="edited"):
+        check_log(bad, verifier, origin)
+    short = json.loads(json.dumps(pages))
+    short[-1]["leaves"].pop()
+    with pytest.raises(LogError):
+        check_log(short, verifier, origin)
+    with pytest.raises(LogError):
+        check_log(pages, verifier, f"kexin/{node['space']}/h2")

@@ -170,8 +170,9 @@ impl Registry {
             let mut e = entry(&self.space, actor, scene, kind, Decision::Refused);
             e.code = Some(r.code.as_str().to_string());
             e.rule = Some(r.rule.to_string());
-            if let Err(x) = self.store.append(e, &self.keys) {
-                tracing::error!(target: "kexin::registry", "audit append failed: {x}");
+            match self.store.append(e, &self.keys) {
+                Ok((seq, _)) => return Err(Error::Refused(r.audited(seq))),
+                Err(x) => tracing::error!(target: "kexin::registry", "audit append failed: {x}"),
             }
         }
         result

@@ -97,11 +97,9 @@ impl Node {
             e.code = Some(r.code.as_str().to_string());
             e.rule = Some(r.rule.to_string());
             e.contract = contract.map(str::to_string);
-            let appended = self
-                .store_lock()
-                .and_then(|mut s| s.append(e, &self.keys).map(|_| ()));
-            if let Err(x) = appended {
-                tracing::error!(target: "kexin::node", "audit append failed: {x}");
+            match self.store_lock().and_then(|mut s| s.append(e, &self.keys)) {
+                Ok((seq, _)) => return Err(Error::Refused(r.audited(seq))),
+                Err(x) => tracing::error!(target: "kexin::node", "audit append failed: {x}"),
             }
         }
         result

@@ -167,6 +167,7 @@ impl Node {
             consent_sha256: trace.consent.as_ref().map(|c| c.1.clone()),
             session: None,
             charged_by: None,
+            salt: None,
         };
         // A new DP answer is cached in the same transaction as its audit
         // record, so a repeat finds it as soon as it is released.

@@ -283,11 +283,17 @@ pub struct Limits {
     /// this many milliseconds after the request arrived, so its timing says
     /// only how many quanta the work took (0 turns padding off).
     pub response_quantum_ms: u64,
+    /// The queries one member may start per minute on a node, whichever
+    /// port they come through, with bursts of up to a quarter of that; a
+    /// member's queries past the rate wait their turn (0 turns the pace
+    /// off).
+    pub queries_per_minute: u32,
 }
 
 impl Default for Limits {
     /// 16 KiB of SQL, 48 levels of nesting, expressions 128 deep, 120 s per
-    /// query, 4 GiB memory pool, answers padded to 500 ms.
+    /// query, 4 GiB memory pool, answers padded to 500 ms, 240 queries a
+    /// minute per member.
     fn default() -> Self {
         Self {
             max_sql_bytes: 16 * 1024,
@@ -296,6 +302,7 @@ impl Default for Limits {
             timeout_seconds: 120,
             memory_mb: 4096,
             response_quantum_ms: 500,
+            queries_per_minute: 240,
         }
     }
 }

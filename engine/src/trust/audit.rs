@@ -80,6 +80,12 @@ pub struct AuditEntry {
     /// for (each node records every charge made in the space).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charged_by: Option<String>,
+    /// 16 random bytes (hex), set when the entry is appended, so that its
+    /// leaf hash reveals nothing to those who may not see the entry (an
+    /// inclusion proof or a page of the log shows other entries' leaves).
+    /// Absent from entries written before leaves were salted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
 }
 
 closed_set! {
@@ -172,6 +178,7 @@ impl AuditEntry {
             consent_sha256: None,
             session: None,
             charged_by: None,
+            salt: None,
         }
     }
 

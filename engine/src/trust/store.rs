@@ -493,6 +493,11 @@ impl Store {
         for mut entry in entries {
             let seq = leaves.len() as u64 + 1;
             entry.seq = seq;
+            if entry.salt.is_none() {
+                let mut salt = [0u8; 16];
+                getrandom::fill(&mut salt).map_err(Error::internal)?;
+                entry.salt = Some(hex::encode(salt));
+            }
             let bytes = serde_json::to_vec(&entry).map_err(Error::internal)?;
             let leaf = leaf_hash(&bytes);
             leaves.push(leaf);

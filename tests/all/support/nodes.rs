@@ -222,7 +222,15 @@ impl Federation {
     /// The node's audit entries (as JSON).
     pub fn audit(&self, node: &str) -> Vec<Value> {
         let out = Command::new(BIN)
-            .args(["audit", "list", "--space", path(&self.dir), "--node", node])
+            .args([
+                "audit",
+                "list",
+                "--local",
+                "--space",
+                path(&self.dir),
+                "--node",
+                node,
+            ])
             .output()
             .expect("audit list");
         String::from_utf8_lossy(&out.stdout)
@@ -242,7 +250,15 @@ impl Federation {
     pub fn verify_logs(&self, nodes: &[&str]) {
         for n in nodes {
             let ok = Command::new(BIN)
-                .args(["audit", "verify", "--space", path(&self.dir), "--node", n])
+                .args([
+                    "audit",
+                    "verify",
+                    "--local",
+                    "--space",
+                    path(&self.dir),
+                    "--node",
+                    n,
+                ])
                 .status()
                 .expect("verify");
             assert!(ok.success(), "audit log of {n} verifies");

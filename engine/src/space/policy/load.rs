@@ -89,6 +89,15 @@ impl Sections<'_> {
                 }
                 limits.response_quantum_ms = v;
             }
+            if let Some(v) = l.queries_per_minute {
+                if v > 60_000 {
+                    return Err(err(
+                        "limits.queries_per_minute".into(),
+                        "must be 0..=60000".into(),
+                    ));
+                }
+                limits.queries_per_minute = v;
+            }
         }
         Ok(limits)
     }

@@ -46,6 +46,7 @@ pub(super) struct RawLimits {
     pub(super) timeout_seconds: Option<u64>,
     pub(super) memory_mb: Option<usize>,
     pub(super) response_quantum_ms: Option<u64>,
+    pub(super) queries_per_minute: Option<u32>,
 }
 
 #[derive(Deserialize)]
