@@ -77,6 +77,22 @@ pub enum IdAction {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Print a sign-in token for a node's web console: the member's signed
+    /// request for `POST /console/login`, valid for 5 minutes and once. Paste
+    /// it into the console's sign-in page (for browsers without a key file
+    /// at hand; the page can also sign in with the key file itself).
+    Login {
+        #[arg(long)]
+        space: PathBuf,
+        /// The node whose console to sign in to (default: the space's first).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long = "as")]
+        member: String,
+        /// The member's key file (default: space/keys/<member>.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -407,6 +423,27 @@ pub fn id(action: IdAction) -> Result<u8> {
                 }
                 Err(e) => refused(e, Format::Table),
             }
+        }
+        IdAction::Login {
+            space,
+            node,
+            member,
+            key,
+        } => {
+            let space = load(&space)?;
+            let node = node.unwrap_or_else(|| space.default_node().to_string());
+            let k = members::load_key(&space.dir, &member, key.as_deref())?;
+            let token = members::request_header(
+                &space,
+                &node,
+                &member,
+                &k,
+                "POST",
+                kexin::federation::LOGIN_TARGET,
+                b"",
+            )?;
+            println!("{token}");
+            Ok(0)
         }
         IdAction::List { space, format } => {
             let space = load(&space)?;

@@ -26,6 +26,7 @@
 //! | `federation/direct.rs` | requests one node answers alone: a researcher's query, the contracts a member may see |
 //! | `federation/flight.rs` | Arrow Flight SQL (`kexin node --flight`): the signed query, released rows as Arrow |
 //! | `federation/http.rs` | the HTTP JSON API (`kexin node --http`): signed calls, TLS, OpenAPI |
+//! | `federation/console.rs` | the web console (`kexin node --console`): sessions, pages, signed actions, plots |
 //! | `federation/api_client.rs` | a blocking client of that API (pinned TLS, signed calls) |
 //! | `federation/client.rs` | the CLI as a client: one request over the member's link, one answer |
 //! | `federation/researcher.rs` | `kexin federate` / `kexin psi`: Ready, Go or Cancel, agreement |
@@ -34,6 +35,7 @@ mod admission;
 mod api_client;
 mod client;
 mod config;
+mod console;
 mod direct;
 mod flight;
 mod http;
@@ -46,6 +48,7 @@ pub use api_client::{ApiAnswer, ApiClient};
 pub use client::{LogRead, ask, query_wait, read_log, unexpected};
 pub(crate) use config::node_key;
 pub use config::{FedConfig, NodeAddr, node_identity, pins};
+pub use console::{CONSOLE_CERT_TAG, LOGIN_TARGET, announce as console_announce, binding_message};
 pub use flight::{FlightSql, QUERY_HEADER, RESULT_TTL};
 pub use http::{ApiServer, REQUEST_HEADER, ROUTES, certificate, openapi};
 pub(crate) use researcher::{Answer, abort_rule, connect_all, converse, reports};

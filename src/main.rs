@@ -125,6 +125,10 @@ enum Command {
         /// address, e.g. 127.0.0.1:8815 (port 0: any free port).
         #[arg(long)]
         flight: Option<String>,
+        /// Also serve the web console (HTTPS, an ECDSA certificate the node
+        /// key vouches for) on this address, e.g. 127.0.0.1:8444.
+        #[arg(long)]
+        console: Option<String>,
     },
     /// A federated query: every node computes its partial under its own
     /// policy, the partials are secret-shared, only the gated joint result
@@ -430,6 +434,62 @@ enum UdfAction {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// A researcher submits a module for a scene on one node, for the
+    /// node's data holders to review and approve (`udf pending`, `udf
+    /// approve`, or the web console).
+    Submit {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        scene: String,
+        #[arg(long)]
+        node: Option<String>,
+        /// The submitting researcher (of the scene's requester).
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The compiled module (wasm32-unknown-unknown, binary format).
+        file: PathBuf,
+    },
+    /// The modules submitted on a node: all of them for its data holders
+    /// and the operator, a researcher's own for a researcher; with their
+    /// digests, functions and whether they are approved yet.
+    Pending {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        scene: Option<String>,
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// A data holder (or the operator) approves a submitted module by its
+    /// digest: a signed approval, checked and audited as `udf register`.
+    Approve {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        scene: String,
+        /// The module's SHA-256 (hex), as `udf pending` shows it.
+        #[arg(long)]
+        digest: String,
+        #[arg(long = "as")]
+        actor: String,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 fn main() -> ExitCode {
@@ -509,6 +569,7 @@ fn run(cli: Cli) -> Result<u8> {
             key,
             http,
             flight,
+            console,
         } => {
             let space = Arc::new(Space::load(&space)?);
             let server =
@@ -534,10 +595,14 @@ fn run(cli: Cli) -> Result<u8> {
                     })
                     .transpose()
             };
-            let (http, flight) = (bind(&http)?, bind(&flight)?);
+            let (http, flight, console) = (bind(&http)?, bind(&flight)?, bind(&console)?);
             let http_at = http.as_ref().map(|l| l.local_addr()).transpose()?;
             let flight_at = flight.as_ref().map(|l| l.local_addr()).transpose()?;
-            let _fronts = server.serve_fronts(http, flight)?;
+            let console_at = console.as_ref().map(|l| l.local_addr()).transpose()?;
+            let _fronts = server.serve_fronts_with(http, flight, console)?;
+            if let (Some(a), Some(spki)) = (console_at, server.console_spki_sha256()) {
+                println!("{}", kexin::federation::console_announce(&node, a, &spki));
+            }
             if let Some(a) = http_at {
                 println!("kexin node {node} api on https://{a}");
             }

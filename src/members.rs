@@ -228,6 +228,57 @@ pub fn udf_approval(
     )?)
 }
 
+/// A researcher's signed submission of the module `bytes` for `scene` on
+/// `node`, for its data holders to review.
+pub fn udf_submission(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    scene: &str,
+    bytes: &[u8],
+) -> Result<Signed<identity::UdfSubmissionBody>> {
+    use sha2::Digest;
+    Ok(Signed::sign(
+        tag::UDF_SUBMIT,
+        identity::UdfSubmissionBody {
+            space: space.name.clone(),
+            node: node.into(),
+            scene: scene.into(),
+            member: member.into(),
+            module_sha256: hex::encode(sha2::Sha256::digest(bytes)),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
+/// A signed approval of the submitted module with digest `digest` (as
+/// listed, `sha256:<hex>`, or its bare hex).
+pub fn udf_approval_of(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    scene: &str,
+    digest: &str,
+) -> Result<Signed<UdfApprovalBody>> {
+    Ok(Signed::sign(
+        tag::UDF,
+        UdfApprovalBody {
+            space: space.name.clone(),
+            node: node.into(),
+            scene: scene.into(),
+            member: member.into(),
+            module_sha256: digest.strip_prefix("sha256:").unwrap_or(digest).into(),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
 /// The `Kexin-Request` header of one call to `node`'s HTTP API: base64url
 /// (no padding) of the signed [`identity::RequestBody`].
 pub fn request_header(

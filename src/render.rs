@@ -349,3 +349,30 @@ pub fn collection(o: &crate::contribute::CollectOutcome, format: Format) -> Resu
         }
     })
 }
+
+/// A UDF function's signature as `kexin udf list` prints it:
+/// `scalar bmi(f64, f64) -> f64`.
+pub fn udf_signature(f: &kexin_sandbox::Function) -> String {
+    let args: Vec<String> = f
+        .args
+        .iter()
+        .map(|t| {
+            serde_json::to_string(t)
+                .unwrap_or_default()
+                .replace('"', "")
+        })
+        .collect();
+    let ret = serde_json::to_string(&f.returns)
+        .unwrap_or_default()
+        .replace('"', "");
+    let kind = match f.kind {
+        kexin_sandbox::Kind::Scalar => "scalar",
+        kexin_sandbox::Kind::Aggregate => "aggregate",
+    };
+    let domain = if f.domain.is_some() {
+        " (finite domain)"
+    } else {
+        ""
+    };
+    format!("{kind} {}({}) -> {ret}{domain}", f.name, args.join(", "))
+}

@@ -57,7 +57,7 @@ mod udfs;
 mod witness;
 
 pub use joint::JointTrace;
-pub use udfs::{ListedUdf, Registration};
+pub use udfs::{ListedUdf, Registration, Submission};
 
 /// A researcher's request.
 #[derive(Debug, Clone)]

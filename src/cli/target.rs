@@ -13,9 +13,9 @@ use kexin_engine::Code;
 use kexin_engine::airlock::{Decision, Held};
 use kexin_engine::consent::{ConsentReceipt, ConsentRecord};
 use kexin_engine::contract::{Action, Contract, Terms};
-use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody};
+use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody, UdfSubmissionBody};
 use kexin_engine::ledger::Budget;
-use kexin_engine::node::{ListedUdf, Node, Outcome, Registration};
+use kexin_engine::node::{ListedUdf, Node, Outcome, Registration, Submission};
 use kexin_engine::policy::Space;
 use kexin_engine::registry::{Registry, Use, View};
 
@@ -226,6 +226,62 @@ impl Target {
                     module,
                 };
                 self.call(msg, |m| match m {
+                    FromNode::Registered(r) => Ok(*r),
+                    other => Err(Box::new(other)),
+                })
+            }
+        }
+    }
+
+    /// A researcher's signed submission of a module for review.
+    pub(crate) fn submit_udf(
+        &self,
+        env: Signed<UdfSubmissionBody>,
+        bytes: &[u8],
+    ) -> Result<Answer<Submission>> {
+        match self {
+            Target::Local { node, .. } => answer(node.submit_udf(&env, bytes)),
+            Target::Remote { .. } | Target::Registry => {
+                use base64::Engine as _;
+                let module = base64::engine::general_purpose::STANDARD.encode(bytes);
+                let msg = ToNode::UdfSubmit {
+                    submission: env,
+                    module,
+                };
+                self.call(msg, |m| match m {
+                    FromNode::Submitted(s) => Ok(*s),
+                    other => Err(Box::new(other)),
+                })
+            }
+        }
+    }
+
+    /// The modules submitted on the node that `member` may see.
+    pub(crate) fn udf_submissions(
+        &self,
+        member: &str,
+        scene: Option<String>,
+    ) -> Result<Answer<Vec<Submission>>> {
+        match self {
+            Target::Local { node, .. } => answer(node.udf_submissions(member, scene.as_deref())),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::UdfSubmissions { scene }, |m| match m {
+                    FromNode::Submissions(s) => Ok(s),
+                    other => Err(Box::new(other)),
+                })
+            }
+        }
+    }
+
+    /// A signed approval of a submitted module.
+    pub(crate) fn approve_submitted(
+        &self,
+        env: Signed<UdfApprovalBody>,
+    ) -> Result<Answer<Registration>> {
+        match self {
+            Target::Local { node, .. } => answer(node.approve_submitted(&env)),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::UdfApprove(env), |m| match m {
                     FromNode::Registered(r) => Ok(*r),
                     other => Err(Box::new(other)),
                 })

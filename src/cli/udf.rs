@@ -1,6 +1,7 @@
 //! `kexin udf`: approve a WebAssembly module for a scene on the holder's
-//! nodes (a signed approval, through each node's server by default), and
-//! list what is approved.
+//! nodes (a signed approval, through each node's server by default), list
+//! what is approved, and the researcher's side: submit a module for review,
+//! which a data holder lists and approves by its digest.
 
 use std::sync::Arc;
 
@@ -11,33 +12,126 @@ use kexin_engine::policy::Space;
 use super::target::Target;
 use crate::UdfAction;
 
-fn signature(f: &kexin_sandbox::Function) -> String {
-    let args: Vec<String> = f
-        .args
-        .iter()
-        .map(|t| {
-            serde_json::to_string(t)
-                .unwrap_or_default()
-                .replace('"', "")
-        })
-        .collect();
-    let ret = serde_json::to_string(&f.returns)
-        .unwrap_or_default()
-        .replace('"', "");
-    let kind = match f.kind {
-        kexin_sandbox::Kind::Scalar => "scalar",
-        kexin_sandbox::Kind::Aggregate => "aggregate",
-    };
-    let domain = if f.domain.is_some() {
-        " (finite domain)"
+/// Print a refusal for `node` as `udf register` does; the exit status.
+fn refused(node: &str, r: &super::target::Refused, format: Format) -> u8 {
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({"node": node, "status": "refused", "code": r.code, "rule": r.rule, "audit_seq": r.audit_seq})
+        );
     } else {
-        ""
-    };
-    format!("{kind} {}({}) -> {ret}{domain}", f.name, args.join(", "))
+        println!("node {node}: refused {}: {}", r.code, r.rule);
+    }
+    u8::try_from(r.code.exit_status()).unwrap_or(1)
 }
 
 pub(crate) fn udf(action: UdfAction) -> Result<u8> {
     match action {
+        UdfAction::Submit {
+            space,
+            scene,
+            node,
+            actor,
+            key,
+            format,
+            file,
+        } => {
+            let space = Arc::new(Space::load(&space)?);
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
+            let n = node.unwrap_or_else(|| space.default_node().to_string());
+            let target = Target::open(&space, Some(n.clone()), Some(&signing), false)?;
+            let env = kexin::members::udf_submission(&space, &n, &actor, &signing, &scene, &bytes)?;
+            match target.submit_udf(env, &bytes)? {
+                Ok(s) if format == Format::Json => println!("{}", serde_json::to_string(&s)?),
+                Ok(s) => {
+                    println!(
+                        "node {}: submitted {} for scene {} (audit seq {}); a data holder of the node approves it",
+                        s.node, s.digest, s.scene, s.audit_seq
+                    );
+                    for f in &s.functions {
+                        println!("  {}", kexin::render::udf_signature(f));
+                    }
+                }
+                Err(r) => return Ok(refused(&n, &r, format)),
+            }
+            Ok(0)
+        }
+        UdfAction::Pending {
+            space,
+            node,
+            scene,
+            actor,
+            key,
+            format,
+        } => {
+            let space = Arc::new(Space::load(&space)?);
+            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
+            let n = node.unwrap_or_else(|| space.default_node().to_string());
+            let target = Target::open(&space, Some(n.clone()), Some(&signing), false)?;
+            match target.udf_submissions(&actor, scene)? {
+                Ok(list) => {
+                    for s in list {
+                        if format == Format::Json {
+                            println!("{}", serde_json::to_string(&s)?);
+                            continue;
+                        }
+                        println!(
+                            "{} {} {} by {} at {} ({})",
+                            s.node,
+                            s.scene,
+                            s.digest,
+                            s.submitted_by,
+                            s.submitted_at,
+                            if s.approved {
+                                "approved"
+                            } else {
+                                "awaiting approval"
+                            }
+                        );
+                        for f in &s.functions {
+                            println!("  {}", kexin::render::udf_signature(f));
+                        }
+                    }
+                    Ok(0)
+                }
+                Err(r) => Ok(refused(&n, &r, format)),
+            }
+        }
+        UdfAction::Approve {
+            space,
+            node,
+            scene,
+            digest,
+            actor,
+            key,
+            format,
+        } => {
+            let space = Arc::new(Space::load(&space)?);
+            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
+            let n = node.unwrap_or_else(|| space.default_node().to_string());
+            let target = Target::open(&space, Some(n.clone()), Some(&signing), false)?;
+            let env =
+                kexin::members::udf_approval_of(&space, &n, &actor, &signing, &scene, &digest)?;
+            match target.approve_submitted(env)? {
+                Ok(r) if format == Format::Json => println!("{}", serde_json::to_string(&r)?),
+                Ok(r) => println!(
+                    "node {}: {} {} for scene {} (audit seq {})",
+                    r.node,
+                    if r.newly_approved {
+                        "approved"
+                    } else {
+                        "already approved"
+                    },
+                    r.digest,
+                    r.scene,
+                    r.audit_seq
+                ),
+                Err(r) => return Ok(refused(&n, &r, format)),
+            }
+            Ok(0)
+        }
         UdfAction::Register {
             space,
             scene,
@@ -82,7 +176,7 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
                                 r.audit_seq
                             );
                             for f in &r.functions {
-                                println!("  {}", signature(f));
+                                println!("  {}", kexin::render::udf_signature(f));
                             }
                         }
                     }
@@ -147,7 +241,7 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
                         }
                     );
                     for f in &u.functions {
-                        println!("  {}", signature(f));
+                        println!("  {}", kexin::render::udf_signature(f));
                     }
                 }
             }

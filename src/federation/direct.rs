@@ -123,6 +123,24 @@ impl NodeServer {
                 }
             }
             ToNode::Udfs { scene } => reply(node.list_udfs(scene.as_deref()), FromNode::Udfs),
+            ToNode::UdfSubmit { submission, module } if signed_by(&submission.body.member) => {
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD.decode(module.as_bytes()) {
+                    Ok(bytes) => reply(node.submit_udf(&submission, &bytes), |s| {
+                        FromNode::Submitted(Box::new(s))
+                    }),
+                    Err(_) => FromNode::refused(MODULE_ENCODING, None),
+                }
+            }
+            ToNode::UdfSubmissions { scene } => reply(
+                node.udf_submissions(member, scene.as_deref()),
+                FromNode::Submissions,
+            ),
+            ToNode::UdfApprove(env) if signed_by(&env.body.member) => {
+                reply(node.approve_submitted(&env), |r| {
+                    FromNode::Registered(Box::new(r))
+                })
+            }
             ToNode::Prove { seq } => reply(node.audit_proof(member, seq), |(proof, verifier)| {
                 FromNode::Proof {
                     proof: Box::new(proof),
@@ -144,7 +162,9 @@ impl NodeServer {
             | ToNode::ContractAct(_)
             | ToNode::AirlockAct(_)
             | ToNode::Consent(_)
-            | ToNode::UdfRegister { .. } => FromNode::refused(OTHER_SIGNER, None),
+            | ToNode::UdfRegister { .. }
+            | ToNode::UdfSubmit { .. }
+            | ToNode::UdfApprove(_) => FromNode::refused(OTHER_SIGNER, None),
             _ => anyhow::bail!("unexpected control message"),
         })
     }

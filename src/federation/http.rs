@@ -340,6 +340,15 @@ struct BudgetsQuery {
     scene: Option<String>,
 }
 
+/// A UDF submission with its module.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UdfSubmission {
+    submission: Signed<kexin_engine::identity::UdfSubmissionBody>,
+    /// The module's bytes, base64.
+    module: String,
+}
+
 /// A UDF approval with its module.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -351,7 +360,7 @@ struct UdfUpload {
 
 /// The node's identity.
 #[utoipa::path(get, path = "/v1/node", tag = "anyone",
-    responses((status = 200, description = "The space, the node, its member, its certified public key (hex), its checkpoint verifier key and its TLS certificate (PEM)")))]
+    responses((status = 200, description = "The space, the node, its member, its certified public key (hex), its TLS certificate (PEM) and, when the web console serves, `console: {spki_sha256, binding}`: its certificate key digest and the node key's signature over it (docs/console.md)")))]
 async fn node_info(State(api): State<Api>) -> Response {
     let s = &api.0;
     json_response(
@@ -362,6 +371,10 @@ async fn node_info(State(api): State<Api>) -> Response {
             "member": s.cfg.addr(s.node.name()).map(|a| a.member.clone()).ok(),
             "public_key": hex::encode(s.me.verifying_key().to_bytes()),
             "certificate_pem": s.api_certificate_pem(),
+            "console": s.console_spki.get().map(|spki| json!({
+                "spki_sha256": spki,
+                "binding": s.console_binding.get(),
+            })),
         }),
     )
 }
@@ -559,6 +572,44 @@ async fn udf_register(State(api): State<Api>, req: Request) -> Response {
     .await
 }
 
+/// A researcher's submission of a WebAssembly module for review.
+#[utoipa::path(post, path = "/v1/udfs/submissions", tag = "researcher",
+    request_body(description = "`{submission, module}`: a signed submission (`kexin/udf-submission/v1`) by the caller and the module's bytes in base64"),
+    responses((status = 200, description = "The submission: scene, digest, the functions its manifest declares, audit entry"), (status = 403, body = RefusalBody)),
+    security(("kexin_request" = [])))]
+async fn udf_submit(State(api): State<Api>, req: Request) -> Response {
+    api.signed(req, MAX_UDF_BODY, |c| {
+        c.json::<UdfSubmission>().map(|u| ToNode::UdfSubmit {
+            submission: u.submission,
+            module: u.module,
+        })
+    })
+    .await
+}
+
+/// The modules submitted on this node the caller may see.
+#[utoipa::path(get, path = "/v1/udfs/submissions", tag = "governance",
+    params(SceneQuery),
+    responses((status = 200, description = "Submissions, oldest first: all for the node's data holders and the operator, a researcher's own for a researcher; each with its digest, functions and whether it is approved"), (status = 403, body = RefusalBody)),
+    security(("kexin_request" = [])))]
+async fn udf_submissions(State(api): State<Api>, req: Request) -> Response {
+    api.signed(req, MAX_BODY, |c| {
+        c.query::<SceneQuery>()
+            .map(|q| ToNode::UdfSubmissions { scene: q.scene })
+    })
+    .await
+}
+
+/// A data holder's approval of a submitted module (by its digest).
+#[utoipa::path(post, path = "/v1/udfs/approvals", tag = "governance",
+    request_body(description = "A signed approval (`kexin/udf-approval/v1`) by the caller of the submitted module's digest"),
+    responses((status = 200, description = "The registration"), (status = 403, body = RefusalBody)),
+    security(("kexin_request" = [])))]
+async fn udf_approve(State(api): State<Api>, req: Request) -> Response {
+    api.signed(req, MAX_BODY, |c| c.json().map(ToNode::UdfApprove))
+        .await
+}
+
 /// The modules approved on this node.
 #[utoipa::path(get, path = "/v1/udfs", tag = "governance",
     params(SceneQuery),
@@ -624,7 +675,7 @@ impl utoipa::Modify for Security {
     paths(
         node_info, checkpoint, proof, audit_log, openapi_doc, scenes, query, contracts, contract_offer,
         contract_act, airlock, airlock_act, consent, consents, history, udf_register, udfs,
-        budgets
+        udf_submit, udf_submissions, udf_approve, budgets
     ),
     components(schemas(RefusalBody)),
     modifiers(&Security)
@@ -656,6 +707,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/history"),
     ("GET", "/v1/udfs"),
     ("POST", "/v1/udfs"),
+    ("GET", "/v1/udfs/submissions"),
+    ("POST", "/v1/udfs/submissions"),
+    ("POST", "/v1/udfs/approvals"),
     ("GET", "/v1/budgets"),
 ];
 
@@ -675,6 +729,11 @@ fn router(server: Arc<NodeServer>) -> Router {
         .route("/v1/consents", get(consents).post(consent))
         .route("/v1/history", get(history))
         .route("/v1/udfs", get(udfs).post(udf_register))
+        .route(
+            "/v1/udfs/submissions",
+            get(udf_submissions).post(udf_submit),
+        )
+        .route("/v1/udfs/approvals", post(udf_approve))
         .route("/v1/budgets", get(budgets))
         .fallback(|| async { refused(StatusCode::NOT_FOUND, NO_SUCH_CALL) })
         .method_not_allowed_fallback(|| async {
@@ -816,6 +875,16 @@ impl NodeServer {
         http: Option<std::net::TcpListener>,
         flight: Option<std::net::TcpListener>,
     ) -> Result<ApiServer> {
+        self.serve_fronts_with(http, flight, None)
+    }
+
+    /// [`NodeServer::serve_fronts`], and the web console on `console`.
+    pub fn serve_fronts_with(
+        self: &Arc<Self>,
+        http: Option<std::net::TcpListener>,
+        flight: Option<std::net::TcpListener>,
+        console: Option<std::net::TcpListener>,
+    ) -> Result<ApiServer> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("kexin-api")
@@ -827,7 +896,30 @@ impl NodeServer {
         if let Some(l) = flight {
             self.serve_flight(&rt, l)?;
         }
+        if let Some(l) = console {
+            self.serve_console(&rt, l)?;
+        }
         Ok(ApiServer { rt: Some(rt) })
+    }
+
+    /// The console certificate key's SHA-256 (base64), once it serves.
+    pub fn console_spki_sha256(&self) -> Option<String> {
+        self.console_spki.get().cloned()
+    }
+
+    fn serve_console(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Runtime,
+        listener: std::net::TcpListener,
+    ) -> Result<()> {
+        let at = listener.local_addr()?;
+        let node_dir = self.space.dir.join(self.node.name());
+        let c = super::console::console_tls(self, &node_dir, &certificate_names(at))?;
+        let _ = self.console_spki.set(c.spki_sha256);
+        let _ = self.console_binding.set(c.binding);
+        let tls = tokio_rustls::TlsAcceptor::from(tls_config(c.cert_der, c.pkcs8, b"http/1.1")?);
+        let app = super::console::router(Arc::clone(self));
+        self.serve_app(rt, listener, tls, app)
     }
 
     fn serve_http(
@@ -840,7 +932,18 @@ impl NodeServer {
         let (pem, der, pkcs8) = certificate(&self.me, &node, &certificate_names(at))?;
         let _ = self.api_cert.set(pem);
         let tls = tokio_rustls::TlsAcceptor::from(tls_config(der, pkcs8, b"http/1.1")?);
-        let app = router(Arc::clone(self));
+        self.serve_app(rt, listener, tls, router(Arc::clone(self)))
+    }
+
+    /// Serve `app` over HTTP/1.1 on TLS connections accepted by
+    /// [`NodeServer::accept_tls`].
+    fn serve_app(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Runtime,
+        listener: std::net::TcpListener,
+        tls: tokio_rustls::TlsAcceptor,
+        app: Router,
+    ) -> Result<()> {
         self.accept_tls(
             rt,
             listener,

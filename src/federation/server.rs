@@ -54,6 +54,10 @@ pub struct NodeServer {
     stopping: std::sync::atomic::AtomicBool,
     /// The HTTP API's certificate (PEM), once the API serves.
     pub(super) api_cert: std::sync::OnceLock<String>,
+    /// The console certificate key's SHA-256 (base64), once it serves.
+    pub(super) console_spki: std::sync::OnceLock<String>,
+    /// The node key's signature over it ([`super::console::binding_message`]).
+    pub(super) console_binding: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug)]
@@ -106,6 +110,8 @@ impl NodeServer {
             pace,
             stopping: Default::default(),
             api_cert: Default::default(),
+            console_spki: Default::default(),
+            console_binding: Default::default(),
         })
     }
 

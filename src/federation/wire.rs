@@ -8,10 +8,10 @@ use kexin_engine::consent::{ConsentReceipt, ConsentRecord};
 use kexin_engine::contract::{Action, Contract, Terms};
 use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
 use kexin_engine::federated::{FederateBody, JointRows, PsiBody, PsiMode};
-use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody};
+use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody, UdfSubmissionBody};
 use kexin_engine::ledger::Budget;
 use kexin_engine::log_view::LogPage;
-use kexin_engine::node::{ListedUdf, Outcome, Registration};
+use kexin_engine::node::{ListedUdf, Outcome, Registration, Submission};
 use kexin_engine::registry::Use;
 use kexin_engine::store::AuditProof;
 use kexin_engine::{Code, Refusal};
@@ -72,6 +72,18 @@ pub enum ToNode {
     Udfs {
         scene: Option<String>,
     },
+    /// A researcher's signed submission of a module for review, with the
+    /// module (base64).
+    UdfSubmit {
+        submission: Signed<UdfSubmissionBody>,
+        module: String,
+    },
+    /// The modules submitted on this node the link's member may see.
+    UdfSubmissions {
+        scene: Option<String>,
+    },
+    /// A signed approval of a submitted module (the node has its bytes).
+    UdfApprove(Signed<UdfApprovalBody>),
     /// The DP ledger rows the link's member may see.
     Budgets {
         actor: Option<String>,
@@ -165,6 +177,10 @@ pub enum FromNode {
     Registered(Box<Registration>),
     /// Approved modules.
     Udfs(Vec<ListedUdf>),
+    /// A module submitted (or found submitted already).
+    Submitted(Box<Submission>),
+    /// Submitted modules.
+    Submissions(Vec<Submission>),
     /// DP ledger rows.
     Budgets(Vec<Budget>),
     /// An inclusion proof, with the node's checkpoint verifier key.

@@ -855,3 +855,84 @@ fn a_member_lists_and_verifies_a_nodes_log_through_its_server() {
     assert_eq!(rc, 5, "{out}");
     assert!(out.contains("root"), "{out}");
 }
+
+#[test]
+fn a_researcher_submits_a_module_and_a_holder_approves_it_by_digest() {
+    let f = Federation::new(3, 10, &["h1"]);
+    let d = path(&f.dir);
+    let module = f.dir.join("doubler.wasm");
+    std::fs::write(&module, crate::fixtures::doubler()).expect("write module");
+    let m = path(&module);
+    let submit = |who: &str, scene: &str| {
+        kexin(&[
+            "udf", "submit", "--space", d, "--node", "h1", "--scene", scene, "--as", who,
+            "--format", "json", m,
+        ])
+    };
+    // grace's organisation is not the scene's requester: refused, audited.
+    let (rc, out) = submit("grace", "diabetes-2027");
+    assert_eq!(rc, 3, "{out}");
+    assert_eq!(lines(&out)[0]["code"], "KX-AUTH");
+    assert!(lines(&out)[0]["audit_seq"].as_u64().is_some(), "{out}");
+    let (rc, out) = submit("alice", "diabetes-2027");
+    assert_eq!(rc, 0, "{out}");
+    let sub = lines(&out).remove(0);
+    let digest = sub["digest"].as_str().expect("digest").to_string();
+    assert_eq!(sub["approved"], false);
+    assert!(!sub["functions"].as_array().expect("functions").is_empty());
+    // Submitting is not approving: the module is not usable yet.
+    let approved = |who: &str| {
+        let (rc, out) = kexin(&[
+            "udf", "list", "--space", d, "--node", "h1", "--as", who, "--format", "json",
+        ]);
+        assert_eq!(rc, 0, "{out}");
+        lines(&out).iter().any(|u| u["digest"] == digest.as_str())
+    };
+    assert!(!approved("carol"));
+    let pending = |who: &str| {
+        let (rc, out) = kexin(&[
+            "udf", "pending", "--space", d, "--node", "h1", "--as", who, "--format", "json",
+        ]);
+        assert_eq!(rc, 0, "{out}");
+        lines(&out)
+    };
+    // The holder sees it with its digest; another researcher does not.
+    assert!(
+        pending("carol")
+            .iter()
+            .any(|s| s["digest"] == digest.as_str() && s["submitted_by"] == "alice")
+    );
+    assert!(pending("bob").is_empty());
+    let approve = |who: &str, digest: &str| {
+        kexin(&[
+            "udf",
+            "approve",
+            "--space",
+            d,
+            "--node",
+            "h1",
+            "--scene",
+            "diabetes-2027",
+            "--digest",
+            digest,
+            "--as",
+            who,
+            "--format",
+            "json",
+        ])
+    };
+    // A holder of another node, a researcher, a digest never submitted:
+    // refused.
+    assert_eq!(approve("holder-h2", &digest).0, 3);
+    assert_eq!(approve("alice", &digest).0, 3);
+    let (rc, out) = approve("carol", &"ab".repeat(32));
+    assert_ne!(rc, 0, "{out}");
+    assert_eq!(lines(&out)[0]["code"], "KX-UDF-MODULE");
+    assert!(!approved("carol"));
+    // carol approves: the module is approved, and the submission says so.
+    let (rc, out) = approve("carol", &digest);
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(lines(&out)[0]["newly_approved"], true);
+    assert!(approved("alice"));
+    assert!(pending("alice").iter().all(|s| s["approved"] == true));
+}

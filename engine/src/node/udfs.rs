@@ -234,3 +234,231 @@ impl Node {
         }
     }
 }
+
+/// A module a researcher submitted for a scene on this node, waiting for
+/// (or given) a data holder's approval: what `kexin udf pending` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submission {
+    pub node: String,
+    pub scene: String,
+    pub digest: String,
+    /// The functions its manifest declares, with their types.
+    pub functions: Vec<kexin_sandbox::Function>,
+    pub submitted_by: String,
+    pub submitted_at: String,
+    pub audit_seq: u64,
+    /// Whether the module is approved for the scene now.
+    pub approved: bool,
+}
+
+/// A submission refused because the module is not one submitted for the
+/// scene.
+const NOT_SUBMITTED: Refusal = Refusal::new(
+    Code::UdfModule,
+    "no module with that digest was submitted for the scene on this node",
+);
+
+impl Node {
+    /// Where a submitted module's bytes wait for review: the node's own
+    /// folder, apart from the space's store of approved modules.
+    /// `digest` is the module's digest as listed (`sha256:<hex>`) or its
+    /// bare hex, as an approval signs it.
+    fn submitted_path(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let ok = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        ok.then(|| {
+            self.space
+                .dir
+                .join(&self.name)
+                .join("udf-submitted")
+                .join(format!("{hex}.wasm"))
+        })
+    }
+
+    /// A researcher submits a module for a scene on this node, for its data
+    /// holders to review: the module is checked as an approval checks it
+    /// (limits, imports, manifest), kept in the node's folder, and recorded
+    /// with its audit entry. Refusals are audited.
+    pub fn submit_udf(
+        &self,
+        env: &Signed<crate::identity::UdfSubmissionBody>,
+        bytes: &[u8],
+    ) -> Result<Submission> {
+        let a = &env.body;
+        let r = self.submit_checked(env, bytes);
+        self.audit_refusal(r, &a.member, &a.scene, Kind::UdfSubmit, None)
+    }
+
+    fn submit_checked(
+        &self,
+        env: &Signed<crate::identity::UdfSubmissionBody>,
+        bytes: &[u8],
+    ) -> Result<Submission> {
+        let a = &env.body;
+        if a.space != self.space.name || a.node != self.name {
+            return Err(refusal(
+                Code::Auth,
+                "the submission is for another space or node",
+            ));
+        }
+        if hex::encode(sha2::Sha256::digest(bytes)) != a.module_sha256 {
+            return Err(refusal(Code::Auth, "the signed digest is not the module's"));
+        }
+        let sc = self
+            .space
+            .scenes
+            .get(&a.scene)
+            .ok_or_else(|| refusal(Code::Scene, "unknown scene"))?;
+        let researcher_of_scene = self
+            .space
+            .members
+            .get(&a.member)
+            .is_some_and(|m| m.role == Role::Researcher && m.org == sc.requester);
+        if !researcher_of_scene {
+            return Err(refusal(
+                Code::Auth,
+                "modules are submitted by researchers of the scene's requester",
+            ));
+        }
+        self.check_signed(
+            env,
+            tag::UDF_SUBMIT,
+            &a.member,
+            &a.nonce,
+            &a.time,
+            Code::Auth,
+        )?;
+        let module = self.udfs.load_bytes(bytes)?;
+        let digest = module.digest().to_string();
+        if let Some(s) = self
+            .udf_submissions(&a.member, Some(&a.scene))?
+            .into_iter()
+            .find(|s| s.digest == digest)
+        {
+            return Ok(s);
+        }
+        let path = self
+            .submitted_path(&digest)
+            .ok_or_else(|| Error::internal("digest without a path"))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        let manifest = serde_json::to_string(module.manifest()).map_err(Error::internal)?;
+        let now = now_utc().1;
+        let mut entry =
+            self.governance_entry(&a.member, &a.scene, Kind::UdfSubmit, Decision::Recorded);
+        entry.time = now.clone();
+        entry.udfs = vec![digest.clone()];
+        let (seq, _) = self
+            .store_lock()?
+            .append_with(entry, &self.keys, |tx, seq| {
+                tx.execute(
+                    "INSERT INTO udf_submission
+                 (scene, digest, manifest, submitted_by, submitted_at, audit_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    rusqlite::params![a.scene, digest, manifest, a.member, now, seq as i64],
+                )?;
+                Ok(())
+            })?;
+        Ok(Submission {
+            node: self.name.clone(),
+            scene: a.scene.clone(),
+            digest,
+            functions: module.manifest().functions.clone(),
+            submitted_by: a.member.clone(),
+            submitted_at: now,
+            audit_seq: seq,
+            approved: false,
+        })
+    }
+
+    /// The modules submitted on this node (for one scene), oldest first:
+    /// all of them for its data holders and the operator, a researcher's
+    /// own for a researcher.
+    pub fn udf_submissions(&self, member: &str, scene: Option<&str>) -> Result<Vec<Submission>> {
+        let reviewer = self.operator(member) || self.holder_here(member);
+        let mut all = self.submissions(scene)?;
+        all.retain(|s| reviewer || s.submitted_by == member);
+        Ok(all)
+    }
+
+    /// Every module submitted on this node (for one scene), oldest first.
+    fn submissions(&self, scene: Option<&str>) -> Result<Vec<Submission>> {
+        let rows: Vec<(String, String, String, String, String, i64)> = {
+            let store = self.store_lock()?;
+            let mut stmt = store.conn.prepare(
+                "SELECT scene, digest, manifest, submitted_by, submitted_at, audit_seq
+                 FROM udf_submission ORDER BY submitted_at, scene, digest",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?;
+            rows.collect::<std::result::Result<_, _>>()?
+        };
+        let mut out = Vec::new();
+        for (sc, digest, manifest, by, at, seq) in rows {
+            if scene.is_some_and(|s| s != sc) {
+                continue;
+            }
+            let manifest: kexin_sandbox::Manifest = serde_json::from_str(&manifest)
+                .map_err(|_| Error::internal("a stored manifest does not parse"))?;
+            let approved = self
+                .space
+                .scenes
+                .get(&sc)
+                .is_some_and(|s| s.udfs.contains(&digest))
+                || self
+                    .approvals(Some(&sc))?
+                    .iter()
+                    .any(|a| a.digest == digest);
+            out.push(Submission {
+                node: self.name.clone(),
+                scene: sc,
+                digest,
+                functions: manifest.functions,
+                submitted_by: by,
+                submitted_at: at,
+                audit_seq: seq as u64,
+                approved,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A data holder (or the operator) approves a submitted module, as
+    /// [`Node::approve_udf`] approves one it is given, with the bytes the
+    /// researcher submitted. Refusals are audited.
+    pub fn approve_submitted(&self, env: &Signed<UdfApprovalBody>) -> Result<Registration> {
+        let a = &env.body;
+        // Who may approve is the approval's own check (`approve_udf`).
+        let submitted = self
+            .submissions(Some(&a.scene))?
+            .iter()
+            .any(|s| s.digest.strip_prefix("sha256:") == Some(a.module_sha256.as_str()));
+        let bytes = self
+            .submitted_path(&a.module_sha256)
+            .filter(|_| submitted)
+            .and_then(|p| std::fs::read(p).ok());
+        match bytes {
+            Some(b) => self.approve_udf(env, &b),
+            None => self.audit_refusal(
+                Err(Error::Refused(NOT_SUBMITTED)),
+                &a.member,
+                &a.scene,
+                Kind::UdfRegister,
+                None,
+            ),
+        }
+    }
+}

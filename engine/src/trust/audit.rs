@@ -105,6 +105,8 @@ closed_set! {
         BudgetCharge => "budget-charge",
         /// A UDF module approved for a scene.
         UdfRegister => "udf-register",
+        /// A UDF module submitted for approval by a researcher.
+        UdfSubmit => "udf-submit",
         ContractOffer => "contract-offer",
         ContractAgree => "contract-agree",
         ContractFinalize => "contract-finalize",

@@ -126,6 +126,7 @@ pub mod tag {
     pub const COLLECT: &str = "kexin/collect-request/v1";
     pub const FHE_KEYS: &str = "kexin/fhe-keys/v1";
     pub const UDF: &str = "kexin/udf-approval/v1";
+    pub const UDF_SUBMIT: &str = "kexin/udf-submission/v1";
     pub const REQUEST: &str = "kexin/request/v1";
 }
 
@@ -270,6 +271,22 @@ pub struct QueryBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UdfApprovalBody {
+    pub space: String,
+    pub node: String,
+    pub scene: String,
+    pub member: String,
+    /// SHA-256 of the module's bytes, hex.
+    pub module_sha256: String,
+    pub nonce: String,
+    pub time: String,
+}
+
+/// A researcher's signed submission of a WebAssembly module for a scene on
+/// a node, for its data holders to review and approve (signed under
+/// [`tag::UDF_SUBMIT`], never mistaken for an approval).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdfSubmissionBody {
     pub space: String,
     pub node: String,
     pub scene: String,

@@ -110,7 +110,7 @@ fn unique_sibling(path: &Path, tag: &str) -> PathBuf {
 /// Create `path` (mode 0600) with `bytes` unless it exists. Written to a
 /// private temp file first and linked into place, so a concurrent opener
 /// either wins the race or reads the winner's complete file.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = unique_sibling(path, "new");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -327,6 +327,15 @@ impl Store {
                      approved_by TEXT NOT NULL,
                      approved_at TEXT NOT NULL,
                      audit_seq   INTEGER NOT NULL,
+                     PRIMARY KEY (scene, digest)
+                 );
+                 CREATE TABLE IF NOT EXISTS udf_submission (
+                     scene        TEXT NOT NULL,
+                     digest       TEXT NOT NULL,
+                     manifest     TEXT NOT NULL,
+                     submitted_by TEXT NOT NULL,
+                     submitted_at TEXT NOT NULL,
+                     audit_seq    INTEGER NOT NULL,
                      PRIMARY KEY (scene, digest)
                  );
                  CREATE TABLE IF NOT EXISTS dp_ledger (
