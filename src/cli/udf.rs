@@ -12,6 +12,21 @@ use kexin_engine::policy::Space;
 use super::target::Target;
 use crate::UdfAction;
 
+/// The space, the node (default: the space's first), the member's key and
+/// the node's server, for a command one member sends to one node.
+fn on_node(
+    space: &std::path::Path,
+    node: Option<String>,
+    actor: &str,
+    key: Option<&std::path::Path>,
+) -> Result<(Arc<Space>, String, ed25519_dalek::SigningKey, Target)> {
+    let space = Arc::new(Space::load(space)?);
+    let signing = kexin::members::load_key(&space.dir, actor, key)?;
+    let n = node.unwrap_or_else(|| space.default_node().to_string());
+    let target = Target::open(&space, Some(n.clone()), Some(&signing), false)?;
+    Ok((space, n, signing, target))
+}
+
 /// Print a refusal for `node` as `udf register` does; the exit status.
 fn refused(node: &str, r: &super::target::Refused, format: Format) -> u8 {
     if format == Format::Json {
@@ -36,12 +51,9 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
             format,
             file,
         } => {
-            let space = Arc::new(Space::load(&space)?);
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
-            let n = node.unwrap_or_else(|| space.default_node().to_string());
-            let target = Target::open(&space, Some(n.clone()), Some(&signing), false)?;
+            let (space, n, signing, target) = on_node(&space, node, &actor, key.as_deref())?;
             let env = kexin::members::udf_submission(&space, &n, &actor, &signing, &scene, &bytes)?;
             match target.submit_udf(env, &bytes)? {
                 Ok(s) if format == Format::Json => println!("{}", serde_json::to_string(&s)?),
@@ -66,10 +78,7 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
             key,
             format,
         } => {
-            let space = Arc::new(Space::load(&space)?);
-            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
-            let n = node.unwrap_or_else(|| space.default_node().to_string());
-            let target = Target::open(&space, Some(n.clone()), Some(&signing), false)?;
+            let (_, n, _, target) = on_node(&space, node, &actor, key.as_deref())?;
             match target.udf_submissions(&actor, scene)? {
                 Ok(list) => {
                     for s in list {
@@ -108,10 +117,7 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
             key,
             format,
         } => {
-            let space = Arc::new(Space::load(&space)?);
-            let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
-            let n = node.unwrap_or_else(|| space.default_node().to_string());
-            let target = Target::open(&space, Some(n.clone()), Some(&signing), false)?;
+            let (space, n, signing, target) = on_node(&space, node, &actor, key.as_deref())?;
             let env =
                 kexin::members::udf_approval_of(&space, &n, &actor, &signing, &scene, &digest)?;
             match target.approve_submitted(env)? {

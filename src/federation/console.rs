@@ -114,14 +114,11 @@ pub(super) fn console_tls(
     let key = rcgen::KeyPair::try_from(der.as_slice()).context("console.key")?;
     let spki = key.subject_public_key_info();
     let spki_sha256 = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&spki));
-    let mut params = rcgen::CertificateParams::new(names.to_vec()).context("certificate names")?;
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("kexin console {}", server.node.name()),
-    );
-    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2125, 1, 1);
-    let cert = params.self_signed(&key).context("self-signing")?;
+    let cert = super::http::self_signed(
+        &key,
+        names,
+        &format!("kexin console {}", server.node.name()),
+    )?;
     let binding = hex::encode(
         server
             .me

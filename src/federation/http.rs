@@ -757,16 +757,28 @@ pub fn certificate(
 ) -> Result<(String, Vec<u8>, Vec<u8>)> {
     let pkcs8 = crate::net::pkcs8(me);
     let key = rcgen::KeyPair::try_from(pkcs8.as_slice()).context("the node key as PKCS#8")?;
+    let cert = self_signed(&key, names, &format!("kexin node {node}"))?;
+    Ok((cert.pem(), cert.der().to_vec(), pkcs8))
+}
+
+/// A certificate for `names` self-signed by `key`, named `common_name`,
+/// valid 2025–2125, its serial taken from the key: the same certificate
+/// for the same key and names.
+pub(super) fn self_signed(
+    key: &rcgen::KeyPair,
+    names: &[String],
+    common_name: &str,
+) -> Result<rcgen::Certificate> {
+    use rcgen::PublicKeyData as _;
     let mut params = rcgen::CertificateParams::new(names.to_vec()).context("certificate names")?;
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("kexin node {node}"));
+        .push(rcgen::DnType::CommonName, common_name);
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2125, 1, 1);
-    let serial = Sha256::digest(me.verifying_key().as_bytes());
+    let serial = Sha256::digest(key.subject_public_key_info());
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial[..16]));
-    let cert = params.self_signed(&key).context("self-signing")?;
-    Ok((cert.pem(), cert.der().to_vec(), pkcs8))
+    params.self_signed(key).context("self-signing")
 }
 
 /// The names the API's certificate is for: the loopback names, and the

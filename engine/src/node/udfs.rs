@@ -151,15 +151,7 @@ impl Node {
                 "a UDF module declares a function with a built-in function's name",
             ));
         }
-        let path = crate::udf::module_path(&self.space.dir, &digest)
-            .ok_or_else(|| Error::internal("digest without a path"))?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        keep_module(crate::udf::module_path(&self.space.dir, &digest), bytes)?;
         let manifest = serde_json::to_string(module.manifest()).map_err(Error::internal)?;
         let now = now_utc().1;
         let mut entry = self.governance_entry(by, scene, Kind::UdfRegister, Decision::Approved);
@@ -233,6 +225,20 @@ impl Node {
             loadable: module.is_some(),
         }
     }
+}
+
+/// Write a module's bytes to `path` (its digest's place), durably: a
+/// private temporary file, synced, renamed into place.
+fn keep_module(path: Option<PathBuf>, bytes: &[u8]) -> Result<()> {
+    let path = path.ok_or_else(|| Error::internal("digest without a path"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
 }
 
 /// A module a researcher submitted for a scene on this node, waiting for
@@ -337,16 +343,7 @@ impl Node {
         {
             return Ok(s);
         }
-        let path = self
-            .submitted_path(&digest)
-            .ok_or_else(|| Error::internal("digest without a path"))?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        keep_module(self.submitted_path(&digest), bytes)?;
         let manifest = serde_json::to_string(module.manifest()).map_err(Error::internal)?;
         let now = now_utc().1;
         let mut entry =

@@ -12,6 +12,23 @@ const RIGHT: f64 = 16.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 72.0;
 
+/// A plot's title, its value axis from `lo` to `hi` with five ticks and
+/// grid lines, and the axis's label.
+fn axis(title: &str, value_label: &str, lo: f64, hi: f64) -> Markup {
+    let plot_h = H - TOP - BOTTOM;
+    let y = |v: f64| TOP + plot_h * (hi - v) / (hi - lo);
+    html! {
+        title { (title) }
+        @for i in 0..=4 {
+            @let t = lo + (hi - lo) * f64::from(i) / 4.0;
+            line x1=(LEFT) x2=(W - RIGHT) y1=(y(t)) y2=(y(t)) stroke="#ddd" {}
+            text x=(LEFT - 6.0) y=(y(t) + 4.0) text-anchor="end" font-size="12" fill="#333" { (tick(t)) }
+        }
+        text x="14" y=(TOP + plot_h / 2.0) font-size="12" fill="#333"
+            transform=(format!("rotate(-90 14 {})", TOP + plot_h / 2.0)) text-anchor="middle" { (value_label) }
+    }
+}
+
 /// One bar: its label, its value and, for DP releases, its 95% interval.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bar {
@@ -59,20 +76,11 @@ pub fn bars(title: &str, value_label: &str, bars: &[Bar]) -> Markup {
     let rotate = bars
         .iter()
         .any(|b| b.label.chars().count() as f64 * 7.0 > slot);
-    let ticks: Vec<f64> = (0..=4)
-        .map(|i| lo + (hi - lo) * f64::from(i) / 4.0)
-        .collect();
     html! {
         svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox=(format!("0 0 {W} {H}"))
             width=(W) height=(H) aria-label=(title) {
-            title { (title) }
-            @for t in &ticks {
-                line x1=(LEFT) x2=(W - RIGHT) y1=(y(*t)) y2=(y(*t)) stroke="#ddd" {}
-                text x=(LEFT - 6.0) y=(y(*t) + 4.0) text-anchor="end" font-size="12" fill="#333" { (tick(*t)) }
-            }
+            (axis(title, value_label, lo, hi))
             line x1=(LEFT) x2=(W - RIGHT) y1=(y(0.0)) y2=(y(0.0)) stroke="#111" {}
-            text x="14" y=(TOP + plot_h / 2.0) font-size="12" fill="#333"
-                transform=(format!("rotate(-90 14 {})", TOP + plot_h / 2.0)) text-anchor="middle" { (value_label) }
             @for (i, b) in bars.iter().enumerate() {
                 @let cx = LEFT + slot * (i as f64 + 0.5);
                 @let (top, bottom) = if b.value >= 0.0 { (y(b.value), y(0.0)) } else { (y(0.0), y(b.value)) };
@@ -130,19 +138,10 @@ pub fn steps(title: &str, value_label: &str, series: &[Series]) -> Markup {
         d.push_str(&format!(" H {}", x(pts.len())));
         d
     };
-    let ticks: Vec<f64> = (0..=4)
-        .map(|i| lo + (hi - lo) * f64::from(i) / 4.0)
-        .collect();
     html! {
         svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox=(format!("0 0 {W} {H}"))
             width=(W) height=(H) aria-label=(title) {
-            title { (title) }
-            @for t in &ticks {
-                line x1=(LEFT) x2=(W - RIGHT) y1=(y(*t)) y2=(y(*t)) stroke="#ddd" {}
-                text x=(LEFT - 6.0) y=(y(*t) + 4.0) text-anchor="end" font-size="12" fill="#333" { (tick(*t)) }
-            }
-            text x="14" y=(TOP + plot_h / 2.0) font-size="12" fill="#333"
-                transform=(format!("rotate(-90 14 {})", TOP + plot_h / 2.0)) text-anchor="middle" { (value_label) }
+            (axis(title, value_label, lo, hi))
             @for (i, s) in series.iter().enumerate() {
                 @let colour = COLOURS[i % COLOURS.len()];
                 path d=(path(&s.points)) fill="none" stroke=(colour) stroke-width="2" {}
