@@ -26,7 +26,7 @@
 //! | `federation/direct.rs` | requests one node answers alone: a researcher's query, the contracts a member may see |
 //! | `federation/flight.rs` | Arrow Flight SQL (`kexin node --flight`): the signed query, released rows as Arrow |
 //! | `federation/http.rs` | the HTTP JSON API (`kexin node --http`): signed calls, TLS, OpenAPI |
-//! | `federation/console.rs` | the web console (`kexin node --console`): sessions, pages, signed actions, plots |
+//! | `federation/console.rs` | the web console (`kexin node --console`): routes, sessions, sign-in; `console/` its role pages, signed actions, texts, plots |
 //! | `federation/api_client.rs` | a blocking client of that API (pinned TLS, signed calls) |
 //! | `federation/client.rs` | the CLI as a client: one request over the member's link, one answer |
 //! | `federation/researcher.rs` | `kexin federate` / `kexin psi`: Ready, Go or Cancel, agreement |
