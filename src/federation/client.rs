@@ -109,8 +109,13 @@ pub fn read_log(
         if *verifier.get_or_insert_with(|| v.clone()) != v {
             anyhow::bail!("node {node} changed its verifier key between pages");
         }
+        // A page that brings no leaf, or more than asked, ends the read
+        // (`check_pages` then finds what is missing).
+        let done = page.leaves.is_empty()
+            || page.leaves.len() as u64 > MAX_PAGE
+            || page.next() > page.size
+            || size.is_some_and(|s| s != page.size);
         size = Some(page.size);
-        let done = page.leaves.is_empty() || page.next() > page.size;
         pages.push(page);
         if done {
             return Ok(Ok((pages, verifier.unwrap_or_default())));

@@ -140,7 +140,10 @@ pub fn check_pages(
             cp.origin
         ));
     }
-    let mut leaves: Vec<Hash> = Vec::with_capacity(cp.size as usize);
+    // The size is the node's claim: reserve for what the pages bring, not
+    // for what it says.
+    let sent: usize = pages.iter().map(|p| p.leaves.len()).sum();
+    let mut leaves: Vec<Hash> = Vec::with_capacity(sent);
     let mut shown = Vec::new();
     for page in pages {
         if page.checkpoint != first.checkpoint || page.size != cp.size {
