@@ -15,7 +15,7 @@ DIR="${BENCH_SPACE:-$CARGO_TARGET_DIR/bench-federation-$PATIENTS}"
 cargo build --release --bin kexin
 # A space from before federation existed has no node identities: regenerate.
 if [ ! -f "$DIR/h3/admissions.parquet" ] || ! grep -q "node-h3" "$DIR/space.toml" 2>/dev/null; then
-    "$CARGO_TARGET_DIR/release/kexin" gen --out "$DIR" --hospitals 3 --patients "$PATIENTS" --seed 1
+    "$CARGO_TARGET_DIR/release/kexin" gen --out "$DIR" --hospitals 3 --patients "$PATIENTS" --seed 1 --force
 fi
 echo "space: $DIR"
 KEXIN_BENCH_SPACE="$DIR" cargo bench --bench federation -- --noplot

@@ -67,6 +67,10 @@ enum Command {
         /// Also write CSV copies of every table.
         #[arg(long)]
         csv: bool,
+        /// Write even into a folder that already holds a space (its
+        /// space.toml, data, keys and registry are replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Run a researcher's SQL under a scene on one node.
     Query {
@@ -541,7 +545,16 @@ fn run(cli: Cli) -> Result<u8> {
             patients,
             seed,
             csv,
+            force,
         } => {
+            // A folder that holds a space may hold a hand-written policy and
+            // a hospital's own data: never overwritten by accident.
+            anyhow::ensure!(
+                force || !out.join("space.toml").exists(),
+                "{} already holds a space (space.toml): kexin gen would replace its policy, data, \
+                 keys and registry; pass --force to do that, or choose another --out",
+                out.display()
+            );
             let started = std::time::Instant::now();
             let (p, a, l) = synth::generate(
                 &out,

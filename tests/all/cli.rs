@@ -421,6 +421,38 @@ fn config_errors_name_file_and_field() {
 }
 
 #[test]
+fn gen_does_not_overwrite_a_space_without_force() {
+    let t = tempfile::tempdir().expect("tempdir");
+    generate(t.path());
+    let policy = t.path().join("space.toml");
+    let edited = format!(
+        "{}\n# a hand-written note\n",
+        std::fs::read_to_string(&policy).expect("policy")
+    );
+    std::fs::write(&policy, &edited).expect("edit");
+    let dir = t.path().to_str().expect("utf8");
+    let args = [
+        "gen",
+        "--out",
+        dir,
+        "--hospitals",
+        "2",
+        "--patients",
+        "300",
+        "--seed",
+        "4",
+    ];
+    let out = kexin(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&policy).expect("policy"), edited);
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(kexin(&forced).status.success());
+    assert_ne!(std::fs::read_to_string(&policy).expect("policy"), edited);
+}
+
+#[test]
 fn generator_is_deterministic_and_writes_csv() {
     let a = tempfile::tempdir().expect("tempdir");
     let b = tempfile::tempdir().expect("tempdir");
