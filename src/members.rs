@@ -213,19 +213,8 @@ pub fn udf_approval(
     bytes: &[u8],
 ) -> Result<Signed<UdfApprovalBody>> {
     use sha2::Digest;
-    Ok(Signed::sign(
-        tag::UDF,
-        UdfApprovalBody {
-            space: space.name.clone(),
-            node: node.into(),
-            scene: scene.into(),
-            member: member.into(),
-            module_sha256: hex::encode(sha2::Sha256::digest(bytes)),
-            nonce: nonce()?,
-            time: now_utc().1,
-        },
-        key,
-    )?)
+    let digest = hex::encode(sha2::Sha256::digest(bytes));
+    udf_approval_of(space, node, member, key, scene, &digest)
 }
 
 /// A researcher's signed submission of the module `bytes` for `scene` on

@@ -12,6 +12,30 @@ use kexin_engine::policy::Space;
 use super::target::Target;
 use crate::UdfAction;
 
+/// Print an approval as `udf register` and `udf approve` do.
+fn print_registration(r: &kexin_engine::node::Registration, format: Format) -> Result<()> {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    println!(
+        "node {}: {} {} for scene {} (audit seq {})",
+        r.node,
+        if r.newly_approved {
+            "approved"
+        } else {
+            "already approved"
+        },
+        r.digest,
+        r.scene,
+        r.audit_seq
+    );
+    for f in &r.functions {
+        println!("  {}", kexin::render::udf_signature(f));
+    }
+    Ok(())
+}
+
 /// The space, the node (default: the space's first), the member's key and
 /// the node's server, for a command one member sends to one node.
 fn on_node(
@@ -121,19 +145,7 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
             let env =
                 kexin::members::udf_approval_of(&space, &n, &actor, &signing, &scene, &digest)?;
             match target.approve_submitted(env)? {
-                Ok(r) if format == Format::Json => println!("{}", serde_json::to_string(&r)?),
-                Ok(r) => println!(
-                    "node {}: {} {} for scene {} (audit seq {})",
-                    r.node,
-                    if r.newly_approved {
-                        "approved"
-                    } else {
-                        "already approved"
-                    },
-                    r.digest,
-                    r.scene,
-                    r.audit_seq
-                ),
+                Ok(r) => print_registration(&r, format)?,
                 Err(r) => return Ok(refused(&n, &r, format)),
             }
             Ok(0)
@@ -165,38 +177,8 @@ pub(crate) fn udf(action: UdfAction) -> Result<u8> {
                 let approval =
                     kexin::members::udf_approval(&space, &n, &actor, &signing, &scene, &bytes)?;
                 match target.approve_udf(approval, &bytes)? {
-                    Ok(r) => {
-                        if format == Format::Json {
-                            println!("{}", serde_json::to_string(&r)?);
-                        } else {
-                            println!(
-                                "node {}: {} {} for scene {} (audit seq {})",
-                                r.node,
-                                if r.newly_approved {
-                                    "approved"
-                                } else {
-                                    "already approved"
-                                },
-                                r.digest,
-                                r.scene,
-                                r.audit_seq
-                            );
-                            for f in &r.functions {
-                                println!("  {}", kexin::render::udf_signature(f));
-                            }
-                        }
-                    }
-                    Err(r) => {
-                        if format == Format::Json {
-                            println!(
-                                "{}",
-                                serde_json::json!({"node": n, "status": "refused", "code": r.code, "rule": r.rule})
-                            );
-                        } else {
-                            println!("node {n}: refused {}: {}", r.code, r.rule);
-                        }
-                        return Ok(u8::try_from(r.code.exit_status()).unwrap_or(1));
-                    }
+                    Ok(r) => print_registration(&r, format)?,
+                    Err(r) => return Ok(refused(&n, &r, format)),
                 }
             }
             Ok(0)
