@@ -6,6 +6,7 @@
 //! fixed code and rule and exit with the code's status.
 
 pub(crate) mod audit;
+pub(crate) mod dataset;
 pub(crate) mod query;
 pub(crate) mod target;
 pub(crate) mod udf;
@@ -74,6 +75,35 @@ pub enum IdAction {
     List {
         #[arg(long)]
         space: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// A data holder binds an individual to a person key of its node (a
+    /// hospital record number, a token, or an ID number), signed with the
+    /// holder's key: the individual's consent then decides about those
+    /// rows. Runs on the node's machine (the key's digest needs the space's
+    /// ID key); only the digest is kept.
+    Bind {
+        #[arg(long)]
+        space: PathBuf,
+        #[arg(long)]
+        node: String,
+        /// The data holder who binds (a holder of the node).
+        #[arg(long = "as")]
+        member: String,
+        /// The holder's key file (default: space/keys/<member>.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The individual member.
+        #[arg(long)]
+        person: String,
+        /// national-id, hospital-record or token (default: the scheme of
+        /// the space's datasets, when they share one).
+        #[arg(long)]
+        scheme: Option<String>,
+        /// The person key as the node's data holds it.
+        #[arg(long)]
+        person_key: String,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -444,6 +474,59 @@ pub fn id(action: IdAction) -> Result<u8> {
             )?;
             println!("{token}");
             Ok(0)
+        }
+        IdAction::Bind {
+            space,
+            node,
+            member,
+            key,
+            person,
+            scheme,
+            person_key,
+            format,
+        } => {
+            use kexin_engine::policy::PersonKeyScheme;
+            let space = load(&space)?;
+            let scheme = match scheme {
+                Some(s) => PersonKeyScheme::parse(&s).with_context(|| {
+                    format!("unknown scheme {s:?}: national-id, hospital-record or token")
+                })?,
+                None => {
+                    let mut all: Vec<PersonKeyScheme> = Vec::new();
+                    for d in space.datasets.values() {
+                        if !all.contains(&d.person_key_scheme) {
+                            all.push(d.person_key_scheme);
+                        }
+                    }
+                    match all.as_slice() {
+                        [one] => *one,
+                        _ => anyhow::bail!(
+                            "the space's datasets use several person-key schemes: pass --scheme"
+                        ),
+                    }
+                }
+            };
+            let k = members::load_key(&space.dir, &member, key.as_deref())?;
+            let env =
+                members::person_binding(&space, &node, &member, &k, &person, scheme, &person_key)?;
+            let Target::Local { node: n, .. } = Target::open(&space, Some(node), None, true)?
+            else {
+                anyhow::bail!("the node did not open in process");
+            };
+            match n.bind_person(&env) {
+                Ok(b) => {
+                    if format == Format::Json {
+                        println!("{}", serde_json::to_string(&b)?);
+                    } else {
+                        println!(
+                            "node {}: {} bound under {} by {} (audit seq {})",
+                            b.node, b.person, b.scheme, b.bound_by, b.audit_seq
+                        );
+                    }
+                    Ok(0)
+                }
+                Err(e) => refused(e, format),
+            }
         }
         IdAction::List { space, format } => {
             let space = load(&space)?;

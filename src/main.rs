@@ -248,6 +248,12 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Load a data holder's own files into its node and list what is
+    /// loaded (on the node's machine).
+    Dataset {
+        #[command(subcommand)]
+        action: cli::dataset::DatasetAction,
+    },
     /// Approve and list WebAssembly UDF modules (data holders).
     Udf {
         #[command(subcommand)]
@@ -762,6 +768,7 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Audit { action } => cli::audit::audit(action),
         Command::Udf { action } => cli::udf::udf(action),
+        Command::Dataset { action } => cli::dataset::dataset(action),
         Command::Budget {
             action:
                 BudgetAction::Show {

@@ -243,6 +243,37 @@ pub fn udf_submission(
     )?)
 }
 
+/// A data holder's signed binding of individual `person` to the person key
+/// `person_key` (under `scheme`) of `node`. The key's keyed digest is
+/// computed here, with the space's ID key (on the node's machine); the key
+/// itself is not in the binding.
+pub fn person_binding(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    person: &str,
+    scheme: kexin_engine::policy::PersonKeyScheme,
+    person_key: &str,
+) -> Result<Signed<identity::PersonBindingBody>> {
+    let id_key = kexin_engine::registry::id_key(&space.dir, false)?;
+    let digest = kexin_engine::consent::person_digest(&id_key, scheme, person_key);
+    Ok(Signed::sign(
+        tag::PERSON_BINDING,
+        identity::PersonBindingBody {
+            space: space.name.clone(),
+            node: node.into(),
+            member: member.into(),
+            person: person.into(),
+            scheme: scheme.as_str().into(),
+            person_digest: hex::encode(digest),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
 /// A signed approval of the submitted module with digest `digest` (as
 /// listed, `sha256:<hex>`, or its bare hex).
 pub fn udf_approval_of(

@@ -513,6 +513,36 @@ pub fn generate(out: &Path, opts: &GenOptions) -> Result<(u64, u64, u64)> {
         .map(|i| person(opts.seed, i).id_card)
         .collect();
     let space = std::sync::Arc::new(kexin_engine::policy::Space::load(out)?);
+    // Each hospital loads its files as its data holder would (`kexin
+    // dataset add`): checked, given person ordinals, digested.
+    let loaded = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = space
+            .nodes
+            .iter()
+            .map(|node| {
+                let space = &space;
+                s.spawn(move || -> Result<()> {
+                    for ds in space.datasets.keys() {
+                        kexin_engine::node::data::load(space, node, ds, &[], "operator")?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("loading thread panicked")))
+        })
+    })?;
+    if !opts.quiet {
+        println!(
+            "loaded {} datasets on {} nodes ({:.1} s)",
+            space.datasets.len(),
+            space.nodes.len(),
+            loaded.elapsed().as_secs_f64()
+        );
+    }
     let fhe_space = std::sync::Arc::clone(&space);
     // Its own thread and runtime: callers may already be inside one.
     let counts = std::thread::scope(|s| {

@@ -10,8 +10,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Date32Array, Float32Array, Float64Array, Int16Array, Int32Array,
-    Int64Array, StringArray, StringViewArray, new_null_array,
+    Array, ArrayRef, AsArray, Date32Array, Float32Array, Float64Array, StringArray,
+    StringViewArray, new_null_array,
 };
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
@@ -230,15 +230,34 @@ impl ColumnMask {
         })
     }
 
-    fn clamp_i(&self, v: i64) -> i64 {
-        let v = match self.bounds {
-            Some((lo, hi)) => v.clamp(lo.ceil() as i64, hi.floor() as i64),
-            None => v,
+    /// The integer clamp and band, computed once per batch: `(lo, hi,
+    /// band)`.
+    fn int_rule(&self) -> (i64, i64, i64) {
+        let (lo, hi) = match self.bounds {
+            Some((lo, hi)) => (lo.ceil() as i64, hi.floor() as i64),
+            None => (i64::MIN, i64::MAX),
         };
-        match self.kind {
-            MaskKind::Band(n) => v.div_euclid(n as i64) * n as i64,
-            _ => v,
+        let band = match self.kind {
+            MaskKind::Band(n) => n as i64,
+            _ => 1,
+        };
+        (lo, hi, band)
+    }
+
+    fn clamp_int(rule: (i64, i64, i64), v: i64) -> i64 {
+        let (lo, hi, band) = rule;
+        let v = v.clamp(lo, hi);
+        if band == 1 {
+            v
+        } else {
+            // Saturating: near i64::MIN the floor would not fit.
+            v.div_euclid(band).saturating_mul(band)
         }
+    }
+
+    #[cfg(test)]
+    fn clamp_i(&self, v: i64) -> i64 {
+        Self::clamp_int(self.int_rule(), v)
     }
 
     fn apply(&self, arr: &ArrayRef) -> DfResult<ArrayRef> {
@@ -262,29 +281,33 @@ impl ColumnMask {
                         .collect::<StringViewArray>(),
                 )
             }
+            // Nulls stay where they are: a whole-array kernel, no per-value
+            // options.
             DataType::Int64 => {
+                let r = self.int_rule();
                 let a = arr.as_primitive::<Int64Type>();
-                Arc::new(
-                    a.iter()
-                        .map(|v| v.map(|x| self.clamp_i(x)))
-                        .collect::<Int64Array>(),
-                )
+                Arc::new(a.unary::<_, Int64Type>(|x| Self::clamp_int(r, x)))
             }
             DataType::Int32 => {
+                let r = self.int_rule();
                 let a = arr.as_primitive::<Int32Type>();
-                Arc::new(
-                    a.iter()
-                        .map(|v| v.map(|x| self.clamp_i(x as i64) as i32))
-                        .collect::<Int32Array>(),
-                )
+                Arc::new(a.unary::<_, Int32Type>(|x| Self::clamp_int(r, x as i64) as i32))
             }
             DataType::Int16 => {
+                let r = self.int_rule();
                 let a = arr.as_primitive::<Int16Type>();
-                Arc::new(
-                    a.iter()
-                        .map(|v| v.map(|x| self.clamp_i(x as i64) as i16))
-                        .collect::<Int16Array>(),
-                )
+                Arc::new(a.unary::<_, Int16Type>(|x| Self::clamp_int(r, x as i64) as i16))
+            }
+            DataType::Float64
+                if !arr
+                    .as_primitive::<Float64Type>()
+                    .values()
+                    .iter()
+                    .any(|v| v.is_nan()) =>
+            {
+                // No NaN to turn into NULL.
+                let a = arr.as_primitive::<Float64Type>();
+                Arc::new(a.unary::<_, Float64Type>(|x| self.clamp_f(x).unwrap_or(x)))
             }
             DataType::Float64 => {
                 let a = arr.as_primitive::<Float64Type>();

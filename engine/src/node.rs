@@ -49,6 +49,7 @@ mod airlock;
 mod budget;
 mod contracts;
 mod contributions;
+pub mod data;
 mod dp_mode;
 mod joint;
 mod query;
@@ -233,12 +234,34 @@ pub struct Node {
     dir: PathBuf,
     pub(crate) keys: NodeKeys,
     pub(crate) store: Mutex<Store>,
-    /// Per dataset: the data file's schema (as DataFusion reads it) and URL.
-    tables: HashMap<String, (ListingTableUrl, SchemaRef)>,
+    /// Per dataset: the data file's URL, schema and load record.
+    tables: HashMap<String, Table>,
     /// The wasmtime sandbox and compiled-module cache for approved UDFs.
     udfs: UdfHost,
     /// The space's other nodes, which accept every DP charge first.
     pub(crate) peers: std::sync::OnceLock<Arc<dyn crate::ledger::PeerLedger>>,
+    /// The last consent set read per scene, with what it was read at
+    /// (registry version, date, bindings): a query reuses it while none of
+    /// them changed, so a grant or revocation takes effect at the next
+    /// query and unchanged grants are not read and matched again.
+    pub(crate) consent_sets:
+        Mutex<HashMap<String, (ConsentKey, crate::consent::ConsentSet, String)>>,
+}
+
+/// What a consent set was read at: the registry's version, the query's
+/// date, and the node's last person binding.
+pub(crate) type ConsentKey = ((u64, u64), String, u64);
+
+/// One dataset as the node reads it.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub(crate) url: ListingTableUrl,
+    /// The file's schema as DataFusion reads it.
+    pub(crate) schema: SchemaRef,
+    /// Loaded with `kexin dataset add`: the node's copy, with a person
+    /// ordinal per row, and its SHA-256. `None`: read from the declared
+    /// source as it is (persons are then told apart by their key's text).
+    pub(crate) sha256: Option<String>,
 }
 
 /// The first multiple of `quantum` at or after `elapsed` (at least one
@@ -279,9 +302,47 @@ impl Node {
         )]
         let ctx = SessionContext::new();
         let mut tables = HashMap::new();
+        let loads = data::records(&store)?;
+        if let Some(missing) = space
+            .datasets
+            .keys()
+            .find(|d| !loads.is_empty() && !loads.contains_key(*d))
+        {
+            // Persons are told apart by ordinal in loaded datasets and by
+            // key text in others: one query over both would mix the two.
+            return Err(Error::config(
+                "space.toml",
+                format!("dataset.{missing}"),
+                format!(
+                    "node {name} has loaded datasets but not this one; load it with `kexin dataset add --node {name} --dataset {missing}`"
+                ),
+            ));
+        }
         for ds in space.datasets.values() {
-            let path = ds.source_for(&space.dir, name);
+            let loaded = loads.get(&ds.name);
+            let path = match loaded {
+                Some(_) => data::copy_path(&dir, &ds.name),
+                None => ds.source_for(&space.dir, name),
+            };
             let field = |f: &str| format!("dataset.{}.{f}", ds.name);
+            if let Some(Err((field, why))) = loaded.map(|l| l.matches(ds)) {
+                return Err(Error::config(
+                    "space.toml",
+                    field,
+                    format!(
+                        "{why} on node {name}; load it again with `kexin dataset add --node {name} --dataset {}`",
+                        ds.name
+                    ),
+                ));
+            }
+            if let Some(l) = loaded
+                && (!path.is_file() || data::file_sha256(&path)? != l.sha256)
+            {
+                return Err(Error::Verify(format!(
+                    "node {name}'s copy of dataset {} does not match the digest its load recorded; load it again with `kexin dataset add`",
+                    ds.name
+                )));
+            }
             if !path.is_file() {
                 return Err(Error::config(
                     "space.toml",
@@ -331,7 +392,24 @@ impl Node {
                         )
                     })?;
             }
-            tables.insert(ds.name.clone(), (url, schema));
+            if loaded.is_some()
+                && schema
+                    .field_with_name(crate::policy::ORDINAL_COLUMN)
+                    .is_err()
+            {
+                return Err(Error::Verify(format!(
+                    "node {name}'s copy of dataset {} has no person ordinals",
+                    ds.name
+                )));
+            }
+            tables.insert(
+                ds.name.clone(),
+                Table {
+                    url,
+                    schema,
+                    sha256: loaded.map(|l| l.sha256.clone()),
+                },
+            );
         }
         Ok(Node {
             space,
@@ -342,6 +420,7 @@ impl Node {
             tables,
             udfs: UdfHost::new(kexin_sandbox::Limits::default())?,
             peers: std::sync::OnceLock::new(),
+            consent_sets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -356,6 +435,26 @@ impl Node {
     /// The space this node belongs to.
     pub fn space(&self) -> &Space {
         &self.space
+    }
+
+    /// Dataset → SHA-256 of the node's copy, for the loaded datasets
+    /// `scene` reads (what its audit entries bind).
+    pub(crate) fn data_digests(&self, scene: &str) -> BTreeMap<String, String> {
+        let Some(sc) = self.space.scenes.get(scene) else {
+            return BTreeMap::new();
+        };
+        sc.datasets
+            .iter()
+            .filter_map(|d| {
+                let t = self.tables.get(d)?;
+                Some((d.clone(), t.sha256.clone()?))
+            })
+            .collect()
+    }
+
+    /// Whether the node's datasets are loaded copies with person ordinals.
+    pub(crate) fn ordinals(&self) -> bool {
+        self.tables.values().any(|t| t.sha256.is_some())
     }
 
     pub(crate) fn store_lock(&self) -> Result<std::sync::MutexGuard<'_, Store>> {

@@ -8,6 +8,7 @@
 //! - `udf`: WebAssembly UDFs, hostile modules included;
 //! - `governance`: consent, contracts, the airlock, signed requests;
 //! - `cli`, `durability`: the command line, audit tampering, kill -9;
+//! - `ingest`: a hospital loading its own files (`kexin dataset add`);
 //! - `layers`: the engine's import circles (only the known ones remain);
 //! - `compat`: an audit log written by an earlier version still verifies;
 //! - `federation`, `encrypted`: node processes, joint queries, PSI, the
@@ -40,6 +41,7 @@ mod federation;
 mod gate_rules;
 mod governance;
 mod http_api;
+mod ingest;
 mod layers;
 mod node_service;
 mod query_path;

@@ -44,6 +44,12 @@ fn worlds() -> &'static (PathBuf, PathBuf) {
         copy_dir(&a, &b);
         set_victim(&a.join("h1/patients.parquet"), HEIGHT_A);
         set_victim(&b.join("h1/patients.parquet"), HEIGHT_B);
+        // The node reads its loaded copy: load the changed file in each
+        // world, as the hospital would.
+        for w in [&a, &b] {
+            let space = kexin_engine::policy::Space::load(w).unwrap();
+            kexin_engine::node::data::load(&space, "h1", "patients", &[], "operator").unwrap();
+        }
         (a, b)
     })
 }
@@ -185,14 +191,14 @@ const VICTIM: &str = "weight_kg = 187.9 AND height_cm = 212.3";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worlds_differ_where_the_attacker_looks() {
     // Sanity: the property is real. The same question asked of the data
-    // directly (in plain DataFusion over the raw files) tells the worlds
-    // apart, so a suite that passed would not pass by accident.
+    // directly (in plain DataFusion over the copies the nodes read) tells
+    // the worlds apart, so a suite that passed would not pass by accident.
     let (a, b) = worlds();
     for (dir, want) in [(a, 1), (b, 0)] {
         let ctx = datafusion::prelude::SessionContext::new();
         ctx.register_parquet(
             "patients",
-            dir.join("h1/patients.parquet").to_str().unwrap(),
+            dir.join("h1/data/patients.parquet").to_str().unwrap(),
             Default::default(),
         )
         .await

@@ -65,6 +65,10 @@ def worlds(tmp_path_factory):
     renumber_ports(b)
     set_victim(a.dir / "h1" / "patients.parquet", 212.3)
     set_victim(b.dir / "h1" / "patients.parquet", 212.2)
+    # The node reads its loaded copy: load the changed file in each world.
+    for w in (a, b):
+        out = w.kexin("dataset", "add", "--space", str(w.dir), "--node", "h1", "--dataset", "patients")
+        assert out.returncode == 0, out.stderr
     started = [start_node(w) for w in (a, b)]
     yield [(w, info) for w, (_, info) in zip((a, b), started)]
     for proc, _ in started:
@@ -102,8 +106,9 @@ def flight_seen(world, info, sql):
 
 def test_the_data_worlds_differ(worlds):
     (a, _), (b, _) = worlds
-    ha = pq.read_table(a.dir / "h1" / "patients.parquet").column("height_cm")[0].as_py()
-    hb = pq.read_table(b.dir / "h1" / "patients.parquet").column("height_cm")[0].as_py()
+    # What the nodes read: their loaded copies.
+    ha = pq.read_table(a.dir / "h1" / "data" / "patients.parquet").column("height_cm")[0].as_py()
+    hb = pq.read_table(b.dir / "h1" / "data" / "patients.parquet").column("height_cm")[0].as_py()
     assert (ha, hb) == (212.3, 212.2)
 
 

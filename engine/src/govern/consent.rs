@@ -27,8 +27,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, StringArray, StringViewArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, StringArray, StringViewArray,
+};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::UInt32Type;
 use datafusion::common::Result as DfResult;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
@@ -41,7 +44,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::Kind;
 use crate::closed::closed_set;
 use crate::keys::SecretKey;
-use crate::policy::Scene;
+use crate::policy::{PersonKeyScheme, Scene};
 
 pub use crate::purpose::Purpose;
 
@@ -150,6 +153,52 @@ pub fn id_digest(key: &SecretKey, id: &str) -> [u8; 32] {
     digest_with(&keyed(key), id)
 }
 
+/// The keyed digest of a person key under its dataset's scheme: what the
+/// node's person index is keyed by, so that it names no one to whoever
+/// reads it without the space's ID key. A national ID digests as
+/// [`id_digest`] does (so an operator-issued certificate finds the same
+/// person); record numbers and tokens are trimmed, not case-folded, and
+/// digested under their scheme's name, so that the same text under two
+/// schemes is two persons.
+pub fn person_digest(key: &SecretKey, scheme: PersonKeyScheme, value: &str) -> [u8; 32] {
+    PersonDigester::new(key, scheme).digest(value)
+}
+
+/// [`person_digest`] with the key schedule computed once.
+pub struct PersonDigester {
+    mac: Hmac<Sha256>,
+    scheme: PersonKeyScheme,
+}
+
+impl std::fmt::Debug for PersonDigester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersonDigester")
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PersonDigester {
+    pub fn new(key: &SecretKey, scheme: PersonKeyScheme) -> Self {
+        let mut mac = keyed(key);
+        if scheme != PersonKeyScheme::NationalId {
+            mac.update(b"kexin/person-key/v1\0");
+            mac.update(scheme.as_str().as_bytes());
+            mac.update(b"\0");
+        }
+        PersonDigester { mac, scheme }
+    }
+
+    pub fn digest(&self, value: &str) -> [u8; 32] {
+        if self.scheme == PersonKeyScheme::NationalId {
+            return digest_with(&self.mac, value);
+        }
+        let mut m = self.mac.clone();
+        m.update(value.trim().as_bytes());
+        m.finalize().into_bytes().into()
+    }
+}
+
 fn keyed(key: &SecretKey) -> Hmac<Sha256> {
     <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
@@ -173,6 +222,13 @@ fn digest_with(mac: &Hmac<Sha256>, id: &str) -> [u8; 32] {
 #[derive(Clone)]
 pub struct ConsentSet {
     pub digests: Arc<HashSet<[u8; 32]>>,
+    /// On a node whose datasets are loaded: the same persons as ordinals
+    /// of its person index, which the scan filter tests instead of
+    /// digesting each row's key.
+    pub ordinals: Option<Arc<roaring::RoaringBitmap>>,
+    /// The members whose grants cover the scene (a node adds the person
+    /// keys its data holders bound to them).
+    pub persons: Arc<Vec<String>>,
     key: SecretKey,
     /// The registry's consent sequence number the set was read at.
     pub seq: u64,
@@ -191,9 +247,33 @@ impl ConsentSet {
     pub fn new(digests: HashSet<[u8; 32]>, key: SecretKey, seq: u64) -> Self {
         ConsentSet {
             digests: Arc::new(digests),
+            ordinals: None,
+            persons: Arc::new(Vec::new()),
             key,
             seq,
         }
+    }
+
+    /// The members the set was read for.
+    pub fn with_persons(mut self, persons: Vec<String>) -> Self {
+        self.persons = Arc::new(persons);
+        self
+    }
+
+    /// More persons' digests: the keys a node's data holders bound to the
+    /// set's members.
+    pub fn with_digests(mut self, more: impl IntoIterator<Item = [u8; 32]>) -> Self {
+        let mut all = (*self.digests).clone();
+        all.extend(more);
+        self.digests = Arc::new(all);
+        self
+    }
+
+    /// The set's persons as a node's person ordinals (see
+    /// [`ConsentSet::ordinals`]).
+    pub fn with_ordinals(mut self, ordinals: roaring::RoaringBitmap) -> Self {
+        self.ordinals = Some(Arc::new(ordinals));
+        self
     }
 
     /// SHA-256 over the sorted digests: which persons the query could use,
@@ -214,17 +294,25 @@ impl ConsentSet {
         self.digests.contains(&id_digest(&self.key, id))
     }
 
-    /// The scan filter `kexin_consent(person_key)`: true for persons in the set.
-    pub fn into_udf(self) -> Arc<ScalarUDF> {
+    /// The scan filter `kexin_consent(person)`: true for persons in the
+    /// set, given a loaded dataset's ordinals or the text of person keys
+    /// under `scheme`.
+    pub fn into_udf(self, scheme: PersonKeyScheme) -> Arc<ScalarUDF> {
         Arc::new(ScalarUDF::new_from_impl(ConsentFilter {
             signature: Signature::new(
                 TypeSignature::Uniform(
                     1,
-                    vec![DataType::Utf8, DataType::Utf8View, DataType::LargeUtf8],
+                    vec![
+                        DataType::Utf8,
+                        DataType::Utf8View,
+                        DataType::LargeUtf8,
+                        DataType::UInt32,
+                    ],
                 ),
                 Volatility::Immutable,
             ),
             set: self,
+            scheme,
         }))
     }
 }
@@ -233,11 +321,14 @@ impl ConsentSet {
 struct ConsentFilter {
     signature: Signature,
     set: ConsentSet,
+    scheme: PersonKeyScheme,
 }
 
 impl PartialEq for ConsentFilter {
     fn eq(&self, o: &Self) -> bool {
-        self.set.seq == o.set.seq && Arc::ptr_eq(&self.set.digests, &o.set.digests)
+        self.set.seq == o.set.seq
+            && self.scheme == o.scheme
+            && Arc::ptr_eq(&self.set.digests, &o.set.digests)
     }
 }
 impl Eq for ConsentFilter {}
@@ -262,16 +353,27 @@ impl ScalarUDFImpl for ConsentFilter {
             return datafusion::common::exec_err!("kexin_consent takes one argument");
         };
         let arr: ArrayRef = arg.to_array(args.number_rows)?;
+        if let Some(ords) = arr.as_primitive_opt::<UInt32Type>() {
+            // Person ordinals: a bitmap test per row.
+            let Some(set) = &self.set.ordinals else {
+                return datafusion::common::exec_err!("kexin_consent: no ordinal set");
+            };
+            let out: BooleanArray = ords
+                .iter()
+                .map(|o| Some(o.is_some_and(|o| set.contains(o))))
+                .collect();
+            return Ok(ColumnarValue::Array(Arc::new(out)));
+        }
         // One HMAC per distinct person in the batch: a person's rows often
         // sit together, and the HMAC costs ten times the lookup.
-        let mac = keyed(&self.set.key);
+        let digester = PersonDigester::new(&self.set.key, self.scheme);
         let mut seen: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
         let mut test = |v: Option<&str>| {
             let Some(v) = v else { return Some(false) };
             if let Some(&b) = seen.get(v) {
                 return Some(b);
             }
-            let b = self.set.digests.contains(&digest_with(&mac, v));
+            let b = self.set.digests.contains(&digester.digest(v));
             seen.insert(v.to_string(), b);
             Some(b)
         };

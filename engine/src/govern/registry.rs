@@ -99,6 +99,21 @@ pub struct Use {
     pub sql_sha256: Option<String>,
 }
 
+/// The space's key for person digests (`<space>/registry/id.key`),
+/// created when `create` is set and there is none yet (a node loads its
+/// data before the operator has issued anything).
+pub fn id_key(space_dir: &Path, create: bool) -> Result<SecretKey> {
+    let dir = dir(space_dir);
+    let key_path = dir.join("id.key");
+    if create && !key_path.exists() {
+        std::fs::create_dir_all(&dir)?;
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(Error::internal)?;
+        crate::store::write_private(&key_path, hex::encode(k).as_bytes())?;
+    }
+    load_id_key(&dir)
+}
+
 fn load_id_key(dir: &Path) -> Result<SecretKey> {
     let text = std::fs::read_to_string(dir.join("id.key"))
         .map_err(|_| Error::refused(Code::Consent, "the consent registry is unavailable"))?;
@@ -128,13 +143,7 @@ impl Registry {
         let keys = NodeKeys::load_or_create(&dir, &origin)?;
         let store = Store::open(&dir, &origin)?;
         store.conn.execute_batch(SCHEMA)?;
-        let key_path = dir.join("id.key");
-        if !key_path.exists() {
-            let mut k = [0u8; 32];
-            getrandom::fill(&mut k).map_err(Error::internal)?;
-            crate::store::write_private(&key_path, hex::encode(k).as_bytes())?;
-        }
-        let id_key = load_id_key(&dir)?;
+        let id_key = id_key(&space.dir, true)?;
         Ok(Registry {
             space,
             store,
@@ -305,11 +314,11 @@ impl Registry {
         let (key, cert) = self.view().member_key(&r.person)?;
         receipt.verify(tag::CONSENT, &key, Code::Auth)?;
         identity::fresh(&r.time)?;
-        if cert.body.role != Role::Individual || cert.body.id_digest.is_none() {
-            return refuse(
-                Code::Auth,
-                "only individuals with a bound ID number can grant or revoke",
-            );
+        // An individual without a certified ID number may grant too: the
+        // grant decides about the rows a data holder bound to them
+        // (`kexin id bind`), and about nothing else.
+        if cert.body.role != Role::Individual {
+            return refuse(Code::Auth, "only individuals can grant or revoke");
         }
         let scene = self
             .space
@@ -583,6 +592,21 @@ impl<'a> View<'a> {
         rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
     }
 
+    /// What a consent set depends on in the registry: the last consent
+    /// receipt's sequence number and the last certificate's audit entry. A
+    /// set read at the same version (and date) is the same set.
+    pub fn version(&self) -> Result<(u64, u64)> {
+        let unavailable = |_| Error::refused(Code::Consent, "the consent registry is unavailable");
+        self.c()
+            .query_row(
+                "SELECT (SELECT coalesce(max(seq), 0) FROM consent),
+                        (SELECT coalesce(max(audit_seq), 0) FROM identity)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(unavailable)
+    }
+
     /// The consent set of `scene` for a query starting on `date`, read in one
     /// transaction: every receipt committed so far, and nothing after.
     pub fn snapshot(&self, scene: &Scene, date: &str) -> Result<ConsentSet> {
@@ -611,6 +635,8 @@ impl<'a> View<'a> {
         let persons: HashSet<&str> = consent::covered(&records, scene, date)
             .into_iter()
             .collect();
+        let mut members: Vec<String> = persons.iter().map(|p| p.to_string()).collect();
+        members.sort();
         let mut digests = HashSet::new();
         for (member, d) in &ids {
             if persons.contains(member.as_str())
@@ -622,6 +648,6 @@ impl<'a> View<'a> {
             }
         }
         let key = load_id_key(&dir(&self.space.dir))?;
-        Ok(ConsentSet::new(digests, key, seq))
+        Ok(ConsentSet::new(digests, key, seq).with_persons(members))
     }
 }

@@ -378,7 +378,8 @@ impl Node {
         }
         let admitted = self.admit(req, trace).await?;
         // The admitted plan is `SELECT COUNT(*) FROM <dataset>`; below its
-        // aggregate is the rewritten scan, which carries the raw person key.
+        // aggregate is the rewritten scan, which carries the raw person key
+        // (persons are matched across nodes by it, not by ordinal).
         let mut plan = &admitted.plan;
         let input = loop {
             match plan {
@@ -392,7 +393,7 @@ impl Node {
                 }
             }
         };
-        let (input, pk) = crate::gate::carry(input)?;
+        let (input, pk) = crate::gate::carry_column(input, crate::rewrite::KEY_COLUMN)?;
         let keys = match column {
             None => LogicalPlanBuilder::from(input)
                 .project(vec![Expr::Column(pk)])
@@ -528,6 +529,7 @@ impl Node {
         e.time = now_utc().1;
         e.sql_sha256 = Some(hex::encode(Sha256::digest(req.sql.as_bytes())));
         e.session = Some(hex::encode(session));
+        e.data = self.data_digests(&req.scene);
         e.udfs = t.called.clone();
         e.epsilon = t.epsilon;
         e.contract = t.contract.clone();

@@ -168,6 +168,7 @@ impl Node {
             session: None,
             charged_by: None,
             salt: None,
+            data: self.data_digests(&req.scene),
         };
         // A new DP answer is cached in the same transaction as its audit
         // record, so a repeat finds it as soon as it is released.
@@ -222,6 +223,49 @@ impl Node {
                 ))
             }
         }
+    }
+
+    /// The consent set a query under `scene` uses now, with its digest:
+    /// the registry's covered persons and the keys this node's data
+    /// holders bound to them, as ordinals where the data is loaded. Read
+    /// again only when the registry, the date or the bindings changed.
+    fn consent_set(&self, scene: &Scene) -> Result<(crate::consent::ConsentSet, String)> {
+        let view = crate::registry::View::open(&self.space)?;
+        let today = now_utc().0;
+        let bindings: i64 = self.store_lock()?.conn.query_row(
+            "SELECT coalesce(max(audit_seq), 0) FROM person_binding",
+            [],
+            |r| r.get(0),
+        )?;
+        let key: super::ConsentKey = (view.version()?, today.clone(), bindings as u64);
+        let cached =
+            |c: &HashMap<String, (super::ConsentKey, crate::consent::ConsentSet, String)>| {
+                c.get(&scene.name)
+                    .filter(|(k, _, _)| *k == key)
+                    .map(|(_, s, d)| (s.clone(), d.clone()))
+            };
+        if let Some(hit) = self.consent_sets.lock().ok().and_then(|c| cached(&c)) {
+            return Ok(hit);
+        }
+        let mut set = view.snapshot(scene, &today)?;
+        // Persons known by record numbers or tokens: the keys this node's
+        // data holders bound to the members who granted.
+        let bound = self.bound_digests(&set.persons)?;
+        if !bound.is_empty() {
+            set = set.with_digests(bound);
+        }
+        if self.ordinals() {
+            let ordinals = {
+                let store = self.store_lock()?;
+                super::data::ordinals_of(&store, set.digests.iter())?
+            };
+            set = set.with_ordinals(ordinals);
+        }
+        let digest = set.digest();
+        if let Ok(mut c) = self.consent_sets.lock() {
+            c.insert(scene.name.clone(), (key, set.clone(), digest.clone()));
+        }
+        Ok((set, digest))
     }
 
     pub(super) fn scene_for(&self, req: &QueryRequest) -> Result<&Scene> {
@@ -425,9 +469,8 @@ impl Node {
                 .is_some_and(|c| c.terms.release == crate::policy::Release::Review);
         let consent = match scene.consent {
             ConsentMode::Required => {
-                let set =
-                    crate::registry::View::open(&self.space)?.snapshot(scene, &now_utc().0)?;
-                trace.consent = Some((set.seq, set.digest()));
+                let (set, digest) = self.consent_set(scene)?;
+                trace.consent = Some((set.seq, digest));
                 Some(set)
             }
             ConsentMode::None => None,

@@ -15,7 +15,6 @@ impl Node {
         datasets: &[String],
         consent: Option<&crate::consent::ConsentSet>,
     ) -> Result<(datafusion::execution::SessionState, Arc<PolicyRewrite>)> {
-        let consent = consent.map(|c| c.clone().into_udf());
         let pseudonym_key = self
             .keys
             .master
@@ -28,10 +27,11 @@ impl Node {
                 .datasets
                 .get(dname)
                 .ok_or_else(|| Error::internal("scene names a missing dataset"))?;
-            let (url, file_schema) = self
+            let table = self
                 .tables
                 .get(dname)
                 .ok_or_else(|| Error::internal("dataset not opened"))?;
+            let (url, file_schema) = (&table.url, &table.schema);
             let fields: Vec<_> = file_schema
                 .fields()
                 .iter()
@@ -51,12 +51,31 @@ impl Node {
                     masks.insert(c.name.clone(), m.into_udf());
                 }
             }
+            // A loaded copy is also registered with its ordinal column, for
+            // the rewrite's scan only: SQL plans against `schema`, which
+            // does not have it.
+            let with_ordinals = match table.sha256 {
+                Some(_) => {
+                    let ordinal = file_schema
+                        .field_with_name(crate::policy::ORDINAL_COLUMN)
+                        .map_err(|_| Error::internal("loaded copy without ordinals"))?;
+                    let mut fields = schema.fields().to_vec();
+                    fields.push(Arc::new(ordinal.clone()));
+                    let config = ListingTableConfig::new(url.clone())
+                        .with_listing_options(listing_options())
+                        .with_schema(Arc::new(Schema::new(fields)));
+                    let full = ListingTable::try_new(config).map_err(Error::internal)?;
+                    Some(datafusion::datasource::provider_as_source(Arc::new(full)))
+                }
+                None => None,
+            };
             rewrites.insert(
                 dname.clone(),
                 TableRewrite {
                     person_key: ds.person_key.clone(),
                     masks,
-                    consent: consent.clone(),
+                    consent: consent.map(|c| c.clone().into_udf(ds.person_key_scheme)),
+                    with_ordinals,
                 },
             );
             let config = ListingTableConfig::new(url.clone())

@@ -428,26 +428,32 @@ fn threshold(key: &SecretKey, min_persons: u64, persons: &[u64]) -> u64 {
     min_persons + u64::from_le_bytes(b) % (spread + 1)
 }
 
-/// Carry the raw person key from the scans up to `plan`'s output.
+/// Carry the person (ordinal or raw key, [`PERSON_COLUMN`]) from the
+/// scans up to `plan`'s output.
 pub(crate) fn carry(plan: LogicalPlan) -> Result<(LogicalPlan, Column)> {
+    carry_column(plan, PERSON_COLUMN)
+}
+
+/// Carry the hidden column `name` from the scans up to `plan`'s output.
+pub(crate) fn carry_column(plan: LogicalPlan, name: &str) -> Result<(LogicalPlan, Column)> {
     let found = plan
         .schema()
         .iter()
-        .find(|(_, f)| f.name() == PERSON_COLUMN)
+        .find(|(_, f)| f.name() == name)
         .map(|(q, f)| Column::new(q.cloned(), f.name().clone()));
     if let Some(col) = found {
         return Ok((plan, col));
     }
     match plan {
         LogicalPlan::Projection(p) => {
-            let (input, pk) = carry(Arc::unwrap_or_clone(p.input))?;
+            let (input, pk) = carry_column(Arc::unwrap_or_clone(p.input), name)?;
             let mut exprs = p.expr;
             exprs.push(Expr::Column(pk.clone()));
             let proj = Projection::try_new(exprs, Arc::new(input)).map_err(internal)?;
             Ok((LogicalPlan::Projection(proj), pk))
         }
         LogicalPlan::SubqueryAlias(a) => {
-            let (input, pk) = carry(Arc::unwrap_or_clone(a.input))?;
+            let (input, pk) = carry_column(Arc::unwrap_or_clone(a.input), name)?;
             let alias =
                 SubqueryAlias::try_new(Arc::new(input), a.alias.clone()).map_err(internal)?;
             Ok((
@@ -460,7 +466,7 @@ pub(crate) fn carry(plan: LogicalPlan) -> Result<(LogicalPlan, Column)> {
             let mut inputs = Vec::new();
             let mut pk = None;
             for child in node.inputs() {
-                let (c, k) = carry(child.clone())?;
+                let (c, k) = carry_column(child.clone(), name)?;
                 pk.get_or_insert(k);
                 inputs.push(c);
             }
@@ -470,7 +476,7 @@ pub(crate) fn carry(plan: LogicalPlan) -> Result<(LogicalPlan, Column)> {
             let col = rebuilt
                 .schema()
                 .iter()
-                .find(|(q, f)| f.name() == PERSON_COLUMN && q.cloned() == pk.relation)
+                .find(|(q, f)| f.name() == name && q.cloned() == pk.relation)
                 .map(|(q, f)| Column::new(q.cloned(), f.name().clone()))
                 .ok_or_else(|| internal("person key lost"))?;
             Ok((rebuilt, col))

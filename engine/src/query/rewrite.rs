@@ -32,24 +32,46 @@ use datafusion::logical_expr::expr::{ScalarFunction, TryCast};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, ExprSchemable, Filter, LogicalPlan, Operator, Projection, ScalarUDF,
-    SubqueryAlias, TableScan, TableScanBuilder, lit, when,
+    SubqueryAlias, TableScan, TableScanBuilder, TableSource, lit, when,
 };
 use datafusion::optimizer::AnalyzerRule;
 
+use crate::policy::ORDINAL_COLUMN;
+
 /// Reserved schema name for rewritten scans.
 pub const RAW_SCHEMA: &str = "__kexin_raw";
-/// Reserved column name for the raw person key.
+/// Reserved column name for the person the gate counts: the row's person
+/// ordinal in a loaded dataset, else the raw person key.
 pub const PERSON_COLUMN: &str = "__kexin_pk";
+/// Reserved column name for the raw person key's text (private set
+/// intersection matches persons across nodes by it). Unused, the
+/// optimizer drops it, and the key column is not read.
+pub const KEY_COLUMN: &str = "__kexin_key";
 
 /// How one table's columns are rewritten.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TableRewrite {
     pub person_key: String,
     /// Column name → mask function (absent: passed through as stored).
     pub masks: HashMap<String, Arc<ScalarUDF>>,
-    /// Consent scenes: `kexin_consent(person key)`, true for persons whose
+    /// Consent scenes: `kexin_consent(person)`, true for persons whose
     /// grant covers the scene. Rows of anyone else never leave the scan.
     pub consent: Option<Arc<ScalarUDF>>,
+    /// A loaded dataset: the node's copy with its person-ordinal column
+    /// (the table the SQL sees has the same columns without it). The scan
+    /// reads the ordinal as the person.
+    pub with_ordinals: Option<Arc<dyn TableSource>>,
+}
+
+impl std::fmt::Debug for TableRewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableRewrite")
+            .field("person_key", &self.person_key)
+            .field("masks", &self.masks.keys().collect::<Vec<_>>())
+            .field("consent", &self.consent.is_some())
+            .field("with_ordinals", &self.with_ordinals.is_some())
+            .finish()
+    }
 }
 
 /// The scan rewrite for one scene.
@@ -77,14 +99,40 @@ impl PolicyRewrite {
         }
         let original = scan.table_name.clone();
         let raw_name = TableReference::partial(RAW_SCHEMA, original.table());
-        let raw_scan = TableScanBuilder::new(raw_name.clone(), Arc::clone(&scan.source))
-            .with_projection(scan.projection.clone())
-            .build()?;
+        let raw_scan = match &rw.with_ordinals {
+            None => TableScanBuilder::new(raw_name.clone(), Arc::clone(&scan.source))
+                .with_projection(scan.projection.clone())
+                .build()?,
+            Some(source) => {
+                // The same columns, found by name in the copy, and its
+                // ordinal column last.
+                let visible = scan.source.schema();
+                let full = source.schema();
+                let wanted: Vec<usize> = match &scan.projection {
+                    Some(p) => p.clone(),
+                    None => (0..visible.fields().len()).collect(),
+                };
+                let mut indices = Vec::with_capacity(wanted.len() + 1);
+                for i in wanted {
+                    indices.push(full.index_of(visible.field(i).name())?);
+                }
+                indices.push(full.index_of(ORDINAL_COLUMN)?);
+                TableScanBuilder::new(raw_name.clone(), Arc::clone(source))
+                    .with_projection(Some(indices))
+                    .build()?
+            }
+        };
+        let ordinals = rw.with_ordinals.is_some();
         let mut exprs = Vec::new();
-        let mut has_pk = false;
+        let mut person = None;
         for field in raw_scan.projected_schema.fields() {
             let name = field.name();
             let column = Expr::Column(Column::new(Some(raw_name.clone()), name.clone()));
+            if ordinals && name == ORDINAL_COLUMN {
+                exprs.push(column.clone().alias(PERSON_COLUMN));
+                person = Some(column);
+                continue;
+            }
             let masked = match rw.masks.get(name) {
                 Some(udf) => Expr::ScalarFunction(ScalarFunction::new_udf(
                     Arc::clone(udf),
@@ -94,18 +142,19 @@ impl PolicyRewrite {
             };
             exprs.push(masked.alias(name.clone()));
             if *name == rw.person_key {
-                exprs.push(column.alias(PERSON_COLUMN));
-                has_pk = true;
+                exprs.push(column.clone().alias(KEY_COLUMN));
+                if !ordinals {
+                    exprs.push(column.clone().alias(PERSON_COLUMN));
+                    person = Some(column);
+                }
             }
         }
-        if !has_pk {
+        let Some(person) = person else {
             return plan_err!("kexin: the person key is not visible at the scan");
-        }
-        let pk_column = Expr::Column(Column::new(Some(raw_name.clone()), rw.person_key.clone()));
+        };
         let mut input = LogicalPlan::TableScan(raw_scan);
         if let Some(udf) = &rw.consent {
-            let keep =
-                Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(udf), vec![pk_column]));
+            let keep = Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(udf), vec![person]));
             input = LogicalPlan::Filter(Filter::try_new(keep, Arc::new(input))?);
         }
         let projection = Projection::try_new(exprs, Arc::new(input))?;

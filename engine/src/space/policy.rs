@@ -67,6 +67,54 @@ pub struct ColumnPolicy {
     /// group keys from it are released for every value, without partition
     /// selection.
     pub domain: Option<Vec<PublicValue>>,
+    /// The declared value type (`type = "…"`); absent, the mask implies
+    /// it where it can ([`ColumnPolicy::value_type`]).
+    pub declared_type: Option<ValueType>,
+}
+
+closed_set! {
+    /// The type a column's values have in the node's copy of a dataset.
+    /// `kexin dataset add` converts to it where that loses nothing a
+    /// declaration did not ask to drop (timestamps to dates, integers to
+    /// text or float) and refuses anything else.
+    ValueType {
+        Integer => "integer",
+        Float => "float",
+        Text => "text",
+        Date => "date",
+        Boolean => "boolean",
+    }
+}
+
+impl ValueType {
+    /// The Arrow type the node's copy stores.
+    pub fn arrow(self) -> datafusion::arrow::datatypes::DataType {
+        use datafusion::arrow::datatypes::DataType;
+        match self {
+            ValueType::Integer => DataType::Int64,
+            ValueType::Float => DataType::Float64,
+            ValueType::Text => DataType::Utf8,
+            ValueType::Date => DataType::Date32,
+            ValueType::Boolean => DataType::Boolean,
+        }
+    }
+}
+
+closed_set! {
+    /// How a dataset's person key names a person, and so how an
+    /// individual is linked to their records.
+    PersonKeyScheme {
+        /// A resident ID number (GB 11643 in China): the operator's
+        /// certificate binds it to an individual, and data holders may bind
+        /// it too. The same number is the same person on every node.
+        NationalId => "national-id",
+        /// A hospital's own record number: only that node's data holder
+        /// can bind it to an individual.
+        HospitalRecord => "hospital-record",
+        /// An opaque token (a study ID, a pseudonym from elsewhere), bound
+        /// by the node's data holder like a record number.
+        Token => "token",
+    }
 }
 
 /// One value of a declared public domain.
@@ -81,6 +129,20 @@ pub enum PublicValue {
 pub const MAX_DOMAIN_VALUES: usize = 10_000;
 
 impl ColumnPolicy {
+    /// The column's value type: declared, or implied by its mask (dates
+    /// for `month` and `year`, text for `pseudonym`, `partial` and
+    /// `prefix`); `None` when neither says (numbers with `band` or bounds
+    /// may be integers or floats, unmasked columns any type).
+    pub fn value_type(&self) -> Option<ValueType> {
+        self.declared_type.or(match self.mask {
+            MaskKind::Month | MaskKind::Year => Some(ValueType::Date),
+            MaskKind::Pseudonym | MaskKind::Partial(..) | MaskKind::Prefix(_) => {
+                Some(ValueType::Text)
+            }
+            MaskKind::None | MaskKind::Redact | MaskKind::Band(_) => None,
+        })
+    }
+
     /// A group key may come from this column (after its mask).
     pub fn groupable(&self) -> bool {
         match self.kind {
@@ -97,8 +159,18 @@ pub struct Dataset {
     /// Path template; `{node}` is replaced by the node name.
     pub source: String,
     pub person_key: String,
+    /// What the person key is ([`PersonKeyScheme`]); `national-id` when
+    /// not declared.
+    pub person_key_scheme: PersonKeyScheme,
+    /// Each person has at most one row (a patient register): a second row
+    /// with the same person key is refused at ingest.
+    pub one_row_per_person: bool,
     pub columns: BTreeMap<String, ColumnPolicy>,
 }
+
+/// The column of a node's copy of a dataset that holds each row's person
+/// ordinal (`kexin dataset add`); SQL cannot name it.
+pub const ORDINAL_COLUMN: &str = "__kexin_ordinal";
 
 impl Dataset {
     pub fn source_for(&self, space_dir: &Path, node: &str) -> PathBuf {

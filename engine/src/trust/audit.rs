@@ -20,6 +20,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -86,6 +88,12 @@ pub struct AuditEntry {
     /// Absent from entries written before leaves were salted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
+    /// The data an entry concerns: dataset name → SHA-256 of the node's
+    /// copy as loaded (`kexin dataset show`). Queries and joint
+    /// computations bind the scene's datasets; a `dataset-load` entry, the
+    /// copy it made. Absent where no loaded dataset is involved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
 }
 
 closed_set! {
@@ -121,6 +129,10 @@ closed_set! {
         ConsentRevoke => "consent-revoke",
         /// A member certificate issued by the registry.
         IdentityIssue => "identity-issue",
+        /// A dataset loaded into the node's copy (`kexin dataset add`).
+        DatasetLoad => "dataset-load",
+        /// A data holder bound an individual to a person key of the node.
+        PersonBind => "person-bind",
     }
 }
 
@@ -181,6 +193,7 @@ impl AuditEntry {
             session: None,
             charged_by: None,
             salt: None,
+            data: BTreeMap::new(),
         }
     }
 

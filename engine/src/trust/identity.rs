@@ -128,6 +128,7 @@ pub mod tag {
     pub const UDF: &str = "kexin/udf-approval/v1";
     pub const UDF_SUBMIT: &str = "kexin/udf-submission/v1";
     pub const REQUEST: &str = "kexin/request/v1";
+    pub const PERSON_BINDING: &str = "kexin/person-binding/v1";
 }
 
 fn message<T: Serialize>(tag: &str, body: &T) -> Result<Vec<u8>> {
@@ -277,6 +278,29 @@ pub struct UdfApprovalBody {
     pub member: String,
     /// SHA-256 of the module's bytes, hex.
     pub module_sha256: String,
+    pub nonce: String,
+    pub time: String,
+}
+
+/// A data holder's signed statement that an individual member is the
+/// person a person key of its node names (under a scheme other than an ID
+/// number the operator certified, or in addition to it), signed under
+/// [`tag::PERSON_BINDING`]. The key itself is not in it: only its keyed
+/// digest (the consent module's `person_digest`), which the node's person
+/// index is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonBindingBody {
+    pub space: String,
+    pub node: String,
+    /// The data holder who binds.
+    pub member: String,
+    /// The individual member bound.
+    pub person: String,
+    /// The person-key scheme (`national-id`, `hospital-record`, `token`).
+    pub scheme: String,
+    /// The keyed digest of the person key under the scheme, hex.
+    pub person_digest: String,
     pub nonce: String,
     pub time: String,
 }

@@ -394,6 +394,25 @@ impl Store {
                  );
                  CREATE INDEX IF NOT EXISTS contribution_open
                      ON contribution (scene, batch, person);
+                 CREATE TABLE IF NOT EXISTS person_index (
+                     digest  BLOB PRIMARY KEY,
+                     ordinal INTEGER NOT NULL UNIQUE
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS person_binding (
+                     person    TEXT NOT NULL,
+                     scheme    TEXT NOT NULL,
+                     digest    BLOB NOT NULL,
+                     bound_by  TEXT NOT NULL,
+                     binding   TEXT NOT NULL,
+                     audit_seq INTEGER NOT NULL,
+                     PRIMARY KEY (scheme, digest)
+                 );
+                 CREATE INDEX IF NOT EXISTS person_binding_person ON person_binding (person);
+                 CREATE TABLE IF NOT EXISTS dataset_load (
+                     dataset   TEXT PRIMARY KEY,
+                     record    TEXT NOT NULL,
+                     audit_seq INTEGER NOT NULL
+                 );
                  COMMIT;",
             )
         })?;

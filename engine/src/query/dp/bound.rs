@@ -33,6 +33,26 @@ impl ArgSpec {
     pub(super) fn qhi(&self) -> i64 {
         (self.hi / self.quantum).round() as i64
     }
+    /// [`ArgSpec::quantize`] with the bounds in quanta computed once.
+    pub(super) fn quantizer(&self) -> Quantizer {
+        Quantizer {
+            quantum: self.quantum,
+            qlo: self.qlo(),
+            qhi: self.qhi(),
+        }
+    }
+}
+
+/// Quantizes values of one argument: the grid step and the bounds on it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Quantizer {
+    quantum: f64,
+    qlo: i64,
+    qhi: i64,
+}
+
+impl Quantizer {
+    #[inline]
     pub(super) fn quantize(&self, x: f64) -> Option<i64> {
         if x.is_nan() {
             return None;
@@ -41,8 +61,11 @@ impl ArgSpec {
         // saturating beyond the i64 range before the clamp).
         let y = x / self.quantum;
         let q = (y + 0.5f64.copysign(y)) as i64;
-        Some(q.clamp(self.qlo(), self.qhi()))
+        Some(q.clamp(self.qlo, self.qhi))
     }
+}
+
+impl ArgSpec {
     /// max |q| over the bounds, in quanta.
     pub(super) fn qmax(&self) -> u64 {
         self.qlo().unsigned_abs().max(self.qhi().unsigned_abs())
@@ -195,7 +218,7 @@ impl Scan {
             .iter()
             .map(|c| c.as_primitive::<Float64Type>())
             .collect();
-        let args = &self.args;
+        let args: Vec<Quantizer> = self.args.iter().map(ArgSpec::quantizer).collect();
         let buckets = &mut self.buckets;
         let mut added = 0;
         each_person(batch.column(nk), None, |i, person| {

@@ -177,6 +177,15 @@ impl Sections<'_> {
                     "must be a relative path inside the space".into(),
                 ));
             }
+            let person_key_scheme = match &d.person_key_scheme {
+                None => PersonKeyScheme::NationalId,
+                Some(s) => PersonKeyScheme::parse(s).ok_or_else(|| {
+                    err(
+                        at("person_key_scheme"),
+                        "must be \"national-id\", \"hospital-record\" or \"token\"".into(),
+                    )
+                })?,
+            };
             let mut columns = BTreeMap::new();
             for (cname, c) in d.columns {
                 let cat = |f: &str| format!("dataset.{dname}.columns.{cname}.{f}");
@@ -184,6 +193,12 @@ impl Sections<'_> {
                     return Err(err(
                         cat("name"),
                         "column name must be 1-32 of [a-z0-9_]".into(),
+                    ));
+                }
+                if cname.starts_with("__") {
+                    return Err(err(
+                        cat("name"),
+                        "column names starting with \"__\" are reserved for kexin".into(),
                     ));
                 }
                 let grade = Grade::new(c.grade)
@@ -253,6 +268,21 @@ impl Sections<'_> {
                         ));
                     }
                 }
+                let declared_type = match &c.value_type {
+                    None => None,
+                    Some(t) => {
+                        let t = ValueType::parse(t).ok_or_else(|| {
+                            err(
+                                cat("type"),
+                                "must be \"integer\", \"float\", \"text\", \"date\" or \"boolean\""
+                                    .into(),
+                            )
+                        })?;
+                        mask.check_type(&t.arrow(), bounds.is_some())
+                            .map_err(|reason| err(cat("type"), reason))?;
+                        Some(t)
+                    }
+                };
                 columns.insert(
                     cname.clone(),
                     ColumnPolicy {
@@ -262,6 +292,7 @@ impl Sections<'_> {
                         mask,
                         bounds,
                         domain: c.domain.clone(),
+                        declared_type,
                     },
                 );
             }
@@ -287,6 +318,8 @@ impl Sections<'_> {
                     name: dname,
                     source: d.source,
                     person_key: d.person_key,
+                    person_key_scheme,
+                    one_row_per_person: d.one_row_per_person,
                     columns,
                 },
             );

@@ -64,6 +64,9 @@ pub(super) struct RawMember {
 pub(super) struct RawDataset {
     pub(super) source: String,
     pub(super) person_key: String,
+    pub(super) person_key_scheme: Option<String>,
+    #[serde(default)]
+    pub(super) one_row_per_person: bool,
     pub(super) columns: BTreeMap<String, RawColumn>,
 }
 
@@ -72,6 +75,8 @@ pub(super) struct RawDataset {
 pub(super) struct RawColumn {
     pub(super) grade: u8,
     pub(super) kind: Option<ColumnKind>,
+    #[serde(rename = "type")]
+    pub(super) value_type: Option<String>,
     pub(super) mask: Option<String>,
     pub(super) bounds: Option<[f64; 2]>,
     pub(super) domain: Option<Vec<PublicValue>>,
