@@ -5,8 +5,10 @@
 //! prints what was recorded only after it committed. Refusals print their
 //! fixed code and rule and exit with the code's status.
 
+pub(crate) mod accounting;
 pub(crate) mod audit;
 pub(crate) mod dataset;
+pub(crate) mod dispute;
 pub(crate) mod query;
 pub(crate) mod target;
 pub(crate) mod udf;
@@ -257,6 +259,10 @@ pub enum ContractAction {
         /// Last valid day (default: the scene's).
         #[arg(long)]
         valid_to: Option<String>,
+        /// Run no query under the contract while a dispute over one of its
+        /// audit entries is open (`kexin dispute`).
+        #[arg(long)]
+        pause_on_dispute: bool,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -624,7 +630,7 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
                     println!("{}", serde_json::to_string(u)?);
                 } else {
                     println!(
-                        "{} node {} #{}: {} {} by {} under {} ({}{})",
+                        "{} node {} #{}: {} {} by {} under {} ({}{}){}",
                         u.time,
                         u.node,
                         u.audit_seq,
@@ -636,12 +642,31 @@ pub fn consent(action: ConsentAction) -> Result<u8> {
                         u.purpose_zh
                             .as_deref()
                             .map(|z| format!(", {z}"))
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
+                        u.disputes
+                            .iter()
+                            .map(|d| format!("; dispute #{} {}", d.id, d.state))
+                            .collect::<String>()
                     );
                 }
             }
-            if format != Format::Json && uses.is_empty() {
-                println!("no recorded use of {person}'s records");
+            if format != Format::Json {
+                if uses.is_empty() {
+                    println!("no recorded use of {person}'s records");
+                }
+                // Per scene: how many released results used the records.
+                let mut released: std::collections::BTreeMap<&str, usize> = Default::default();
+                for u in &uses {
+                    if u.decision == kexin_engine::audit::Decision::Released {
+                        *released.entry(u.scene.as_str()).or_default() += 1;
+                    }
+                }
+                for (scene, n) in released {
+                    println!(
+                        "{scene}: {n} released result{} used {person}'s records",
+                        if n == 1 { "" } else { "s" }
+                    );
+                }
             }
             return Ok(0);
         }
@@ -706,6 +731,11 @@ fn print_contract(c: &kexin_engine::contract::Contract, format: Format) -> Resul
                 .epsilon
                 .map(|e| format!(" ε cap {e}"))
                 .unwrap_or_default()
+                + if c.terms.pause_on_dispute {
+                    " (paused while a dispute is open)"
+                } else {
+                    ""
+                }
         );
     }
     Ok(())
@@ -722,11 +752,12 @@ pub fn contract(action: ContractAction) -> Result<u8> {
             max_queries,
             epsilon,
             valid_to,
+            pause_on_dispute,
             format,
         } => {
             let space = load(&on.space)?;
             let (key, target) = reach(&space, &on.member, &on.via)?;
-            let terms = members::offer(
+            let terms = members::offer_with(
                 &space,
                 target.name(),
                 &on.member,
@@ -738,6 +769,7 @@ pub fn contract(action: ContractAction) -> Result<u8> {
                 max_queries,
                 epsilon,
                 valid_to,
+                pause_on_dispute,
             )?;
             match target.contract_offer(terms)? {
                 Ok(c) => print_contract(&c, format).map(|()| 0),

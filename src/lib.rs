@@ -14,6 +14,7 @@
 //! | [`demo`] | `kexin demo`: allowed, suppressed and refused queries on a small space |
 #![forbid(unsafe_code)]
 
+pub mod accounting;
 pub mod contribute;
 pub mod demo;
 pub mod federation;

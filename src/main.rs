@@ -248,6 +248,17 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Data holders' signed statements of what their nodes answered.
+    Accounting {
+        #[command(subcommand)]
+        action: cli::accounting::AccountingAction,
+    },
+    /// Disputes over audited actions: any party to an audit entry opens
+    /// one; a data holder of the node or the operator resolves it.
+    Dispute {
+        #[command(subcommand)]
+        action: cli::dispute::DisputeAction,
+    },
     /// Load a data holder's own files into its node and list what is
     /// loaded (on the node's machine).
     Dataset {
@@ -359,6 +370,35 @@ enum AuditAction {
         #[arg(long)]
         seq: u64,
         /// `json`: the proof itself (entry, leaf, path, checkpoint), to keep.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Write a portable evidence bundle here: the entry, its inclusion
+        /// proof, the signed checkpoint, the node's certified log key, the
+        /// other nodes' countersignatures of the same checkpoint, and the
+        /// digests the entry binds. `kexin audit check FILE` verifies it
+        /// offline.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// On the node's own machine (its operator): read the node's folder
+        /// instead of asking its server (no witnesses are asked).
+        #[arg(long)]
+        local: bool,
+    },
+    /// Check an evidence bundle (`audit prove --out`) offline, with no
+    /// access to the node: the operator's certificate of the node, the
+    /// node's signed log key, the checkpoint, the inclusion path, the entry
+    /// and the witnesses' countersignatures. Exit status 0 when it checks,
+    /// 5 when it does not.
+    Check {
+        /// The bundle.
+        file: PathBuf,
+        /// The space whose operator key to check against (space.toml); its
+        /// member list also says which member speaks for which node.
+        #[arg(long)]
+        space: Option<PathBuf>,
+        /// The operator key (hex) to check against, when not from --space.
+        #[arg(long)]
+        operator_key: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -769,6 +809,8 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Audit { action } => cli::audit::audit(action),
         Command::Udf { action } => cli::udf::udf(action),
         Command::Dataset { action } => cli::dataset::dataset(action),
+        Command::Dispute { action } => cli::dispute::dispute(action),
+        Command::Accounting { action } => cli::accounting::accounting(action),
         Command::Budget {
             action:
                 BudgetAction::Show {

@@ -10,6 +10,7 @@ use ed25519_dalek::SigningKey;
 use kexin_engine::airlock::{self, Decision};
 use kexin_engine::consent::{self, ConsentReceipt};
 use kexin_engine::contract::{self, Action, Terms};
+use kexin_engine::dispute;
 use kexin_engine::identity::{
     self, Certificate, IdCardNumber, QueryBody, Signed, UdfApprovalBody, load_key_file, nonce, tag,
 };
@@ -154,6 +155,42 @@ pub fn offer(
     epsilon: Option<f64>,
     valid_to: Option<String>,
 ) -> Result<Signed<Terms>> {
+    offer_with(
+        space,
+        node,
+        holder,
+        key,
+        requester,
+        scene,
+        datasets,
+        release,
+        max_queries,
+        epsilon,
+        valid_to,
+        false,
+    )
+}
+
+/// [`offer`], with the contract paused while a dispute over one of its
+/// audit entries is open when `pause_on_dispute`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a contract offer's terms, in the order the CLI takes them"
+)]
+pub fn offer_with(
+    space: &Space,
+    node: &str,
+    holder: &str,
+    key: &SigningKey,
+    requester: &str,
+    scene: &str,
+    datasets: Option<Vec<String>>,
+    release: Option<Release>,
+    max_queries: u64,
+    epsilon: Option<f64>,
+    valid_to: Option<String>,
+    pause_on_dispute: bool,
+) -> Result<Signed<Terms>> {
     let sc = space
         .scenes
         .get(scene)
@@ -172,6 +209,7 @@ pub fn offer(
             max_queries,
             epsilon,
             valid_to: valid_to.unwrap_or_else(|| sc.valid_to.clone()),
+            pause_on_dispute,
             nonce: nonce()?,
             time: now_utc().1,
         },
@@ -196,6 +234,56 @@ pub fn contract_action(
             contract: contract.into(),
             action,
             member: member.into(),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
+/// A signed opening of a dispute over audit entry `seq` of `node`.
+pub fn dispute_opening(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    seq: u64,
+    reason: &str,
+) -> Result<Signed<dispute::Opening>> {
+    Ok(Signed::sign(
+        tag::DISPUTE,
+        dispute::Opening {
+            space: space.name.clone(),
+            node: node.into(),
+            seq,
+            member: member.into(),
+            reason: reason.into(),
+            nonce: nonce()?,
+            time: now_utc().1,
+        },
+        key,
+    )?)
+}
+
+/// A signed resolution of dispute `id` on `node`.
+pub fn dispute_resolution(
+    space: &Space,
+    node: &str,
+    member: &str,
+    key: &SigningKey,
+    id: u64,
+    outcome: dispute::Outcome,
+    note: &str,
+) -> Result<Signed<dispute::Resolution>> {
+    Ok(Signed::sign(
+        tag::DISPUTE,
+        dispute::Resolution {
+            space: space.name.clone(),
+            node: node.into(),
+            dispute: id,
+            member: member.into(),
+            outcome,
+            note: note.into(),
             nonce: nonce()?,
             time: now_utc().1,
         },

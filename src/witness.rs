@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use ed25519_dalek::SigningKey;
+use kexin_engine::evidence::{Cosignature, LogKey, Vouch};
+use kexin_engine::identity::{Signed, tag};
 use kexin_engine::node::Node;
 use kexin_engine::policy::Space;
 use serde::Serialize;
@@ -79,6 +81,75 @@ pub fn submit(
         });
     }
     Ok(Some(out))
+}
+
+/// Node `node`'s vouch for its log key: its certificate (from the
+/// registry) and the statement, signed with its member key `me`, that
+/// `verifier` signs its log's checkpoints.
+pub fn vouch(
+    space: &Space,
+    cfg: &FedConfig,
+    me: &SigningKey,
+    node: &str,
+    verifier: &str,
+) -> Result<Vouch> {
+    let member = &cfg.addr(node)?.member;
+    let (key, certificate) = kexin_engine::registry::View::open(space)?.member_key(member)?;
+    anyhow::ensure!(
+        key == me.verifying_key(),
+        "the key of {member} is not the one its certificate names"
+    );
+    let log_key = Signed::sign(
+        tag::LOG_KEY,
+        LogKey {
+            space: space.name.clone(),
+            node: node.to_string(),
+            verifier: verifier.to_string(),
+            time: kexin_engine::store::now_utc().1,
+        },
+        me,
+    )?;
+    Ok(Vouch {
+        certificate,
+        log_key,
+    })
+}
+
+/// Ask every other node of the space for its countersignature of the
+/// checkpoint of `of` it holds, connecting as the member whose key is `me`.
+/// A peer that cannot be reached or holds none is left out, with why.
+pub fn cosignatures(
+    space: &Space,
+    cfg: &FedConfig,
+    me: &SigningKey,
+    of: &str,
+) -> Vec<std::result::Result<Cosignature, String>> {
+    let mut out = Vec::new();
+    for peer in space.nodes.iter().filter(|n| *n != of) {
+        let answer = link_to(space, cfg, me, peer).and_then(|mut l| {
+            l.send_json(&ToNode::Cosign {
+                node: of.to_string(),
+            })?;
+            l.recv_json::<FromNode>()
+        });
+        out.push(match answer {
+            Ok(FromNode::Cosignature {
+                note: Some(note),
+                vouch,
+            }) => Ok(Cosignature {
+                witness: peer.clone(),
+                note,
+                vouch: *vouch,
+            }),
+            Ok(FromNode::Cosignature { note: None, .. }) => {
+                Err(format!("{peer} holds no checkpoint of {of} yet"))
+            }
+            Ok(FromNode::Refused { rule, .. }) => Err(format!("{peer} refused: {rule}")),
+            Ok(_) => Err(format!("{peer} gave an unexpected answer")),
+            Err(e) => Err(format!("{peer} cannot be reached: {e}")),
+        });
+    }
+    out
 }
 
 /// Ask every other node of the space which checkpoint of `of` it holds,

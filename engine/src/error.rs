@@ -131,6 +131,10 @@ pub enum Code {
     /// body that does not parse or is over its size limit, an unknown
     /// route or method.
     Request,
+    /// A dispute refused: not a party to the entry, no such entry or
+    /// dispute, a malformed reason, or a resolution by a member who may not
+    /// make it.
+    Dispute,
 }
 
 impl Code {
@@ -188,6 +192,7 @@ impl Code {
             Code::Batch => "KX-BATCH",
             Code::Witness => "KX-WITNESS",
             Code::Request => "KX-REQUEST",
+            Code::Dispute => "KX-DISPUTE",
         }
     }
 
@@ -230,6 +235,7 @@ impl Code {
             | Code::Auth
             | Code::Consent
             | Code::Contract
+            | Code::Dispute
             | Code::Review => 3,
             _ => 2,
         }
@@ -290,6 +296,7 @@ impl Code {
         Code::Batch,
         Code::Witness,
         Code::Request,
+        Code::Dispute,
     ];
 
     /// The code whose string form is `s`.

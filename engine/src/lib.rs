@@ -57,9 +57,9 @@ pub mod trust;
 
 // Each module also answers at its old path (`kexin_engine::dp`, …), so
 // users' code and the crate's own paths keep working.
-pub use govern::{airlock, consent, contract, contribution, registry};
+pub use govern::{accounting, airlock, consent, contract, contribution, dispute, registry};
 pub use query::{cells, disclosure, dp, gate, rewrite, udf};
 pub use space::policy;
-pub use trust::{audit, identity, ledger, log_view, store, witness};
+pub use trust::{audit, evidence, identity, ledger, log_view, store, witness};
 
 pub use error::{Code, Error, Refusal, Result};

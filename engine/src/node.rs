@@ -45,11 +45,13 @@ use crate::store::{NodeKeys, Store, UdfApproval, now_utc};
 use crate::udf::{QueryUdfs, UdfHost, fault_refusal, find_fault};
 
 // The node's services, as child modules (they see its private fields).
+mod accounting;
 mod airlock;
 mod budget;
 mod contracts;
 mod contributions;
 pub mod data;
+mod disputes;
 mod dp_mode;
 mod joint;
 mod query;

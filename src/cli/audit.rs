@@ -8,7 +8,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
 use kexin::Format;
+use std::path::PathBuf;
+
 use kexin_engine::audit::NoteKey;
+use kexin_engine::evidence::{Binds, Bundle, Cosignature};
 use kexin_engine::log_view::{LogReport, check_pages};
 use kexin_engine::node::Node;
 use kexin_engine::policy::Space;
@@ -138,21 +141,45 @@ pub(crate) fn audit(action: AuditAction) -> Result<u8> {
             key,
             seq,
             format,
+            out,
+            local,
         } => {
             let space = Space::load(&space)?;
             let node = node_name(&space, node);
+            if local {
+                return prove_local(space, &node, &actor, seq, out, format);
+            }
             let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
+            // For a bundle: the other nodes' countersignatures first, and
+            // the proof under the checkpoint most of them hold.
+            let (cosigned, size) = match &out {
+                Some(_) => {
+                    let cfg = kexin::federation::FedConfig::load(&space.dir)?;
+                    let got = kexin::witness::cosignatures(&space, &cfg, &signing, &node);
+                    let size = common_size(&got, seq);
+                    (got, size)
+                }
+                None => (vec![], None),
+            };
             let wait = kexin::federation::query_wait(&space)?;
-            let msg = kexin::federation::ToNode::Prove { seq };
-            let (proof, verifier) =
+            let msg = kexin::federation::ToNode::Prove { seq, size };
+            let (proof, verifier, vouch) =
                 match kexin::federation::ask(&space, &node, &signing, &msg, wait)? {
-                    kexin::federation::FromNode::Proof { proof, verifier } => (*proof, verifier),
+                    kexin::federation::FromNode::Proof {
+                        proof,
+                        verifier,
+                        vouch,
+                    } => (*proof, verifier, vouch),
                     kexin::federation::FromNode::Refused { code, rule, .. } => {
                         println!("refused {code}: {rule}");
                         return Ok(u8::try_from(code.exit_status()).unwrap_or(1));
                     }
                     other => return Err(kexin::federation::unexpected(&node, &other)),
                 };
+            if let Some(out) = out {
+                let vouch = vouch.context("the node did not vouch for its log key")?;
+                return write_bundle(&space, &node, proof, *vouch, cosigned, &out, format);
+            }
             let key = kexin_engine::audit::NoteKey::parse(&verifier)?;
             if let Err(e) = proof.check(&key) {
                 // As `kexin audit verify` when the log does not verify.
@@ -172,6 +199,12 @@ pub(crate) fn audit(action: AuditAction) -> Result<u8> {
             }
             Ok(0)
         }
+        AuditAction::Check {
+            file,
+            space,
+            operator_key,
+            format,
+        } => check(&file, space, operator_key, format),
         AuditAction::List {
             space,
             node,
@@ -211,6 +244,300 @@ pub(crate) fn audit(action: AuditAction) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// The tree size to prove under: of the checkpoints the witnesses
+/// countersigned that include entry `seq`, the size most of them hold (the
+/// larger on a tie); `None` (the latest) when none does.
+fn common_size(got: &[std::result::Result<Cosignature, String>], seq: u64) -> Option<u64> {
+    let mut held: std::collections::BTreeMap<u64, usize> = Default::default();
+    for c in got.iter().flatten() {
+        if let Some(size) = note_size(&c.note).filter(|s| *s >= seq) {
+            *held.entry(size).or_default() += 1;
+        }
+    }
+    held.into_iter()
+        .max_by_key(|(size, n)| (*n, *size))
+        .map(|(size, _)| size)
+}
+
+/// The tree size a signed note states (its second line), unchecked.
+fn note_size(note: &str) -> Option<u64> {
+    note.lines().nth(1)?.parse().ok()
+}
+
+/// The body of a signed note (what its signatures sign).
+fn note_body(note: &str) -> &str {
+    note.split_once("\n\n").map_or(note, |(b, _)| b)
+}
+
+/// `kexin audit prove --local`: on the node's own machine, from its folder;
+/// the node's member key (space/keys) vouches for its log key. No witness
+/// is asked.
+fn prove_local(
+    space: Space,
+    node: &str,
+    actor: &str,
+    seq: u64,
+    out: Option<PathBuf>,
+    format: Format,
+) -> Result<u8> {
+    let space = Arc::new(space);
+    let rt = runtime()?;
+    let n = rt.block_on(Node::open(Arc::clone(&space), node))?;
+    let (proof, verifier) = match n.audit_proof(actor, seq) {
+        Ok(p) => p,
+        Err(kexin_engine::Error::Refused(r)) => {
+            println!("refused {}: {}", r.code, r.rule);
+            return Ok(u8::try_from(r.code.exit_status()).unwrap_or(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(out) = out else {
+        let key = NoteKey::parse(&verifier)?;
+        proof.check(&key)?;
+        println!("{}", serde_json::to_string(&proof)?);
+        return Ok(0);
+    };
+    let (cfg, me) = kexin::federation::node_identity(&space.dir, node)?;
+    let vouch = kexin::witness::vouch(&space, &cfg, &me, node, &verifier)?;
+    write_bundle(&space, node, proof, vouch, vec![], &out, format)
+}
+
+/// Assemble, check (under the space's operator key) and write an evidence
+/// bundle; print what it holds and which witnesses are not in it.
+fn write_bundle(
+    space: &Space,
+    node: &str,
+    proof: kexin_engine::store::AuditProof,
+    vouch: kexin_engine::evidence::Vouch,
+    cosigned: Vec<std::result::Result<Cosignature, String>>,
+    out: &std::path::Path,
+    format: Format,
+) -> Result<u8> {
+    let Some(text) = &proof.entry else {
+        println!(
+            "refused {}: the entry is shown (and bundled) to its actor, the node's data holders and the operator only",
+            kexin_engine::Code::Auth
+        );
+        return Ok(u8::try_from(kexin_engine::Code::Auth.exit_status()).unwrap_or(3));
+    };
+    let entry: kexin_engine::audit::AuditEntry = serde_json::from_str(text)?;
+    let op = space
+        .operator_key
+        .context("space.toml has no space.operator_key")?;
+    let mut left_out = Vec::new();
+    let mut witnesses = Vec::new();
+    for c in cosigned {
+        match c {
+            Ok(c) if note_body(&c.note) == note_body(&proof.checkpoint) => witnesses.push(c),
+            Ok(c) => left_out.push(format!(
+                "{} countersigned another checkpoint (size {})",
+                c.witness,
+                note_size(&c.note).unwrap_or_default()
+            )),
+            Err(why) => left_out.push(why),
+        }
+    }
+    let bundle = Bundle {
+        format: kexin_engine::evidence::FORMAT.into(),
+        space: space.name.clone(),
+        node: node.to_string(),
+        operator_key: hex::encode(op.as_bytes()),
+        binds: Binds::of(&entry),
+        proof,
+        vouch,
+        witnesses,
+    };
+    let checked = match bundle.check(&op) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("NOT VERIFIED: {e}");
+            return Ok(5);
+        }
+    };
+    let tmp = out.with_extension("kexin-tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&bundle)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "status": "written",
+                "file": out.display().to_string(),
+                "seq": checked.seq,
+                "size": checked.size,
+                "witnesses": checked.witnesses.keys().collect::<Vec<_>>(),
+                "left_out": left_out,
+            })
+        );
+    } else {
+        println!(
+            "wrote {}: entry #{} of node {node} ({} {}), in its log of {} entries{}",
+            out.display(),
+            checked.seq,
+            checked.entry.kind,
+            checked.entry.decision,
+            checked.size,
+            if checked.witnesses.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", countersigned by {}",
+                    checked
+                        .witnesses
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        for why in &left_out {
+            println!("  not countersigned: {why}");
+        }
+    }
+    Ok(0)
+}
+
+/// `kexin audit check FILE`: verify a bundle offline.
+pub(crate) fn check(
+    file: &std::path::Path,
+    space: Option<PathBuf>,
+    operator_key: Option<String>,
+    format: Format,
+) -> Result<u8> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let not_verified = |why: String| -> Result<u8> {
+        if format == Format::Json {
+            println!(
+                "{}",
+                serde_json::json!({"status": "not verified", "reason": why})
+            );
+        } else {
+            println!("NOT VERIFIED: {why}");
+        }
+        Ok(5)
+    };
+    let Ok(bundle) = serde_json::from_str::<Bundle>(&text) else {
+        return not_verified(format!("{} is not an evidence bundle", file.display()));
+    };
+    let space = space.map(|d| Space::load(&d)).transpose()?;
+    let (op, anchor) = match (&operator_key, &space) {
+        (Some(hex_key), _) => (
+            kexin_engine::identity::parse_public_key(hex_key)
+                .context("--operator-key is not a hex ed25519 public key")?,
+            "the operator key given",
+        ),
+        (None, Some(s)) => (
+            s.operator_key
+                .context("space.toml has no space.operator_key")?,
+            "the operator key of space.toml",
+        ),
+        (None, None) => match kexin_engine::identity::parse_public_key(&bundle.operator_key) {
+            Some(k) => (
+                k,
+                "the operator key the bundle names (not pinned: pass --space or --operator-key)",
+            ),
+            None => return not_verified("the bundle names no valid operator key".into()),
+        },
+    };
+    let checked = match bundle.check(&op) {
+        Ok(c) => c,
+        Err(e) => return not_verified(e.to_string()),
+    };
+    if let Some(s) = &space {
+        if s.name != checked.space {
+            return not_verified(format!("the bundle is of space {}", checked.space));
+        }
+        let speaks_for = |member: &str, node: &str| {
+            s.members
+                .get(member)
+                .is_some_and(|m| m.nodes.iter().any(|n| n == node))
+        };
+        if !speaks_for(&checked.node_member, &checked.node) {
+            return not_verified(format!(
+                "{} does not speak for node {} in space.toml",
+                checked.node_member, checked.node
+            ));
+        }
+        for (w, m) in &checked.witnesses {
+            if !speaks_for(m, w) {
+                return not_verified(format!("{m} does not speak for node {w} in space.toml"));
+            }
+        }
+    }
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "status": "verified",
+                "space": checked.space,
+                "node": checked.node,
+                "seq": checked.seq,
+                "size": checked.size,
+                "root": checked.root,
+                "anchor": anchor,
+                "witnesses": checked.witnesses.keys().collect::<Vec<_>>(),
+                "entry": checked.entry,
+                "binds": checked.binds,
+            })
+        );
+    } else {
+        let e = &checked.entry;
+        println!(
+            "verified under {anchor}: entry #{} of node {} (space {}) is leaf {} of its log of {} entries, root {}",
+            checked.seq,
+            checked.node,
+            checked.space,
+            checked.seq - 1,
+            checked.size,
+            checked.root
+        );
+        println!(
+            "  {} {} by {} under scene {} at {}",
+            e.kind, e.decision, e.actor, e.scene, e.time
+        );
+        println!(
+            "  log key vouched for by {}; countersigned by {}",
+            checked.node_member,
+            if checked.witnesses.is_empty() {
+                "no witness".to_string()
+            } else {
+                checked
+                    .witnesses
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        let b = &checked.binds;
+        let mut lines = vec![format!("policy {}", b.policy_sha256)];
+        let mut opt = |name: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                lines.push(format!("{name} {v}"));
+            }
+        };
+        opt("sql", &b.sql_sha256);
+        opt("plan", &b.plan_sha256);
+        opt("consent set", &b.consent_sha256);
+        opt("output", &b.output_sha256);
+        opt("contract", &b.contract);
+        opt("session", &b.session);
+        for (d, h) in &b.data {
+            lines.push(format!("data {d} {h}"));
+        }
+        for u in &b.udfs {
+            lines.push(format!("udf {u}"));
+        }
+        for l in lines {
+            println!("  binds {l}");
+        }
+    }
+    Ok(0)
 }
 
 /// `; consistent with N checkpoint(s) kept elsewhere`, when there were any.

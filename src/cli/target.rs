@@ -13,6 +13,7 @@ use kexin_engine::Code;
 use kexin_engine::airlock::{Decision, Held};
 use kexin_engine::consent::{ConsentReceipt, ConsentRecord};
 use kexin_engine::contract::{Action, Contract, Terms};
+use kexin_engine::dispute::{Dispute, Opening, Resolution};
 use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody, UdfSubmissionBody};
 use kexin_engine::ledger::Budget;
 use kexin_engine::node::{ListedUdf, Node, Outcome, Registration, Submission};
@@ -108,7 +109,7 @@ impl Target {
 
     /// Send `msg` to the node's server and read the answer it expects
     /// (`pick` takes it, or gives back any other); a refusal is an answer.
-    fn call<T>(
+    pub(crate) fn call<T>(
         &self,
         msg: ToNode,
         pick: impl FnOnce(FromNode) -> std::result::Result<T, Box<FromNode>>,
@@ -178,6 +179,41 @@ impl Target {
             Target::Remote { .. } | Target::Registry => {
                 self.call(ToNode::ContractAct(env), |m| match m {
                     FromNode::Contract(c) => Ok(*c),
+                    other => Err(Box::new(other)),
+                })
+            }
+        }
+    }
+
+    /// The disputes the member may see (all of them, in process).
+    pub(crate) fn disputes(&self) -> Result<Answer<Vec<Dispute>>> {
+        match self {
+            Target::Local { node, .. } => answer(node.disputes()),
+            Target::Remote { .. } | Target::Registry => self.call(ToNode::Disputes, |m| match m {
+                FromNode::Disputes(d) => Ok(d),
+                other => Err(Box::new(other)),
+            }),
+        }
+    }
+
+    pub(crate) fn dispute_open(&self, env: Signed<Opening>) -> Result<Answer<Dispute>> {
+        match self {
+            Target::Local { node, .. } => answer(node.dispute_open(&env)),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::DisputeOpen(env), |m| match m {
+                    FromNode::Dispute(d) => Ok(*d),
+                    other => Err(Box::new(other)),
+                })
+            }
+        }
+    }
+
+    pub(crate) fn dispute_resolve(&self, env: Signed<Resolution>) -> Result<Answer<Dispute>> {
+        match self {
+            Target::Local { node, .. } => answer(node.dispute_resolve(&env)),
+            Target::Remote { .. } | Target::Registry => {
+                self.call(ToNode::DisputeResolve(env), |m| match m {
+                    FromNode::Dispute(d) => Ok(*d),
                     other => Err(Box::new(other)),
                 })
             }

@@ -31,6 +31,10 @@ const HISTORY_SHOWN: Refusal = Refusal::new(
     "the uses of a person's records are shown to that person only",
 );
 
+/// The node cannot vouch for its log key (its member key or certificate
+/// is not at hand).
+const NO_VOUCH: Refusal = Refusal::new(Code::Witness, "the node cannot vouch for its log key");
+
 /// A module that is not base64.
 const MODULE_ENCODING: Refusal = Refusal::new(Code::UdfManifest, "the module is not base64");
 
@@ -141,12 +145,49 @@ impl NodeServer {
                     FromNode::Registered(Box::new(r))
                 })
             }
-            ToNode::Prove { seq } => reply(node.audit_proof(member, seq), |(proof, verifier)| {
-                FromNode::Proof {
-                    proof: Box::new(proof),
-                    verifier,
-                }
-            }),
+            ToNode::Prove { seq, size } => reply(
+                node.audit_proof_at(member, seq, size),
+                |(proof, verifier)| {
+                    let vouch = self.vouch(&verifier);
+                    FromNode::Proof {
+                        proof: Box::new(proof),
+                        verifier,
+                        vouch: vouch.map(Box::new),
+                    }
+                },
+            ),
+            ToNode::Cosign { node: of } => match self.vouch(&node.log_verifier()) {
+                None => FromNode::refused(NO_VOUCH, None),
+                Some(v) => reply(node.cosign_witnessed(&of), |note| FromNode::Cosignature {
+                    note,
+                    vouch: Box::new(v),
+                }),
+            },
+            ToNode::DisputeOpen(env) if signed_by(&env.body.member) => {
+                reply(node.dispute_open(&env), |d| FromNode::Dispute(Box::new(d)))
+            }
+            ToNode::DisputeResolve(env) if signed_by(&env.body.member) => {
+                reply(node.dispute_resolve(&env), |d| {
+                    FromNode::Dispute(Box::new(d))
+                })
+            }
+            ToNode::Disputes => reply(node.disputes_for(member), FromNode::Disputes),
+            ToNode::Statement { from, to } => reply(
+                node.statement(member, from.as_deref(), to.as_deref()),
+                |s| match crate::accounting::sign(
+                    &self.space,
+                    &self.cfg,
+                    &self.me,
+                    s,
+                    &node.log_verifier(),
+                ) {
+                    Ok(signed) => FromNode::Statement(Box::new(signed)),
+                    Err(e) => {
+                        tracing::warn!(target: "kexin::node", "statement not signed: {e:#}");
+                        FromNode::refused(NO_VOUCH, None)
+                    }
+                },
+            ),
             ToNode::AuditLog { size, from, limit } => reply(
                 node.audit_log(member, size, from, limit),
                 |(page, verifier)| FromNode::Log {
@@ -164,9 +205,21 @@ impl NodeServer {
             | ToNode::Consent(_)
             | ToNode::UdfRegister { .. }
             | ToNode::UdfSubmit { .. }
-            | ToNode::UdfApprove(_) => FromNode::refused(OTHER_SIGNER, None),
+            | ToNode::UdfApprove(_)
+            | ToNode::DisputeOpen(_)
+            | ToNode::DisputeResolve(_) => FromNode::refused(OTHER_SIGNER, None),
             _ => anyhow::bail!("unexpected control message"),
         })
+    }
+
+    /// This node's vouch for its log key `verifier`, signed with its member
+    /// key; `None` (logged) when it cannot be made.
+    fn vouch(&self, verifier: &str) -> Option<kexin_engine::evidence::Vouch> {
+        crate::witness::vouch(&self.space, &self.cfg, &self.me, self.node.name(), verifier)
+            .inspect_err(
+                |e| tracing::warn!(target: "kexin::node", "no vouch for the log key: {e:#}"),
+            )
+            .ok()
     }
 
     /// A researcher's query on this node, in one of the member's places and

@@ -340,6 +340,14 @@ struct BudgetsQuery {
     scene: Option<String>,
 }
 
+/// The period of an accounting statement (UTC days, inclusive).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct PeriodQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
 /// A UDF submission with its module.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -399,14 +407,19 @@ async fn checkpoint(State(api): State<Api>) -> Response {
 #[utoipa::path(get, path = "/v1/audit/{seq}/proof", tag = "anyone",
     params(("seq" = u64, Path, description = "The entry's sequence number")),
     responses(
-        (status = 200, description = "`{proof, verifier}`: the entry (to its actor, the node's data holders and the operator when signed; else its leaf hash only), the audit path and the signed checkpoint"),
+        (status = 200, description = "`{proof, verifier, vouch}`: the entry (to its actor, the node's data holders and the operator when signed; else its leaf hash only), the audit path and the signed checkpoint"),
         (status = 403, body = RefusalBody)),
     security((), ("kexin_request" = [])))]
 async fn proof(State(api): State<Api>, Path(seq): Path<u64>, req: Request) -> Response {
     api.call(req, MAX_BODY, true, move |server, caller, _| {
         // Any certified role may ask; an anonymous caller reads as nobody.
         let member = caller.map(|(m, _)| m).unwrap_or_default();
-        answer(server, &member, Role::Researcher, ToNode::Prove { seq })
+        answer(
+            server,
+            &member,
+            Role::Researcher,
+            ToNode::Prove { seq, size: None },
+        )
     })
     .await
 }
@@ -503,6 +516,34 @@ async fn contract_offer(State(api): State<Api>, req: Request) -> Response {
     security(("kexin_request" = [])))]
 async fn contract_act(State(api): State<Api>, req: Request) -> Response {
     api.signed(req, MAX_BODY, |c| c.json().map(ToNode::ContractAct))
+        .await
+}
+
+/// The disputes on this node the caller may see.
+#[utoipa::path(get, path = "/v1/disputes", tag = "governance",
+    responses((status = 200, description = "Disputes, oldest first: all of them for the node's data holders and the operator, else those over entries the caller is a party to"), (status = 401, body = RefusalBody)),
+    security(("kexin_request" = [])))]
+async fn disputes(State(api): State<Api>, req: Request) -> Response {
+    api.signed(req, MAX_BODY, |_| Ok(ToNode::Disputes)).await
+}
+
+/// A party opens a dispute over an audit entry.
+#[utoipa::path(post, path = "/v1/disputes", tag = "governance",
+    request_body(description = "A signed opening (`kexin/dispute/v1`): {space, node, seq, member, reason, nonce, time}, signed by the caller"),
+    responses((status = 200, description = "The dispute as recorded"), (status = 403, body = RefusalBody)),
+    security(("kexin_request" = [])))]
+async fn dispute_open(State(api): State<Api>, req: Request) -> Response {
+    api.signed(req, MAX_BODY, |c| c.json().map(ToNode::DisputeOpen))
+        .await
+}
+
+/// A dispute's resolution: upheld, dismissed or withdrawn.
+#[utoipa::path(post, path = "/v1/disputes/resolutions", tag = "governance",
+    request_body(description = "A signed resolution (`kexin/dispute/v1`): {space, node, dispute, member, outcome, note, nonce, time}, signed by the caller"),
+    responses((status = 200, description = "The dispute after the resolution"), (status = 403, body = RefusalBody)),
+    security(("kexin_request" = [])))]
+async fn dispute_resolve(State(api): State<Api>, req: Request) -> Response {
+    api.signed(req, MAX_BODY, |c| c.json().map(ToNode::DisputeResolve))
         .await
 }
 
@@ -638,6 +679,21 @@ async fn budgets(State(api): State<Api>, req: Request) -> Response {
     .await
 }
 
+/// A signed accounting statement of what this node answered.
+#[utoipa::path(get, path = "/v1/accounting/statement", tag = "governance",
+    params(PeriodQuery),
+    responses((status = 200, description = "`{statement, vouch}`: the statement signed with the node's member key (`kexin/statement/v1`), per requester, scene and contract; every requester for the node's data holders and the operator, their own for a researcher"), (status = 403, body = RefusalBody)),
+    security(("kexin_request" = [])))]
+async fn statement(State(api): State<Api>, req: Request) -> Response {
+    api.signed(req, MAX_BODY, |c| {
+        c.query::<PeriodQuery>().map(|q| ToNode::Statement {
+            from: q.from,
+            to: q.to,
+        })
+    })
+    .await
+}
+
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "anyone",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API")))]
@@ -675,7 +731,7 @@ impl utoipa::Modify for Security {
     paths(
         node_info, checkpoint, proof, audit_log, openapi_doc, scenes, query, contracts, contract_offer,
         contract_act, airlock, airlock_act, consent, consents, history, udf_register, udfs,
-        udf_submit, udf_submissions, udf_approve, budgets
+        udf_submit, udf_submissions, udf_approve, budgets, disputes, dispute_open, dispute_resolve, statement
     ),
     components(schemas(RefusalBody)),
     modifiers(&Security)
@@ -711,6 +767,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/udfs/submissions"),
     ("POST", "/v1/udfs/approvals"),
     ("GET", "/v1/budgets"),
+    ("GET", "/v1/disputes"),
+    ("POST", "/v1/disputes"),
+    ("POST", "/v1/disputes/resolutions"),
+    ("GET", "/v1/accounting/statement"),
 ];
 
 fn router(server: Arc<NodeServer>) -> Router {
@@ -735,6 +795,9 @@ fn router(server: Arc<NodeServer>) -> Router {
         )
         .route("/v1/udfs/approvals", post(udf_approve))
         .route("/v1/budgets", get(budgets))
+        .route("/v1/disputes", get(disputes).post(dispute_open))
+        .route("/v1/disputes/resolutions", post(dispute_resolve))
+        .route("/v1/accounting/statement", get(statement))
         .fallback(|| async { refused(StatusCode::NOT_FOUND, NO_SUCH_CALL) })
         .method_not_allowed_fallback(|| async {
             refused(StatusCode::METHOD_NOT_ALLOWED, NO_SUCH_METHOD)

@@ -3,10 +3,13 @@
 //! [`kexin_mpc::message::Message`]s, made by the roles of
 //! [`kexin_engine::federated::rounds`].
 
+use kexin_engine::accounting::SignedStatement;
 use kexin_engine::airlock::{self, Held};
 use kexin_engine::consent::{ConsentReceipt, ConsentRecord};
 use kexin_engine::contract::{Action, Contract, Terms};
 use kexin_engine::contribution::{BatchResult, CollectBody, ContributionBody};
+use kexin_engine::dispute::{self, Dispute};
+use kexin_engine::evidence::Vouch;
 use kexin_engine::federated::{FederateBody, JointRows, PsiBody, PsiMode};
 use kexin_engine::identity::{QueryBody, Signed, UdfApprovalBody, UdfSubmissionBody};
 use kexin_engine::ledger::Budget;
@@ -89,9 +92,29 @@ pub enum ToNode {
         actor: Option<String>,
         scene: Option<String>,
     },
-    /// The evidence that audit entry `seq` is in this node's log.
+    /// The evidence that audit entry `seq` is in this node's log, under
+    /// the checkpoint of tree size `size` (the latest when absent).
     Prove {
         seq: u64,
+        #[serde(default)]
+        size: Option<u64>,
+    },
+    /// Anyone → node: the checkpoint of `node` you hold, countersigned,
+    /// with your log key's vouch (for an evidence bundle).
+    Cosign {
+        node: String,
+    },
+    /// A party's signed opening of a dispute over an audit entry.
+    DisputeOpen(Signed<dispute::Opening>),
+    /// A signed resolution of a dispute.
+    DisputeResolve(Signed<dispute::Resolution>),
+    /// The disputes on this node the link's member may see.
+    Disputes,
+    /// A signed accounting statement for the link's member, over the days
+    /// `from`..=`to`.
+    Statement {
+        from: Option<String>,
+        to: Option<String>,
     },
     /// One page of this node's log: the leaves from entry `from` (at most
     /// `limit`) under the checkpoint of tree size `size` (the latest when
@@ -183,11 +206,26 @@ pub enum FromNode {
     Submissions(Vec<Submission>),
     /// DP ledger rows.
     Budgets(Vec<Budget>),
-    /// An inclusion proof, with the node's checkpoint verifier key.
+    /// An inclusion proof, with the node's checkpoint verifier key and
+    /// the node's vouch for that key.
     Proof {
         proof: Box<AuditProof>,
         verifier: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vouch: Option<Box<Vouch>>,
     },
+    /// A witness's countersignature of the checkpoint it holds of a node
+    /// (none held yet: `None`), with the witness's vouch for its log key.
+    Cosignature {
+        note: Option<String>,
+        vouch: Box<Vouch>,
+    },
+    /// A dispute after the opening or resolution just recorded.
+    Dispute(Box<Dispute>),
+    /// Disputes, oldest first.
+    Disputes(Vec<Dispute>),
+    /// A signed accounting statement.
+    Statement(Box<SignedStatement>),
     /// A page of the node's log, with its checkpoint verifier key.
     Log {
         page: Box<LogPage>,

@@ -152,7 +152,13 @@ fn an_audit_log_written_before_the_typed_sets_still_verifies() {
     let old_decisions: Vec<&str> = WRITTEN.iter().map(|(_, d)| *d).collect();
     // Kinds added after the fixture was written: new strings, not renamed
     // old ones.
-    const ADDED_SINCE: &[&str] = &["udf-submit", "dataset-load", "person-bind"];
+    const ADDED_SINCE: &[&str] = &[
+        "udf-submit",
+        "dataset-load",
+        "person-bind",
+        "dispute-open",
+        "dispute-resolve",
+    ];
     for k in Kind::ALL {
         assert_eq!(Kind::parse(k.as_str()), Some(*k));
         assert!(
@@ -163,9 +169,17 @@ fn an_audit_log_written_before_the_typed_sets_still_verifies() {
     for k in ADDED_SINCE {
         assert!(!old_kinds.contains(k), "{k} was in the old log");
     }
+    // Decisions added after the fixture was written (disputes).
+    const DECIDED_SINCE: &[&str] = &["opened", "upheld", "dismissed", "withdrawn"];
     for d in Decision::ALL {
         assert_eq!(Decision::parse(d.as_str()), Some(*d));
-        assert!(old_decisions.contains(&d.as_str()), "{d} is new");
+        assert!(
+            old_decisions.contains(&d.as_str()) || DECIDED_SINCE.contains(&d.as_str()),
+            "{d} is new"
+        );
+    }
+    for d in DECIDED_SINCE {
+        assert!(!old_decisions.contains(d), "{d} was in the old log");
     }
     assert_eq!(Verb::Fetch.audit_kind().as_str(), "airlock-fetch");
     // One edited byte fails, so the check above is not vacuous.

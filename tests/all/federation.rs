@@ -363,13 +363,19 @@ fn impostor(
     std::thread::spawn(move || {
         let t = Duration::from_secs(10);
         let cfg = kexin::net::server_config(&me, Arc::clone(&pins)).expect("tls");
-        let (tcp, _) = listener.accept().expect("accept");
-        let (mut researcher, _) = Link::accept(tcp, Arc::clone(&cfg), &pins, t).expect("handshake");
-        let sunk = sink(listener, cfg, pins, Arc::clone(&stop));
-        let msg: ToNode = researcher.recv_json().expect("request");
-        let ToNode::Federate(env) = msg else {
-            panic!("expected a federated request")
+        // The researcher's request; the real nodes' witnessing (they show
+        // their checkpoints to this address every few seconds) may come
+        // first and is dropped.
+        let (mut researcher, env) = loop {
+            let (tcp, _) = listener.accept().expect("accept");
+            let Ok((mut link, _)) = Link::accept(tcp, Arc::clone(&cfg), &pins, t) else {
+                continue;
+            };
+            if let Ok(ToNode::Federate(env)) = link.recv_json::<ToNode>() {
+                break (link, env);
+            }
         };
+        let sunk = sink(listener, cfg, pins, Arc::clone(&stop));
         let session = session_id(tag::FEDERATE, &env).expect("session");
         let mut real_link =
             Link::connect(&real, &alice, &me.verifying_key(), t).expect("reach the real node");

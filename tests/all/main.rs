@@ -37,6 +37,7 @@ mod compat;
 mod dp;
 mod durability;
 mod encrypted;
+mod evidence;
 mod federation;
 mod gate_rules;
 mod governance;

@@ -61,6 +61,7 @@ TAGS = {
     "consent": "kexin/consent-receipt/v1",
     "contract": "kexin/contract/v1",
     "review": "kexin/airlock-decision/v1",
+    "dispute": "kexin/dispute/v1",
 }
 
 
@@ -345,6 +346,48 @@ class Node:
 
     def udfs(self, scene: Optional[str] = None) -> list:
         return self.call("GET", "/v1/udfs", params={"scene": scene})
+
+    # -------------------------------------------------------------- disputes
+
+    def statement(self, date_from: Optional[str] = None, date_to: Optional[str] = None) -> dict:
+        """The node's signed accounting statement for the caller:
+        ``{statement: {body, signature}, vouch}``."""
+        return self.call("GET", "/v1/accounting/statement",
+                         params={"from": date_from, "to": date_to})
+
+    def disputes(self) -> list:
+        """The disputes on the node the caller may see."""
+        return self.call("GET", "/v1/disputes")
+
+    def open_dispute(self, seq: int, reason: str) -> dict:
+        """Open a dispute over audit entry ``seq`` (as a party to it)."""
+        body = {
+            "space": self.space,
+            "node": self.node,
+            "seq": int(seq),
+            "member": self.member,
+            "reason": reason,
+            "nonce": _nonce(),
+            "time": _now(),
+        }
+        return self.call("POST", "/v1/disputes", sign(TAGS["dispute"], body, self.key))
+
+    def resolve_dispute(self, dispute: int, outcome: str, note: str) -> dict:
+        """``upheld`` or ``dismissed`` (a data holder, the operator), or
+        ``withdrawn`` (the member who opened it)."""
+        body = {
+            "space": self.space,
+            "node": self.node,
+            "dispute": int(dispute),
+            "member": self.member,
+            "outcome": outcome,
+            "note": note,
+            "nonce": _nonce(),
+            "time": _now(),
+        }
+        return self.call(
+            "POST", "/v1/disputes/resolutions", sign(TAGS["dispute"], body, self.key)
+        )
 
 
 # ---------------------------------------------------- the audit log, checked

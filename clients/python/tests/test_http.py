@@ -144,3 +144,39 @@ def test_the_log_read_page_by_page_checks_here_and_agrees_with_the_cli(space, no
         check_log(short, verifier, origin)
     with pytest.raises(LogError):
         check_log(pages, verifier, f"kexin/{node['space']}/h2")
+
+
+def test_a_dispute_over_the_api_is_seen_by_the_parties_and_resolved(space, node):
+    alice = client(space, node, "alice")
+    carol = client(space, node, "carol")
+    bob = client(space, node, "bob")
+    seq = alice.query("diabetes-2027", SQL)["audit_seq"]
+    # Not a party to alice's entry.
+    with pytest.raises(Refused) as e:
+        bob.open_dispute(seq, "not mine")
+    assert (e.value.status, e.value.code) == (403, "KX-DISPUTE")
+    opened = alice.open_dispute(seq, "the released rows differ from my copy")
+    assert (opened["state"], opened["opened_by"], opened["seq"]) == ("open", "alice", seq)
+    assert any(d["id"] == opened["id"] for d in carol.disputes())
+    assert all(d["id"] != opened["id"] for d in bob.disputes())
+    # The researcher may not decide it; the data holder does.
+    with pytest.raises(Refused) as e:
+        alice.resolve_dispute(opened["id"], "upheld", "mine")
+    assert e.value.code == "KX-DISPUTE"
+    done = carol.resolve_dispute(opened["id"], "dismissed", "the rows match the output digest")
+    assert (done["state"], done["resolved_by"]) == ("dismissed", "carol")
+    assert [d["state"] for d in alice.disputes() if d["id"] == opened["id"]] == ["dismissed"]
+
+
+def test_a_data_holder_reads_a_signed_statement(space, node):
+    alice = client(space, node, "alice")
+    carol = client(space, node, "carol")
+    alice.query("diabetes-2027", SQL)
+    st = carol.statement()
+    body = st["statement"]["body"]
+    assert body["node"] == "h1" and body["made_for"] == "carol"
+    assert st["vouch"]["certificate"]["body"]["role"] == "node"
+    mine = [l for l in body["lines"] if l["requester"] == "alice" and l["scene"] == "diabetes-2027"]
+    assert mine and mine[0]["released"] >= 1
+    # A researcher sees only her own lines.
+    assert all(l["requester"] == "alice" for l in alice.statement()["statement"]["body"]["lines"])

@@ -46,6 +46,11 @@ pub struct Terms {
     pub epsilon: Option<f64>,
     /// Last valid day (UTC, inclusive).
     pub valid_to: String,
+    /// No query runs under the contract while a dispute over one of its
+    /// audit entries is open ([`crate::dispute`]). Absent (false) from
+    /// terms that do not ask for it, so older contracts keep their ids.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_on_dispute: bool,
     pub nonce: String,
     pub time: String,
 }

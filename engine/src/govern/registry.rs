@@ -97,6 +97,10 @@ pub struct Use {
     /// `released` or `held`.
     pub decision: Decision,
     pub sql_sha256: Option<String>,
+    /// Disputes opened over this use (`kexin dispute list`), with their
+    /// state: a person sees that one was raised and how it ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disputes: Vec<crate::dispute::Mark>,
 }
 
 /// The space's key for person digests (`<space>/registry/id.key`),
@@ -460,6 +464,11 @@ impl Registry {
                     contract: e.contract.clone(),
                     decision,
                     sql_sha256: e.sql_sha256.clone(),
+                    disputes: store
+                        .disputes_over(e.seq)?
+                        .into_iter()
+                        .map(|(id, state)| crate::dispute::Mark { id, state })
+                        .collect(),
                 });
             }
         }

@@ -389,6 +389,7 @@ impl Node {
         if today.as_str() > c.terms.valid_to.as_str() {
             return refuse(Code::Contract, "the contract has expired");
         }
+        self.check_not_paused(&c)?;
         let mut store = self.store_lock()?;
         let tx = store
             .conn

@@ -169,6 +169,7 @@ impl Node {
             charged_by: None,
             salt: None,
             data: self.data_digests(&req.scene),
+            concerns: None,
         };
         // A new DP answer is cached in the same transaction as its audit
         // record, so a repeat finds it as soon as it is released.

@@ -36,10 +36,21 @@ impl Node {
     /// while the entry is of a result held and not released.
     /// `member` is `""` for an anonymous caller (the node's HTTP API).
     pub fn audit_proof(&self, member: &str, seq: u64) -> Result<(AuditProof, String)> {
-        let mut proof = self.store_lock()?.proof(seq)?.ok_or_else(|| {
+        self.audit_proof_at(member, seq, None)
+    }
+
+    /// [`Self::audit_proof`] under the checkpoint of tree size `size` (the
+    /// latest when `None`): the one the node's witnesses countersigned.
+    pub fn audit_proof_at(
+        &self,
+        member: &str,
+        seq: u64,
+        size: Option<u64>,
+    ) -> Result<(AuditProof, String)> {
+        let mut proof = self.store_lock()?.proof_at(seq, size)?.ok_or_else(|| {
             Error::refused(
                 Code::Auth,
-                "no such entry under the node's latest checkpoint",
+                "no such entry under the node's latest checkpoint (or no checkpoint of that size)",
             )
         })?;
         let entry = proof
@@ -104,6 +115,25 @@ impl Node {
     /// The latest checkpoint of node `of` this node witnessed.
     pub fn witnessed(&self, of: &str) -> Result<Option<String>> {
         self.store_lock()?.witnessed(&origin(&self.space.name, of))
+    }
+
+    /// The latest checkpoint of node `of` this node witnessed,
+    /// countersigned by this node's log key (as when it took it), for an
+    /// evidence bundle. `None` when it holds none.
+    pub fn cosign_witnessed(&self, of: &str) -> Result<Option<String>> {
+        let store = self.store_lock()?;
+        let Some((verifier, note)) = store.witnessed_with_key(&origin(&self.space.name, of))?
+        else {
+            return Ok(None);
+        };
+        let key = crate::audit::NoteKey::parse(&verifier)?;
+        let cp = crate::audit::Checkpoint::open(&note, &key)?;
+        Ok(Some(cp.sign(&self.keys.note.name, &self.keys.signing)))
+    }
+
+    /// This node's log verifier key (`node.pub`).
+    pub fn log_verifier(&self) -> String {
+        self.keys.note.verifier_key()
     }
 }
 

@@ -94,6 +94,9 @@ pub struct AuditEntry {
     /// copy it made. Absent where no loaded dataset is involved.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// Dispute entries: the audit entry the dispute is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concerns: Option<u64>,
 }
 
 closed_set! {
@@ -133,6 +136,10 @@ closed_set! {
         DatasetLoad => "dataset-load",
         /// A data holder bound an individual to a person key of the node.
         PersonBind => "person-bind",
+        /// A party opened a dispute over an entry (`concerns`).
+        DisputeOpen => "dispute-open",
+        /// A dispute was upheld, dismissed or withdrawn.
+        DisputeResolve => "dispute-resolve",
     }
 }
 
@@ -154,6 +161,11 @@ closed_set! {
         Terminated => "terminated",
         Recorded => "recorded",
         Issued => "issued",
+        /// A dispute opened.
+        Opened => "opened",
+        Upheld => "upheld",
+        Dismissed => "dismissed",
+        Withdrawn => "withdrawn",
     }
 }
 
@@ -194,6 +206,7 @@ impl AuditEntry {
             charged_by: None,
             salt: None,
             data: BTreeMap::new(),
+            concerns: None,
         }
     }
 

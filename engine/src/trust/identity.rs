@@ -129,6 +129,12 @@ pub mod tag {
     pub const UDF_SUBMIT: &str = "kexin/udf-submission/v1";
     pub const REQUEST: &str = "kexin/request/v1";
     pub const PERSON_BINDING: &str = "kexin/person-binding/v1";
+    /// A node's statement of its audit log's verifier key.
+    pub const LOG_KEY: &str = "kexin/log-key/v1";
+    /// Opening or resolving a dispute.
+    pub const DISPUTE: &str = "kexin/dispute/v1";
+    /// A node's accounting statement.
+    pub const STATEMENT: &str = "kexin/statement/v1";
 }
 
 fn message<T: Serialize>(tag: &str, body: &T) -> Result<Vec<u8>> {

@@ -413,6 +413,18 @@ impl Store {
                      record    TEXT NOT NULL,
                      audit_seq INTEGER NOT NULL
                  );
+                 CREATE TABLE IF NOT EXISTS dispute (
+                     id                INTEGER PRIMARY KEY,
+                     seq               INTEGER NOT NULL,
+                     entry             TEXT NOT NULL,
+                     contract          TEXT,
+                     opening           TEXT NOT NULL,
+                     resolution        TEXT,
+                     state             TEXT NOT NULL,
+                     open_audit_seq    INTEGER NOT NULL,
+                     resolve_audit_seq INTEGER
+                 );
+                 CREATE INDEX IF NOT EXISTS dispute_seq ON dispute (seq);
                  COMMIT;",
             )
         })?;
@@ -679,11 +691,19 @@ impl Store {
     /// audit path to the root of the latest signed checkpoint, and that
     /// checkpoint. `None` when there is no such entry.
     pub fn proof(&self, seq: u64) -> Result<Option<AuditProof>> {
+        self.proof_at(seq, None)
+    }
+
+    /// [`Self::proof`] under the signed checkpoint of tree size `size` (the
+    /// latest when `None`): the one a witness countersigned. `None` when
+    /// there is no such entry or checkpoint.
+    pub fn proof_at(&self, seq: u64, size: Option<u64>) -> Result<Option<AuditProof>> {
         let latest: Option<(i64, String)> = self
             .conn
             .query_row(
-                "SELECT size, note FROM checkpoint ORDER BY size DESC LIMIT 1",
-                [],
+                "SELECT size, note FROM checkpoint WHERE ?1 IS NULL OR size = ?1
+                 ORDER BY size DESC LIMIT 1",
+                params![size.map(|s| s as i64)],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
@@ -726,6 +746,35 @@ impl Store {
                 .collect(),
             checkpoint,
         }))
+    }
+
+    /// Entry `seq`, if the log has it.
+    pub fn entry(&self, seq: u64) -> Result<Option<AuditEntry>> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT entry FROM audit WHERE seq = ?1",
+                params![seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        bytes
+            .map(|b| {
+                serde_json::from_slice(&b)
+                    .map_err(|_| Error::Verify("an audit entry does not parse".into()))
+            })
+            .transpose()
+    }
+
+    /// The disputes over entry `seq`: (dispute id, state), oldest first.
+    pub fn disputes_over(&self, seq: u64) -> Result<Vec<(u64, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, state FROM dispute WHERE seq = ?1 ORDER BY id")?;
+        let rows = stmt.query_map(params![seq as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// All entries in order.

@@ -89,6 +89,19 @@ impl Store {
         Ok(Ok(cp))
     }
 
+    /// The latest checkpoint of `origin` this node witnessed, with the
+    /// verifier key it was pinned to.
+    pub fn witnessed_with_key(&self, origin: &str) -> Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT verifier, note FROM witnessed WHERE origin = ?1",
+                params![origin],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
     /// The latest checkpoint of `origin` this node witnessed.
     pub fn witnessed(&self, origin: &str) -> Result<Option<String>> {
         Ok(self

@@ -198,6 +198,7 @@ async fn build(
                 max_queries: f.max_queries.unwrap_or(10).max(1),
                 epsilon: None,
                 valid_to: sc.valid_to.clone(),
+                pause_on_dispute: false,
                 nonce,
                 time,
             };

@@ -58,7 +58,12 @@ pub(super) async fn individual(c: &Shared, lang: Lang, s: &Session, who: &Who<'_
                     td { (t(lang, "use_of_records")) ": " (u.scene) }
                     td { (u.requester) }
                     td class=(u.decision.as_str()) { (u.decision.as_str()) }
-                    td { (u.node) " #" (u.audit_seq) }
+                    td {
+                        (u.node) " #" (u.audit_seq)
+                        @for d in &u.disputes {
+                            " · " span.note { (t(lang, "disputed")) " #" (d.id) ": " (d.state) }
+                        }
+                    }
                 },
             )
         })

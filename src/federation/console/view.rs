@@ -90,6 +90,7 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("decision", "结果", "Decision"),
     ("entry", "审计条目", "Audit entry"),
     ("use_of_records", "使用了您的记录", "used your records"),
+    ("disputed", "争议", "dispute"),
     ("receipt", "授权记录", "consent receipt"),
     ("contribution", "我贡献的数据", "my contribution"),
     ("airlock", "待审核结果", "Held results"),
