@@ -380,25 +380,28 @@ fn write_bundle(
             checked.entry.kind,
             checked.entry.decision,
             checked.size,
-            if checked.witnesses.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", countersigned by {}",
-                    checked
-                        .witnesses
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
+            witnesses_of(&checked)
+                .map(|w| format!(", countersigned by {w}"))
+                .unwrap_or_default()
         );
         for why in &left_out {
             println!("  not countersigned: {why}");
         }
     }
     Ok(0)
+}
+
+/// The witnesses whose countersignature checked, comma-separated; `None`
+/// when there were none.
+fn witnesses_of(checked: &kexin_engine::evidence::Checked) -> Option<String> {
+    (!checked.witnesses.is_empty()).then(|| {
+        checked
+            .witnesses
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
 }
 
 /// `kexin audit check FILE`: verify a bundle offline.
@@ -503,16 +506,7 @@ pub(crate) fn check(
         println!(
             "  log key vouched for by {}; countersigned by {}",
             checked.node_member,
-            if checked.witnesses.is_empty() {
-                "no witness".to_string()
-            } else {
-                checked
-                    .witnesses
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
+            witnesses_of(&checked).unwrap_or_else(|| "no witness".into())
         );
         let b = &checked.binds;
         let mut lines = vec![format!("policy {}", b.policy_sha256)];
