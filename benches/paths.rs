@@ -32,12 +32,14 @@
     reason = "a bench aborts on setup failure and compares against plain DataFusion"
 )]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use kexin::federation::{FedConfig, NodeServer, federate};
+use kexin::federation::federate;
 use kexin_engine::node::{Node, QueryRequest, Status};
 use kexin_engine::policy::Space;
 
@@ -284,28 +286,6 @@ fn single_node(pairs: usize, out: &mut Vec<Pair>) {
     );
 }
 
-/// Start h1..h3 on ephemeral loopback ports (written to federation.toml).
-fn start_nodes(space: &Arc<Space>) {
-    let listeners: Vec<std::net::TcpListener> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let mut toml = String::from("round_timeout_seconds = 120\n");
-    for (i, l) in listeners.iter().enumerate() {
-        toml.push_str(&format!(
-            "[node.h{n}]\naddress = \"{}\"\nmember = \"node-h{n}\"\n",
-            l.local_addr().expect("addr"),
-            n = i + 1
-        ));
-    }
-    std::fs::write(FedConfig::path(&space.dir), toml).expect("federation.toml");
-    for (i, l) in listeners.into_iter().enumerate() {
-        let server = Arc::new(
-            NodeServer::open(Arc::clone(space), &format!("h{}", i + 1), None).expect("node"),
-        );
-        std::thread::spawn(move || server.serve(l, || ()));
-    }
-}
-
 fn federated(pairs: usize, out: &mut Vec<Pair>) {
     let (dir, _keep) = match std::env::var("KEXIN_BENCH_FEDERATION") {
         Ok(d) => (PathBuf::from(d), None),
@@ -315,7 +295,7 @@ fn federated(pairs: usize, out: &mut Vec<Pair>) {
         }
     };
     let space = unpadded(&dir, "");
-    start_nodes(&space);
+    support::start_nodes(&space);
     let alice = kexin::members::load_key(&dir, "alice", None).expect("key");
     let nodes: Vec<String> = ["h1", "h2", "h3"].iter().map(|s| s.to_string()).collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
