@@ -11,6 +11,7 @@
 //! | [`contribute`] | `kexin contribute` (an individual's Prio3 report) and `kexin collect` (a researcher's batch) |
 //! | [`ledger`] | node-to-node replication of DP charges (every node's ledger holds every charge) |
 //! | [`witness`] | nodes keep and countersign each other's checkpoints; `audit verify --witnesses` |
+//! | [`twin`] | `kexin twin`: a scene's mock twin generated from the policy alone, and `query --twin` |
 //! | [`demo`] | `kexin demo`: allowed, suppressed and refused queries on a small space |
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod members;
 pub mod net;
 pub mod render;
 pub mod synth;
+pub mod twin;
 pub mod witness;
 
 /// Output formats of `kexin query`.

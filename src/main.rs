@@ -72,6 +72,37 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write a mock twin of a scene: synthetic tables with the scene's
+    /// visible schema, generated from space.toml's declarations alone (no
+    /// data is read, no budget spent), to develop queries and UDFs on with
+    /// `kexin query --twin`.
+    Twin {
+        /// The space directory (holds space.toml).
+        #[arg(long)]
+        space: PathBuf,
+        /// The scene to make a twin of.
+        #[arg(long)]
+        scene: String,
+        /// Output directory (created; an earlier twin there needs --force).
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows per dataset, and persons in the synthetic pool.
+        #[arg(long, default_value_t = kexin::twin::DEFAULT_ROWS)]
+        rows: usize,
+        /// A query whose filters half of the persons' rows are made to
+        /// satisfy, so that it returns rows on the twin.
+        #[arg(long)]
+        sql: Option<String>,
+        /// The generator's seed (default: random; the manifest records it).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Replace the twin already in --out.
+        #[arg(long)]
+        force: bool,
+        /// Output format of the summary.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Run a researcher's SQL under a scene on one node.
     Query {
         /// The space directory (holds space.toml).
@@ -102,6 +133,16 @@ enum Command {
         /// of asking the node's server.
         #[arg(long)]
         local: bool,
+        /// Run on the mock twin in this folder (`kexin twin`) instead of a
+        /// node: the same admission, rewrite, UDFs and gate on synthetic
+        /// data; the output is marked mock, nothing is charged or audited,
+        /// and no key or contract is needed.
+        #[arg(long, conflicts_with_all = ["local", "node", "contract", "key"])]
+        twin: Option<PathBuf>,
+        /// With --twin: a UDF module (.wasm) to use under the scene on the
+        /// twin, checked as a data holder's approval checks it (repeatable).
+        #[arg(long = "udf", requires = "twin")]
+        udfs: Vec<PathBuf>,
         /// The SQL query.
         sql: String,
     },
@@ -791,9 +832,16 @@ fn run(cli: Cli) -> Result<u8> {
             contract,
             format,
             local,
+            twin,
+            udfs,
             sql,
         } => {
             let space = Arc::new(Space::load(&space)?);
+            if let Some(dir) = twin {
+                let outcome = cli::query::run_twin(&space, &scene, &actor, &sql, &dir, &udfs)?;
+                print!("{}", render::outcome(&outcome, format)?);
+                return Ok(u8::try_from(outcome.exit_status()).unwrap_or(1));
+            }
             let signing = kexin::members::load_key(&space.dir, &actor, key.as_deref())?;
             let ask = cli::query::Ask {
                 node: node_name(&space, node),
@@ -805,6 +853,28 @@ fn run(cli: Cli) -> Result<u8> {
             let outcome = cli::query::run(&space, &ask, &signing, local)?;
             print!("{}", render::outcome(&outcome, format)?);
             Ok(u8::try_from(outcome.exit_status()).unwrap_or(1))
+        }
+        Command::Twin {
+            space,
+            scene,
+            out,
+            rows,
+            sql,
+            seed,
+            force,
+            format,
+        } => {
+            let space = Space::load(&space)?;
+            let opts = kexin::twin::TwinOptions {
+                scene,
+                rows,
+                sql,
+                seed,
+                force,
+            };
+            let m = kexin::twin::make(&space, &opts, &out)?;
+            print!("{}", cli::query::twin_summary(&m, &out, format)?);
+            Ok(0)
         }
         Command::Audit { action } => cli::audit::audit(action),
         Command::Udf { action } => cli::udf::udf(action),

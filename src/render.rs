@@ -64,6 +64,9 @@ pub fn outcome(o: &Outcome, format: Format) -> Result<String> {
         }
         Format::Table => {
             let mut out = String::new();
+            if o.mock {
+                out.push_str("MOCK TWIN — synthetic data, not a release\n");
+            }
             match o.status {
                 Status::Released => {
                     out.push_str(&grid(

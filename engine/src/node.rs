@@ -116,6 +116,10 @@ pub struct Outcome {
     /// The contract the query ran under (absent for scenes without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contract: Option<String>,
+    /// Computed on a mock twin's synthetic data (`kexin query --twin`),
+    /// never on a person's records: nothing charged, nothing audited.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mock: bool,
 }
 
 /// What a DP release adds to the outcome.
@@ -191,6 +195,7 @@ impl Outcome {
             dp: None,
             airlock: None,
             contract: None,
+            mock: false,
         }
     }
 
@@ -248,6 +253,9 @@ pub struct Node {
     /// query and unchanged grants are not read and matched again.
     pub(crate) consent_sets:
         Mutex<HashMap<String, (ConsentKey, crate::consent::ConsentSet, String)>>,
+    /// A mock twin (`kexin twin`): its data is synthetic, its queries
+    /// charge no budget, hold nothing for review and write no audit entry.
+    pub(crate) mock: bool,
 }
 
 /// What a consent set was read at: the registry's version, the query's
@@ -423,7 +431,23 @@ impl Node {
             udfs: UdfHost::new(kexin_sandbox::Limits::default())?,
             peers: std::sync::OnceLock::new(),
             consent_sets: Mutex::new(HashMap::new()),
+            mock: false,
         })
+    }
+
+    /// Open the node of a mock twin (`kexin twin` wrote its space and
+    /// data): queries run the same admission, rewrite, UDFs and gate, but
+    /// their outcomes are marked mock, charge no budget, are never held
+    /// for review and write no audit entry.
+    pub async fn open_twin(space: Arc<Space>, name: &str) -> Result<Node> {
+        let mut node = Node::open(space, name).await?;
+        node.mock = true;
+        Ok(node)
+    }
+
+    /// Whether this is a mock twin's node.
+    pub fn is_twin(&self) -> bool {
+        self.mock
     }
 
     pub fn dir(&self) -> &std::path::Path {

@@ -103,7 +103,7 @@ id_card    = {{ grade = 4, kind = "identifier", mask = "pseudonym" }}
 name       = {{ grade = 4, kind = "identifier", mask = "redact" }}
 phone      = {{ grade = 4, kind = "identifier", mask = "partial(3,4)" }}
 birth_date = {{ grade = 2, kind = "quasi", mask = "year" }}
-age        = {{ grade = 2, kind = "quasi", mask = "band(10)", bounds = [0, 100] }}
+age        = {{ grade = 2, kind = "quasi", mask = "band(10)", bounds = [0, 100], type = "integer" }}
 sex        = {{ grade = 2, kind = "attribute", domain = ["F", "M"] }}
 region     = {{ grade = 2, kind = "quasi", mask = "prefix(4)" }}
 hospital   = {{ grade = 1, kind = "attribute" }}
@@ -116,12 +116,12 @@ person_key = "id_card"
 
 [dataset.admissions.columns]
 id_card        = {{ grade = 4, kind = "identifier", mask = "pseudonym" }}
-admission_id   = {{ grade = 4, kind = "identifier", mask = "redact" }}
+admission_id   = {{ grade = 4, kind = "identifier", mask = "redact", type = "integer" }}
 admit_date     = {{ grade = 2, kind = "quasi", mask = "month" }}
 diagnosis      = {{ grade = 3, kind = "sensitive", mask = "prefix(3)" }}
 department     = {{ grade = 2, kind = "attribute", domain = ["cardiology", "endocrinology", "infectious", "nephrology", "neurology", "obstetrics", "oncology", "orthopedics", "respiratory", "surgery"] }}
 cost           = {{ grade = 3, kind = "sensitive", bounds = [0, 200000] }}
-length_of_stay = {{ grade = 3, kind = "sensitive", bounds = [0, 90] }}
+length_of_stay = {{ grade = 3, kind = "sensitive", bounds = [0, 90], type = "integer" }}
 
 [dataset.labs]
 source = "{{node}}/labs.parquet"

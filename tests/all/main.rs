@@ -9,6 +9,7 @@
 //! - `governance`: consent, contracts, the airlock, signed requests;
 //! - `cli`, `durability`: the command line, audit tampering, kill -9;
 //! - `ingest`: a hospital loading its own files (`kexin dataset add`);
+//! - `twin`: the mock twin researchers develop on (`kexin twin`);
 //! - `layers`: the engine's import circles (only the known ones remain);
 //! - `compat`: an audit log written by an earlier version still verifies;
 //! - `federation`, `encrypted`: node processes, joint queries, PSI, the
@@ -47,4 +48,5 @@ mod layers;
 mod node_service;
 mod query_path;
 mod release_boundary;
+mod twin;
 mod udf;

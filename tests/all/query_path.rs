@@ -45,7 +45,7 @@ async fn alice(sql: &str) -> Outcome {
 // ---------------------------------------------------------------- refusals
 
 /// (case, scene, researcher, SQL, expected code)
-const REFUSED: &[(&str, &str, &str, &str, &str)] = &[
+pub(crate) const REFUSED: &[(&str, &str, &str, &str, &str)] = &[
     (
         "row-level select",
         "diabetes-2027",

@@ -94,19 +94,25 @@ impl Node {
                 (stored, (spent, org_spent))
             }
             None => {
-                // Step 5: charge before execution, durably.
-                let charged = self
-                    .charge_dp(
-                        scene,
-                        privacy,
-                        contract_cap,
-                        &req.actor,
-                        q.mechanism.delta,
-                        crate::ledger::Replicate::All,
-                    )
-                    .await?;
-                trace.epsilon = Some(privacy.epsilon_per_query);
-                report.epsilon_charged = privacy.epsilon_per_query;
+                // Step 5: charge before execution, durably (a mock twin
+                // charges nothing: its data is no one's).
+                let charged = if self.mock {
+                    (0.0, 0.0)
+                } else {
+                    let c = self
+                        .charge_dp(
+                            scene,
+                            privacy,
+                            contract_cap,
+                            &req.actor,
+                            q.mechanism.delta,
+                            crate::ledger::Replicate::All,
+                        )
+                        .await?;
+                    trace.epsilon = Some(privacy.epsilon_per_query);
+                    report.epsilon_charged = privacy.epsilon_per_query;
+                    (c.epsilon_spent, c.org_epsilon_spent)
+                };
                 let physical = state
                     .query_planner()
                     .create_physical_plan(&optimized, state)
@@ -132,7 +138,7 @@ impl Node {
                     digest.clone(),
                     serde_json::to_string(&out).map_err(Error::internal)?,
                 ));
-                (out, (charged.epsilon_spent, charged.org_epsilon_spent))
+                (out, charged)
             }
         };
         let (spent, org_spent) = spent;
@@ -191,6 +197,7 @@ impl Node {
                 dp: Some(report),
                 airlock: None,
                 contract: None,
+                mock: false,
             },
             digest,
         ))

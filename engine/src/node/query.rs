@@ -102,6 +102,9 @@ impl Node {
         outcome.contract = trace.contract.clone();
         // A held result is stored as the exact bytes a release will return;
         // the audit log records their digest.
+        if self.mock {
+            return self.mock_outcome(outcome, trace.hold);
+        }
         let held = (trace.hold && outcome.status == Status::Released)
             .then(|| serde_json::to_string(&outcome).unwrap_or_default());
         let output_digest = match &held {
@@ -129,6 +132,7 @@ impl Node {
                 dp: None,
                 airlock: None,
                 contract: outcome.contract,
+                mock: false,
             };
         }
         let entry = AuditEntry {
@@ -224,6 +228,22 @@ impl Node {
                 ))
             }
         }
+    }
+
+    /// A mock twin's answer: marked mock, audited nowhere, and a result
+    /// the real node would hold for review is shown with a note instead.
+    fn mock_outcome(&self, mut outcome: Outcome, hold: bool) -> Outcome {
+        outcome.mock = true;
+        outcome.explanation.insert(
+            0,
+            "mock twin: computed on synthetic data generated from the space's public declarations, not on any person's records; nothing was charged or audited".into(),
+        );
+        if hold && outcome.status == Status::Released {
+            outcome.explanation.push(
+                "on the real node this result would be held for review by the data holder (status held)".into(),
+            );
+        }
+        outcome
     }
 
     /// The consent set a query under `scene` uses now, with its digest:
@@ -429,6 +449,7 @@ impl Node {
                 dp: None,
                 airlock: None,
                 contract: None,
+                mock: false,
             },
             plan_digest,
         ))
