@@ -37,7 +37,7 @@ pub fn render(s: &SignedStatement, format: Format) -> Result<String> {
         }
         Format::Csv => {
             out.push_str(
-                "requester,scene,contract,queries,released,held,refused,aborted,joint,epsilon\n",
+                "requester,scene,contract,queries,released,held,refused,aborted,joint,epsilon,persons,rows,value\n",
             );
             for l in &st.lines {
                 out.push_str(&csv_line(l));
@@ -54,7 +54,7 @@ pub fn render(s: &SignedStatement, format: Format) -> Result<String> {
                 st.made_at
             ));
             out.push_str(&format!(
-                "{:<12} {:<20} {:<22} {:>7} {:>8} {:>5} {:>7} {:>7} {:>5} {:>8}\n",
+                "{:<12} {:<20} {:<22} {:>7} {:>8} {:>5} {:>7} {:>7} {:>5} {:>8} {:>9} {:>9} {:>10}\n",
                 "requester",
                 "scene",
                 "contract",
@@ -64,7 +64,10 @@ pub fn render(s: &SignedStatement, format: Format) -> Result<String> {
                 "refused",
                 "aborted",
                 "joint",
-                "ε"
+                "ε",
+                "persons",
+                "rows",
+                "value"
             ));
             let total = Line {
                 requester: "total".into(),
@@ -72,7 +75,7 @@ pub fn render(s: &SignedStatement, format: Format) -> Result<String> {
             };
             for l in st.lines.iter().chain(std::iter::once(&total)) {
                 out.push_str(&format!(
-                    "{:<12} {:<20} {:<22} {:>7} {:>8} {:>5} {:>7} {:>7} {:>5} {:>8.4}\n",
+                    "{:<12} {:<20} {:<22} {:>7} {:>8} {:>5} {:>7} {:>7} {:>5} {:>8.4} {:>9} {:>9} {:>10}\n",
                     l.requester,
                     l.scene,
                     l.contract.as_deref().unwrap_or("-"),
@@ -82,7 +85,10 @@ pub fn render(s: &SignedStatement, format: Format) -> Result<String> {
                     l.refused,
                     l.aborted,
                     l.joint,
-                    l.epsilon
+                    l.epsilon,
+                    shown(l.persons),
+                    shown(l.rows),
+                    l.value.map_or("-".into(), |v| format!("{v:.2}"))
                 ));
             }
             out.push_str(&format!(
@@ -104,7 +110,7 @@ fn csv_line(l: &Line) -> String {
         }
     };
     format!(
-        "{},{},{},{},{},{},{},{},{},{}\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
         field(&l.requester),
         field(&l.scene),
         field(l.contract.as_deref().unwrap_or("")),
@@ -114,6 +120,14 @@ fn csv_line(l: &Line) -> String {
         l.refused,
         l.aborted,
         l.joint,
-        l.epsilon
+        l.epsilon,
+        l.persons.map_or(String::new(), |p| p.to_string()),
+        l.rows.map_or(String::new(), |r| r.to_string()),
+        l.value.map_or(String::new(), |v| v.to_string())
     )
+}
+
+/// A count a statement may leave out (researchers' statements have none).
+fn shown(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
 }

@@ -263,6 +263,12 @@ pub enum ContractAction {
         /// audit entries is open (`kexin dispute`).
         #[arg(long)]
         pause_on_dispute: bool,
+        /// The value rule: what each released result under the contract is
+        /// worth (an integer in the contract's unit); a joint result's is
+        /// split among the nodes by the persons each contributed, and
+        /// `kexin accounting statement` shows each node's share.
+        #[arg(long)]
+        fee_per_release: Option<u64>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -736,6 +742,10 @@ fn print_contract(c: &kexin_engine::contract::Contract, format: Format) -> Resul
                 } else {
                     ""
                 }
+                + &c.terms
+                    .fee_per_release
+                    .map(|f| format!(" fee {f} per released result"))
+                    .unwrap_or_default()
         );
     }
     Ok(())
@@ -753,23 +763,27 @@ pub fn contract(action: ContractAction) -> Result<u8> {
             epsilon,
             valid_to,
             pause_on_dispute,
+            fee_per_release,
             format,
         } => {
             let space = load(&on.space)?;
             let (key, target) = reach(&space, &on.member, &on.via)?;
-            let terms = members::offer_with(
+            let terms = members::offer(
                 &space,
                 target.name(),
                 &on.member,
                 &key,
                 &requester,
                 &scene,
-                datasets,
-                release,
-                max_queries,
-                epsilon,
-                valid_to,
-                pause_on_dispute,
+                members::Offer {
+                    datasets,
+                    release,
+                    max_queries,
+                    epsilon,
+                    valid_to,
+                    pause_on_dispute,
+                    fee_per_release,
+                },
             )?;
             match target.contract_offer(terms)? {
                 Ok(c) => print_contract(&c, format).map(|()| 0),

@@ -137,11 +137,24 @@ pub fn receipt(
     )?)
 }
 
+/// What a contract offer sets beyond its parties and scene. `None` takes
+/// the scene's own (its datasets, release and last valid day).
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    pub datasets: Option<Vec<String>>,
+    pub release: Option<Release>,
+    pub max_queries: u64,
+    pub epsilon: Option<f64>,
+    pub valid_to: Option<String>,
+    /// No query runs under the contract while a dispute over one of its
+    /// audit entries is open.
+    pub pause_on_dispute: bool,
+    /// The value rule: what each released result is worth, split among
+    /// the nodes whose data it used.
+    pub fee_per_release: Option<u64>,
+}
+
 /// Contract terms offered by `holder` for `node`, signed.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "a contract offer's terms, in the order the CLI takes them"
-)]
 pub fn offer(
     space: &Space,
     node: &str,
@@ -149,53 +162,12 @@ pub fn offer(
     key: &SigningKey,
     requester: &str,
     scene: &str,
-    datasets: Option<Vec<String>>,
-    release: Option<Release>,
-    max_queries: u64,
-    epsilon: Option<f64>,
-    valid_to: Option<String>,
-) -> Result<Signed<Terms>> {
-    offer_with(
-        space,
-        node,
-        holder,
-        key,
-        requester,
-        scene,
-        datasets,
-        release,
-        max_queries,
-        epsilon,
-        valid_to,
-        false,
-    )
-}
-
-/// [`offer`], with the contract paused while a dispute over one of its
-/// audit entries is open when `pause_on_dispute`.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "a contract offer's terms, in the order the CLI takes them"
-)]
-pub fn offer_with(
-    space: &Space,
-    node: &str,
-    holder: &str,
-    key: &SigningKey,
-    requester: &str,
-    scene: &str,
-    datasets: Option<Vec<String>>,
-    release: Option<Release>,
-    max_queries: u64,
-    epsilon: Option<f64>,
-    valid_to: Option<String>,
-    pause_on_dispute: bool,
+    o: Offer,
 ) -> Result<Signed<Terms>> {
     let sc = space
         .scenes
         .get(scene)
         .with_context(|| format!("no scene {scene:?} in space.toml"))?;
-    let release = release.unwrap_or(sc.release);
     Ok(Signed::sign(
         tag::CONTRACT,
         Terms {
@@ -204,12 +176,13 @@ pub fn offer_with(
             holder: holder.into(),
             requester: requester.into(),
             scene: scene.into(),
-            datasets: datasets.unwrap_or_else(|| sc.datasets.clone()),
-            release,
-            max_queries,
-            epsilon,
-            valid_to: valid_to.unwrap_or_else(|| sc.valid_to.clone()),
-            pause_on_dispute,
+            datasets: o.datasets.unwrap_or_else(|| sc.datasets.clone()),
+            release: o.release.unwrap_or(sc.release),
+            max_queries: o.max_queries,
+            epsilon: o.epsilon,
+            valid_to: o.valid_to.unwrap_or_else(|| sc.valid_to.clone()),
+            pause_on_dispute: o.pause_on_dispute,
+            fee_per_release: o.fee_per_release,
             nonce: nonce()?,
             time: now_utc().1,
         },
@@ -610,11 +583,10 @@ pub async fn example_governance(
                     &hkey,
                     &r.name,
                     &sc.name,
-                    None,
-                    None,
-                    100_000,
-                    None,
-                    None,
+                    Offer {
+                        max_queries: 100_000,
+                        ..Default::default()
+                    },
                 )?;
                 let c = node.contract_offer(&terms)?;
                 let rkey = load_key(&space.dir, &r.name, None)?;

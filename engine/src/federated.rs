@@ -131,6 +131,19 @@ pub struct JointRows {
     /// threshold.
     pub suppressed_groups: usize,
     pub explanation: Vec<String>,
+    /// What the secure sum opened to the nodes about the released cells;
+    /// kept by each node for its accounting, never sent.
+    #[serde(skip)]
+    pub opened: Opened,
+}
+
+/// The released cells of a joint result as the nodes saw them opened.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Opened {
+    /// The released cells' positions in the plan's domain.
+    pub cells: Vec<usize>,
+    /// Their joint person counts (noisy under DP), parallel to `cells`.
+    pub persons: Vec<i128>,
 }
 
 impl JointRows {
@@ -299,12 +312,22 @@ impl JointPlan {
         if suppressed > 0 {
             explanation.push(format!("{suppressed} cell(s) suppressed"));
         }
+        let at = self
+            .mechanism
+            .stats
+            .iter()
+            .position(|s| *s == Stat::Persons)
+            .unwrap_or(0);
         Ok(JointRows {
             columns: self.columns.clone(),
             rows,
             accuracy,
             suppressed_groups: suppressed,
             explanation,
+            opened: Opened {
+                cells: passing.to_vec(),
+                persons: (0..passing.len()).map(|i| values[i * n + at]).collect(),
+            },
         })
     }
 

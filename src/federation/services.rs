@@ -450,6 +450,7 @@ impl NodeServer {
                     accuracy: vec![],
                     suppressed_groups: 0,
                     explanation: vec!["supplied the blinded set; the first node releases".into()],
+                    opened: Default::default(),
                 };
                 let seq = self.node.audit_joint(
                     &req,
@@ -533,6 +534,7 @@ impl NodeServer {
             accuracy: vec![],
             suppressed_groups: 0,
             explanation: result.explanation.clone(),
+            opened: Default::default(),
         };
         let seq = self.node.audit_joint(
             &req,

@@ -572,3 +572,202 @@ fn a_statement_sums_a_mixed_run_and_verifies_with_the_nodes_key() {
         serde_json::json!([])
     );
 }
+
+/// `SELECT key, count(DISTINCT id_card), count(*) … GROUP BY key` on a
+/// node's raw file, with plain DataFusion: the reference for what the
+/// node's data contributed.
+fn per_group(file: &std::path::Path, key: &str) -> Vec<(u64, u64)> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_parquet("t", path(file), Default::default())
+            .await
+            .expect("register");
+        let b = ctx
+            .sql(&format!(
+                "SELECT CAST(count(DISTINCT id_card) AS BIGINT), CAST(count(*) AS BIGINT) FROM t GROUP BY {key}"
+            ))
+            .await
+            .expect("sql")
+            .collect()
+            .await
+            .expect("collect");
+        let mut out = Vec::new();
+        for b in &b {
+            use datafusion::arrow::array::AsArray;
+            use datafusion::arrow::datatypes::Int64Type;
+            let (p, r) = (
+                b.column(0).as_primitive::<Int64Type>(),
+                b.column(1).as_primitive::<Int64Type>(),
+            );
+            for i in 0..b.num_rows() {
+                out.push((p.value(i) as u64, r.value(i) as u64));
+            }
+        }
+        out
+    })
+}
+
+/// A node's statement as `member`, parsed.
+fn statement(d: &str, node: &str, member: &str) -> Value {
+    let (rc, out) = kexin(&[
+        "accounting",
+        "statement",
+        "--space",
+        d,
+        "--node",
+        node,
+        "--as",
+        member,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    lines(&out).remove(0)["statement"]["body"].clone()
+}
+
+/// The statement line of `requester` under `scene`.
+fn line_of(st: &Value, requester: &str, scene: &str) -> Value {
+    st["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .find(|l| l["requester"] == requester && l["scene"] == scene)
+        .cloned()
+        .unwrap_or_else(|| panic!("no line for {requester} {scene}: {st}"))
+}
+
+#[test]
+fn contributions_are_counted_per_release_and_a_joint_fee_is_split_by_persons() {
+    let f = Federation::new(3, 10, &["h1", "h2", "h3"]);
+    let d = path(&f.dir);
+    let holders = [("h1", "carol"), ("h2", "holder-h2"), ("h3", "holder-h3")];
+    // A value rule for alice's joint queries: her generated contracts are
+    // terminated and each node offers one with a fee of 1000 per release.
+    for (node, holder) in holders {
+        let (rc, out) = kexin(&[
+            "contract", "show", "--space", d, "--node", node, "--as", holder, "--format", "json",
+        ]);
+        assert_eq!(rc, 0, "{out}");
+        for c in lines(&out) {
+            if c["terms"]["requester"] == "alice" && c["terms"]["scene"] == "joint-diabetes" {
+                let id = c["id"].as_str().expect("id");
+                let (rc, out) = kexin(&[
+                    "contract",
+                    "terminate",
+                    "--space",
+                    d,
+                    "--node",
+                    node,
+                    "--as",
+                    holder,
+                    "--id",
+                    id,
+                ]);
+                assert_eq!(rc, 0, "{out}");
+            }
+        }
+        let (rc, out) = kexin(&[
+            "contract",
+            "offer",
+            "--space",
+            d,
+            "--node",
+            node,
+            "--as",
+            holder,
+            "--requester",
+            "alice",
+            "--scene",
+            "joint-diabetes",
+            "--fee-per-release",
+            "1000",
+            "--format",
+            "json",
+        ]);
+        assert_eq!(rc, 0, "{out}");
+        let id = lines(&out)[0]["id"].as_str().expect("id").to_string();
+        let (rc, out) = kexin(&[
+            "contract", "sign", "--space", d, "--node", node, "--as", "alice", "--id", &id,
+        ]);
+        assert_eq!(rc, 0, "{out}");
+    }
+
+    // One single-node release, one refusal, one joint release.
+    assert_eq!(ask(d, "diabetes-2027", None)["status"], "released");
+    let (rc, v) = f.federate(
+        "joint-diabetes",
+        "h1,h2,h3",
+        "SELECT department, COUNT(*) AS n FROM admissions GROUP BY department",
+    );
+    assert_eq!(rc, 0, "{v}");
+    assert_eq!(v["suppressed_groups"], 0, "{v}");
+    let joint_rows: u64 = v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r[1].as_u64().expect("n"))
+        .sum();
+
+    // h1's single-node release: SQL groups patients by sex, every cell
+    // released, so h1 contributed each of its persons once and each row.
+    let h1 = statement(d, "h1", "carol");
+    let single = line_of(&h1, "alice", "diabetes-2027");
+    let raw = |node: &str, ds: &str| f.dir.join(node).join(format!("{ds}.parquet"));
+    let by_sex = per_group(&raw("h1", "patients"), "sex");
+    assert_eq!(
+        (single["persons"].as_u64(), single["rows"].as_u64()),
+        (
+            Some(by_sex.iter().map(|g| g.0).sum()),
+            Some(by_sex.iter().map(|g| g.1).sum())
+        ),
+        "{single}"
+    );
+    assert_eq!(single["value"], Value::Null, "no value rule: {single}");
+
+    // The joint release: each node counts its own persons and rows of the
+    // released cells; the rows add up to the released counts, and the fee
+    // splits by persons into shares that add up to the fee.
+    let (mut rows, mut value) = (0, 0.0);
+    for (node, holder) in holders {
+        let l = line_of(&statement(d, node, holder), "alice", "joint-diabetes");
+        let own = per_group(&raw(node, "admissions"), "department");
+        assert_eq!(
+            (l["persons"].as_u64(), l["rows"].as_u64()),
+            (
+                Some(own.iter().map(|g| g.0).sum()),
+                Some(own.iter().map(|g| g.1).sum())
+            ),
+            "{node}: {l}"
+        );
+        rows += l["rows"].as_u64().expect("rows");
+        let v = l["value"].as_f64().expect("value");
+        assert!(v > 0.0 && v < 1000.0, "{node}: {l}");
+        value += v;
+    }
+    assert_eq!(rows, joint_rows);
+    assert!((value - 1000.0).abs() < 1e-6, "{value}");
+
+    // None of it reaches the researcher: her statement has no persons,
+    // rows or value, and her audit entries only a commitment.
+    let mine = line_of(&statement(d, "h1", "alice"), "alice", "joint-diabetes");
+    assert!(
+        mine.get("persons").is_none() && mine.get("rows").is_none() && mine.get("value").is_none(),
+        "{mine}"
+    );
+    let (rc, out) = kexin(&[
+        "audit", "list", "--space", d, "--node", "h1", "--as", "alice",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    let released: Vec<Value> = lines(&out)
+        .into_iter()
+        .filter(|e| e["decision"] == "released")
+        .collect();
+    assert_eq!(released.len(), 2, "{out}");
+    for e in &released {
+        let c = e["contribution"].as_str().expect("a commitment");
+        assert_eq!(c.len(), 64);
+        let persons = single["persons"].as_u64().expect("persons").to_string();
+        assert!(!out.contains(&format!("\"persons\":{persons}")), "{out}");
+    }
+}

@@ -279,11 +279,10 @@ async fn contracts_gate_every_query() {
         &carol,
         "bob",
         "service-planning",
-        None,
-        None,
-        2,
-        None,
-        None,
+        members::Offer {
+            max_queries: 2,
+            ..Default::default()
+        },
     )
     .unwrap();
     let offered = node.contract_offer(&terms).unwrap();
@@ -322,11 +321,11 @@ async fn contracts_gate_every_query() {
         &carol,
         "bob",
         "service-planning",
-        None,
-        None,
-        10,
-        None,
-        Some("2026-01-31".into()),
+        members::Offer {
+            max_queries: 10,
+            valid_to: Some("2026-01-31".into()),
+            ..Default::default()
+        },
     )
     .unwrap();
     let old = node.contract_offer(&terms).unwrap();
@@ -346,11 +345,11 @@ async fn contracts_gate_every_query() {
         &carol,
         "bob",
         "service-planning",
-        Some(vec!["patients".into()]),
-        None,
-        10,
-        None,
-        None,
+        members::Offer {
+            datasets: Some(vec!["patients".into()]),
+            max_queries: 10,
+            ..Default::default()
+        },
     )
     .unwrap();
     let narrow = node.contract_offer(&terms).unwrap();
@@ -379,11 +378,11 @@ async fn contracts_gate_every_query() {
         &carol,
         "erin",
         "diabetes-dp",
-        None,
-        None,
-        100,
-        Some(0.2),
-        None,
+        members::Offer {
+            max_queries: 100,
+            epsilon: Some(0.2),
+            ..Default::default()
+        },
     )
     .unwrap();
     let capped = node.contract_offer(&terms).unwrap();

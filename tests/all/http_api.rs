@@ -136,11 +136,10 @@ fn governance_and_queries_over_http_answer_as_the_cli() {
         &ckey,
         "alice",
         "diabetes-2027",
-        None,
-        None,
-        7,
-        None,
-        None,
+        members::Offer {
+            max_queries: 7,
+            ..Default::default()
+        },
     )
     .expect("offer");
     let offered = ok(carol.post("/v1/contracts", &terms).expect("call"));
@@ -285,11 +284,10 @@ fn forged_replayed_misrouted_and_malformed_calls_are_refused() {
         &ckey,
         "alice",
         "diabetes-2027",
-        None,
-        None,
-        3,
-        None,
-        None,
+        members::Offer {
+            max_queries: 3,
+            ..Default::default()
+        },
     )
     .expect("offer");
     let id = ok(carol.post("/v1/contracts", &terms).expect("call"))["id"]

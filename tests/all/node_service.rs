@@ -356,11 +356,10 @@ fn governance_goes_through_the_node_server() {
         &key("carol"),
         "alice",
         "diabetes-2027",
-        None,
-        None,
-        3,
-        None,
-        None,
+        kexin::members::Offer {
+            max_queries: 3,
+            ..Default::default()
+        },
     )
     .expect("sign");
     let answer = kexin::federation::ask(

@@ -1,6 +1,16 @@
 //! A data holder's account of what its node answered: per requester, scene
 //! and contract, the queries and joint computations its data took part in,
-//! how each ended, and the ε charged for releases computed on it.
+//! how each ended, the ε charged for releases computed on it, what its data
+//! contributed (persons and rows) and, under a contract with a value rule,
+//! the node's share of each released result's fee.
+//!
+//! What a release used of a node's data is exact, so it never reaches the
+//! researcher: the node keeps it privately ([`Contributed`]) and its audit
+//! entry carries only a salted commitment ([`commitment`]). For a joint
+//! result a node knows only its own contribution and the joint person
+//! count of each released cell, which the secure sum of the result opened
+//! to every node anyway; its share of the fee is its persons over the
+//! joint persons, so it learns no other node's contribution.
 //!
 //! A statement is computed from the node's audit log under one signed
 //! checkpoint (which it carries), and signed with the node's certified
@@ -11,6 +21,7 @@
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::audit::Checkpoint;
 use crate::error::{Code, Error, Result};
@@ -36,6 +47,95 @@ pub struct Line {
     pub joint: u64,
     /// ε charged to the requester for releases computed on this node's data.
     pub epsilon: f64,
+    /// Of results that passed the gate (released or held for review): the
+    /// persons this node's data contributed, summed over released cells
+    /// and results. Shown to the node's data holders and the operator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persons: Option<u64>,
+    /// The rows it contributed, counted the same way (DP and joint results
+    /// count rows where the query counts rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Under a contract with a value rule: this node's share of the fees of
+    /// the released results (a single node's result whole; a joint result
+    /// split by persons contributed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+}
+
+/// What one result used of a node's data, kept in the node's private
+/// accounting under the result's audit sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contributed {
+    pub persons: u64,
+    pub rows: u64,
+    /// Joint results: the released cells' joint person count, as the
+    /// secure sum opened it to every node (`None` for a single node's).
+    pub joint_persons: Option<u64>,
+    /// The commitment's salt.
+    pub salt: [u8; 32],
+}
+
+impl Contributed {
+    /// This node's share of a fee: the whole of a single node's result, its
+    /// persons over the joint persons of a joint one (none when no person
+    /// was released).
+    pub fn share(&self) -> f64 {
+        match self.joint_persons {
+            None => 1.0,
+            Some(0) => 0.0,
+            Some(j) => (self.persons.min(j)) as f64 / j as f64,
+        }
+    }
+
+    /// The commitment its audit entry carries.
+    pub fn commitment(&self) -> String {
+        commitment(&self.salt, self.persons, self.rows, self.joint_persons)
+    }
+}
+
+/// SHA-256 over a domain tag, the salt and the values: hides the values
+/// from whoever reads the entry, binds the node to them.
+pub fn commitment(salt: &[u8; 32], persons: u64, rows: u64, joint: Option<u64>) -> String {
+    let mut h = Sha256::new();
+    h.update(b"kexin/contribution/v1\n");
+    h.update(salt);
+    h.update(persons.to_le_bytes());
+    h.update(rows.to_le_bytes());
+    h.update(joint.map_or([0xff; 9], |j| {
+        let mut b = [0u8; 9];
+        b[1..].copy_from_slice(&j.to_le_bytes());
+        b
+    }));
+    hex::encode(h.finalize())
+}
+
+/// A fresh record of `c` (`joint`: the joint persons of a joint result).
+pub fn contributed(c: crate::gate::Contribution, joint: Option<u64>) -> Result<Contributed> {
+    let mut salt = [0u8; 32];
+    getrandom::fill(&mut salt).map_err(Error::internal)?;
+    Ok(Contributed {
+        persons: c.persons,
+        rows: c.rows,
+        joint_persons: joint,
+        salt,
+    })
+}
+
+/// Write `c` for audit entry `seq`, in the entry's own transaction.
+pub fn keep(tx: &rusqlite::Transaction<'_>, seq: u64, c: &Contributed) -> Result<()> {
+    tx.execute(
+        "INSERT INTO release_contribution (seq, persons, rows, joint_persons, salt)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            seq as i64,
+            c.persons as i64,
+            c.rows as i64,
+            c.joint_persons.map(|j| j as i64),
+            c.salt.as_slice()
+        ],
+    )?;
+    Ok(())
 }
 
 /// A node's statement over a period.
@@ -68,6 +168,16 @@ impl Statement {
             t.aborted += l.aborted;
             t.joint += l.joint;
             t.epsilon += l.epsilon;
+            let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            };
+            t.persons = add(t.persons, l.persons);
+            t.rows = add(t.rows, l.rows);
+            t.value = match (t.value, l.value) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+            };
         }
         t
     }

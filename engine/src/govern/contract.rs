@@ -51,6 +51,13 @@ pub struct Terms {
     /// terms that do not ask for it, so older contracts keep their ids.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause_on_dispute: bool,
+    /// The value rule: what one released result under the contract is
+    /// worth (in the contract's unit, e.g. fen). A single node's result is
+    /// the node's; a joint result is split among the nodes in proportion to
+    /// the persons each contributed ([`crate::accounting`]). Absent from
+    /// terms without one, so older contracts keep their ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fee_per_release: Option<u64>,
     pub nonce: String,
     pub time: String,
 }

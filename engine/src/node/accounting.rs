@@ -38,7 +38,7 @@ impl Node {
         if !valid(from) || !valid(to) {
             return refuse(Code::Request, "the period's days are YYYY-MM-DD");
         }
-        let (checkpoint, entries) = {
+        let (checkpoint, entries, contributed) = {
             let store = self.store_lock()?;
             let checkpoint = store.latest_checkpoint()?;
             let size = match &checkpoint {
@@ -47,7 +47,22 @@ impl Node {
             };
             let mut entries = store.entries()?;
             entries.retain(|e| e.seq <= size);
-            (checkpoint, entries)
+            // What each result used of the data is for the node's data
+            // holders and the operator only: exact counts.
+            let contributed = if everyone {
+                store.contributions()?
+            } else {
+                BTreeMap::new()
+            };
+            (checkpoint, entries, contributed)
+        };
+        let fees: BTreeMap<String, u64> = if everyone {
+            self.contracts()?
+                .into_iter()
+                .filter_map(|c| Some((c.id, c.terms.fee_per_release?)))
+                .collect()
+        } else {
+            BTreeMap::new()
         };
         let mut lines: BTreeMap<(String, String, Option<String>), Line> = BTreeMap::new();
         for e in entries {
@@ -69,6 +84,13 @@ impl Node {
                     requester: e.actor.clone(),
                     scene: e.scene.clone(),
                     contract: e.contract.clone(),
+                    persons: everyone.then_some(0),
+                    rows: everyone.then_some(0),
+                    value: e
+                        .contract
+                        .as_ref()
+                        .filter(|c| fees.contains_key(*c))
+                        .map(|_| 0.0),
                     ..Line::default()
                 });
             line.queries += 1;
@@ -80,6 +102,21 @@ impl Node {
                 _ => line.refused += 1,
             }
             line.epsilon += e.epsilon.unwrap_or(0.0);
+            let Some(c) = contributed
+                .get(&e.seq)
+                .filter(|c| e.contribution.as_deref() == Some(c.commitment().as_str()))
+            else {
+                continue;
+            };
+            line.persons = line.persons.map(|p| p + c.persons);
+            line.rows = line.rows.map(|r| r + c.rows);
+            if let (Some(v), Some(fee), Some(Decision::Released)) = (
+                line.value.as_mut(),
+                e.contract.as_ref().and_then(|id| fees.get(id)),
+                Decision::parse(&e.decision),
+            ) {
+                *v += *fee as f64 * c.share();
+            }
         }
         Ok(Statement {
             space: self.space.name.clone(),

@@ -134,6 +134,7 @@ impl Node {
                 getrandom::fill(&mut seed).map_err(Error::internal)?;
                 let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed);
                 let out = q.mechanism.release(totals, &mut rng)?;
+                trace.contribution = Some(out.contribution);
                 trace.cache = Some((
                     digest.clone(),
                     serde_json::to_string(&out).map_err(Error::internal)?,

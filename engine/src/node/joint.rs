@@ -263,6 +263,22 @@ impl Node {
                 None => input.extend(std::iter::repeat_n(0, nstats)),
             }
         }
+        if !withheld {
+            // This node's own part of every cell, before any noise, for its
+            // accounting once the released cells are known.
+            let at = |s: crate::dp::Stat| q.mechanism.stats.iter().position(|x| *x == s);
+            let (persons, rows) = (at(crate::dp::Stat::Persons), at(crate::dp::Stat::Rows));
+            let count = |t: &[i128], i: Option<usize>| {
+                i.map_or(0, |i| u64::try_from(t[i].max(0)).unwrap_or(u64::MAX))
+            };
+            trace.joint_cells = input
+                .chunks(nstats.max(1))
+                .map(|t| crate::gate::Contribution {
+                    persons: count(t, persons),
+                    rows: count(t, rows),
+                })
+                .collect();
+        }
         if !exact && !withheld {
             // This node's share of the noise of every total.
             let mut seed = [0u8; 32];
@@ -535,6 +551,24 @@ impl Node {
         e.contract = t.contract.clone();
         e.consent_seq = t.consent.as_ref().map(|c| c.0);
         e.consent_sha256 = t.consent.as_ref().map(|c| c.1.clone());
+        // A released joint result: this node's own part of the released
+        // cells, and their joint persons as the secure sum opened them.
+        let contributed = match decision {
+            JointDecision::Released(rows) if !t.joint_cells.is_empty() => {
+                let mut own = crate::gate::Contribution::default();
+                for c in &rows.opened.cells {
+                    if let Some(x) = t.joint_cells.get(*c) {
+                        own.persons += x.persons;
+                        own.rows += x.rows;
+                    }
+                }
+                let joint: i128 = rows.opened.persons.iter().map(|p| (*p).max(0)).sum();
+                crate::accounting::contributed(own, Some(u64::try_from(joint).unwrap_or(u64::MAX)))
+                    .ok()
+            }
+            _ => None,
+        };
+        e.contribution = contributed.as_ref().map(|c| c.commitment());
         match decision {
             JointDecision::Released(rows) => {
                 e.output_sha256 = Some(rows.digest());
@@ -553,9 +587,12 @@ impl Node {
                 e.rule = Some(why.to_string());
             }
         }
-        let (seq, _) = self
-            .store_lock()?
-            .append_with(e, &self.keys, |_, _| Ok(()))?;
+        let (seq, _) = self.store_lock()?.append_with(e, &self.keys, |tx, seq| {
+            if let Some(c) = &contributed {
+                crate::accounting::keep(tx, seq, c)?;
+            }
+            Ok(())
+        })?;
         Ok(seq)
     }
 }

@@ -107,6 +107,14 @@ impl Node {
         }
         let held = (trace.hold && outcome.status == Status::Released)
             .then(|| serde_json::to_string(&outcome).unwrap_or_default());
+        // What the result used of the node's data, for its private
+        // accounting (the entry carries a commitment only).
+        let contributed = match trace.contribution {
+            Some(c) if outcome.status == Status::Released => {
+                crate::accounting::contributed(c, None).ok()
+            }
+            _ => None,
+        };
         let output_digest = match &held {
             Some(bytes) => Some(hex::encode(Sha256::digest(bytes.as_bytes()))),
             None => (outcome.status == Status::Released).then(|| {
@@ -174,6 +182,7 @@ impl Node {
             salt: None,
             data: self.data_digests(&req.scene),
             concerns: None,
+            contribution: contributed.as_ref().map(|c| c.commitment()),
         };
         // A new DP answer is cached in the same transaction as its audit
         // record, so a repeat finds it as soon as it is released.
@@ -185,6 +194,9 @@ impl Node {
         let mut airlock_id = None;
         let appended = match self.store.lock() {
             Ok(mut store) => store.append_with(entry, &self.keys, |tx, seq| {
+                if let Some(c) = &contributed {
+                    crate::accounting::keep(tx, seq, c)?;
+                }
                 if let Some((actor, scene, digest, stored)) = &cache {
                     tx.execute(
                         "INSERT OR IGNORE INTO dp_release (actor, scene, digest, result, audit_seq)
@@ -382,6 +394,7 @@ impl Node {
             &scene.output,
             &threshold_key,
         )?;
+        trace.contribution = Some(released.contribution);
         let post = gate::post_process(&plan1, released.cells)?;
         let physical = state
             .create_physical_plan(&post)

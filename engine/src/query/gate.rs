@@ -11,7 +11,10 @@
 //!   that argument is a finite, non-NULL value — a sum over a big cell that
 //!   only one person feeds is a one-person cell;
 //! - with a dominance rule, `kexin_dominance(person, |x|)` per value
-//!   aggregate (the share of the cell's total held by its top `n` persons).
+//!   aggregate (the share of the cell's total held by its top `n` persons);
+//! - the cell's rows and exact distinct persons, summed over the released
+//!   cells into what the node contributed ([`Contribution`]): written to
+//!   the node's private accounting, never to the researcher.
 //!
 //! [`apply`] then reads the result: a cell is withheld when any of its person
 //! sets falls under a noisy, sticky threshold (`min_persons` plus a keyed
@@ -57,6 +60,8 @@ use crate::rewrite::{PERSON_COLUMN, RAW_SCHEMA};
 
 const PERSONS: &str = "__kexin_persons";
 const DOMINANCE: &str = "__kexin_dominance";
+const ROWS: &str = "__kexin_rows";
+const CONTRIBUTORS: &str = "__kexin_contributors";
 /// The released cells, as the post-processing's input table.
 const RELEASED: &str = "__kexin_released";
 
@@ -67,6 +72,20 @@ pub struct Hidden {
     pub person_columns: usize,
     /// Dominance columns after the person-set columns.
     pub dominance_columns: usize,
+}
+
+/// The hidden columns after the dominance columns: the cell's rows and its
+/// exact distinct persons.
+const CONTRIBUTION_COLUMNS: usize = 2;
+
+/// What a node's data contributed to one release: over the released cells,
+/// the rows each counted and the distinct persons in each, summed (a person
+/// in two released cells counts twice). Exact, so never shown to the
+/// researcher: it goes to the node's private accounting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Contribution {
+    pub persons: u64,
+    pub rows: u64,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -157,6 +176,8 @@ pub fn instrument(plan: LogicalPlan, rules: &OutputRules) -> Result<(LogicalPlan
             dominance_columns += 1;
         }
     }
+    aggr.push(datafusion::functions_aggregate::count::count(lit(1)).alias(ROWS));
+    aggr.push(datafusion::functions_aggregate::count::count_distinct(pk_expr).alias(CONTRIBUTORS));
     let rebuilt =
         datafusion::logical_expr::Aggregate::try_new(Arc::new(input), agg.group_expr, aggr)
             .map_err(internal)?;
@@ -184,6 +205,8 @@ pub struct Released {
     /// Withheld cells, told only for keys with a declared public domain
     /// (0 otherwise): a function of what was released.
     pub suppressed_groups: usize,
+    /// The released cells' rows and persons (private to the node).
+    pub contribution: Contribution,
 }
 
 /// Apply the release rules to the executed, instrumented aggregate.
@@ -209,8 +232,10 @@ pub fn apply(
             .collect::<Vec<_>>(),
     ));
     let mut kept = Vec::new();
+    let mut contribution = Contribution::default();
     for batch in batches {
-        if batch.num_columns() != width + hidden.person_columns + hidden.dominance_columns {
+        let extra = width + hidden.person_columns + hidden.dominance_columns;
+        if batch.num_columns() != extra + CONTRIBUTION_COLUMNS {
             return Err(internal("unexpected result width"));
         }
         let n = batch.num_rows();
@@ -257,6 +282,18 @@ pub fn apply(
             }
             columns.push(col);
         }
+        let counted = |i: usize| {
+            cast(batch.column(extra + i), &DataType::Int64)
+                .map_err(internal)
+                .map(|c| c.as_primitive::<Int64Type>().clone())
+        };
+        let (rows, persons) = (counted(0)?, counted(1)?);
+        for (r, k) in keep.iter().enumerate() {
+            if *k {
+                contribution.rows += rows.value(r).max(0) as u64;
+                contribution.persons += persons.value(r).max(0) as u64;
+            }
+        }
         let snapped = RecordBatch::try_new(Arc::clone(&visible), columns).map_err(internal)?;
         let mask = BooleanArray::from(keep);
         kept.push(filter_record_batch(&snapped, &mask).map_err(internal)?);
@@ -268,6 +305,7 @@ pub fn apply(
     Ok(Released {
         cells,
         suppressed_groups,
+        contribution,
     })
 }
 

@@ -97,6 +97,13 @@ pub struct AuditEntry {
     /// Dispute entries: the audit entry the dispute is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concerns: Option<u64>,
+    /// Results that passed the gate: a commitment (SHA-256 over a private
+    /// salt) to what this node's data contributed, persons and rows. The
+    /// values are exact, so they are kept in the node's private accounting
+    /// and shown only to its data holders and the operator
+    /// ([`crate::accounting::Contributed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contribution: Option<String>,
 }
 
 closed_set! {
@@ -207,6 +214,7 @@ impl AuditEntry {
             salt: None,
             data: BTreeMap::new(),
             concerns: None,
+            contribution: None,
         }
     }
 

@@ -17,6 +17,7 @@
 //! together, and the audit log's durability rules (one transaction per
 //! entry with what it records) are enforced in one place.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -425,6 +426,13 @@ impl Store {
                      resolve_audit_seq INTEGER
                  );
                  CREATE INDEX IF NOT EXISTS dispute_seq ON dispute (seq);
+                 CREATE TABLE IF NOT EXISTS release_contribution (
+                     seq           INTEGER PRIMARY KEY,
+                     persons       INTEGER NOT NULL,
+                     rows          INTEGER NOT NULL,
+                     joint_persons INTEGER,
+                     salt          BLOB NOT NULL
+                 );
                  COMMIT;",
             )
         })?;
@@ -775,6 +783,39 @@ impl Store {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The node's private contribution records, by audit sequence.
+    pub fn contributions(&self) -> Result<BTreeMap<u64, crate::accounting::Contributed>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, persons, rows, joint_persons, salt FROM release_contribution")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (seq, persons, rows, joint, salt) = row?;
+            let salt: [u8; 32] = salt
+                .try_into()
+                .map_err(|_| Error::internal("a contribution salt is malformed"))?;
+            out.insert(
+                seq as u64,
+                crate::accounting::Contributed {
+                    persons: persons as u64,
+                    rows: rows as u64,
+                    joint_persons: joint.map(|j| j as u64),
+                    salt,
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// All entries in order.

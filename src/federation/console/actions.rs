@@ -199,6 +199,7 @@ async fn build(
                 epsilon: None,
                 valid_to: sc.valid_to.clone(),
                 pause_on_dispute: false,
+                fee_per_release: None,
                 nonce,
                 time,
             };

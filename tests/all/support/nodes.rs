@@ -295,11 +295,10 @@ pub fn offer_until_stopped(
             &key,
             "alice",
             "diabetes-2027",
-            None,
-            None,
-            w * 100_000 + n,
-            None,
-            None,
+            kexin::members::Offer {
+                max_queries: w * 100_000 + n,
+                ..Default::default()
+            },
         )
         .expect("sign");
         match send(holder, terms) {

@@ -356,6 +356,8 @@ impl Mechanism {
         let mut rows = Vec::new();
         let mut accuracy = Vec::new();
         let mut small = 0usize;
+        let mut contribution = crate::gate::Contribution::default();
+        let rows_at = self.stats.iter().position(|s| *s == Stat::Rows);
         for (key, t) in candidates {
             let mut noisy = Vec::with_capacity(t.len());
             for (si, v) in t.iter().enumerate() {
@@ -365,6 +367,10 @@ impl Mechanism {
             if (noisy[0] as f64) < self.threshold {
                 small += 1;
                 continue;
+            }
+            contribution.persons += u64::try_from(t[0].max(0)).unwrap_or(u64::MAX);
+            if let Some(r) = rows_at {
+                contribution.rows += u64::try_from(t[r].max(0)).unwrap_or(u64::MAX);
             }
             let mut row = Vec::with_capacity(self.outputs.len());
             let mut acc = Vec::with_capacity(self.outputs.len());
@@ -392,6 +398,7 @@ impl Mechanism {
             // With keys from the data, the number of candidate groups is an
             // exact count of distinct keys: it is not reported.
             suppressed: if self.domain.is_some() { small } else { 0 },
+            contribution,
         })
     }
 
@@ -610,4 +617,8 @@ pub struct DpRows {
     /// Public-domain cells whose noisy person count missed the threshold
     /// (always 0 with keys from the data, whose candidates are not counted).
     pub suppressed: usize,
+    /// What the released cells used of the data (exact, before noise): for
+    /// the node's private accounting, never stored with the answer.
+    #[serde(skip)]
+    pub contribution: crate::gate::Contribution,
 }
