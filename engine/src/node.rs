@@ -162,10 +162,10 @@ pub(crate) struct Trace {
     /// was withheld; the cause goes to the audit entry only.
     pub(crate) withheld: Option<Refusal>,
     /// What this node's data contributed to a result that passed the gate.
-    pub(crate) contribution: Option<crate::gate::Contribution>,
+    pub(crate) contribution: Option<crate::accounting::Contribution>,
     /// Joint computations: this node's own contribution to each cell of
     /// the plan (before any noise), to sum over the released cells.
-    pub(crate) joint_cells: Vec<crate::gate::Contribution>,
+    pub(crate) joint_cells: Vec<crate::accounting::Contribution>,
 }
 
 /// What [`Node::admit`] hands to execution.

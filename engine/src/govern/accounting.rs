@@ -21,7 +21,6 @@
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::audit::Checkpoint;
 use crate::error::{Code, Error, Result};
@@ -49,11 +48,12 @@ pub struct Line {
     pub epsilon: f64,
     /// Of results that passed the gate (released or held for review): the
     /// persons this node's data contributed, summed over released cells
-    /// and results. Shown to the node's data holders and the operator only.
+    /// and results, where the path counts them (DP and joint results).
+    /// Shown to the node's data holders and the operator only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persons: Option<u64>,
     /// The rows it contributed, counted the same way (DP and joint results
-    /// count rows where the query counts rows).
+    /// count rows where the query counts rows, `COUNT(*)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
     /// Under a contract with a value rule: this node's share of the fees of
@@ -63,55 +63,21 @@ pub struct Line {
     pub value: Option<f64>,
 }
 
-/// What one result used of a node's data, kept in the node's private
-/// accounting under the result's audit sequence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Contributed {
-    pub persons: u64,
+/// What a node's data contributed to one release: over the released cells,
+/// the rows each counted and (where the path counts them exactly: DP and
+/// joint results) the distinct persons in each, summed (a person in two
+/// released cells counts twice). Exact, so never shown to the researcher:
+/// it goes to the node's private accounting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contribution {
+    pub persons: Option<u64>,
     pub rows: u64,
-    /// Joint results: the released cells' joint person count, as the
-    /// secure sum opened it to every node (`None` for a single node's).
-    pub joint_persons: Option<u64>,
-    /// The commitment's salt.
-    pub salt: [u8; 32],
 }
 
-impl Contributed {
-    /// This node's share of a fee: the whole of a single node's result, its
-    /// persons over the joint persons of a joint one (none when no person
-    /// was released).
-    pub fn share(&self) -> f64 {
-        match self.joint_persons {
-            None => 1.0,
-            Some(0) => 0.0,
-            Some(j) => (self.persons.min(j)) as f64 / j as f64,
-        }
-    }
-
-    /// The commitment its audit entry carries.
-    pub fn commitment(&self) -> String {
-        commitment(&self.salt, self.persons, self.rows, self.joint_persons)
-    }
-}
-
-/// SHA-256 over a domain tag, the salt and the values: hides the values
-/// from whoever reads the entry, binds the node to them.
-pub fn commitment(salt: &[u8; 32], persons: u64, rows: u64, joint: Option<u64>) -> String {
-    let mut h = Sha256::new();
-    h.update(b"kexin/contribution/v1\n");
-    h.update(salt);
-    h.update(persons.to_le_bytes());
-    h.update(rows.to_le_bytes());
-    h.update(joint.map_or([0xff; 9], |j| {
-        let mut b = [0u8; 9];
-        b[1..].copy_from_slice(&j.to_le_bytes());
-        b
-    }));
-    hex::encode(h.finalize())
-}
+pub use crate::store::{Contributed, commitment};
 
 /// A fresh record of `c` (`joint`: the joint persons of a joint result).
-pub fn contributed(c: crate::gate::Contribution, joint: Option<u64>) -> Result<Contributed> {
+pub fn contributed(c: Contribution, joint: Option<u64>) -> Result<Contributed> {
     let mut salt = [0u8; 32];
     getrandom::fill(&mut salt).map_err(Error::internal)?;
     Ok(Contributed {
@@ -129,7 +95,7 @@ pub fn keep(tx: &rusqlite::Transaction<'_>, seq: u64, c: &Contributed) -> Result
          VALUES (?1, ?2, ?3, ?4, ?5)",
         rusqlite::params![
             seq as i64,
-            c.persons as i64,
+            c.persons.map(|p| p as i64),
             c.rows as i64,
             c.joint_persons.map(|j| j as i64),
             c.salt.as_slice()

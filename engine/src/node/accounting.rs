@@ -84,7 +84,7 @@ impl Node {
                     requester: e.actor.clone(),
                     scene: e.scene.clone(),
                     contract: e.contract.clone(),
-                    persons: everyone.then_some(0),
+                    persons: None,
                     rows: everyone.then_some(0),
                     value: e
                         .contract
@@ -108,7 +108,9 @@ impl Node {
             else {
                 continue;
             };
-            line.persons = line.persons.map(|p| p + c.persons);
+            if let Some(p) = c.persons {
+                line.persons = Some(line.persons.unwrap_or(0) + p);
+            }
             line.rows = line.rows.map(|r| r + c.rows);
             if let (Some(v), Some(fee), Some(Decision::Released)) = (
                 line.value.as_mut(),

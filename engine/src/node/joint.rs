@@ -273,8 +273,8 @@ impl Node {
             };
             trace.joint_cells = input
                 .chunks(nstats.max(1))
-                .map(|t| crate::gate::Contribution {
-                    persons: count(t, persons),
+                .map(|t| crate::accounting::Contribution {
+                    persons: Some(count(t, persons)),
                     rows: count(t, rows),
                 })
                 .collect();
@@ -555,10 +555,13 @@ impl Node {
         // cells, and their joint persons as the secure sum opened them.
         let contributed = match decision {
             JointDecision::Released(rows) if !t.joint_cells.is_empty() => {
-                let mut own = crate::gate::Contribution::default();
+                let mut own = crate::accounting::Contribution {
+                    persons: Some(0),
+                    rows: 0,
+                };
                 for c in &rows.opened.cells {
                     if let Some(x) = t.joint_cells.get(*c) {
-                        own.persons += x.persons;
+                        own.persons = Some(own.persons.unwrap_or(0) + x.persons.unwrap_or(0));
                         own.rows += x.rows;
                     }
                 }

@@ -100,8 +100,8 @@ pub struct AuditEntry {
     /// Results that passed the gate: a commitment (SHA-256 over a private
     /// salt) to what this node's data contributed, persons and rows. The
     /// values are exact, so they are kept in the node's private accounting
-    /// and shown only to its data holders and the operator
-    /// ([`crate::accounting::Contributed`]).
+    /// and shown only to its data holders and the operator (accounting
+    /// statements).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contribution: Option<String>,
 }

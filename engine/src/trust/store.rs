@@ -428,7 +428,7 @@ impl Store {
                  CREATE INDEX IF NOT EXISTS dispute_seq ON dispute (seq);
                  CREATE TABLE IF NOT EXISTS release_contribution (
                      seq           INTEGER PRIMARY KEY,
-                     persons       INTEGER NOT NULL,
+                     persons       INTEGER,
                      rows          INTEGER NOT NULL,
                      joint_persons INTEGER,
                      salt          BLOB NOT NULL
@@ -786,14 +786,14 @@ impl Store {
     }
 
     /// The node's private contribution records, by audit sequence.
-    pub fn contributions(&self) -> Result<BTreeMap<u64, crate::accounting::Contributed>> {
+    pub fn contributions(&self) -> Result<BTreeMap<u64, Contributed>> {
         let mut stmt = self
             .conn
             .prepare("SELECT seq, persons, rows, joint_persons, salt FROM release_contribution")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, Option<i64>>(3)?,
                 r.get::<_, Vec<u8>>(4)?,
@@ -807,8 +807,8 @@ impl Store {
                 .map_err(|_| Error::internal("a contribution salt is malformed"))?;
             out.insert(
                 seq as u64,
-                crate::accounting::Contributed {
-                    persons: persons as u64,
+                Contributed {
+                    persons: persons.map(|p| p as u64),
                     rows: rows as u64,
                     joint_persons: joint.map(|j| j as u64),
                     salt,
@@ -1006,4 +1006,58 @@ pub fn verify_with(node_dir: &Path, external: &[(String, String)]) -> Result<Ver
         checkpoints: count,
         root_hex: hex::encode(tree_root(&leaves)),
     })
+}
+
+/// What one result used of a node's data, kept in the node's private
+/// accounting under the result's audit sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contributed {
+    /// Absent where the path does not count persons exactly (single-node
+    /// exact results).
+    pub persons: Option<u64>,
+    pub rows: u64,
+    /// Joint results: the released cells' joint person count, as the
+    /// secure sum opened it to every node (`None` for a single node's).
+    pub joint_persons: Option<u64>,
+    /// The commitment's salt.
+    pub salt: [u8; 32],
+}
+
+impl Contributed {
+    /// This node's share of a fee: the whole of a single node's result, its
+    /// persons over the joint persons of a joint one (none when no person
+    /// was released).
+    pub fn share(&self) -> f64 {
+        match self.joint_persons {
+            None => 1.0,
+            Some(0) => 0.0,
+            Some(j) => self.persons.unwrap_or(0).min(j) as f64 / j as f64,
+        }
+    }
+
+    /// The commitment its audit entry carries.
+    pub fn commitment(&self) -> String {
+        commitment(&self.salt, self.persons, self.rows, self.joint_persons)
+    }
+}
+
+/// SHA-256 over a domain tag, the salt and the values: hides the values
+/// from whoever reads the entry, binds the node to them.
+pub fn commitment(salt: &[u8; 32], persons: Option<u64>, rows: u64, joint: Option<u64>) -> String {
+    // An absent count is a byte no present one starts with.
+    let opt = |v: Option<u64>| {
+        v.map_or([0xff; 9], |v| {
+            let mut b = [0u8; 9];
+            b[1..].copy_from_slice(&v.to_le_bytes());
+            b
+        })
+    };
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"kexin/contribution/v1\n");
+    h.update(salt);
+    h.update(opt(persons));
+    h.update(rows.to_le_bytes());
+    h.update(opt(joint));
+    hex::encode(h.finalize())
 }

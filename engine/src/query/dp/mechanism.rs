@@ -356,7 +356,10 @@ impl Mechanism {
         let mut rows = Vec::new();
         let mut accuracy = Vec::new();
         let mut small = 0usize;
-        let mut contribution = crate::gate::Contribution::default();
+        let mut contribution = crate::accounting::Contribution {
+            persons: Some(0),
+            rows: 0,
+        };
         let rows_at = self.stats.iter().position(|s| *s == Stat::Rows);
         for (key, t) in candidates {
             let mut noisy = Vec::with_capacity(t.len());
@@ -368,7 +371,9 @@ impl Mechanism {
                 small += 1;
                 continue;
             }
-            contribution.persons += u64::try_from(t[0].max(0)).unwrap_or(u64::MAX);
+            contribution.persons = Some(
+                contribution.persons.unwrap_or(0) + u64::try_from(t[0].max(0)).unwrap_or(u64::MAX),
+            );
             if let Some(r) = rows_at {
                 contribution.rows += u64::try_from(t[r].max(0)).unwrap_or(u64::MAX);
             }
@@ -620,5 +625,5 @@ pub struct DpRows {
     /// What the released cells used of the data (exact, before noise): for
     /// the node's private accounting, never stored with the answer.
     #[serde(skip)]
-    pub contribution: crate::gate::Contribution,
+    pub contribution: crate::accounting::Contribution,
 }
