@@ -79,7 +79,9 @@ pub(crate) fn run_twin(
             let bytes = std::fs::read(f)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
             if let Err(kexin_engine::Error::Refused(r)) = node.twin_udf(scene, &bytes) {
-                return Ok(Outcome::refusal(r.code, r.rule.to_string(), None));
+                let mut refused = Outcome::refusal(r.code, r.rule.to_string(), None);
+                refused.mock = true;
+                return Ok(refused);
             }
         }
         let mut outcome = node

@@ -307,6 +307,16 @@ async fn no_value_of_the_real_data_is_in_any_twin_file() {
         }
     }
     assert!(checked >= 8, "{checked}");
+    // Integer identifiers are unique and outside any real range.
+    let ids = values(
+        &dir.path().join("source/admissions.parquet"),
+        "admission_id",
+    );
+    assert_eq!(ids.len(), 1000);
+    assert!(
+        ids.iter()
+            .all(|v| v.parse::<i64>().is_ok_and(|n| n >= 9_000_000_000))
+    );
     // Nor any other text of the real files: every byte sequence of a real
     // person key is absent from the twin's files.
     let real_keys = values(
