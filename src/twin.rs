@@ -35,6 +35,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use kexin_engine::clock::{civil_from_days, days_from_civil};
 use kexin_engine::mask::MaskKind;
 use kexin_engine::node::Node;
 use kexin_engine::policy::{
@@ -309,7 +310,7 @@ fn person_key(scheme: PersonKeyScheme, ty: ValueType, i: usize) -> Value {
     Value::Text(match scheme {
         PersonKeyScheme::NationalId => {
             let day = FIRST_DAY as i64 + (i / 1000) as i64;
-            let (y, m, d) = civil(day);
+            let (y, m, d) = civil_from_days(day);
             let body = format!("990101{y:04}{m:02}{d:02}{:03}", i % 1000);
             let check = kexin_engine::identity::gb11643_check(&body).unwrap_or('0');
             format!("{body}{check}")
@@ -317,20 +318,6 @@ fn person_key(scheme: PersonKeyScheme, ty: ValueType, i: usize) -> Value {
         PersonKeyScheme::HospitalRecord => format!("TWIN{i:08}"),
         PersonKeyScheme::Token => format!("twin-{i:08}"),
     })
-}
-
-/// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` text.
@@ -342,12 +329,7 @@ fn days_of(text: &str) -> Option<i32> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2.rem_euclid(400);
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    i32::try_from(era * 146_097 + doe - 719_468).ok()
+    i32::try_from(days_from_civil(y, m as u32, d as u32)).ok()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -906,7 +888,7 @@ mod tests {
             ("2025-12-31", LAST_DAY),
         ] {
             assert_eq!(days_of(text), Some(days), "{text}");
-            let (y, m, d) = civil(i64::from(days));
+            let (y, m, d) = civil_from_days(i64::from(days));
             assert_eq!(format!("{y:04}-{m:02}-{d:02}"), text);
         }
         assert_eq!(days_of("2024-13-01"), None);

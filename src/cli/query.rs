@@ -84,11 +84,10 @@ pub(crate) fn run_twin(
                 return Ok(refused);
             }
         }
-        let mut outcome = node
+        // The twin's node marks its outcomes mock itself.
+        Ok(node
             .query(&kexin_engine::node::QueryRequest::new(scene, actor, sql))
-            .await;
-        outcome.mock = true;
-        Ok(outcome)
+            .await)
     })
 }
 
